@@ -1,0 +1,245 @@
+"""Load a job config: YAML file + ``key=value`` overrides -> validated, resolved config.
+
+Every problem becomes one ``ConfigError`` line naming the file and the key;
+nothing here raises a traceback at a user.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+    ValidationError,
+)
+
+from supervisor.config import schema as _schema
+from supervisor.config.durations import parse_duration
+from supervisor.config.schema import (
+    ALERT_EVENTS,
+    MODE_CHOICES,
+    RESUME_CHOICES,
+    WANDB_MODES,
+    WATCH_CHOICES,
+    JobConfig,
+)
+from supervisor.errors import ConfigError
+
+_CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
+_SECTION_TYPES: dict[str, type] = {
+    name: obj for name, obj in vars(_schema).items() if isinstance(obj, type) and hasattr(obj, "__dataclass_fields__")
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def load_job_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Read ``path``, merge ``overrides`` (OmegaConf dotlist) and validate.
+
+    Returns a resolved, typed ``DictConfig`` of ``JobConfig``. Raises
+    ``ConfigError`` naming the file and the key on any problem.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(source, None, f"cannot read the file: {exc.strerror or exc}") from None
+    return parse_job_config(text, source=source, overrides=overrides)
+
+
+def parse_job_config(text: str, *, source: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Like ``load_job_config`` for YAML already in memory (``source`` names it in errors)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(source, None, f"invalid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(source, None, f"the top level must be a mapping of sections, got {type(raw).__name__}")
+    return build_job_config(raw, source=source, overrides=overrides)
+
+
+def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Validate a plain mapping (already parsed) plus overrides into a resolved ``JobConfig``."""
+    override_keys = _override_keys(overrides, source)
+    _check_sections(raw, JobConfig, "", source)
+    cfg = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(raw), source, override_keys, False)
+    if overrides:
+        try:
+            dotlist = OmegaConf.from_dotlist(list(overrides))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(source, None, f"bad override: {_first_line(exc)}") from None
+        cfg = _merge(cfg, dotlist, source, override_keys, True)
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    except InterpolationResolutionError as exc:
+        raise ConfigError(source, _key_of(exc), f"cannot resolve interpolation: {_first_line(exc)}") from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(source, _key_of(exc), _first_line(exc)) from None
+    resolved = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(container), source, override_keys, False)
+    _check_values(resolved, source, override_keys)
+    OmegaConf.set_readonly(resolved, False)
+    return resolved
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The YAML text of a config (resolved), as frozen into a job directory."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def _override_keys(overrides: Sequence[str], source: str) -> set[str]:
+    keys = set()
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(source, None, f"override {item!r} must look like key=value")
+        keys.add(item.split("=", 1)[0].lstrip("+~"))
+    return keys
+
+
+def _merge(base: DictConfig, other: Any, source: str, override_keys: set[str], from_cli: bool) -> DictConfig:
+    try:
+        merged = OmegaConf.merge(base, other)
+    except ConfigKeyError as exc:
+        key = _key_of(exc)
+        raise ConfigError(source, key, "unknown key" + _cli_hint(key, override_keys, from_cli)) from None
+    except ValidationError as exc:
+        key = _key_of(exc)
+        raise ConfigError(source, key, _type_problem(exc) + _cli_hint(key, override_keys, from_cli)) from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(source, _key_of(exc), _first_line(exc)) from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None:
+    """The checks a type cannot express. Raises on the first problem, naming its key."""
+
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(source, key, problem + _cli_hint(key, override_keys, key in override_keys))
+
+    def get(key: str) -> Any:
+        try:
+            return OmegaConf.select(cfg, key, throw_on_missing=True)
+        except MissingMandatoryValue:
+            fail(key, "is required")
+
+    name = get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        fail("name", "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    for section in ("model", "data"):
+        class_path = get(f"{section}.class_path")
+        if not _CLASS_PATH.match(class_path):
+            fail(f"{section}.class_path", f"{class_path!r} is not a dotted path like package.module.ClassName")
+    for i, spec in enumerate(cfg.callbacks.extra):
+        if spec.class_path is None or not _CLASS_PATH.match(str(spec.class_path)):
+            fail(f"callbacks.extra[{i}].class_path", f"{spec.class_path!r} is not a dotted path")
+
+    def duration(key: str, *, allow_none: bool = False, allow: tuple[str, ...] = ()) -> None:
+        value = get(key)
+        if value is None and allow_none:
+            return
+        if isinstance(value, str) and value in allow:
+            return
+        try:
+            parse_duration(value)
+        except ValueError as exc:
+            fail(key, str(exc))
+
+    duration("supervision.budget", allow_none=True)
+    duration("supervision.restart_window")
+    duration("supervision.backoff.initial")
+    duration("supervision.backoff.max")
+    duration("supervision.hang_timeout", allow=("auto", "off"))
+    duration("supervision.stop_grace")
+    duration("checkpoint.train_time_interval", allow_none=True)
+    if cfg.supervision.budget is not None and parse_duration(cfg.supervision.budget) <= 0:
+        fail("supervision.budget", "must be longer than zero")
+
+    def choice(key: str, choices: tuple[str, ...]) -> None:
+        value = get(key)
+        if value not in choices:
+            fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
+
+    choice("supervision.resume_from", RESUME_CHOICES)
+    choice("checkpoint.mode", MODE_CHOICES)
+    choice("callbacks.early_stopping.mode", MODE_CHOICES)
+    choice("logger.wandb.mode", WANDB_MODES)
+    choice("logger.wandb.watch", WATCH_CHOICES)
+    for i, event in enumerate(cfg.supervision.alerts):
+        if event not in ALERT_EVENTS:
+            fail(f"supervision.alerts[{i}]", f"must be one of {', '.join(ALERT_EVENTS)}; got {event!r}")
+
+    def at_least(key: str, minimum: float, *, allow_none: bool = False) -> None:
+        value = get(key)
+        if value is None and allow_none:
+            return
+        if value < minimum:
+            fail(key, f"must be at least {minimum}; got {value}")
+
+    at_least("supervision.max_restarts", 0)
+    at_least("supervision.no_progress_attempts", 1)
+    at_least("supervision.gpus", 0)
+    at_least("supervision.backoff.factor", 1.0)
+    at_least("checkpoint.save_top_k", -1)
+    at_least("checkpoint.every_n_train_steps", 1, allow_none=True)
+    at_least("checkpoint.every_n_epochs", 1, allow_none=True)
+    at_least("callbacks.early_stopping.patience", 0)
+    at_least("logger.wandb.watch_log_freq", 1)
+    triggers = [k for k in ("every_n_train_steps", "train_time_interval", "every_n_epochs")
+                if cfg.checkpoint[k] is not None]
+    if len(triggers) > 1:
+        fail(f"checkpoint.{triggers[1]}", f"set only one of every_n_train_steps, train_time_interval, "
+             f"every_n_epochs (also set: {triggers[0]})")
+    for key in cfg.env:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(key)):
+            fail(f"env.{key}", "is not a valid environment variable name")
+
+
+def _key_of(exc: OmegaConfBaseException) -> str | None:
+    key = getattr(exc, "full_key", None)
+    return str(key) if key else None
+
+
+def _check_sections(raw: dict[str, Any], schema: type, prefix: str, source: str) -> None:
+    """Sections must be mappings: say so by key (OmegaConf's merge error names none)."""
+    for f in fields(schema):
+        value = raw.get(f.name)
+        key = f"{prefix}{f.name}"
+        target = _SECTION_TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if target is None or value is None:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(source, key, f"must be a mapping (a section), got {type(value).__name__}")
+        _check_sections(value, target, key + ".", source)
+
+
+def _type_problem(exc: ValidationError) -> str:
+    text = _first_line(exc)
+    if "is not a ListConfig" in text:
+        return "expected a list"
+    if "is not a subclass of" in text or "DictConfig" in text:
+        return "expected a mapping"
+    return text
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _cli_hint(key: str | None, override_keys: set[str], from_cli: bool) -> str:
+    if from_cli or (key is not None and key in override_keys):
+        return " (set on the command line)"
+    return ""

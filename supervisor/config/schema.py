@@ -1,0 +1,135 @@
+"""The job config schema: one YAML file describes a whole supervised run.
+
+These dataclasses are OmegaConf structured configs: OmegaConf checks key names
+and types when a YAML file is merged into them, and ``loader.py`` adds the
+checks types cannot express (durations, choices, ranges). Section and key names
+are part of the user interface: change them only with a migration note.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+# Optional[...] rather than "X | None": OmegaConf reads these annotations at
+# runtime and must support Python 3.10.
+
+RESUME_CHOICES = ("best", "last", "auto")
+MODE_CHOICES = ("min", "max")
+WANDB_MODES = ("online", "offline", "disabled")
+WATCH_CHOICES = ("gradients", "parameters", "all", "none")
+ALERT_EVENTS = ("restart", "hang", "gpu_fault", "failed", "budget", "completed", "stopped", "reboot")
+DEFAULT_ALERTS = ["restart", "hang", "gpu_fault", "failed", "budget", "completed", "reboot"]
+
+
+@dataclass
+class ClassSpec:
+    """A class to build, in the LightningCLI convention."""
+
+    class_path: str = MISSING
+    init_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointConfig:
+    """How the trainer saves checkpoints (a Lightning ModelCheckpoint, plus a manifest)."""
+
+    monitor: str | None = None  # None: no metric; "best" then means newest
+    mode: str = "min"
+    save_top_k: int = 3
+    save_last: bool = True
+    every_n_train_steps: int | None = None
+    train_time_interval: str | None = None  # a duration
+    every_n_epochs: int | None = None
+    filename: str = "{epoch}-{step}"
+    save_weights_only: bool = False
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging; one W&B run spans every attempt of a job."""
+
+    project: str = "ml-supervisor"
+    entity: str | None = None
+    # online falls back to offline when no API key is configured
+    mode: str = "online"
+    name: str | None = None  # run display name; default: the job name
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    watch: str = "none"
+    watch_log_freq: int = 100
+    # Fixed per job by the supervisor when it freezes the config; every attempt
+    # resumes this run. Leave unset when writing a config.
+    run_id: str | None = None
+    dir: str | None = None
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    monitor: str | None = None  # None: early stopping off
+    patience: int = 3
+    mode: str = "min"
+    min_delta: float = 0.0
+
+
+@dataclass
+class CallbacksConfig:
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    lr_monitor: bool = False
+    extra: list[ClassSpec] = field(default_factory=list)
+
+
+@dataclass
+class BackoffConfig:
+    """Delay before restart k of a failing streak: initial * factor**(k-2), capped at max.
+
+    The first restart of a streak is immediate.
+    """
+
+    initial: str = "10s"
+    factor: float = 2.0
+    max: str = "5m"
+
+
+@dataclass
+class SupervisionConfig:
+    """The supervision policy, read by the daemon (validated here so errors come early)."""
+
+    budget: str | None = None  # wall-clock time from first start; None: no budget
+    max_restarts: int = 10
+    restart_window: str = "1h"
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+    resume_from: str = "best"
+    hang_timeout: str = "auto"
+    # give up after this many consecutive attempts that saved no new checkpoint
+    no_progress_attempts: int = 3
+    stop_grace: str = "60s"  # SIGTERM -> SIGKILL
+    gpus: int = 0
+    alerts: list[str] = field(default_factory=lambda: list(DEFAULT_ALERTS))
+
+
+@dataclass
+class JobConfig:
+    """The whole job: what to train, how, and how to supervise it."""
+
+    name: str = MISSING
+    workdir: str | None = None  # default: where the config was submitted from
+    python: str | None = None  # default: the supervisor's interpreter
+    env: dict[str, str] = field(default_factory=dict)
+    seed: int | None = None
+    model: ClassSpec = field(default_factory=ClassSpec)
+    data: ClassSpec = field(default_factory=ClassSpec)
+    trainer: dict[str, Any] = field(default_factory=dict)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    # Knobs a web-launcher template offers (see docs); ignored by the trainer.
+    ui: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,81 @@
+"""Crash-safe small-file I/O: atomic JSON writes, one-line appends, tolerant reads."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: str | Path, obj: Any, *, durable: bool = True) -> None:
+    """Write ``obj`` as JSON so readers see the old file or the new one, never a mix.
+
+    ``durable`` fsyncs the data before the rename (records that must survive a
+    power cut: exit records, monitor status). Heartbeats pass ``False``: losing
+    one to a crash costs nothing and the fsync would cost step time.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str).encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def append_json_line(path: str | Path, obj: Any) -> None:
+    """Append one JSON line with a single ``write`` on an O_APPEND fd, then fsync.
+
+    A reader that finds a last line without its newline ignores it (see
+    ``read_json_lines``), so a writer killed mid-line corrupts nothing.
+    """
+    line = (json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_json(path: str | Path) -> Any | None:
+    """The JSON in ``path``, or ``None`` when it is missing or unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def read_json_lines(path: str | Path) -> list[Any]:
+    """Every complete JSON line of ``path`` (a torn last line is skipped)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return []
+    out = []
+    for raw in data.split(b"\n")[:-1]:  # the part after the last newline is incomplete
+        if not raw.strip():
+            continue
+        try:
+            out.append(json.loads(raw))
+        except ValueError:
+            continue
+    return out
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else ``None`` (JSON has no NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if number != number or number in (float("inf"), float("-inf")):
+        return None
+    return number

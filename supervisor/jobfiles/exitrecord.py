@@ -1,0 +1,68 @@
+"""The exit record: ``attempts/<n>/exit.json``, how an attempt ended as the trainer saw it.
+
+Written (durably) by the trainer just before it exits. Exit codes cannot say
+"completed" (Lightning exits 0 after SIGTERM), so this file is the only proof
+of completion; a missing file means the process died without a word.
+
+    {"status": "completed", "reason": "max_epochs", "global_step": 400, "epoch": 9, "time": 1.7e9}
+    {"status": "signal", "signal": "SIGTERM", "checkpoint": ABS, "global_step": 120, ...}
+    {"status": "exception", "exception": {"type": "RuntimeError", "message": "...", "traceback": "..."}, ...}
+    {"status": "config_error", "message": "configs/x.yaml: model.class_path: ...", ...}
+
+``reason`` (completed only): max_epochs, max_steps, early_stopping, max_time, stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor.jobfiles.atomic import read_json, write_json_atomic
+
+STATUSES = ("completed", "exception", "signal", "config_error")
+
+
+@dataclass
+class ExitRecord:
+    status: str
+    time: float
+    pid: int
+    global_step: int = 0
+    epoch: int = 0
+    reason: str | None = None
+    signal: str | None = None
+    checkpoint: str | None = None
+    message: str | None = None
+    exception: dict[str, str] | None = None
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "completed"
+
+
+def write_exit_record(path: str | Path, record: ExitRecord) -> None:
+    """Write the record durably: it must survive the process and a power cut."""
+    write_json_atomic(path, asdict(record), durable=True)
+
+
+def read_exit_record(path: str | Path) -> ExitRecord | None:
+    """The record, or ``None`` when the trainer left none (or it is unreadable)."""
+    data: Any = read_json(path)
+    if not isinstance(data, dict) or data.get("status") not in STATUSES:
+        return None
+    try:
+        return ExitRecord(
+            status=str(data["status"]),
+            time=float(data.get("time", 0.0)),
+            pid=int(data.get("pid", 0)),
+            global_step=int(data.get("global_step", 0)),
+            epoch=int(data.get("epoch", 0)),
+            reason=data.get("reason"),
+            signal=data.get("signal"),
+            checkpoint=data.get("checkpoint"),
+            message=data.get("message"),
+            exception=data.get("exception"),
+        )
+    except (TypeError, ValueError):
+        return None

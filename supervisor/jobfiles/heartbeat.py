@@ -1,0 +1,69 @@
+"""The heartbeat: ``attempts/<n>/heartbeat.json``, the trainer's progress report.
+
+Rewritten atomically at most every few seconds while steps complete, and at
+once on a phase change, so the daemon can tell a slow step from a hang:
+
+    {"pid": 4242, "attempt": 2, "time": 1.7e9, "started_at": 1.7e9, "phase": "train",
+     "step": 120, "epoch": 3, "step_time": 0.021, "max_step_time": 0.05,
+     "metrics": {"train_loss": 0.31}}
+
+``phase`` is one of ``setup`` (before the first step), ``train``,
+``validate``, ``checkpoint`` (a save is in progress) and ``done``.
+``step_time`` is the mean of recent step intervals, ``max_step_time`` the
+slowest of them (seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from supervisor.jobfiles.atomic import read_json, write_json_atomic
+
+PHASES = ("setup", "train", "validate", "checkpoint", "done")
+
+
+@dataclass
+class Heartbeat:
+    pid: int
+    attempt: int
+    time: float
+    started_at: float
+    phase: str = "setup"
+    step: int = 0
+    epoch: int = 0
+    step_time: float | None = None
+    max_step_time: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def write_heartbeat(path: str | Path, beat: Heartbeat) -> None:
+    """Replace the heartbeat file (not fsynced: a lost beat costs nothing)."""
+    write_json_atomic(path, asdict(beat), durable=False)
+
+
+def read_heartbeat(path: str | Path) -> Heartbeat | None:
+    """The last heartbeat, or ``None`` when there is none (yet) or it is unreadable."""
+    data: Any = read_json(path)
+    if not isinstance(data, dict):
+        return None
+    try:
+        return Heartbeat(
+            pid=int(data["pid"]),
+            attempt=int(data["attempt"]),
+            time=float(data["time"]),
+            started_at=float(data.get("started_at", data["time"])),
+            phase=str(data.get("phase", "train")),
+            step=int(data.get("step", 0)),
+            epoch=int(data.get("epoch", 0)),
+            step_time=_opt_float(data.get("step_time")),
+            max_step_time=_opt_float(data.get("max_step_time")),
+            metrics={str(k): float(v) for k, v in (data.get("metrics") or {}).items() if v is not None},
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)

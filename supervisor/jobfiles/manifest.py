@@ -1,0 +1,157 @@
+"""The checkpoint manifest: ``checkpoints/manifest.jsonl``, one event per line.
+
+It lets the daemon pick "best" and "last" without torch. Events:
+
+    {"event": "save", "path": ABS, "step": 40, "epoch": 1, "monitor": "val_loss", "score": 0.23,
+     "mode": "min", "size": 123456, "time": 1.7e9, "attempt": 2, "kind": "topk", "finite": true}
+    {"event": "remove", "path": ABS, "time": ..., "attempt": 2}
+    {"event": "abandon", "paths": [ABS, ...], "resumed_from": ABS, "step": 20, "time": ..., "attempt": 3}
+
+A ``save`` line is appended only once the file is complete and renamed into
+place. ``kind`` is ``topk`` (kept by score), ``last`` (``last.ckpt``, replaced
+in place) or ``signal`` (saved on the way out after SIGTERM). ``score`` is
+``null`` when there is no monitor or it was not finite; ``finite`` says whether
+every logged metric was finite at that step. ``abandon`` records that a resume
+rewound the run: the listed files were moved to ``abandoned/<attempt>/`` and are
+no longer part of the current timeline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor.jobfiles.atomic import append_json_line, read_json_lines
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    """One live checkpoint of the current timeline."""
+
+    path: str
+    step: int
+    epoch: int
+    monitor: str | None
+    score: float | None
+    mode: str
+    size: int
+    time: float
+    attempt: int
+    kind: str = "topk"
+    finite: bool = True
+
+    def to_event(self) -> dict[str, Any]:
+        return {"event": "save", **asdict(self)}
+
+
+def record_save(manifest: str | Path, entry: CheckpointEntry) -> None:
+    """Append a ``save`` line. Call only after the file is complete at ``entry.path``."""
+    append_json_line(manifest, entry.to_event())
+
+
+def record_remove(manifest: str | Path, path: str, attempt: int) -> None:
+    """Append a ``remove`` line (top-k dropped the file)."""
+    append_json_line(manifest, {"event": "remove", "path": str(path), "time": time.time(), "attempt": attempt})
+
+
+def live_checkpoints(manifest: str | Path, *, require_file: bool = True) -> list[CheckpointEntry]:
+    """The current timeline's checkpoints, in save order (oldest first).
+
+    A path saved twice (``last.ckpt``) keeps its latest entry. Entries whose file
+    is gone are dropped when ``require_file`` is set.
+    """
+    live: dict[str, CheckpointEntry] = {}
+    for event in read_json_lines(manifest):
+        kind = event.get("event")
+        if kind == "save":
+            try:
+                entry = _entry_from_event(event)
+            except (KeyError, TypeError, ValueError):
+                continue
+            live.pop(entry.path, None)  # re-insert so dict order is save order
+            live[entry.path] = entry
+        elif kind == "remove":
+            live.pop(str(event.get("path")), None)
+        elif kind == "abandon":
+            for path in event.get("paths", []):
+                live.pop(str(path), None)
+    entries = list(live.values())
+    if require_file:
+        entries = [e for e in entries if os.path.exists(e.path)]
+    return entries
+
+
+def rank_best(entries: Iterable[CheckpointEntry]) -> list[CheckpointEntry]:
+    """Best first. With a monitor: by score in its mode (unscored last); without: newest first.
+
+    Ties go to the later step, then to a stable top-k file over ``last.ckpt``
+    (which the next save overwrites).
+    """
+    items = list(entries)
+
+    def key(e: CheckpointEntry) -> tuple[int, float, int, int, float]:
+        if e.monitor and e.score is not None:
+            signed = e.score if e.mode == "min" else -e.score
+            return (0, signed, -e.step, e.kind == "last", -e.time)
+        return (1, 0.0, -e.step, e.kind == "last", -e.time)
+
+    return sorted(items, key=key)
+
+
+def rank_newest(entries: Iterable[CheckpointEntry]) -> list[CheckpointEntry]:
+    """Newest first (highest step, then latest save)."""
+    return sorted(entries, key=lambda e: (-e.step, -e.time))
+
+
+def abandon_after(manifest: str | Path, resume_path: str | Path, attempt: int) -> list[str]:
+    """Rewind the timeline to ``resume_path``: move every later checkpoint aside.
+
+    Later means a higher global step than the resume point's. The files move to
+    ``abandoned/<attempt>/`` beside the manifest (nothing is deleted), and one
+    ``abandon`` line records them, so later best/last look-ups and top-k never
+    see them. Returns the moved paths; no-op when ``resume_path`` is not in
+    this manifest's timeline or is already the newest.
+    """
+    manifest = Path(manifest)
+    live = live_checkpoints(manifest, require_file=False)
+    resume = os.path.abspath(resume_path)
+    point = next((e for e in live if os.path.abspath(e.path) == resume), None)
+    if point is None:
+        return []
+    later = [e for e in live if e.step > point.step]
+    if not later:
+        return []
+    dest = manifest.parent / "abandoned" / str(attempt)
+    dest.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for entry in later:
+        if os.path.exists(entry.path):
+            shutil.move(entry.path, dest / Path(entry.path).name)
+        moved.append(entry.path)
+    append_json_line(manifest, {
+        "event": "abandon", "paths": moved, "resumed_from": resume, "step": point.step,
+        "time": time.time(), "attempt": attempt,
+    })
+    return moved
+
+
+def _entry_from_event(event: dict[str, Any]) -> CheckpointEntry:
+    score = event.get("score")
+    return CheckpointEntry(
+        path=str(event["path"]),
+        step=int(event["step"]),
+        epoch=int(event.get("epoch", 0)),
+        monitor=event.get("monitor"),
+        score=float(score) if score is not None else None,
+        mode=str(event.get("mode", "min")),
+        size=int(event.get("size", 0)),
+        time=float(event.get("time", 0.0)),
+        attempt=int(event.get("attempt", 0)),
+        kind=str(event.get("kind", "topk")),
+        finite=bool(event.get("finite", True)),
+    )
