@@ -89,16 +89,17 @@ def live_checkpoints(manifest: str | Path, *, require_file: bool = True) -> list
 def rank_best(entries: Iterable[CheckpointEntry]) -> list[CheckpointEntry]:
     """Best first. With a monitor: by score in its mode (unscored last); without: newest first.
 
-    Ties go to the later step, then to a stable top-k file over ``last.ckpt``
-    (which the next save overwrites).
+    On a tied score a top-k file wins over ``last.ckpt`` or a signal save: their
+    score is the last *validated* value, carried over to weights that were not
+    validated. Then the later step wins.
     """
     items = list(entries)
 
-    def key(e: CheckpointEntry) -> tuple[int, float, int, int, float]:
+    def key(e: CheckpointEntry) -> tuple[int, float, bool, int, float]:
         if e.monitor and e.score is not None:
             signed = e.score if e.mode == "min" else -e.score
-            return (0, signed, -e.step, e.kind == "last", -e.time)
-        return (1, 0.0, -e.step, e.kind == "last", -e.time)
+            return (0, signed, e.kind != "topk", -e.step, -e.time)
+        return (1, 0.0, False, -e.step, -e.time)
 
     return sorted(items, key=key)
 
