@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import MISSING
 
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at
-# runtime and must support Python 3.10.
+# runtime and understands the typing form best.
 
 RESUME_CHOICES = ("best", "last", "auto")
 MODE_CHOICES = ("min", "max")

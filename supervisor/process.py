@@ -1,0 +1,153 @@
+"""Processes: start an attempt's monitor, tell whether it lives, stop a trainer's whole tree.
+
+One stop routine for everything: SIGTERM to the trainer's process group, a
+grace deadline, then SIGKILL to the group and to every descendant of the
+attempt monitor, so no DataLoader or DDP worker survives holding GPU memory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from supervisor.jobfiles.layout import AttemptLayout
+
+# psutil's create_time has a resolution of a clock tick; allow for rounding.
+_CREATE_TIME_SLACK_S = 0.05
+
+
+def try_lock(path: Path) -> int | None:
+    """Open ``path`` and take an exclusive flock without blocking: the fd, or ``None`` if held elsewhere."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def spawn_attempt_monitor(attempt: AttemptLayout, command: Sequence[str], *, cwd: str, env: Mapping[str, str],
+                          lock_fd: int | None) -> tuple[int, float]:
+    """Start ``python -m supervisor.attempt_monitor`` for ``command``; return its pid and start time.
+
+    The monitor gets a session of its own (``start_new_session``): a daemon
+    killed by a terminal, by systemd (``KillMode=process``) or by SIGKILL leaves
+    it and its trainer running.
+    """
+    attempt.dir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "supervisor.attempt_monitor", "--attempt-dir", str(attempt.dir), "--cwd", cwd]
+    pass_fds: tuple[int, ...] = ()
+    if lock_fd is not None:
+        argv += ["--lock-fd", str(lock_fd)]
+        pass_fds = (lock_fd,)
+    argv += ["--", *command]
+    with open(attempt.dir / "monitor.log", "ab") as log:
+        proc = subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, pass_fds=pass_fds, close_fds=True)
+    try:
+        started = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        started = 0.0
+    # The daemon never waits on the monitor (it may outlive us); don't leave a zombie either.
+    _detach(proc)
+    return proc.pid, started
+
+
+_spawned_monitors: set[int] = set()
+
+
+def _detach(proc: subprocess.Popen[bytes]) -> None:
+    # Popen would keep an un-waited child on a module list and poll it; we reap the
+    # monitor ourselves (reap_monitors), by pid only: waitpid(-1) would steal the exit
+    # status of unrelated subprocess.run calls in other threads.
+    _spawned_monitors.add(proc.pid)
+    proc.returncode = 0
+
+
+def reap_monitors() -> None:
+    """Reap exited monitors that are our own children (adopted ones belong to init)."""
+    for pid in list(_spawned_monitors):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _spawned_monitors.discard(pid)
+
+
+def is_alive(pid: int | None, create_time: float | None) -> bool:
+    """Whether ``pid`` is still the process we started (guards against pid reuse)."""
+    if not pid:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if create_time and abs(proc.create_time() - create_time) > _CREATE_TIME_SLACK_S:
+            return False
+        return True
+    except psutil.Error:
+        return False
+
+
+def signal_group(pgid: int | None, signum: int) -> bool:
+    """Send ``signum`` to a process group; ``False`` when it is gone."""
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, signum)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def signal_process(pid: int | None, signum: int) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, signum)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def tree_pids(monitor_pid: int | None, pgid: int | None) -> set[int]:
+    """Every live process of an attempt: the monitor's descendants and the trainer's process group."""
+    pids: set[int] = set()
+    if monitor_pid:
+        try:
+            pids.update(p.pid for p in psutil.Process(monitor_pid).children(recursive=True))
+        except psutil.Error:
+            pass
+    if pgid:
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if os.getpgid(proc.pid) == pgid:
+                    pids.add(proc.pid)
+            except (ProcessLookupError, PermissionError):
+                continue
+    return {p for p in pids if _not_zombie(p)}
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_tree(monitor_pid: int | None, pgid: int | None) -> list[int]:
+    """SIGKILL the trainer's group and every descendant of the monitor (the monitor itself lives on to report)."""
+    signal_group(pgid, signal.SIGKILL)
+    victims = sorted(tree_pids(monitor_pid, pgid))
+    for pid in victims:
+        signal_process(pid, signal.SIGKILL)
+    return victims

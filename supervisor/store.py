@@ -1,0 +1,350 @@
+"""The single source of truth: one SQLite database (WAL) with jobs, attempts and events.
+
+The daemon's loop thread is the only writer; API threads read concurrently
+(WAL lets readers run beside the writer). Each thread gets its own connection.
+A daemon killed at any instant leaves the database consistent: every state
+change and its event are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import JobNotFound
+from supervisor.states import JobState, check_transition
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    end_reason TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    first_started_at REAL,
+    ended_at REAL,
+    job_dir TEXT NOT NULL,
+    workdir TEXT NOT NULL,
+    config_source TEXT NOT NULL,
+    budget_s REAL,
+    gpus_requested INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    wandb_run_id TEXT,
+    next_start_at REAL,
+    wait_reason TEXT,
+    stop_intent TEXT,
+    stop_deadline REAL,
+    best_checkpoint TEXT,
+    detail TEXT
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    n INTEGER NOT NULL,
+    monitor_pid INTEGER,
+    monitor_started REAL,
+    pid INTEGER,
+    pgid INTEGER,
+    boot_id TEXT,
+    gpus TEXT NOT NULL DEFAULT '[]',
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_code INTEGER,
+    signal TEXT,
+    reason TEXT,
+    detail TEXT,
+    resumed_from TEXT,
+    new_checkpoints INTEGER NOT NULL DEFAULT 0,
+    global_step INTEGER,
+    PRIMARY KEY (job_id, n)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    job_id TEXT,
+    attempt INTEGER,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass
+class JobRow:
+    id: str
+    name: str
+    state: JobState
+    created_at: float
+    updated_at: float
+    job_dir: str
+    workdir: str
+    config_source: str
+    end_reason: str | None = None
+    first_started_at: float | None = None
+    ended_at: float | None = None
+    budget_s: float | None = None
+    gpus_requested: int = 0
+    restarts: int = 0
+    wandb_run_id: str | None = None
+    next_start_at: float | None = None
+    wait_reason: str | None = None
+    stop_intent: str | None = None
+    stop_deadline: float | None = None
+    best_checkpoint: str | None = None
+    detail: str | None = None
+
+
+@dataclass
+class AttemptRow:
+    job_id: str
+    n: int
+    started_at: float
+    monitor_pid: int | None = None
+    monitor_started: float | None = None
+    pid: int | None = None
+    pgid: int | None = None
+    boot_id: str | None = None
+    gpus: list[int] = field(default_factory=list)
+    ended_at: float | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    reason: str | None = None
+    detail: str | None = None
+    resumed_from: str | None = None
+    new_checkpoints: int = 0
+    global_step: int | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.ended_at is None
+
+
+@dataclass
+class EventRow:
+    id: int
+    time: float
+    job_id: str | None
+    attempt: int | None
+    kind: str
+    message: str
+    data: dict[str, Any]
+
+
+_JOB_FIELDS = [f.name for f in fields(JobRow)]
+_ATTEMPT_FIELDS = [f.name for f in fields(AttemptRow)]
+
+
+class Store:
+    """Jobs, attempts and events in ``<state>/supervisor.db``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        with self._tx() as db:
+            db.executescript(_SCHEMA)
+            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    # -- connections -------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=True)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed state change survives a power cut, not only a process crash.
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- meta ----------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def insert_job(self, job: JobRow, *, message: str, data: dict[str, Any] | None = None) -> None:
+        """Create a job and its ``submitted`` event in one transaction."""
+        values = _job_values(job)
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO jobs({', '.join(_JOB_FIELDS)}) VALUES ({', '.join('?' * len(_JOB_FIELDS))})",
+                [values[k] for k in _JOB_FIELDS],
+            )
+            _insert_event(db, job.created_at, job.id, None, "submitted", message, data or {})
+
+    def get_job(self, job_id: str) -> JobRow:
+        """The job, or ``JobNotFound``. Accepts a unique prefix of the id."""
+        db = self._conn()
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            rows = db.execute("SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\'",
+                              (job_id.replace("%", "\\%").replace("_", "\\_") + "%",)).fetchall()
+            if len(rows) == 1:
+                row = rows[0]
+            elif len(rows) > 1:
+                raise JobNotFound(f"job id {job_id!r} is ambiguous: {', '.join(r['id'] for r in rows[:5])}")
+        if row is None:
+            raise JobNotFound(f"no job {job_id!r}")
+        return _job_from_row(row)
+
+    def list_jobs(self, states: Sequence[JobState] | None = None) -> list[JobRow]:
+        """Jobs, oldest first, optionally only those in ``states``."""
+        db = self._conn()
+        if states:
+            marks = ", ".join("?" * len(states))
+            rows = db.execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY created_at",
+                              [s.value for s in states]).fetchall()
+        else:
+            rows = db.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
+        return [_job_from_row(r) for r in rows]
+
+    def update_job(self, job_id: str, *, now: float, **changes: Any) -> None:
+        """Change fields that are not the state (use ``transition`` for that)."""
+        if "state" in changes:
+            raise ValueError("use transition() to change a job's state")
+        changes["updated_at"] = now
+        values = _job_values_partial(changes)
+        with self._tx() as db:
+            _update(db, "jobs", "id = ?", [job_id], values)
+
+    def transition(self, job_id: str, new: JobState, *, now: float, message: str, kind: str | None = None,
+                   attempt: int | None = None, data: dict[str, Any] | None = None, **changes: Any) -> JobRow:
+        """Move a job to ``new``: check the table, stamp, persist and record an event, atomically."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job {job_id!r}")
+            job = _job_from_row(row)
+            check_transition(job.state, new)
+            changes.update(state=new, updated_at=now)
+            if new.terminal:
+                changes.setdefault("ended_at", now)
+            _update(db, "jobs", "id = ?", [job_id], _job_values_partial(changes))
+            payload = {"from": job.state.value, "to": new.value, **(data or {})}
+            _insert_event(db, now, job_id, attempt, kind or new.value, message, payload)
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job_from_row(row)
+
+    # -- attempts ------------------------------------------------------------------------------
+    def insert_attempt(self, attempt: AttemptRow) -> None:
+        values = _attempt_values(attempt.__dict__)
+        with self._tx() as db:
+            db.execute(
+                f"INSERT INTO attempts({', '.join(_ATTEMPT_FIELDS)}) VALUES ({', '.join('?' * len(_ATTEMPT_FIELDS))})",
+                [values[k] for k in _ATTEMPT_FIELDS],
+            )
+
+    def update_attempt(self, job_id: str, n: int, **changes: Any) -> None:
+        with self._tx() as db:
+            _update(db, "attempts", "job_id = ? AND n = ?", [job_id, n], _attempt_values(changes))
+
+    def attempts(self, job_id: str) -> list[AttemptRow]:
+        rows = self._conn().execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY n", (job_id,)).fetchall()
+        return [_attempt_from_row(r) for r in rows]
+
+    def last_attempt(self, job_id: str) -> AttemptRow | None:
+        row = self._conn().execute("SELECT * FROM attempts WHERE job_id = ? ORDER BY n DESC LIMIT 1",
+                                   (job_id,)).fetchone()
+        return None if row is None else _attempt_from_row(row)
+
+    # -- events --------------------------------------------------------------------------------
+    def add_event(self, job_id: str | None, kind: str, message: str, *, now: float | None = None,
+                  attempt: int | None = None, data: dict[str, Any] | None = None) -> int:
+        with self._tx() as db:
+            return _insert_event(db, time.time() if now is None else now, job_id, attempt, kind, message, data or {})
+
+    def events(self, *, after_id: int = 0, job_id: str | None = None, limit: int = 1000) -> list[EventRow]:
+        """Events with id > ``after_id``, oldest first."""
+        db = self._conn()
+        if job_id is None:
+            rows = db.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+        else:
+            rows = db.execute("SELECT * FROM events WHERE id > ? AND job_id = ? ORDER BY id LIMIT ?",
+                              (after_id, job_id, limit)).fetchall()
+        return [EventRow(id=r["id"], time=r["time"], job_id=r["job_id"], attempt=r["attempt"], kind=r["kind"],
+                         message=r["message"], data=json.loads(r["data"])) for r in rows]
+
+    def last_event_id(self) -> int:
+        row = self._conn().execute("SELECT MAX(id) AS m FROM events").fetchone()
+        return int(row["m"] or 0)
+
+
+def _insert_event(db: sqlite3.Connection, now: float, job_id: str | None, attempt: int | None, kind: str,
+                  message: str, data: dict[str, Any]) -> int:
+    cur = db.execute("INSERT INTO events(time, job_id, attempt, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
+                     (now, job_id, attempt, kind, message, json.dumps(data, default=str)))
+    return int(cur.lastrowid or 0)
+
+
+def _update(db: sqlite3.Connection, table: str, where: str, params: list[Any], values: dict[str, Any]) -> None:
+    if not values:
+        return
+    sets = ", ".join(f"{k} = ?" for k in values)
+    cur = db.execute(f"UPDATE {table} SET {sets} WHERE {where}", [*values.values(), *params])
+    if cur.rowcount == 0:
+        raise JobNotFound(f"no such row in {table}: {params}")
+
+
+def _job_values(job: JobRow) -> dict[str, Any]:
+    return _job_values_partial({k: getattr(job, k) for k in _JOB_FIELDS})
+
+
+def _job_values_partial(changes: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(changes) - set(_JOB_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown job fields: {sorted(unknown)}")
+    return {k: (v.value if isinstance(v, JobState) else v) for k, v in changes.items()}
+
+
+def _attempt_values(changes: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(changes) - set(_ATTEMPT_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown attempt fields: {sorted(unknown)}")
+    return {k: (json.dumps(v) if k == "gpus" else v) for k, v in changes.items()}
+
+
+def _job_from_row(row: sqlite3.Row) -> JobRow:
+    values = {k: row[k] for k in _JOB_FIELDS}
+    values["state"] = JobState(values["state"])
+    return JobRow(**values)
+
+
+def _attempt_from_row(row: sqlite3.Row) -> AttemptRow:
+    values = {k: row[k] for k in _ATTEMPT_FIELDS}
+    values["gpus"] = json.loads(values["gpus"] or "[]")
+    return AttemptRow(**values)
