@@ -152,8 +152,9 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+        # executescript commits on its own: it cannot run inside _tx.
+        self._conn().executescript(_SCHEMA)
         with self._tx() as db:
-            db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     # -- connections -------------------------------------------------------------------------

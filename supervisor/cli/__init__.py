@@ -1,0 +1,1 @@
+"""Command-line interfaces: ``ml-supervisor`` (main.py) and ``supervisorctl`` (ctl.py)."""

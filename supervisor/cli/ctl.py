@@ -1,0 +1,160 @@
+"""``supervisorctl``: talk to the running daemon.
+
+    supervisorctl submit CONFIG [key=value ...] [--name NAME]
+    supervisorctl status [JOB] [--json]      supervisorctl list [--json]
+    supervisorctl logs JOB [-f] [--attempt N]
+    supervisorctl history JOB [--json]       supervisorctl events [JOB] [-f] [--json]
+    supervisorctl stop JOB                   supervisorctl restart JOB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+
+from supervisor.api.client import Client
+from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
+from supervisor.cli.render import attempts_table, event_line, job_detail, jobs_table
+
+PROG = "supervisorctl"
+FOLLOW_INTERVAL = 0.5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Control the ml-supervisor daemon.")
+    add_state_dir(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("submit", help="validate a job config and queue it")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--name", default=None, help="the job's name (default: the config's name)")
+    p.add_argument("--json", action="store_true", help="print the new job's status object")
+
+    p = sub.add_parser("status", help="a table of jobs, or one job in detail")
+    p.add_argument("job", nargs="?")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("list", help="every job")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("logs", help="an attempt's stdout and stderr")
+    p.add_argument("job")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing, across restarts, until the job ends")
+    p.add_argument("--attempt", type=int, default=None, help="attempt number (default: the latest)")
+
+    p = sub.add_parser("history", help="attempts: start, end, cause, resumed-from checkpoint")
+    p.add_argument("job")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("events", help="what happened, oldest first")
+    p.add_argument("job", nargs="?")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    for name, text in (("stop", "stop a job gracefully (SIGTERM, grace period, SIGKILL)"),
+                       ("restart", "relaunch a job from its best checkpoint")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("job")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(PROG, lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    client = Client(state_dir_of(args))
+    console = Console(highlight=False, soft_wrap=True)
+    cmd = args.command
+    if cmd == "submit":
+        req = submit_request(args.config, args.overrides, args.name)
+        job = client.call("submit", config_path=req.config_path, cwd=req.cwd, config_text=req.config_text,
+                          overrides=req.overrides, name=req.name)
+        if args.json:
+            _print_json(job)
+        print(job["id"])
+        return 0
+    if cmd == "status" and args.job:
+        job = client.call("status", job=args.job)
+        if args.json:
+            _print_json(job)
+        else:
+            job_detail(console, job)
+        return 0
+    if cmd in ("status", "list"):
+        jobs = client.call("list")
+        if args.json:
+            _print_json(jobs)
+        elif jobs:
+            console.print(jobs_table(jobs))
+        else:
+            console.print("no jobs")
+        return 0
+    if cmd == "history":
+        attempts = client.call("history", job=args.job)
+        if args.json:
+            _print_json(attempts)
+        else:
+            console.print(attempts_table(attempts))
+        return 0
+    if cmd == "events":
+        return _events(client, args)
+    if cmd == "logs":
+        return _logs(client, args)
+    if cmd in ("stop", "restart"):
+        job = client.call(cmd, job=args.job)
+        print(f"{job['id']}: {job['state']}")
+        return 0
+    raise AssertionError(cmd)
+
+
+def _events(client: Client, args: argparse.Namespace) -> int:
+    after = 0
+    while True:
+        events = client.call("events", after=after, job=args.job)
+        for event in events:
+            print(json.dumps(event) if args.json else event_line(event), flush=True)
+            after = event["id"]
+        if not args.follow:
+            return 0
+        time.sleep(FOLLOW_INTERVAL)
+
+
+def _logs(client: Client, args: argparse.Namespace) -> int:
+    attempt = args.attempt
+    offsets: dict[str, int] = {}
+    while True:
+        chunk = client.call("logs", job=args.job, attempt=attempt, offsets=offsets)
+        if chunk["attempt"] is not None and attempt is None:
+            attempt = chunk["attempt"]
+        sys.stdout.write(chunk["stdout"])
+        sys.stderr.write(chunk["stderr"])
+        sys.stdout.flush()
+        offsets = chunk["offsets"]
+        if not args.follow:
+            return 0
+        if chunk["stdout"] or chunk["stderr"]:
+            continue
+        if args.attempt is None and chunk.get("latest_attempt") and chunk["latest_attempt"] != attempt:
+            # the job restarted: follow the new attempt
+            attempt, offsets = chunk["latest_attempt"], {}
+            print(f"--- attempt {attempt} ---", file=sys.stderr, flush=True)
+            continue
+        if chunk["done"] and client.call("status", job=args.job)["state"] in ("completed", "failed", "stopped"):
+            return 0
+        time.sleep(FOLLOW_INTERVAL)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""``ml-supervisor``: run one job in the foreground, or serve as the daemon.
+
+    ml-supervisor run CONFIG [key=value ...] [--name NAME]   one job, fault tolerant, foreground
+    ml-supervisor serve [--config daemon.yaml] [key=value]   the daemon (what systemd runs)
+    ml-supervisor validate CONFIG [key=value ...]            check a config without running it
+
+Exit status of ``run``: 0 completed (finished or budget spent), 1 failed, 2 bad
+config, 130 stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+
+from supervisor.api.client import Client
+from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
+from supervisor.cli.render import STATE_STYLE, event_line, job_detail
+from supervisor.config import format_duration
+from supervisor.daemon import Daemon
+from supervisor.errors import SupervisorError
+from supervisor.logsetup import setup_logging
+from supervisor.settings import load_settings
+
+PROG = "ml-supervisor"
+TERMINAL = ("completed", "failed", "stopped")
+EXIT_STATUS = {"completed": 0, "failed": 1, "stopped": 130}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Fault-tolerant supervisor for Lightning training.")
+    add_state_dir(parser)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run one job in the foreground, restarting it from its best checkpoint")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.add_argument("--name", default=None)
+    p.add_argument("--daemon-config", default=None, help="daemon settings YAML (when no daemon is running)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show the supervisor's own log")
+
+    p = sub.add_parser("serve", help="run the daemon (systemd runs this)")
+    p.add_argument("--config", default=None, help="daemon settings YAML")
+    p.add_argument("settings", nargs="*", metavar="key=value", help="daemon setting overrides")
+
+    p = sub.add_parser("validate", help="check a job config (schema and imports) without running it")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(PROG, lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        setup_logging()
+        settings = load_settings(args.config, args.settings, state_dir=args.state_dir)
+        return Daemon(settings).serve()
+    if args.command == "validate":
+        return _validate(args)
+    return _run(args)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from supervisor.submit import load_request_config
+
+    req = submit_request(args.config, args.overrides, None)
+    cfg = load_request_config(req)
+    settings = load_settings(state_dir=args.state_dir)
+    proc = subprocess.run([cfg.python or sys.executable, "-m", settings.trainer_module, "--config", args.config,
+                           "--check", *args.overrides], stdin=subprocess.DEVNULL)
+    if proc.returncode == 0:
+        print(f"{args.config}: ok")
+    return proc.returncode
+
+
+def _run(args: argparse.Namespace) -> int:
+    console = Console(highlight=False, soft_wrap=True)
+    req = submit_request(args.config, args.overrides, args.name)
+    state_dir = state_dir_of(args)
+    client = Client(state_dir)
+    daemon: Daemon | None = None
+    if client.available():
+        console.print(f"[dim]submitting to the daemon serving {state_dir}[/]")
+    else:
+        setup_logging(logging.INFO if args.verbose else logging.WARNING)
+        daemon = Daemon(load_settings(args.daemon_config, state_dir=str(state_dir)))
+        daemon.start()
+    try:
+        job = client.call("submit", config_path=req.config_path, cwd=req.cwd, config_text=req.config_text,
+                          overrides=req.overrides, name=req.name)
+        console.print(f"job [bold]{job['id']}[/] submitted; state dir {state_dir}")
+        final = _follow(client, console, job["id"])
+    finally:
+        if daemon is not None:
+            daemon.stop()
+    job_detail(console, final)
+    return EXIT_STATUS.get(final["state"], 1)
+
+
+def _follow(client: Client, console: Console, job_id: str) -> dict[str, Any]:
+    """Print events and progress until the job ends. Ctrl-C stops the job gracefully; twice, at once."""
+    interrupts = 0
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts >= 2:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    asked_stop = False
+    after = 0
+    last_progress = ("", 0.0)
+    try:
+        while True:
+            for event in client.call("events", after=after, job=job_id):
+                after = event["id"]
+                if event["kind"] != "checkpoint":
+                    console.print(event_line(event))
+            job = client.call("status", job=job_id)
+            if job["state"] in TERMINAL:
+                return job
+            if interrupts and not asked_stop:
+                console.print("[yellow]stopping the job (Ctrl-C again to stop waiting)[/]")
+                client.call("stop", job=job_id)
+                asked_stop = True
+            line = _progress_line(job)
+            if line != last_progress[0] and time.monotonic() - last_progress[1] >= 5.0:
+                console.print(line)
+                last_progress = (line, time.monotonic())
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("[red]not waiting any more; the job keeps its state[/]")
+        try:
+            return client.call("status", job=job_id)
+        except SupervisorError:
+            raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _progress_line(job: dict[str, Any]) -> str:
+    state = job["state"]
+    metrics = "  ".join(f"{k}={v:.4g}" for k, v in sorted((job.get("metrics") or {}).items()))
+    budget = job["budget"]
+    left = "" if budget["remaining"] is None else f"  budget left {format_duration(budget['remaining'])}"
+    epoch = job.get("epoch")
+    return (f"[{STATE_STYLE.get(state, '')}]{state}[/] attempt {len(job['attempts'])}  step {job['global_step']}"
+            f"  epoch {'-' if epoch is None else epoch}  {metrics}{left}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Terminal rendering with rich: the job table, one job's detail, attempts, events."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from supervisor.config import format_duration
+
+STATE_STYLE = {"running": "green", "starting": "cyan", "queued": "blue", "backoff": "yellow", "stopping": "yellow",
+               "completed": "bold green", "failed": "bold red", "stopped": "magenta"}
+
+
+def when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("JOB", "STATE", "REASON", "RESTARTS", "STEP", "BEST", "BUDGET LEFT"):
+        table.add_column(col)
+    for job in jobs:
+        best = job.get("best_checkpoint") or {}
+        score = best.get("score")
+        budget = job["budget"]
+        left = "-" if budget["remaining"] is None else format_duration(budget["remaining"])
+        state = job["state"]
+        table.add_row(job["id"], f"[{STATE_STYLE.get(state, '')}]{state}[/]", job.get("end_reason") or "",
+                      str(job["restarts"]), str(job["global_step"]),
+                      "-" if score is None else f"{score:.4g} @ {best.get('step')}", left)
+    return table
+
+
+def attempts_table(attempts: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("#", "STARTED", "ENDED", "PID", "GPUS", "EXIT", "CAUSE", "DETAIL", "RESUMED FROM"):
+        table.add_column(col, overflow="fold")
+    for a in attempts:
+        exit_text = a["signal"] or ("" if a["exit_code"] is None else str(a["exit_code"]))
+        table.add_row(str(a["n"]), when(a["started_at"]), when(a["ended_at"]), str(a["pid"] or "-"),
+                      ",".join(map(str, a["gpus"])) or "-", exit_text, a["reason"] or "",
+                      a.get("detail") or "", Path(a["resumed_from"]).name if a["resumed_from"] else "scratch")
+    return table
+
+
+def job_detail(console: Console, job: dict[str, Any]) -> None:
+    state = job["state"]
+    console.print(f"[bold]{job['id']}[/]  [{STATE_STYLE.get(state, '')}]{state}[/]"
+                  + (f" ({job['end_reason']})" if job.get("end_reason") else ""))
+    if job.get("wait_reason"):
+        console.print(f"  waiting: {job['wait_reason']}")
+    if job.get("detail"):
+        console.print(f"  last: {job['detail']}")
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted((job.get("metrics") or {}).items()))
+    epoch = job.get("epoch")
+    console.print(f"  step {job['global_step']}  epoch {'-' if epoch is None else epoch}"
+                  f"  phase {job.get('phase') or '-'}  restarts {job['restarts']}"
+                  + (f"  {metrics}" if metrics else ""))
+    budget = job["budget"]
+    if budget["seconds"] is not None:
+        console.print(f"  budget {format_duration(budget['seconds'])}: used {format_duration(budget['used'])},"
+                      f" left {format_duration(budget['remaining'])}")
+    best = job.get("best_checkpoint")
+    if best:
+        console.print(f"  best checkpoint: {best['path']} (step {best.get('step')}, score {best.get('score')})")
+    wandb = job.get("wandb") or {}
+    if wandb.get("run_id"):
+        console.print(f"  W&B run {wandb['run_id']} ({wandb.get('mode')})"
+                      + (f" {wandb['url']}" if wandb.get("url") else f" in {wandb.get('dir')}"))
+    if job["attempts"]:
+        console.print(attempts_table(job["attempts"]))
+
+
+def event_line(event: dict[str, Any]) -> str:
+    job = f"{event['job_id']} " if event.get("job_id") else ""
+    attempt = f"#{event['attempt']} " if event.get("attempt") else ""
+    return f"{when(event['time'])} {job}{attempt}{event['kind']}: {event['message']}"

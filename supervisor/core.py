@@ -1,0 +1,614 @@
+"""The supervisor core: one loop that launches, watches, stops and relaunches jobs.
+
+One thread (the loop) owns every decision and every write to the store. Other
+threads only put work on its queue: file events (watchdog), timers
+(APScheduler: budget deadlines, backoff ends, stop escalation), API requests
+and signal handlers. ``tick()`` polls every job; tests call it directly.
+
+The same core serves the daemon (``ml-supervisor serve``) and a foreground run
+(``ml-supervisor run``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from omegaconf import DictConfig
+
+from supervisor import policy as restart_policy
+from supervisor.attempt_monitor import current_boot_id
+from supervisor.config import load_job_config, parse_duration
+from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
+from supervisor.jobfiles.atomic import read_json, read_json_lines
+from supervisor.jobfiles.exitrecord import read_exit_record
+from supervisor.jobfiles.heartbeat import read_heartbeat
+from supervisor.jobfiles.layout import JobLayout
+from supervisor.jobfiles.manifest import live_checkpoints, rank_best
+from supervisor.outcome import classify_end
+from supervisor.process import (
+    is_alive,
+    kill_tree,
+    reap_monitors,
+    signal_group,
+    spawn_attempt_monitor,
+    try_lock,
+)
+from supervisor.resume import choose_resume
+from supervisor.settings import DaemonSettings
+from supervisor.states import LIVE_STATES, JobState
+from supervisor.store import AttemptRow, JobRow, Store
+from supervisor.submit import SubmitRequest, prepare_job, trainer_environment
+from supervisor.watcher import JobFileWatcher
+
+log = logging.getLogger("ml_supervisor")
+T = TypeVar("T")
+
+# Alert hook: (event, job, details) -> None. Wired to the W&B alert dispatcher by the daemon.
+AlertHook = Callable[[str, JobRow, dict[str, Any]], None]
+
+
+@dataclass
+class _Tracked:
+    """What the loop remembers about a job's live attempt between polls (rebuilt after a restart)."""
+
+    attempt: int
+    slowest_step: float | None = None
+    manifest_lines: int = 0
+    stacks_dumped: bool = False
+
+
+class Supervisor:
+    """The core. ``open()`` it, then drive it with ``run()`` (a thread) or ``tick()`` (tests)."""
+
+    def __init__(self, settings: DaemonSettings, *, clock: Callable[[], float] = time.time,
+                 boot_id: str | None = None, alert_hook: AlertHook | None = None) -> None:
+        assert settings.state_dir, "settings.state_dir must be resolved"
+        self.settings = settings
+        self.state_dir = Path(settings.state_dir)
+        self.jobs_dir = self.state_dir / "jobs"
+        self.clock = clock
+        self.boot_id = boot_id or current_boot_id()
+        self.alert_hook = alert_hook
+        self.store: Store | None = None
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._pending: set[str] = set()
+        self._pending_lock = threading.Lock()
+        self._tracked: dict[str, _Tracked] = {}
+        self._configs: dict[str, DictConfig] = {}
+        self._scheduler = BackgroundScheduler(daemon=True, job_defaults={"misfire_grace_time": None})
+        self._watcher: JobFileWatcher | None = None
+        self._lock_fd: int | None = None
+        self._stop = threading.Event()
+        self.loop_beat = time.monotonic()  # last time the loop went round (sd_notify watchdog reads it)
+        self._loop_thread: threading.Thread | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Take the state dir's lock, open the store, reconcile every job, start watching."""
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self._lock_fd = try_lock(self.state_dir / "daemon.lock")
+        if self._lock_fd is None:
+            raise AlreadyRunning(f"another ml-supervisor already uses {self.state_dir}")
+        self.store = Store(self.state_dir / "supervisor.db")
+        self.reconcile()
+        self._watcher = JobFileWatcher(self.jobs_dir, self.wake_job)
+        self._watcher.start()
+        self._scheduler.start()
+        for job in self.store.list_jobs():
+            if not job.state.terminal:
+                self._schedule_timers(job)
+
+    def close(self) -> None:
+        """Stop watching and release the state dir. Running trainers are left running, on purpose."""
+        self._stop.set()
+        self._queue.put(("noop", None))
+        if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
+            self._loop_thread.join(timeout=10)
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def start_thread(self) -> threading.Thread:
+        """Run the loop in a background thread (the foreground run and the daemon both do)."""
+        self._loop_thread = threading.Thread(target=self.run, name="supervisor-loop", daemon=True)
+        self._loop_thread.start()
+        return self._loop_thread
+
+    def run(self) -> None:
+        """The loop: handle queued work as it comes; tick every ``tick_interval`` seconds."""
+        next_tick = 0.0
+        while not self._stop.is_set():
+            self.loop_beat = time.monotonic()
+            timeout = max(0.0, min(next_tick - time.monotonic(), 1.0))
+            try:
+                kind, payload = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                kind, payload = "noop", None
+            try:
+                self._handle(kind, payload)
+            except Exception:  # the loop must survive any single failure
+                log.exception("error while handling %s %r", kind, payload)
+            if time.monotonic() >= next_tick:
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("error in tick")
+                next_tick = time.monotonic() + self.settings.tick_interval
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        """Ask the loop to exit (safe from a signal handler: it only sets a flag and enqueues)."""
+        self._stop.set()
+        self._queue.put_nowait(("noop", None))
+
+    # -- thread-safe entry points --------------------------------------------------------------
+    def wake_job(self, job_id: str) -> None:
+        """Ask the loop to look at one job soon (coalesced: many events, one poll)."""
+        with self._pending_lock:
+            if job_id in self._pending:
+                return
+            self._pending.add(job_id)
+        self._queue.put(("job", job_id))
+
+    def call(self, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
+        """Run ``fn(*args)`` on the loop thread and return its result (or raise its error)."""
+        if threading.current_thread() is self._loop_thread or self._loop_thread is None:
+            return fn(*args)
+        future: Future[T] = Future()
+        self._queue.put(("call", (fn, args, future)))
+        return future.result(timeout=timeout)
+
+    def _handle(self, kind: str, payload: Any) -> None:
+        if kind == "job":
+            with self._pending_lock:
+                self._pending.discard(payload)
+            self.poll_job(payload)
+        elif kind == "call":
+            fn, args, future = payload
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    # -- operations (loop thread) --------------------------------------------------------------
+    def submit(self, req: SubmitRequest) -> JobRow:
+        """Validate and freeze a job, then queue it.
+
+        Thread-safe. The slow part (the import check in a subprocess) runs in the
+        caller's thread; only the insert runs on the loop.
+        """
+        job, _cfg = prepare_job(req, jobs_dir=self.jobs_dir, trainer_module=self.settings.trainer_module,
+                                gpu_count=self.gpu_count(), check_timeout=self.settings.check_timeout,
+                                now=self.clock())
+        return self.call(self._register, job, req)
+
+    def _register(self, job: JobRow, req: SubmitRequest) -> JobRow:
+        self._store().insert_job(job, message=f"submitted {job.name} from {job.config_source}",
+                                 data={"config_source": job.config_source, "overrides": req.overrides})
+        log.info("job %s submitted (%s)", job.id, job.config_source)
+        self.wake_job(job.id)
+        return job
+
+    def stop_job(self, job_id: str, *, intent: str = "user_stop", detail: str = "stopped by the user") -> JobRow:
+        """Stop a job for good (gracefully: SIGTERM, grace, SIGKILL)."""
+        store = self._store()
+        job = store.get_job(job_id)
+        now = self.clock()
+        if job.state.terminal:
+            raise InvalidTransition(f"job {job.id} is already {job.state.value}")
+        if job.state in (JobState.QUEUED, JobState.BACKOFF):
+            state = JobState.COMPLETED if intent == "budget" else JobState.STOPPED
+            reason = "budget" if intent == "budget" else "user"
+            return self._finish(job, state, reason, detail, now)
+        if job.state is JobState.STOPPING:
+            return job
+        return self._begin_stop(job, intent, detail, now)
+
+    def restart_job(self, job_id: str) -> JobRow:
+        """Relaunch from the best checkpoint: a live job is stopped first; a finished one is queued again."""
+        store = self._store()
+        job = store.get_job(job_id)
+        now = self.clock()
+        if job.state.terminal:
+            job = store.transition(job.id, JobState.QUEUED, now=now, message="queued again by the user",
+                                   kind="requeued", end_reason=None, ended_at=None, next_start_at=None)
+            self.wake_job(job.id)
+            return job
+        if job.state in (JobState.RUNNING, JobState.STARTING):
+            return self._begin_stop(job, "user_restart", "restart requested by the user", now)
+        if job.state is JobState.BACKOFF:
+            store.update_job(job.id, now=now, next_start_at=now)
+            self.wake_job(job.id)
+        return store.get_job(job.id)
+
+    def gpu_count(self) -> int | None:
+        """GPUs on this node (None: no NVML). Replaced when the GPU monitor is wired in."""
+        return None
+
+    # -- the poll ----------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Poll every job that is not finished (the safety net under file events and timers)."""
+        reap_monitors()
+        for job in self._store().list_jobs(states=[s for s in JobState if not s.terminal]):
+            try:
+                self.poll_job(job.id)
+            except Exception:
+                log.exception("error while polling job %s", job.id)
+
+    def poll_job(self, job_id: str) -> None:
+        """Look at one job and act: launch it, notice its trainer started or ended, stop it, escalate."""
+        store = self._store()
+        try:
+            job = store.get_job(job_id)
+        except SupervisorError:
+            return
+        if job.state.terminal:
+            return
+        now = self.clock()
+        if job.state in (JobState.QUEUED, JobState.BACKOFF):
+            if self._budget_spent(job, now):
+                self._finish(job, JobState.COMPLETED, "budget", "the time budget was spent", now)
+            elif job.state is JobState.QUEUED or (job.next_start_at or 0) <= now:
+                self._launch(job, now)
+            return
+        attempt = store.last_attempt(job.id)
+        if attempt is None or not attempt.live:
+            log.error("job %s is %s without a live attempt; relaunching", job.id, job.state.value)
+            store.transition(job.id, JobState.BACKOFF, now=now, message="no live attempt found", next_start_at=now)
+            return
+        layout = JobLayout(Path(job.job_dir)).attempt(attempt.n)
+        monitor_exit = read_json(layout.monitor_exit)
+        if monitor_exit is not None:
+            self._on_attempt_end(job, attempt, monitor_exit, now)
+            return
+        if job.state is JobState.STARTING:
+            started = read_json(layout.monitor_start)
+            if started is not None:
+                store.update_attempt(job.id, attempt.n, pid=started["trainer_pid"], pgid=started["pgid"],
+                                     boot_id=started.get("boot_id"))
+                job = store.transition(job.id, JobState.RUNNING, now=now, attempt=attempt.n,
+                                       message=f"attempt {attempt.n} running (pid {started['trainer_pid']})",
+                                       data={"pid": started["trainer_pid"]})
+                attempt = store.last_attempt(job.id) or attempt
+            elif not is_alive(attempt.monitor_pid, attempt.monitor_started):
+                self._on_attempt_end(job, attempt, None, now)
+                return
+            else:
+                return
+        if not is_alive(attempt.monitor_pid, attempt.monitor_started):
+            # The monitor writes its exit file before it exits: read again to close the race.
+            monitor_exit = read_json(layout.monitor_exit)
+            if monitor_exit is None:
+                kill_tree(None, attempt.pgid)
+            self._on_attempt_end(job, attempt, monitor_exit, now)
+            return
+        self._note_checkpoints(job, attempt)
+        if job.state is JobState.STOPPING:
+            if job.stop_deadline is not None and now >= job.stop_deadline:
+                victims = kill_tree(attempt.monitor_pid, attempt.pgid)
+                store.update_job(job.id, now=now, stop_deadline=None)
+                store.add_event(job.id, "sigkill", f"grace period over: SIGKILL to {len(victims)} processes",
+                                now=now, attempt=attempt.n, data={"pids": victims})
+            return
+        if self._budget_spent(job, now):
+            self._begin_stop(job, "budget", "the time budget was spent", now)
+            return
+        self.check_attempt_health(job, attempt, now)
+
+    def check_attempt_health(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
+        """Hook for per-attempt health checks (hang detection, GPU faults); see ``supervisor.health``."""
+
+    # -- launching -------------------------------------------------------------------------------
+    def _launch(self, job: JobRow, now: float) -> None:
+        store = self._store()
+        cfg = self._config(job)
+        jl = JobLayout(Path(job.job_dir))
+        gpus = self.allocate_gpus(job, cfg, now)
+        if gpus is None:
+            return
+        choice = choose_resume(live_checkpoints(jl.manifest), str(cfg.supervision.resume_from))
+        for path, why in choice.skipped:
+            store.add_event(job.id, "checkpoint_rejected", f"not resuming from {path}: {why}", now=now,
+                            data={"path": path, "why": why})
+        last = store.last_attempt(job.id)
+        n = (last.n if last else 0) + 1
+        lock_fd = try_lock(jl.lock)
+        if lock_fd is None:
+            # A trainer of this job is still alive somewhere (its monitor holds the lock): never start a second.
+            store.update_job(job.id, now=now, wait_reason="another trainer of this job still holds its lock")
+            log.warning("job %s: lock held by a live trainer; not launching attempt %d", job.id, n)
+            return
+        first_started_at = job.first_started_at or now
+        command = [str(cfg.python), "-m", self.settings.trainer_module, "--config", str(jl.config),
+                   "--attempt-dir", str(jl.attempt(n).dir), "--checkpoint-dir", str(jl.checkpoints),
+                   "--attempt", str(n), "--restarts", str(job.restarts)]
+        if choice.path:
+            command += ["--ckpt", choice.path]
+        deadline = self._deadline(job, first_started_at)
+        if deadline is not None:
+            command += ["--deadline", f"{deadline:.3f}"]
+        env = trainer_environment(cfg, Path(job.workdir))
+        env.update({"ML_SUPERVISOR_JOB_ID": job.id, "ML_SUPERVISOR_ATTEMPT": str(n),
+                    "ML_SUPERVISOR_RESTARTS": str(job.restarts), "ML_SUPERVISOR_BOOT_ID": self.boot_id})
+        # A CPU job must not grab a GPU that another job was given.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        try:
+            monitor_pid, monitor_started = spawn_attempt_monitor(jl.attempt(n), command, cwd=job.workdir, env=env,
+                                                                 lock_fd=lock_fd)
+        except OSError as exc:
+            store.add_event(job.id, "launch_failed", f"cannot start attempt {n}: {exc}", now=now)
+            store.transition(job.id, JobState.BACKOFF, now=now, message=f"launch failed: {exc}",
+                             next_start_at=now + 10)
+            return
+        finally:
+            os.close(lock_fd)
+        store.insert_attempt(AttemptRow(job_id=job.id, n=n, started_at=now, monitor_pid=monitor_pid,
+                                        monitor_started=monitor_started, boot_id=self.boot_id, gpus=gpus,
+                                        resumed_from=choice.path))
+        resumed = f"from {Path(choice.path).name} ({choice.rule})" if choice.path else "from scratch"
+        store.transition(job.id, JobState.STARTING, now=now, attempt=n, kind="launch",
+                         message=f"attempt {n} starting {resumed}",
+                         data={"resumed_from": choice.path, "rule": choice.rule, "gpus": gpus},
+                         first_started_at=first_started_at, next_start_at=None, wait_reason=None,
+                         stop_intent=None, stop_deadline=None)
+        self._tracked[job.id] = _Tracked(attempt=n, manifest_lines=len(read_json_lines(jl.manifest)))
+        self._schedule_timers(store.get_job(job.id))
+        log.info("job %s: attempt %d started %s", job.id, n, resumed)
+
+    def allocate_gpus(self, job: JobRow, cfg: DictConfig, now: float) -> list[int] | None:
+        """GPUs for the next attempt ([] for a CPU job); None keeps the job queued. Replaced by the GPU layer."""
+        if job.gpus_requested > 0:
+            if job.state is not JobState.QUEUED:
+                self._store().transition(job.id, JobState.QUEUED, now=now, message="waiting for GPUs",
+                                         wait_reason="no GPU monitor: NVML is not available")
+            return None
+        return []
+
+    # -- stopping ----------------------------------------------------------------------------------
+    def _begin_stop(self, job: JobRow, intent: str, detail: str, now: float) -> JobRow:
+        store = self._store()
+        attempt = store.last_attempt(job.id)
+        grace = parse_duration(self._config(job).supervision.stop_grace)
+        if attempt is not None and attempt.live:
+            if attempt.pgid is None:  # still starting: the monitor may have reported the trainer by now
+                started = read_json(JobLayout(Path(job.job_dir)).attempt(attempt.n).monitor_start) or {}
+                if started.get("pgid"):
+                    store.update_attempt(job.id, attempt.n, pid=started["trainer_pid"], pgid=started["pgid"])
+                    attempt = store.last_attempt(job.id) or attempt
+            self.before_stop(job, attempt, intent)
+            signal_group(attempt.pgid, signal.SIGTERM)
+        job = store.transition(job.id, JobState.STOPPING, now=now, message=f"stopping: {detail}",
+                               attempt=attempt.n if attempt else None, stop_intent=intent,
+                               stop_deadline=now + grace, detail=detail, data={"intent": intent})
+        self._schedule(job.id, "escalate", now + grace)
+        log.info("job %s: stopping (%s)", job.id, detail)
+        return job
+
+    def before_stop(self, job: JobRow, attempt: AttemptRow, intent: str) -> None:
+        """Hook run before SIGTERM (the hang path dumps stacks here)."""
+
+    # -- an attempt ended ------------------------------------------------------------------------
+    def _on_attempt_end(self, job: JobRow, attempt: AttemptRow, monitor_exit: dict[str, Any] | None,
+                        now: float, *, intent: str | None = None, intent_detail: str | None = None) -> None:
+        """Record how the attempt ended, ask the restart policy, and act on its decision."""
+        store = self._store()
+        jl = JobLayout(Path(job.job_dir))
+        al = jl.attempt(attempt.n)
+        record = read_exit_record(al.exit_record)
+        if intent is None and job.stop_intent:
+            intent, intent_detail = job.stop_intent, job.detail
+        outcome = classify_end(record, monitor_exit, intent, intent_detail)
+        ended_at = float(monitor_exit.get("ended_at", now)) if monitor_exit else now
+        saves = [e for e in read_json_lines(jl.manifest) if e.get("event") == "save" and e.get("attempt") == attempt.n]
+        beat = read_heartbeat(al.heartbeat)
+        step = record.global_step if record is not None else (beat.step if beat else None)
+        store.update_attempt(job.id, attempt.n, ended_at=ended_at, exit_code=outcome.exit_code,
+                             signal=outcome.signal, reason=outcome.cause, detail=outcome.detail,
+                             new_checkpoints=len(saves), global_step=step)
+        self._tracked.pop(job.id, None)
+        self._unschedule(job.id, "escalate")
+        history = [restart_policy.PastAttempt(n=a.n, started_at=a.started_at, ended_at=a.ended_at, cause=a.reason,
+                                              new_checkpoints=a.new_checkpoints)
+                   for a in store.attempts(job.id) if a.n != attempt.n]
+        decision = restart_policy.decide(
+            restart_policy.AttemptEnd(cause=outcome.cause, ended_at=ended_at, new_checkpoints=len(saves),
+                                      completion_reason=outcome.completion_reason),
+            history, now=now, first_started_at=job.first_started_at or attempt.started_at,
+            policy=restart_policy.RestartPolicy.from_config(self._config(job).supervision))
+        store.add_event(job.id, "attempt_ended", f"attempt {attempt.n} ended: {outcome.detail}", now=now,
+                        attempt=attempt.n, data={"cause": outcome.cause, "exit_code": outcome.exit_code,
+                                                 "signal": outcome.signal, "new_checkpoints": len(saves)})
+        log.info("job %s: attempt %d ended (%s: %s) -> %s", job.id, attempt.n, outcome.cause, outcome.detail,
+                 decision.message)
+        if decision.action == "restart":
+            when = now + decision.delay
+            job = store.transition(job.id, JobState.BACKOFF, now=now, attempt=attempt.n, kind="restart",
+                                   message=decision.message, next_start_at=when, restarts=job.restarts + 1,
+                                   stop_intent=None, stop_deadline=None, detail=outcome.detail,
+                                   data={"cause": outcome.cause, "delay": decision.delay})
+            self._alert("hang" if outcome.cause == "hang" else "restart", job, {
+                "cause": outcome.cause, "detail": outcome.detail, "attempt": attempt.n + 1,
+                "restarts": job.restarts, "delay": decision.delay, "gpus": attempt.gpus,
+                "previous_resumed_from": attempt.resumed_from, "message": decision.message,
+            })
+            if decision.delay > 0:
+                self._schedule(job.id, "backoff", when)
+            else:
+                self.wake_job(job.id)
+            return
+        state = JobState(decision.state or "failed")
+        self._finish(job, state, decision.end_reason or "finished", decision.message, now)
+
+    def _finish(self, job: JobRow, state: JobState, end_reason: str, message: str, now: float) -> JobRow:
+        store = self._store()
+        best = self.best_checkpoint(job)
+        result = best.path if best else None
+        if result:
+            link = Path(job.job_dir) / "best.ckpt"
+            try:
+                tmp = link.with_name(".best.ckpt.tmp")
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(result)
+                os.replace(tmp, link)
+            except OSError as exc:
+                log.warning("job %s: cannot link best.ckpt: %s", job.id, exc)
+        job = store.transition(job.id, state, now=now, message=message, end_reason=end_reason,
+                               best_checkpoint=result, detail=message, stop_intent=None, stop_deadline=None, next_start_at=None,
+                               data={"end_reason": end_reason, "best_checkpoint": result})
+        for kind in ("budget", "backoff", "escalate"):
+            self._unschedule(job.id, kind)
+        event = {"completed": "budget" if end_reason == "budget" else "completed", "failed": "failed",
+                 "stopped": "stopped"}[state.value]
+        self._alert(event, job, {"end_reason": end_reason, "message": message, "best_checkpoint": result,
+                                 "score": best.score if best else None, "step": best.step if best else None})
+        log.info("job %s: %s (%s)", job.id, state.value, end_reason)
+        return job
+
+    def best_checkpoint(self, job: JobRow) -> Any:
+        """The best live checkpoint of the job's current timeline (a manifest entry), or None."""
+        ranked = rank_best(live_checkpoints(JobLayout(Path(job.job_dir)).manifest))
+        return ranked[0] if ranked else None
+
+    def _note_checkpoints(self, job: JobRow, attempt: AttemptRow) -> None:
+        """Turn new manifest lines into events (for ``supervisorctl events`` and the web page)."""
+        tracked = self._tracked.get(job.id)
+        if tracked is None or tracked.attempt != attempt.n:
+            return
+        lines = read_json_lines(JobLayout(Path(job.job_dir)).manifest)
+        for entry in lines[tracked.manifest_lines:]:
+            if entry.get("event") == "save":
+                score = entry.get("score")
+                shown = f" {entry.get('monitor')}={score:.4g}" if score is not None else ""
+                self._store().add_event(job.id, "checkpoint", f"checkpoint at step {entry.get('step')}{shown}",
+                                        attempt=attempt.n, data={"path": entry.get("path"), "step": entry.get("step"),
+                                                                 "score": score, "kind": entry.get("kind")})
+        tracked.manifest_lines = len(lines)
+
+    # -- reconcile (daemon start) -------------------------------------------------------------
+    def reconcile(self) -> None:
+        """Make the store true again after a daemon restart or a reboot.
+
+        A live trainer is adopted; one that ended meanwhile is collected from its
+        monitor's exit file; one that vanished, or ran before a reboot, is
+        relaunched from its best checkpoint.
+        """
+        store = self._store()
+        now = self.clock()
+        previous_boot = store.get_meta("boot_id")
+        rebooted: list[str] = []
+        for job in store.list_jobs(states=list(LIVE_STATES)):
+            attempt = store.last_attempt(job.id)
+            if attempt is None or not attempt.live:
+                continue
+            al = JobLayout(Path(job.job_dir)).attempt(attempt.n)
+            monitor_exit = read_json(al.monitor_exit)
+            started = read_json(al.monitor_start) or {}
+            boot = started.get("boot_id") or attempt.boot_id
+            if boot and boot != self.boot_id:
+                # The node rebooted: that trainer is gone. (If a test faked the reboot, make sure of it.)
+                kill_tree(attempt.monitor_pid if is_alive(attempt.monitor_pid, attempt.monitor_started) else None,
+                          attempt.pgid if attempt.pgid and is_alive(attempt.pid, None) else None)
+                store.add_event(job.id, "reboot", "the node rebooted while the job ran", now=now, attempt=attempt.n)
+                self._on_attempt_end(job, attempt, monitor_exit, now, intent="reboot",
+                                     intent_detail="the node rebooted")
+                rebooted.append(job.id)
+            elif monitor_exit is not None:
+                store.add_event(job.id, "collected", f"attempt {attempt.n} ended while the daemon was away",
+                                now=now, attempt=attempt.n)
+                self._on_attempt_end(job, attempt, monitor_exit, now)
+            elif is_alive(attempt.monitor_pid, attempt.monitor_started):
+                jl = JobLayout(Path(job.job_dir))
+                self._tracked[job.id] = _Tracked(attempt=attempt.n, manifest_lines=len(read_json_lines(jl.manifest)))
+                store.add_event(job.id, "adopted", f"adopted attempt {attempt.n} (pid {attempt.pid})", now=now,
+                                attempt=attempt.n)
+                log.info("job %s: adopted running attempt %d", job.id, attempt.n)
+            else:
+                kill_tree(None, attempt.pgid)
+                self._on_attempt_end(job, attempt, None, now)
+        store.set_meta("boot_id", self.boot_id)
+        if rebooted:
+            log.warning("recovered %d job(s) after a reboot (boot id was %s)", len(rebooted), previous_boot)
+            for job_id in rebooted:
+                self._alert("reboot", store.get_job(job_id), {"jobs": rebooted})
+
+    # -- timers ------------------------------------------------------------------------------------
+    def _schedule_timers(self, job: JobRow) -> None:
+        deadline = self._deadline(job, job.first_started_at)
+        if deadline is not None:
+            self._schedule(job.id, "budget", deadline)
+        if job.state is JobState.BACKOFF and job.next_start_at:
+            self._schedule(job.id, "backoff", job.next_start_at)
+        if job.state is JobState.STOPPING and job.stop_deadline:
+            self._schedule(job.id, "escalate", job.stop_deadline)
+
+    def _schedule(self, job_id: str, kind: str, when: float) -> None:
+        if not self._scheduler.running:
+            return
+        # APScheduler runs on the wall clock; the job is polled (and re-checked) when it fires.
+        self._scheduler.add_job(self.wake_job, "date", run_date=datetime.fromtimestamp(when + 0.01), args=[job_id],
+                                id=f"{kind}:{job_id}", replace_existing=True)
+
+    def _unschedule(self, job_id: str, kind: str) -> None:
+        if not self._scheduler.running:
+            return
+        try:
+            self._scheduler.remove_job(f"{kind}:{job_id}")
+        except Exception:  # apscheduler's JobLookupError: nothing was scheduled
+            pass
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def _deadline(self, job: JobRow, first_started_at: float | None) -> float | None:
+        if job.budget_s is None or first_started_at is None:
+            return None
+        return first_started_at + job.budget_s
+
+    def _budget_spent(self, job: JobRow, now: float) -> bool:
+        deadline = self._deadline(job, job.first_started_at)
+        return deadline is not None and now >= deadline
+
+    def _config(self, job: JobRow) -> DictConfig:
+        cfg = self._configs.get(job.id)
+        if cfg is None:
+            cfg = load_job_config(JobLayout(Path(job.job_dir)).config)
+            self._configs[job.id] = cfg
+        return cfg
+
+    def job_config(self, job: JobRow) -> DictConfig:
+        """The frozen config of a job (cached; it never changes)."""
+        return self._config(job)
+
+    def _alert(self, event: str, job: JobRow, details: dict[str, Any]) -> None:
+        if self.alert_hook is None:
+            return
+        try:
+            self.alert_hook(event, job, details)
+        except Exception:  # alerts must never break supervision
+            log.exception("job %s: alert %s failed", job.id, event)
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise RuntimeError("Supervisor.open() was not called")
+        return self.store
+

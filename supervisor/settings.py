@@ -1,0 +1,106 @@
+"""Daemon settings: where state lives and the knobs an operator may turn.
+
+Read from an optional YAML file (``ml-supervisor serve --config daemon.yaml``)
+plus ``key=value`` overrides, with the same one-line errors as job configs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from supervisor.errors import ConfigError
+
+STATE_DIR_ENV = "ML_SUPERVISOR_STATE_DIR"
+TRAINER_MODULE_ENV = "ML_SUPERVISOR_TRAINER_MODULE"
+
+
+@dataclass
+class HangConfig:
+    """Allowances for hang detection with ``hang_timeout: auto`` (seconds)."""
+
+    startup_allowance: float = 900.0  # before the first heartbeat/step: imports, data, compile
+    phase_allowance: float = 900.0  # during validation and checkpoint saves
+    multiple: float = 5.0  # x the slowest recent step interval
+    min_timeout: float = 60.0
+
+
+@dataclass
+class GpuConfig:
+    poll_interval: float = 5.0
+    temperature_degraded_c: int = 85
+    temperature_failed_c: int = 95
+    preflight_wait: float = 30.0  # seconds to wait for our orphans' GPU memory to be released
+
+
+@dataclass
+class AlertsConfig:
+    webhook_url: str | None = None
+    wait_duration: float = 300.0  # W&B: the same alert title is not repeated within this window
+
+
+@dataclass
+class WebConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8742
+    templates_dir: str | None = None  # default: the configs/ folder beside the package
+
+
+@dataclass
+class DaemonSettings:
+    state_dir: str | None = None
+    # The module run as `python -m <trainer_module>`; tests point it at a fake trainer.
+    trainer_module: str = "trainer"
+    tick_interval: float = 2.0  # safety-net poll of every job; file events do the fast path
+    check_timeout: float = 300.0  # submit-time import check of a config's classes
+    hang: HangConfig = field(default_factory=HangConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+
+
+def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$ML_SUPERVISOR_STATE_DIR``, else /var/lib/ml-supervisor for root, else ~/.local/state/ml-supervisor."""
+    if environ.get(STATE_DIR_ENV):
+        return Path(environ[STATE_DIR_ENV]).expanduser()
+    if os.geteuid() == 0:
+        return Path("/var/lib/ml-supervisor")
+    base = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ml-supervisor"
+
+
+def resolve_state_dir(flag: str | None, environ: Mapping[str, str] = os.environ) -> Path:
+    """The state dir: ``--state-dir`` first, then the environment, then the default."""
+    return Path(flag).expanduser().resolve() if flag else default_state_dir(environ).resolve()
+
+
+def load_settings(path: str | None = None, overrides: Sequence[str] = (), *, state_dir: str | None = None,
+                  environ: Mapping[str, str] = os.environ) -> DaemonSettings:
+    """Build the settings: defaults, then the file, then overrides; the state dir resolved."""
+    source = path or "daemon settings"
+    base = OmegaConf.structured(DaemonSettings)
+    try:
+        layers: list[Any] = [base]
+        if path:
+            loaded = OmegaConf.load(path)
+            layers.append(loaded)
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+    except FileNotFoundError:
+        raise ConfigError(source, None, "cannot read the file: No such file or directory") from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None)
+        raise ConfigError(source, str(key) if key else None, str(exc).splitlines()[0]) from None
+    settings: DaemonSettings = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    if environ.get(TRAINER_MODULE_ENV) and not any(o.startswith("trainer_module=") for o in overrides):
+        settings.trainer_module = environ[TRAINER_MODULE_ENV]
+    settings.state_dir = str(resolve_state_dir(state_dir or settings.state_dir, environ))
+    return settings

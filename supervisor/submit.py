@@ -1,0 +1,144 @@
+"""Submit: validate a job config completely, then freeze it into a new job directory.
+
+Nothing is created until every check has passed: the schema, the workdir and
+interpreter, the GPU count, and an import check of the config's classes run by
+the job's own interpreter (``python -m trainer --check``), so a bad
+``class_path`` is refused at submit with one line, never at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from supervisor.config import parse_duration, parse_job_config, to_yaml
+from supervisor.errors import ConfigError, ResourceUnavailable
+from supervisor.jobfiles.atomic import write_json_atomic
+from supervisor.jobfiles.layout import JobLayout
+from supervisor.states import JobState
+from supervisor.store import JobRow
+
+
+@dataclass
+class SubmitRequest:
+    """What a client sends: the config (text and where it came from), overrides, and the caller's cwd."""
+
+    config_path: str
+    cwd: str
+    config_text: str | None = None  # None: read config_path
+    overrides: list[str] = field(default_factory=list)
+    name: str | None = None
+
+
+def load_request_config(req: SubmitRequest) -> DictConfig:
+    """Parse and validate the config of ``req`` (schema only; no imports)."""
+    text = req.config_text
+    if text is None:
+        try:
+            text = Path(req.config_path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(req.config_path, None, f"cannot read the file: {exc.strerror or exc}") from None
+    overrides = list(req.overrides)
+    if req.name:
+        overrides.append(f"name={req.name}")
+    return parse_job_config(text, source=req.config_path, overrides=overrides)
+
+
+def trainer_environment(cfg: DictConfig, workdir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a trainer of this job runs with: the daemon's, the config's ``env``, the workdir importable."""
+    env = dict(os.environ if base is None else base)
+    env.update({str(k): str(v) for k, v in cfg.env.items()})
+    paths = [str(workdir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_count: int | None,
+                check_timeout: float, now: float | None = None) -> tuple[JobRow, DictConfig]:
+    """Validate ``req`` completely and freeze it into ``jobs_dir/<id>``. Raises before creating anything."""
+    cfg = load_request_config(req)
+    source = req.config_path
+    workdir = Path(cfg.workdir).expanduser() if cfg.workdir else Path(req.cwd)
+    if not workdir.is_absolute():
+        workdir = Path(req.cwd) / workdir
+    workdir = workdir.resolve()
+    if not workdir.is_dir():
+        raise ConfigError(source, "workdir", f"{workdir} is not a directory")
+    python = cfg.python or sys.executable
+    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        raise ConfigError(source, "python", f"{python} is not an executable file")
+    requested = int(cfg.supervision.gpus)
+    if requested > 0 and (gpu_count or 0) < requested:
+        have = "no GPUs (or no NVML)" if not gpu_count else f"{gpu_count} GPU{'s' if gpu_count != 1 else ''}"
+        raise ResourceUnavailable(
+            f"{source}: supervision.gpus: the job asks for {requested} GPUs; this node has {have}")
+    cfg.workdir = str(workdir)
+    cfg.python = python
+    _check_imports(cfg, source=source, python=python, workdir=workdir, trainer_module=trainer_module,
+                   timeout=check_timeout)
+
+    job_id = _new_job_id(cfg.name, jobs_dir)
+    layout = JobLayout(jobs_dir / job_id)
+    wandb = cfg.logger.wandb
+    wandb.run_id = wandb.run_id or re.sub(r"[^A-Za-z0-9_-]", "-", job_id)
+    wandb.dir = wandb.dir or str(layout.wandb_dir)
+    wandb.group = wandb.group or cfg.name
+    now = time.time() if now is None else now
+
+    layout.checkpoints.mkdir(parents=True)
+    layout.attempts.mkdir()
+    layout.wandb_dir.mkdir(exist_ok=True)
+    tmp = layout.config.with_suffix(".tmp")
+    tmp.write_text(to_yaml(cfg), encoding="utf-8")
+    os.replace(tmp, layout.config)
+    write_json_atomic(layout.root / "submitted.json", {
+        "config_source": source, "overrides": list(req.overrides), "cwd": req.cwd, "time": now,
+    })
+    budget = cfg.supervision.budget
+    job = JobRow(
+        id=job_id, name=cfg.name, state=JobState.QUEUED, created_at=now, updated_at=now,
+        job_dir=str(layout.root), workdir=str(workdir), config_source=source,
+        budget_s=None if budget is None else parse_duration(budget), gpus_requested=requested,
+        wandb_run_id=wandb.run_id,
+    )
+    return job, cfg
+
+
+def _new_job_id(name: str, jobs_dir: Path) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]", "-", name)[:40]
+    while True:
+        job_id = f"{slug}-{secrets.token_hex(3)}"
+        if not (jobs_dir / job_id).exists():
+            return job_id
+
+
+def _check_imports(cfg: DictConfig, *, source: str, python: str, workdir: Path, trainer_module: str,
+                   timeout: float) -> None:
+    """Run ``python -m <trainer> --config <resolved> --check`` in the job's environment."""
+    with tempfile.TemporaryDirectory(prefix="ml-supervisor-check-") as tmp:
+        resolved = Path(tmp) / "config.yaml"
+        resolved.write_text(to_yaml(cfg), encoding="utf-8")
+        env = trainer_environment(cfg, workdir)
+        try:
+            proc = subprocess.run([python, "-m", trainer_module, "--config", str(resolved), "--check"],
+                                  cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            raise ConfigError(source, None, f"the import check did not finish within {timeout:.0f}s") from None
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            message = lines[-1] if lines else f"the import check failed with exit code {proc.returncode}"
+            message = message.replace(str(resolved), source)
+            if message.startswith(source + ": "):
+                message = message[len(source) + 2:]
+            raise ConfigError(source, None, message)

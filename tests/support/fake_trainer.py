@@ -1,0 +1,140 @@
+"""A fake trainer for fast process-level tests: the real trainer's contracts, no torch.
+
+Run by the daemon as ``python -m fake_trainer`` (tests put this folder on
+PYTHONPATH and set the daemon's ``trainer_module``). It speaks the same CLI and
+writes the same files as ``python -m trainer``: heartbeat, manifest with real
+zip checkpoints, exit record, graceful SIGTERM. Its behaviour comes from the
+job config's ``model.init_args``:
+
+    steps: 20            total steps
+    step_time: 0.02      seconds per step
+    ckpt_every: 5        save a checkpoint every N steps (score = 1 / step, mode min -> later is better)
+    faults_on: [1]       the attempts on which the faults below apply
+    crash_at: null       raise at this step (exit record "exception", exit 1)
+    die_at: null         SIGKILL itself at this step (no record)
+    hang_at: null        stop making progress at this step (sleep forever, no heartbeat)
+    ignore_sigterm: false
+    spawn_child: false   start a child process in our group (an orphan-to-be, like a DataLoader worker)
+    check_error: null    make --check fail with this message
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
+from supervisor.jobfiles.heartbeat import Heartbeat, write_heartbeat
+from supervisor.jobfiles.layout import AttemptLayout, manifest_path
+from supervisor.jobfiles.manifest import CheckpointEntry, abandon_after, record_save
+
+_stop_signal: int | None = None
+
+
+def _on_term(signum: int, frame: object) -> None:
+    global _stop_signal
+    _stop_signal = signum
+
+
+def _save(ckpt_dir: Path, step: int, attempt: int, kind: str = "topk") -> str:
+    name = "last.ckpt" if kind != "topk" else f"step={step}.ckpt"
+    path = ckpt_dir / name
+    tmp = ckpt_dir / f".{name}.tmp"
+    with zipfile.ZipFile(tmp, "w") as zf:
+        zf.writestr("archive/data.pkl", f"step={step}".encode() * 64)
+    os.replace(tmp, path)
+    record_save(manifest_path(ckpt_dir), CheckpointEntry(
+        path=str(path), step=step, epoch=0, monitor="loss", score=1.0 / step, mode="min",
+        size=path.stat().st_size, time=time.time(), attempt=attempt, kind=kind, finite=True))
+    return str(path)
+
+
+def _read_step(ckpt: str) -> int:
+    with zipfile.ZipFile(ckpt) as zf:
+        return int(zf.read("archive/data.pkl").decode().split("step=")[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--attempt-dir")
+    parser.add_argument("--checkpoint-dir")
+    parser.add_argument("--ckpt")
+    parser.add_argument("--attempt", type=int, default=1)
+    parser.add_argument("--restarts", type=int, default=0)
+    parser.add_argument("--deadline", type=float)
+    parser.add_argument("--check", action="store_true")
+    args, _ = parser.parse_known_args(argv)
+    cfg = OmegaConf.load(args.config)
+    opts: dict[str, Any] = {"steps": 20, "step_time": 0.02, "ckpt_every": 5, "faults_on": [1], "crash_at": None,
+                            "die_at": None, "hang_at": None, "ignore_sigterm": False, "spawn_child": False,
+                            "check_error": None}
+    opts.update(OmegaConf.to_container(cfg.model.init_args) or {})
+    if args.check:
+        if opts["check_error"]:
+            print(f"{args.config}: model.class_path: {opts['check_error']}", file=sys.stderr)
+            return 2
+        return 0
+    layout = AttemptLayout(Path(args.attempt_dir))
+    layout.dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = Path(args.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if opts["ignore_sigterm"] else _on_term)
+    faulty = args.attempt in list(opts["faults_on"])
+    step = 0
+    if args.ckpt:
+        abandon_after(manifest_path(ckpt_dir), args.ckpt, args.attempt)
+        step = _read_step(args.ckpt)
+    print(f"fake trainer attempt {args.attempt} from step {step}", flush=True)
+    if opts["spawn_child"]:
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    started = time.time()
+    beat = Heartbeat(pid=os.getpid(), attempt=args.attempt, time=started, started_at=started, phase="train",
+                     step=step)
+    write_heartbeat(layout.heartbeat, beat)
+    while step < opts["steps"]:
+        if _stop_signal is not None:
+            path = _save(ckpt_dir, step, args.attempt, kind="signal") if step else None
+            write_exit_record(layout.exit_record, ExitRecord(
+                status="signal", time=time.time(), pid=os.getpid(), global_step=step,
+                signal=signal.Signals(_stop_signal).name, checkpoint=path))
+            return 128 + _stop_signal
+        if args.deadline and time.time() >= args.deadline - 0.2:
+            _save(ckpt_dir, step, args.attempt, kind="last")
+            write_exit_record(layout.exit_record, ExitRecord(
+                status="completed", time=time.time(), pid=os.getpid(), global_step=step, reason="deadline"))
+            return 0
+        time.sleep(opts["step_time"])
+        step += 1
+        if faulty and step == opts["hang_at"]:
+            while True:
+                time.sleep(3600)
+        if faulty and step == opts["die_at"]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if faulty and step == opts["crash_at"]:
+            write_exit_record(layout.exit_record, ExitRecord(
+                status="exception", time=time.time(), pid=os.getpid(), global_step=step,
+                exception={"type": "RuntimeError", "message": f"boom at step {step}", "traceback": ""}))
+            print(f"RuntimeError: boom at step {step}", file=sys.stderr, flush=True)
+            return 1
+        if step % opts["ckpt_every"] == 0:
+            _save(ckpt_dir, step, args.attempt)
+        beat.time, beat.step, beat.step_time, beat.max_step_time = time.time(), step, opts["step_time"], opts[
+            "step_time"]
+        write_heartbeat(layout.heartbeat, beat)
+    write_exit_record(layout.exit_record, ExitRecord(status="completed", time=time.time(), pid=os.getpid(),
+                                                     global_step=step, reason="max_steps"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
