@@ -475,7 +475,8 @@ class Supervisor:
             except OSError as exc:
                 log.warning("job %s: cannot link best.ckpt: %s", job.id, exc)
         job = store.transition(job.id, state, now=now, message=message, end_reason=end_reason,
-                               best_checkpoint=result, detail=message, stop_intent=None, stop_deadline=None, next_start_at=None,
+                               best_checkpoint=result, detail=message, stop_intent=None, stop_deadline=None,
+                               next_start_at=None,
                                data={"end_reason": end_reason, "best_checkpoint": result})
         for kind in ("budget", "backoff", "escalate"):
             self._unschedule(job.id, kind)
