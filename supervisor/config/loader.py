@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
     InterpolationResolutionError,
@@ -41,6 +41,44 @@ _SECTION_TYPES: dict[str, type] = {
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the fixes OmegaConf's own loader makes.
+
+    YAML 1.2 floats: ``lr: 1e-3`` is a number (YAML 1.1 reads it as a string, and
+    a learning rate written that way would reach the optimizer as text). No
+    timestamps: ``2024-01-01`` stays a string (OmegaConf cannot hold a date). A
+    key given twice in one mapping is an error, not a silent override.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node, deep=True)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:
+         [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
+    list("-+0123456789."),
+)
+
+
 def load_job_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """Read ``path``, merge ``overrides`` (OmegaConf dotlist) and validate.
 
@@ -52,13 +90,16 @@ def load_job_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConf
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(source, None, f"cannot read the file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, None, f"cannot read the file: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                          f"at offset {exc.start})") from None
     return parse_job_config(text, source=source, overrides=overrides)
 
 
 def parse_job_config(text: str, *, source: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Like ``load_job_config`` for YAML already in memory (``source`` names it in errors)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: builds no objects
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -77,15 +118,26 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
     _check_sections(raw, JobConfig, "", source)
     cfg = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(raw), source, override_keys, False)
     if overrides:
-        try:
-            dotlist = OmegaConf.from_dotlist(list(overrides))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(source, None, f"bad override: {_first_line(exc)}") from None
+        # "+key=value" (Hydra's "add a key") means the same as "key=value" here: from_dotlist
+        # would take the "+" as part of the key.
+        items = [item[1:] if item.startswith("+") else item for item in overrides]
+        for item in items:  # one at a time, to name the key whose value does not parse
+            try:
+                OmegaConf.from_dotlist([item])
+            except (OmegaConfBaseException, yaml.YAMLError) as exc:  # the value is parsed as YAML
+                key, value = item.split("=", 1)
+                problem = getattr(exc, "problem", None) or _first_line(exc)
+                raise ConfigError(source, key, f"cannot parse the value {value!r}: {problem} "
+                                  "(set on the command line)") from None
+        dotlist = OmegaConf.from_dotlist(items)
+        _check_sections(OmegaConf.to_container(dotlist), JobConfig, "", source, " (set on the command line)")
         cfg = _merge(cfg, dotlist, source, override_keys, True)
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except InterpolationResolutionError as exc:
-        raise ConfigError(source, _key_of(exc), f"cannot resolve interpolation: {_first_line(exc)}") from None
+        key = _key_of(exc)
+        raise ConfigError(source, key, f"cannot resolve interpolation: {_first_line(exc)}"
+                          + _cli_hint(key, override_keys, False)) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(source, _key_of(exc), _first_line(exc)) from None
     resolved = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(container), source, override_keys, False)
@@ -102,9 +154,10 @@ def to_yaml(cfg: DictConfig) -> str:
 def _override_keys(overrides: Sequence[str], source: str) -> set[str]:
     keys = set()
     for item in overrides:
-        if "=" not in item:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if "=" not in item or not key:
             raise ConfigError(source, None, f"override {item!r} must look like key=value")
-        keys.add(item.split("=", 1)[0].lstrip("+~"))
+        keys.add(key)
     return keys
 
 
@@ -142,9 +195,10 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
         class_path = get(f"{section}.class_path")
         if not _CLASS_PATH.match(class_path):
             fail(f"{section}.class_path", f"{class_path!r} is not a dotted path like package.module.ClassName")
-    for i, spec in enumerate(cfg.callbacks.extra):
-        if spec.class_path is None or not _CLASS_PATH.match(str(spec.class_path)):
-            fail(f"callbacks.extra[{i}].class_path", f"{spec.class_path!r} is not a dotted path")
+    for i in range(len(cfg.callbacks.extra)):
+        class_path = get(f"callbacks.extra[{i}].class_path")  # MISSING -> "is required"
+        if class_path is None or not _CLASS_PATH.match(str(class_path)):
+            fail(f"callbacks.extra[{i}].class_path", f"{class_path!r} is not a dotted path")
 
     def duration(key: str, *, allow_none: bool = False, allow: tuple[str, ...] = ()) -> None:
         value = get(key)
@@ -200,11 +254,20 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
     triggers = [k for k in ("every_n_train_steps", "train_time_interval", "every_n_epochs")
                 if cfg.checkpoint[k] is not None]
     if len(triggers) > 1:
-        fail(f"checkpoint.{triggers[1]}", f"set only one of every_n_train_steps, train_time_interval, "
-             f"every_n_epochs (also set: {triggers[0]})")
-    for key in cfg.env:
+        # blame the one set on the command line, if any: the file alone may be fine
+        blamed = next((t for t in triggers if f"checkpoint.{t}" in override_keys), triggers[1])
+        other = next(t for t in triggers if t != blamed)
+        fail(f"checkpoint.{blamed}", f"set only one of every_n_train_steps, train_time_interval, "
+             f"every_n_epochs (also set: {other})")
+    for key, value in cfg.env.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(key)):
             fail(f"env.{key}", "is not a valid environment variable name")
+        # OmegaConf does not enforce dict[str, str] on nested containers
+        if isinstance(value, (DictConfig, ListConfig)):
+            fail(f"env.{key}", f"must be a single value, got a {_kind(value)}")
+    for i, tag in enumerate(cfg.logger.wandb.tags):
+        if isinstance(tag, (DictConfig, ListConfig)):
+            fail(f"logger.wandb.tags[{i}]", f"must be a single value, got a {_kind(tag)}")
 
 
 def _key_of(exc: OmegaConfBaseException) -> str | None:
@@ -212,17 +275,39 @@ def _key_of(exc: OmegaConfBaseException) -> str | None:
     return str(key) if key else None
 
 
-def _check_sections(raw: dict[str, Any], schema: type, prefix: str, source: str) -> None:
-    """Sections must be mappings: say so by key (OmegaConf's merge error names none)."""
+def _check_sections(raw: dict[str, Any], schema: type, prefix: str, source: str, hint: str = "") -> None:
+    """Sections, mappings and lists must be what they are: say so by key.
+
+    OmegaConf's merge names no key for a section given a scalar, and raises a bare
+    ``TypeError`` for a mapping given a list or the other way round.
+    """
     for f in fields(schema):
         value = raw.get(f.name)
         key = f"{prefix}{f.name}"
-        target = _SECTION_TYPES.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
-        if target is None or value is None:
+        type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        target = _SECTION_TYPES.get(type_name)
+        if value is None:
             continue
-        if not isinstance(value, dict):
-            raise ConfigError(source, key, f"must be a mapping (a section), got {type(value).__name__}")
-        _check_sections(value, target, key + ".", source)
+        if target is None and isinstance(value, str) and "${" in value:
+            continue  # a mapping or list from an interpolation: OmegaConf checks it when it resolves
+        if target is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(source, key, f"must be a mapping (a section), got {type(value).__name__}{hint}")
+            _check_sections(value, target, key + ".", source, hint)
+        elif type_name.startswith("dict[") and not isinstance(value, dict):
+            raise ConfigError(source, key, f"must be a mapping, got {type(value).__name__}{hint}")
+        elif type_name.startswith("list["):
+            if not isinstance(value, list):
+                raise ConfigError(source, key, f"must be a list, got {type(value).__name__}{hint}")
+            item_type = _SECTION_TYPES.get(type_name[len("list["):-1])
+            for i, item in enumerate(value if item_type is not None else ()):
+                if not isinstance(item, dict):
+                    raise ConfigError(source, f"{key}[{i}]", f"must be a mapping, got {type(item).__name__}{hint}")
+                _check_sections(item, item_type, f"{key}[{i}].", source, hint)
+
+
+def _kind(value: Any) -> str:
+    return "mapping" if isinstance(value, DictConfig) else "list"
 
 
 def _type_problem(exc: ValidationError) -> str:
