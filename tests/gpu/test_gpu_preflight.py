@@ -1,0 +1,107 @@
+"""Pre-flight with real processes listed on a simulated GPU: our orphans die, foreign ones block."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+from supervisor.gpu.preflight import preflight
+
+from .conftest import FakeGpuFile
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes started by a test; whatever survives is killed and reaped at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def spawn(procs: list[subprocess.Popen[bytes]], *argv: str, env: dict[str, str] | None = None) -> int:
+    proc = subprocess.Popen(list(argv), env=env)
+    procs.append(proc)
+    return proc.pid
+
+
+def gone(pid: int, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_free_gpus_pass(gpu_file: FakeGpuFile) -> None:
+    result = preflight([0, 1], gpu_file.backend(), set(), kill_own=True, wait_s=1.0)
+    assert (result.ok, result.reasons, result.killed) == (True, [], [])
+
+
+def test_orphan_of_ours_is_killed_and_its_memory_waited_for(gpu_file: FakeGpuFile,
+                                                            procs: list[subprocess.Popen[bytes]]) -> None:
+    orphan = spawn(procs, "sleep", "60")
+    gpu_file.set(1, processes=[{"pid": orphan, "used_mib": 4096}])
+    result = preflight([1], gpu_file.backend(), {orphan}, kill_own=True, wait_s=5.0, poll_s=0.01)
+    assert (result.ok, result.reasons, result.killed) == (True, [], [orphan])
+    assert gone(orphan)
+
+
+def test_descendant_of_an_own_pid_is_ours(gpu_file: FakeGpuFile, procs: list[subprocess.Popen[bytes]]) -> None:
+    shell = spawn(procs, "sh", "-c", "sleep 60 & echo $! > /dev/null; wait")
+    deadline = time.monotonic() + 5
+    while not psutil.Process(shell).children() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    [worker] = psutil.Process(shell).children()
+    gpu_file.set(0, processes=[{"pid": worker.pid, "used_mib": 1024}])
+    result = preflight([0], gpu_file.backend(), {shell}, kill_own=True, wait_s=5.0, poll_s=0.01)
+    assert result.ok, result.reason
+    assert result.killed == [worker.pid]
+    assert gone(worker.pid)
+
+
+def test_environment_marker_identifies_an_orphan_whose_parent_died(
+        gpu_file: FakeGpuFile, procs: list[subprocess.Popen[bytes]]) -> None:
+    marked = spawn(procs, "sleep", "60", env={**os.environ, "ML_SUPERVISOR_TEST_MARK": "job-1"})
+    gpu_file.set(0, processes=[{"pid": marked, "used_mib": 512}])
+    result = preflight([0], gpu_file.backend(), set(), kill_own=True, wait_s=5.0, poll_s=0.01,
+                       own_env_key="ML_SUPERVISOR_TEST_MARK")
+    assert (result.ok, result.killed) == (True, [marked])
+
+
+def test_foreign_process_delays_the_launch(gpu_file: FakeGpuFile, procs: list[subprocess.Popen[bytes]]) -> None:
+    foreign = spawn(procs, "sleep", "60")
+    gpu_file.set(1, processes=[{"pid": foreign, "used_mib": 2048}])
+    # our own pid among own_pids must not make every child of ours an orphan
+    result = preflight([0, 1], gpu_file.backend(), {os.getpid(), 1}, kill_own=True, wait_s=1.0,
+                       own_env_key="ML_SUPERVISOR_TEST_MARK")
+    assert not result.ok
+    assert result.reasons == [f"gpu 1: foreign process {foreign} (sleep) holds 2048 MiB"]
+    assert result.killed == []
+    assert psutil.Process(foreign).status() != psutil.STATUS_ZOMBIE  # untouched
+
+
+def test_orphan_left_alive_when_killing_is_off(gpu_file: FakeGpuFile, procs: list[subprocess.Popen[bytes]]) -> None:
+    orphan = spawn(procs, "sleep", "60")
+    gpu_file.set(0, processes=[{"pid": orphan, "used_mib": 100}])
+    result = preflight([0], gpu_file.backend(), {orphan}, kill_own=False, wait_s=1.0)
+    assert not result.ok
+    assert result.reason == f"gpu 0: process {orphan} (sleep) of an earlier attempt is still running"
+    assert not gone(orphan, timeout_s=0.05)
+
+
+def test_lost_gpu_fails_preflight(gpu_file: FakeGpuFile) -> None:
+    gpu_file.set(0, lost=True)
+    result = preflight([0, 1], gpu_file.backend(), set(), kill_own=True, wait_s=1.0)
+    assert (result.ok, result.reasons) == (False, ["gpu 0: GPU is lost"])
