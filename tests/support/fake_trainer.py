@@ -14,6 +14,7 @@ job config's ``model.init_args``:
     die_at: null         SIGKILL itself at this step (no record)
     hang_at: null        stop making progress at this step (sleep forever, no heartbeat)
     ignore_sigterm: false
+    ignore_deadline: false  do not stop by itself at --deadline (the daemon's budget stop must do it)
     spawn_child: false   start a child process in our group (an orphan-to-be, like a DataLoader worker)
     check_error: null    make --check fail with this message
 """
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = parser.parse_known_args(argv)
     cfg = OmegaConf.load(args.config)
     opts: dict[str, Any] = {"steps": 20, "step_time": 0.02, "ckpt_every": 5, "faults_on": [1], "crash_at": None,
-                            "die_at": None, "hang_at": None, "ignore_sigterm": False, "spawn_child": False,
+                            "die_at": None, "hang_at": None, "ignore_sigterm": False, "ignore_deadline": False, "spawn_child": False,
                             "check_error": None}
     opts.update(OmegaConf.to_container(cfg.model.init_args) or {})
     if args.check:
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 status="signal", time=time.time(), pid=os.getpid(), global_step=step,
                 signal=signal.Signals(_stop_signal).name, checkpoint=path))
             return 128 + _stop_signal
-        if args.deadline and time.time() >= args.deadline - 0.2:
+        if args.deadline and not opts["ignore_deadline"] and time.time() >= args.deadline - 0.2:
             _save(ckpt_dir, step, args.attempt, kind="last")
             write_exit_record(layout.exit_record, ExitRecord(
                 status="completed", time=time.time(), pid=os.getpid(), global_step=step, reason="deadline"))
