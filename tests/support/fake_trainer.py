@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = parser.parse_known_args(argv)
     cfg = OmegaConf.load(args.config)
     opts: dict[str, Any] = {"steps": 20, "step_time": 0.02, "ckpt_every": 5, "faults_on": [1], "crash_at": None,
-                            "die_at": None, "hang_at": None, "ignore_sigterm": False, "ignore_deadline": False, "spawn_child": False,
-                            "check_error": None}
+                            "die_at": None, "hang_at": None, "ignore_sigterm": False, "ignore_deadline": False,
+                            "spawn_child": False, "check_error": None}
     opts.update(OmegaConf.to_container(cfg.model.init_args) or {})
     if args.check:
         if opts["check_error"]:
