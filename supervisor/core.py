@@ -31,6 +31,7 @@ from supervisor import policy as restart_policy
 from supervisor.attempt_monitor import current_boot_id
 from supervisor.config import load_job_config, parse_duration
 from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
+from supervisor.hang import HangSettings, check_hang, update_slowest_step
 from supervisor.jobfiles.atomic import read_json, read_json_lines
 from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import read_heartbeat
@@ -47,6 +48,7 @@ from supervisor.process import (
 )
 from supervisor.resume import choose_resume
 from supervisor.settings import DaemonSettings
+from supervisor.stacks import dump_stacks
 from supervisor.states import LIVE_STATES, JobState
 from supervisor.store import AttemptRow, JobRow, Store
 from supervisor.submit import SubmitRequest, prepare_job, trainer_environment
@@ -54,6 +56,8 @@ from supervisor.watcher import JobFileWatcher
 
 log = logging.getLogger("ml_supervisor")
 T = TypeVar("T")
+
+STACK_DUMP_TIMEOUT_S = 5.0
 
 # Alert hook: (event, job, details) -> None. Wired to the W&B alert dispatcher by the daemon.
 AlertHook = Callable[[str, JobRow, dict[str, Any]], None]
@@ -90,6 +94,10 @@ class Supervisor:
         self._scheduler = BackgroundScheduler(daemon=True, job_defaults={"misfire_grace_time": None})
         self._watcher: JobFileWatcher | None = None
         self._lock_fd: int | None = None
+        hang = settings.hang
+        self._hang_settings = HangSettings(startup_allowance_s=hang.startup_allowance,
+                                           phase_allowance_s=hang.phase_allowance, multiple=hang.multiple,
+                                           minimum_s=hang.min_timeout)
         self._stop = threading.Event()
         self.loop_beat = time.monotonic()  # last time the loop went round (sd_notify watchdog reads it)
         self._loop_thread: threading.Thread | None = None
@@ -318,7 +326,16 @@ class Supervisor:
         self.check_attempt_health(job, attempt, now)
 
     def check_attempt_health(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
-        """Hook for per-attempt health checks (hang detection, GPU faults); see ``supervisor.health``."""
+        """Hang detection: no progress in the heartbeat for longer than the attempt's timeout."""
+        layout = JobLayout(Path(job.job_dir)).attempt(attempt.n)
+        tracked = self._tracked.setdefault(job.id, _Tracked(attempt=attempt.n))
+        beat = read_heartbeat(layout.heartbeat)
+        tracked.slowest_step = update_slowest_step(tracked.slowest_step, beat)
+        verdict = check_hang(now=now, attempt_started_at=attempt.started_at, heartbeat=beat,
+                             slowest_step_s=tracked.slowest_step,
+                             setting=str(self._config(job).supervision.hang_timeout), settings=self._hang_settings)
+        if verdict.hung:
+            self._begin_stop(job, "hang", f"hang: {verdict.reason}", now)
 
     # -- launching -------------------------------------------------------------------------------
     def _launch(self, job: JobRow, now: float) -> None:
@@ -407,7 +424,14 @@ class Supervisor:
         return job
 
     def before_stop(self, job: JobRow, attempt: AttemptRow, intent: str) -> None:
-        """Hook run before SIGTERM (the hang path dumps stacks here)."""
+        """Before SIGTERM on a hang: save every thread's stack (SIGUSR2 -> faulthandler; py-spy if present)."""
+        if intent != "hang" or not attempt.pid:
+            return
+        attempt_dir = JobLayout(Path(job.job_dir)).attempt(attempt.n).dir
+        # Bounded: faulthandler writes from C at once; the loop must not stall long for one job.
+        files = dump_stacks(attempt.pid, attempt_dir, timeout_s=STACK_DUMP_TIMEOUT_S)
+        self._store().add_event(job.id, "stacks", f"saved stacks: {', '.join(f.name for f in files) or 'none'}",
+                                attempt=attempt.n, data={"files": [str(f) for f in files]})
 
     # -- an attempt ended ------------------------------------------------------------------------
     def _on_attempt_end(self, job: JobRow, attempt: AttemptRow, monitor_exit: dict[str, Any] | None,

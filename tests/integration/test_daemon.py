@@ -217,3 +217,18 @@ def test_cli_history_logs_and_status_table(daemon: DaemonProc) -> None:
 
 def json_lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_a_hang_is_detected_stacks_saved_and_the_job_relaunched(daemon: DaemonProc) -> None:
+    cfg = write_config(daemon.workdir, steps=30, step_time=0.02, ckpt_every=5, hang_at=12,
+                       supervision={"hang_timeout": "2s", "stop_grace": "2s"})
+    job = daemon.submit(cfg)
+    final = daemon.wait_state(job, "completed", "failed", timeout=60)
+    assert final["state"] == "completed"
+    first = final["attempts"][0]
+    assert first["reason"] == "hang" and "no progress" in first["detail"]
+    # detected within the timeout plus a few seconds of the last progress
+    assert first["ended_at"] - first["started_at"] < 2 + 0.5 + 6
+    stacks = (Path(final["job_dir"]) / "attempts" / "1" / "stacks.txt").read_text()
+    assert "thread" in stacks and "fake_trainer.py" in stacks
+    assert final["attempts"][1]["resumed_from"].endswith("step=10.ckpt")

@@ -22,6 +22,7 @@ job config's ``model.init_args``:
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import subprocess
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_dir = Path(args.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN if opts["ignore_sigterm"] else _on_term)
+    stacks = open(layout.stacks, "a")  # noqa: SIM115 - faulthandler writes to it until we exit
+    faulthandler.register(signal.SIGUSR2, file=stacks, all_threads=True, chain=False)
     faulty = args.attempt in list(opts["faults_on"])
     step = 0
     if args.ckpt:
