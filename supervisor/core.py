@@ -112,8 +112,9 @@ class Supervisor:
             raise AlreadyRunning(f"another ml-supervisor already uses {self.state_dir}")
         self.store = Store(self.state_dir / "supervisor.db")
         self.reconcile()
-        self._watcher = JobFileWatcher(self.jobs_dir, self.wake_job)
-        self._watcher.start()
+        if self.settings.watch_files:
+            self._watcher = JobFileWatcher(self.jobs_dir, self.wake_job)
+            self._watcher.start()
         self._scheduler.start()
         for job in self.store.list_jobs():
             if not job.state.terminal:

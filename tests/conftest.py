@@ -1,123 +1,17 @@
-"""Shared fixtures: a real daemon process driving the fake trainer, configs, waiting helpers."""
+"""Shared fixtures: a real daemon process driving the fake trainer (see tests/support/harness.py)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import yaml
 
-from supervisor.api.client import Client
+from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
 
-REPO = Path(__file__).resolve().parent.parent
-SUPPORT = REPO / "tests" / "support"
-
-
-def fake_env(state_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment for a daemon (or CLI) that runs the fake trainer on ``state_dir``."""
-    env = dict(os.environ)
-    env.update({
-        "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)]),
-        "ML_SUPERVISOR_STATE_DIR": str(state_dir),
-        "ML_SUPERVISOR_TRAINER_MODULE": "fake_trainer",
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-    })
-    env.pop("NOTIFY_SOCKET", None)
-    env.update(extra)
-    return env
-
-
-def write_config(directory: Path, name: str = "fake", *, supervision: dict[str, Any] | None = None,
-                 **init_args: Any) -> Path:
-    """A fake-trainer job config; ``init_args`` drive the fake (see tests/support/fake_trainer.py)."""
-    cfg = {
-        "name": name,
-        "model": {"class_path": "fake.Model", "init_args": init_args},
-        "data": {"class_path": "fake.Data"},
-        "logger": {"wandb": {"mode": "disabled"}},
-        "supervision": {"backoff": {"initial": "1s", "max": "2s"}, "stop_grace": "5s", **(supervision or {})},
-    }
-    path = directory / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
-
-
-class DaemonProc:
-    """A real ``ml-supervisor serve`` process on its own state dir, plus CLI helpers."""
-
-    def __init__(self, state_dir: Path, workdir: Path, env: dict[str, str]) -> None:
-        self.state_dir = state_dir
-        self.workdir = workdir
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = state_dir.parent / "daemon.log"
-
-    def start(self, *settings: str, **env: str) -> None:
-        self.env.update(env)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.cli.main", "serve", "tick_interval=0.5", "web.enabled=false",
-                 *settings],
-                env=self.env, cwd=self.workdir, stdout=log, stderr=log, start_new_session=True)
-        wait_for(lambda: self.ctl_ok("list"), timeout=30, what="the daemon to answer")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
-        self.proc = None
-
-    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "supervisor.cli.ctl", *args], env=self.env, cwd=self.workdir,
-                              capture_output=True, text=True, timeout=120)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"supervisorctl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-        return proc
-
-    def ctl_ok(self, *args: str) -> bool:
-        return self.ctl(*args, check=False).returncode == 0
-
-    def submit(self, config: Path, *overrides: str) -> str:
-        return self.ctl("submit", str(config), *overrides).stdout.strip().splitlines()[-1]
-
-    def status(self, job: str) -> dict[str, Any]:
-        """The job's status object, through the API in-process (fast enough to poll)."""
-        return Client(self.state_dir).call("status", job=job)
-
-    def wait_state(self, job: str, *states: str, timeout: float = 60.0) -> dict[str, Any]:
-        found: dict[str, Any] = {}
-
-        def reached() -> bool:
-            found.update(self.status(job))
-            return found["state"] in states
-
-        try:
-            wait_for(reached, timeout=timeout, interval=0.2, what=f"{job} to reach {states}")
-        except AssertionError:
-            tail = self.log.read_text()[-3000:]
-            raise AssertionError(f"{job} is {found.get('state')}, not {states}; daemon log:\n{tail}") from None
-        return found
+__all__ = ["DaemonProc", "wait_for", "write_config"]
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ job config's ``model.init_args``:
     ignore_deadline: false  do not stop by itself at --deadline (the daemon's budget stop must do it)
     spawn_child: false   start a child process in our group (an orphan-to-be, like a DataLoader worker)
     check_error: null    make --check fail with this message
+    heartbeat_every: 0   seconds between heartbeats (the real trainer: 2 s; 0 = every step)
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = OmegaConf.load(args.config)
     opts: dict[str, Any] = {"steps": 20, "step_time": 0.02, "ckpt_every": 5, "faults_on": [1], "crash_at": None,
                             "die_at": None, "hang_at": None, "ignore_sigterm": False, "ignore_deadline": False,
-                            "spawn_child": False, "check_error": None}
+                            "spawn_child": False, "check_error": None, "heartbeat_every": 0.0}
     opts.update(OmegaConf.to_container(cfg.model.init_args) or {})
     if args.check:
         if opts["check_error"]:
@@ -132,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if step % opts["ckpt_every"] == 0:
             _save(ckpt_dir, step, args.attempt)
-        beat.time, beat.step, beat.step_time, beat.max_step_time = time.time(), step, opts["step_time"], opts[
-            "step_time"]
-        write_heartbeat(layout.heartbeat, beat)
+        if time.time() - beat.time >= opts["heartbeat_every"]:
+            beat.time, beat.step = time.time(), step
+            beat.step_time = beat.max_step_time = opts["step_time"]
+            write_heartbeat(layout.heartbeat, beat)
     write_exit_record(layout.exit_record, ExitRecord(status="completed", time=time.time(), pid=os.getpid(),
                                                      global_step=step, reason="max_steps"))
     return 0
