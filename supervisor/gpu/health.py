@@ -29,6 +29,8 @@ class GpuThresholds:
     """Health thresholds; the daemon config exposes each field (``gpu.<name>``)."""
 
     temperature_degraded_c: float = 85.0
+    # failed (and quarantined until it reads cool again) at this temperature; None: never for heat alone
+    temperature_failed_c: float | None = None
     # failed at this many volatile uncorrectable ECC errors (they reset with the GPU)
     ecc_uncorrected_failed: int = 1
     # degraded when the volatile corrected count rose by at least this much since the previous reading
@@ -43,7 +45,8 @@ def classify(reading: GpuReading | GpuLost, previous: GpuReading | None,
     """The health of one GPU from its latest reading (``previous``: the one before, for rates).
 
     Failed: lost, uncorrectable ECC errors, retired pages or remapped rows
-    waiting for a reset, a failed row remap. Degraded: hot, clocks slowed by
+    waiting for a reset, a failed row remap, above ``temperature_failed_c``
+    (when set). Degraded: hot, clocks slowed by
     heat or hardware protection, correctable ECC errors rising fast. A field
     the GPU does not report (``None``) never counts against it.
     """
@@ -59,7 +62,11 @@ def classify(reading: GpuReading | GpuLost, previous: GpuReading | None,
         failed.append("row remapping pending (a reset is needed to remap)")
     if reading.remapped_rows_failure:
         failed.append("row remapping failed")
-    if reading.temperature_c is not None and reading.temperature_c >= thresholds.temperature_degraded_c:
+    hot = reading.temperature_c is not None and thresholds.temperature_failed_c is not None \
+        and reading.temperature_c >= thresholds.temperature_failed_c
+    if hot:
+        failed.append(f"temperature {reading.temperature_c:.0f} C >= {thresholds.temperature_failed_c:.0f} C")
+    elif reading.temperature_c is not None and reading.temperature_c >= thresholds.temperature_degraded_c:
         degraded.append(f"temperature {reading.temperature_c:.0f} C >= {thresholds.temperature_degraded_c:.0f} C")
     if reading.throttle_reasons:
         slow = sorted(set(reading.throttle_reasons) & set(thresholds.degraded_throttle_reasons))

@@ -154,6 +154,11 @@ class GpuMonitor:
                 log.warning("GPU monitor: thread %s did not stop in time", thread.name)
         self._threads = []
 
+    @property
+    def running(self) -> bool:
+        """Whether the poll and Xid threads are both alive."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
     def _poll_loop(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
             try:

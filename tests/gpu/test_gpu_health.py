@@ -49,6 +49,13 @@ def test_lost_gpu_is_failed() -> None:
     assert classify(GpuLost(0), OK, T) == ("failed", ["GPU is lost"])
 
 
+def test_optional_failure_temperature() -> None:
+    hot = GpuThresholds(temperature_failed_c=95.0)
+    assert classify(replace(OK, temperature_c=94.0), OK, hot) == ("degraded", ["temperature 94 C >= 85 C"])
+    assert classify(replace(OK, temperature_c=96.0), OK, hot) == ("failed", ["temperature 96 C >= 95 C"])
+    assert classify(replace(OK, temperature_c=120.0), OK, T)[0] == "degraded"  # off by default
+
+
 def test_correctable_rise_needs_a_previous_reading_of_the_same_gpu() -> None:
     high = replace(OK, ecc_corrected=500)
     assert classify(high, None, T)[0] == "healthy"

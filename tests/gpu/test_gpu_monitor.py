@@ -123,8 +123,10 @@ def test_healthy_after_a_reset_clears_the_quarantine(gpu_file: FakeGpuFile, tmp_
 def test_xid_79_through_the_event_thread(gpu_file: FakeGpuFile, tmp_path: Path, boot_id: str) -> None:
     recorder = Recorder()
     monitor = make_monitor(gpu_file, tmp_path, recorder, xid_wait_s=0.05)
+    assert not monitor.running
     monitor.start()
     try:
+        assert monitor.running
         gpu_file.add_xid(1, 79)
         event = recorder.wait_for("xid")
         assert (event.index, event.xid, event.health, event.application, event.quarantined) == \
@@ -138,6 +140,7 @@ def test_xid_79_through_the_event_thread(gpu_file: FakeGpuFile, tmp_path: Path, 
         started = time.monotonic()
         monitor.stop()
         assert time.monotonic() - started < 2.0
+        assert not monitor.running
 
 
 def test_poll_thread_polls_on_its_own(gpu_file: FakeGpuFile, tmp_path: Path, boot_id: str) -> None:
