@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +17,24 @@ def write_json_atomic(path: str | Path, obj: Any, *, durable: bool = True) -> No
     one to a crash costs nothing and the fsync would cost step time.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # pid and thread: two writers of the same file (a heartbeat timer and the main thread)
+    # must not share a temp file, or the rename could publish a mix of both.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     data = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str).encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.write(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            _write_all(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    if durable:
+        _fsync_dir(path.parent)  # the rename itself must survive a power cut too
 
 
 def append_json_line(path: str | Path, obj: Any) -> None:
@@ -37,10 +46,48 @@ def append_json_line(path: str | Path, obj: Any) -> None:
     line = (json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, line)
+        size = os.fstat(fd).st_size
+        if size and _last_byte(path, size) != b"\n":
+            # A torn last line (writer killed mid-line): end it, or this line would be glued
+            # onto it and skipped with it.
+            line = b"\n" + line
+        _write_all(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _last_byte(path: str | Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(size - 1)
+        return f.read(1)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return  # a platform or file system without directory fds: nothing more we can do
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def read_json(path: str | Path) -> Any | None:

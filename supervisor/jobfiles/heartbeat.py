@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from supervisor.jobfiles.atomic import read_json, write_json_atomic
+from supervisor.jobfiles.atomic import finite_or_none, read_json, write_json_atomic
 
 PHASES = ("setup", "train", "validate", "checkpoint", "done")
 
@@ -39,8 +39,14 @@ class Heartbeat:
 
 
 def write_heartbeat(path: str | Path, beat: Heartbeat) -> None:
-    """Replace the heartbeat file (not fsynced: a lost beat costs nothing)."""
-    write_json_atomic(path, asdict(beat), durable=False)
+    """Replace the heartbeat file (not fsynced: a lost beat costs nothing).
+
+    Non-finite metric values are left out (JSON has no NaN; a NaN loss must not
+    crash the trainer's heartbeat); the manifest's ``finite`` flag records them.
+    """
+    data = asdict(beat)
+    data["metrics"] = {k: v for k, v in data["metrics"].items() if finite_or_none(v) is not None}
+    write_json_atomic(path, data, durable=False)
 
 
 def read_heartbeat(path: str | Path) -> Heartbeat | None:
@@ -59,10 +65,18 @@ def read_heartbeat(path: str | Path) -> Heartbeat | None:
             epoch=int(data.get("epoch", 0)),
             step_time=_opt_float(data.get("step_time")),
             max_step_time=_opt_float(data.get("max_step_time")),
-            metrics={str(k): float(v) for k, v in (data.get("metrics") or {}).items() if v is not None},
+            metrics=_metrics(data.get("metrics")),
         )
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def _metrics(raw: Any) -> dict[str, float]:
+    """The finite numbers of ``raw``; one odd value must not cost the whole beat."""
+    if not isinstance(raw, dict):
+        return {}
+    numbers = {str(k): finite_or_none(v) for k, v in raw.items()}
+    return {k: v for k, v in numbers.items() if v is not None}
 
 
 def _opt_float(value: Any) -> float | None:

@@ -67,6 +67,8 @@ def live_checkpoints(manifest: str | Path, *, require_file: bool = True) -> list
     """
     live: dict[str, CheckpointEntry] = {}
     for event in read_json_lines(manifest):
+        if not isinstance(event, dict):
+            continue  # valid JSON but not an event: nothing a writer of ours produced
         kind = event.get("event")
         if kind == "save":
             try:
@@ -77,8 +79,8 @@ def live_checkpoints(manifest: str | Path, *, require_file: bool = True) -> list
             live[entry.path] = entry
         elif kind == "remove":
             live.pop(str(event.get("path")), None)
-        elif kind == "abandon":
-            for path in event.get("paths", []):
+        elif kind == "abandon" and isinstance(event.get("paths"), list):
+            for path in event["paths"]:
                 live.pop(str(path), None)
     entries = list(live.values())
     if require_file:
