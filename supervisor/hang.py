@@ -10,7 +10,7 @@ attempt is hung when no progress was seen for longer than its timeout:
 - ``auto`` (default): before the first step (no heartbeat yet, phase
   ``setup``, or ``train`` with no step timed yet) the startup allowance;
   while training ``multiple`` x the slowest step seen (NVIDIA's resiliency
-  toolkit uses 5x), never below ``minimum_s``; during ``validate``,
+  toolkit uses 5x) plus the heartbeat period, never below ``minimum_s``; during ``validate``,
   ``checkpoint`` and ``done`` (teardown: loggers flushing) the phase
   allowance, or the step rule when that is longer.
 
@@ -33,7 +33,10 @@ class HangSettings:
     startup_allowance_s: float = 900.0  # imports, data setup, CUDA init, first step (compile/autotune)
     phase_allowance_s: float = 900.0  # a validation pass, a checkpoint save, teardown
     multiple: float = 5.0  # x the slowest step
-    minimum_s: float = 60.0  # never less while training (covers the 2 s heartbeat period and jitter)
+    minimum_s: float = 60.0  # never less while training (jitter, GC pauses, a slow batch)
+    # the trainer writes a beat at most this often (ML_SUPERVISOR_HEARTBEAT_INTERVAL): progress is only
+    # visible that late, so it is added to the step rule
+    heartbeat_interval_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,8 @@ def hang_timeout(setting: str, heartbeat: Heartbeat | None, slowest_step_s: floa
         seconds = parse_duration(text)
         return seconds if seconds > 0 else None  # "0" reads as off: a zero timeout would kill every attempt
     slowest = _slowest(heartbeat, slowest_step_s)
-    step_rule = max(settings.minimum_s, settings.multiple * slowest) if slowest is not None else None
+    step_rule = (max(settings.minimum_s, settings.multiple * slowest + settings.heartbeat_interval_s)
+                 if slowest is not None else None)
     phase = heartbeat.phase if heartbeat is not None else "setup"
     if phase == "setup":
         return settings.startup_allowance_s
@@ -127,5 +131,5 @@ def _basis(setting: str, heartbeat: Heartbeat | None, slowest_step_s: float | No
     if phase == "train":
         if timeout == settings.minimum_s:
             return f"minimum (slowest step {slowest:.2f}s)"
-        return f"{settings.multiple:g}x the slowest step {slowest:.2f}s"
+        return f"{settings.multiple:g}x the slowest step {slowest:.2f}s + {settings.heartbeat_interval_s:g}s beat"
     return f"{phase} allowance" if timeout == settings.phase_allowance_s else f"{settings.multiple:g}x the slowest step"

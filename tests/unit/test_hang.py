@@ -38,15 +38,15 @@ def beat(phase: str = "train", *, at: float = T0 + 1000, max_step: float | None 
     ("auto", beat("setup"), None, 900.0),
     ("auto", beat("train"), None, 900.0),  # training, but no step timed yet (compile, autotune)
     # auto: a multiple of the slowest step, never below the minimum
-    ("auto", beat(max_step=30.0), None, 150.0),
-    ("auto", beat(max_step=2.0), 30.0, 150.0),  # the attempt's running max counts, not only the last beat
-    ("auto", beat(max_step=40.0), 30.0, 200.0),
+    ("auto", beat(max_step=30.0), None, 152.0),  # 5 x 30 s + the 2 s heartbeat period
+    ("auto", beat(max_step=2.0), 30.0, 152.0),  # the attempt's running max counts, not only the last beat
+    ("auto", beat(max_step=40.0), 30.0, 202.0),
     ("auto", beat(max_step=0.05), 0.05, 60.0),
     # auto: generous during validation, checkpoint saves and teardown
     ("auto", beat("validate", max_step=0.1), 0.1, 600.0),
     ("auto", beat("checkpoint", max_step=0.1), 0.1, 600.0),
     ("auto", beat("done", max_step=0.1), 0.1, 600.0),
-    ("auto", beat("validate", max_step=200.0), 200.0, 1000.0),  # slow steps: the step rule if longer
+    ("auto", beat("validate", max_step=200.0), 200.0, 1002.0),  # slow steps: the step rule if longer
     ("auto", beat("some-new-phase"), None, 600.0),
 ])
 def test_hang_timeout_table(setting: str, heartbeat: Heartbeat | None, slowest: float | None,
@@ -85,9 +85,9 @@ def test_check_hang_table(now: float, heartbeat: Heartbeat | None, slowest: floa
 def test_hang_verdict_explains_itself() -> None:
     verdict = check_hang(now=T0 + 1200, attempt_started_at=T0, heartbeat=beat(max_step=30.0, step=1234),
                          slowest_step_s=30.0, setting="auto", settings=S)
-    assert verdict.hung and verdict.timeout_s == 150.0
+    assert verdict.hung and verdict.timeout_s == 152.0
     assert verdict.reason == ("no progress for 3m20s (phase train, step 1234, epoch 2; "
-                              "timeout 2m30s: 5x the slowest step 30.00s)")
+                              "timeout 2m32s: 5x the slowest step 30.00s + 2s beat)")
     startup = check_hang(now=T0 + 10, attempt_started_at=T0, heartbeat=None, slowest_step_s=None,
                          setting="auto", settings=S)
     assert not startup.hung
@@ -112,8 +112,10 @@ def test_update_slowest_step() -> None:
 
 
 def test_small_settings_for_end_to_end_tests() -> None:
-    fast = HangSettings(startup_allowance_s=5.0, phase_allowance_s=3.0, multiple=5.0, minimum_s=1.0)
+    fast = HangSettings(startup_allowance_s=5.0, phase_allowance_s=3.0, multiple=5.0, minimum_s=1.0,
+                        heartbeat_interval_s=0.2)
     assert hang_timeout("auto", beat(max_step=0.01), 0.01, fast) == 1.0
+    assert hang_timeout("auto", beat(max_step=0.5), 0.5, fast) == 2.7
     assert hang_timeout("auto", None, None, fast) == 5.0
 
 
