@@ -1,0 +1,12 @@
+"""What runs inside a training process: ``python -m trainer --config FILE --attempt-dir DIR``.
+
+It builds the Lightning run a job config describes and adds, without the
+user's code knowing, what the supervisor relies on: a checkpoint manifest, a
+heartbeat, an exit record, signal handling and W&B run continuity (see
+``trainer.cli`` for the command line and ``trainer.runner`` for the run).
+
+This package module stays free of torch imports: the daemon side may import
+the package name (e.g. to locate it) without paying for torch.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,375 @@
+"""``ManifestCheckpoint``: Lightning's ModelCheckpoint, made crash-safe and readable without torch.
+
+What it adds to ``ModelCheckpoint``:
+
+- every save goes to a temp file in the same directory, is fsynced and renamed
+  into place, and only then gets a ``save`` line in ``manifest.jsonl``: a
+  manifest entry never points to a partial file, whatever is killed when;
+- every top-k removal gets a ``remove`` line;
+- ``last.ckpt`` at the same step as a top-k save is a hard link to it (one
+  write instead of two; a plain copy where links are not supported);
+- SIGTERM (Lightning raises ``SIGTERMException`` at a batch boundary) saves
+  ``last.ckpt`` with kind ``signal`` on the way out; SIGUSR1 saves ``last.ckpt``
+  at the next train batch end and training goes on;
+- the state at the end of a fit is saved as ``last.ckpt`` (Lightning only saves
+  "last" at train end when nothing was saved during the fit);
+- with no monitor, top-k keeps the newest ``save_top_k`` files (Lightning
+  accepts only k in -1, 0, 1 there): it ranks by the always-present ``step``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from weakref import proxy
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from supervisor.jobfiles.atomic import finite_or_none
+from supervisor.jobfiles.layout import manifest_path
+from supervisor.jobfiles.manifest import CheckpointEntry, record_remove, record_save
+from trainer.progress import HeartbeatWriter
+from trainer.signals import SignalState
+
+TMP_SUFFIX = ".tmp"
+# Without a user monitor, top-k ranks by this always-present candidate (newest wins).
+STEP_MONITOR = "step"
+
+
+class ManifestCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` that writes atomically and records every save in the manifest.
+
+    ``monitor``/``mode`` are the user's: they go into the manifest as given
+    (``None`` means "best" is the newest). Only global rank 0 writes files and
+    manifest lines.
+    """
+
+    def __init__(
+        self,
+        dirpath: str | Path,
+        *,
+        attempt: int,
+        monitor: str | None = None,
+        mode: str = "min",
+        save_top_k: int = 3,
+        save_last: bool = True,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
+        every_n_epochs: int | None = None,
+        filename: str | None = None,
+        save_weights_only: bool = False,
+        save_final: bool = True,
+        heartbeat: HeartbeatWriter | None = None,
+        signals: SignalState | None = None,
+    ) -> None:
+        super().__init__(
+            dirpath=dirpath,
+            filename=filename,
+            monitor=monitor if monitor is not None else STEP_MONITOR,
+            mode=mode if monitor is not None else "max",
+            save_top_k=save_top_k,
+            save_last=save_last,
+            every_n_train_steps=every_n_train_steps,
+            train_time_interval=train_time_interval,
+            every_n_epochs=every_n_epochs,
+            save_weights_only=save_weights_only,
+        )
+        assert self.dirpath is not None
+        self.manifest = manifest_path(self.dirpath)
+        self.attempt = attempt
+        self.user_monitor = monitor
+        self.user_mode = mode
+        self.save_final = save_final or save_last
+        self.heartbeat = heartbeat
+        self.signals = signals
+        self.signal_checkpoint: str | None = None  # the path saved on the way out after SIGTERM
+        self._kind_override: str | None = None
+        # The newest file this process saved and its step (Lightning's own fields skip
+        # out-of-schedule saves, see save_last_now).
+        self._saved_file: str | None = None
+        self._saved_step: int | None = None
+        self._start_step: int | None = None  # global step when this process's training started
+        # The last validation's step and monitor value: a step-triggered save whose monitor still
+        # holds that value (at another step) would be scored with someone else's score.
+        self._validated_step: int | None = None
+        self._validated_value: float | None = None
+        self._topk_pending = False
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and stage == TrainerFn.FITTING:
+            assert self.dirpath is not None
+            os.makedirs(self.dirpath, exist_ok=True)
+            remove_stale_temp_files(self.dirpath)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._start_step = trainer.global_step
+        if self.signals is not None and self.signals.stop_signal == signal.SIGTERM:
+            # SIGTERM came before Lightning's handler was in place: stop the way Lightning would.
+            raise SIGTERMException
+        # After a resume: the restored step is already saved; top-k forgets files that are gone.
+        self._last_global_step_saved = trainer.global_step
+        self._forget_missing_best_k()
+        last = self._last_path()
+        if os.path.exists(last):
+            # Adopt the existing last.ckpt, or Lightning would write last-v1.ckpt beside it.
+            self.last_model_path = last
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self._step_save_due(trainer, pl_module) and self._monitor_unvalidated(trainer):
+            # These weights were never validated: the monitor holds an older validation's value
+            # (or none yet). Keep them as last.ckpt now; the top-k decision waits for the next
+            # validation, so a top-k file's score is always its own weights' score.
+            self._topk_pending = True
+            if self.save_last and trainer.global_step != self._last_global_step_saved:
+                self.save_last_now(trainer, kind="last")
+        else:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.signals is not None and self._save_requested(trainer):
+            self.save_last_now(trainer, kind="last", scheduled=False)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        self._validated_step = trainer.global_step
+        self._validated_value = self._monitor_value(trainer)
+        if (self._topk_pending or self._defer_save_until_validation) and not trainer.fast_dev_run:
+            # Lightning drops a deferred save when it saves on train epoch end; do it here, scored fresh.
+            self._topk_pending = self._defer_save_until_validation = False
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+        super().on_validation_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Replaces Lightning's (which saves "last" only if nothing was saved during the fit):
+        # a fit stopped by max_steps, a deadline or early stopping keeps its final steps.
+        if self.save_final and not trainer.fast_dev_run and trainer.global_step != self._last_global_step_saved:
+            self.save_last_now(trainer, kind="last")
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        stopping = isinstance(exception, SIGTERMException) or (
+            self.signals is not None and self.signals.stop_signal == signal.SIGTERM
+        )
+        if not stopping or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if self._start_step is None or trainer.global_step <= self._start_step:
+            return  # no step taken by this process: what it would save is already on disk (or untrained)
+        try:
+            self.signal_checkpoint = self.save_last_now(trainer, kind="signal")
+        except Exception as exc:  # the exit record must still be written
+            print(f"[trainer] could not save a checkpoint after SIGTERM: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
+
+    # --- saving -----------------------------------------------------------------------------
+
+    def save_last_now(self, trainer: pl.Trainer, *, kind: str, scheduled: bool = True) -> str:
+        """Save the current state as ``last.ckpt`` with manifest kind ``kind``; returns the path.
+
+        An unscheduled save (SIGUSR1) leaves Lightning's "already saved at this
+        step" marker alone, so the top-k save due at this step still happens.
+        """
+        filepath = self._last_path()
+        self.last_model_path = filepath  # part of the saved state, so set before saving
+        lightning_marks = (self._last_global_step_saved, self._last_checkpoint_saved)
+        self._kind_override = kind
+        try:
+            self._save_checkpoint(trainer, filepath)
+        finally:
+            self._kind_override = None
+        if not scheduled:
+            self._last_global_step_saved, self._last_checkpoint_saved = lightning_marks
+        return filepath
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        kind = self._kind_override or ("last" if filepath == self.last_model_path else "topk")
+        with self._phase("checkpoint"):
+            same_step = self._same_step_file(trainer)
+            if same_step is not None and kind != "topk":
+                # A top-k file holds this very step's state: last.ckpt can share its bytes.
+                if same_step != filepath:
+                    self._link_or_copy(trainer, same_step, filepath)
+            else:
+                self._write_atomically(trainer, filepath)
+        self._saved_file, self._saved_step = filepath, trainer.global_step
+        # Lightning's bookkeeping, as the parent does it.
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            self._record(trainer, filepath, kind)
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+    def _write_atomically(self, trainer: pl.Trainer, filepath: str) -> None:
+        tmp = temp_path_for(filepath)
+        if trainer.is_global_zero:
+            # A leftover temp name may be a hard link to a live checkpoint: never write through it.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        # Collective in multi-process runs; rank 0 writes the temp file.
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            _fsync_path(tmp)
+            os.replace(tmp, filepath)
+            _fsync_path(os.path.dirname(filepath))
+        trainer.strategy.barrier("manifest_checkpoint_saved")
+
+    def _link_or_copy(self, trainer: pl.Trainer, source: str, filepath: str) -> None:
+        """``filepath`` becomes the same bytes as ``source`` (saved at this very step), atomically."""
+        if trainer.is_global_zero:
+            tmp = temp_path_for(filepath)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+            try:
+                os.link(source, tmp)
+            except OSError:
+                _copy_durably(source, tmp)
+            os.replace(tmp, filepath)
+            _fsync_path(os.path.dirname(filepath))
+        trainer.strategy.barrier("manifest_checkpoint_linked")
+
+    def _same_step_file(self, trainer: pl.Trainer) -> str | None:
+        """A complete file this process saved at the current global step, if any."""
+        if self._saved_file and self._saved_step == trainer.global_step and os.path.isfile(self._saved_file):
+            return self._saved_file
+        return None
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            record_remove(self.manifest, os.path.abspath(filepath), self.attempt)
+
+    def _record(self, trainer: pl.Trainer, filepath: str, kind: str) -> None:
+        metrics = trainer.callback_metrics
+        score = None
+        if self.user_monitor is not None:
+            score = finite_or_none(_as_float(metrics.get(self.user_monitor)))
+        record_save(self.manifest, CheckpointEntry(
+            path=os.path.abspath(filepath),
+            step=trainer.global_step,
+            epoch=trainer.current_epoch,
+            monitor=self.user_monitor,
+            score=score,
+            mode=self.user_mode,
+            size=os.path.getsize(filepath),
+            time=time.time(),
+            attempt=self.attempt,
+            kind=kind,
+            finite=all(finite_or_none(v) is not None for v in map(_as_float, metrics.values()) if v is not None),
+        ))
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _last_path(self) -> str:
+        return self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+
+    def _step_save_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        n = self._every_n_train_steps
+        return (self.user_monitor is not None and n >= 1 and trainer.global_step % n == 0
+                and pl_module.automatic_optimization and not self._should_skip_saving_checkpoint(trainer))
+
+    def _monitor_unvalidated(self, trainer: pl.Trainer) -> bool:
+        """Whether the monitor is missing, or still the last validation's value at a later step."""
+        value = self._monitor_value(trainer)
+        if value is None:
+            return True
+        return (self._validated_step is not None and trainer.global_step != self._validated_step
+                and value == self._validated_value)
+
+    def _monitor_value(self, trainer: pl.Trainer) -> float | None:
+        if self.user_monitor is None:
+            return None
+        return finite_or_none(_as_float(trainer.callback_metrics.get(self.user_monitor)))
+
+    def _save_requested(self, trainer: pl.Trainer) -> bool:
+        assert self.signals is not None
+        if trainer.world_size > 1:
+            # Every rank must take part in a save; decide together, but not on every step.
+            if trainer.global_step % 10:
+                return False
+            return trainer.strategy.reduce_boolean_decision(self.signals.take_save_request(), all=False)
+        return self.signals.take_save_request()
+
+    def _forget_missing_best_k(self) -> None:
+        """Drop top-k entries whose file is gone (a resume from an older checkpoint restores stale ones)."""
+        missing = [path for path in self.best_k_models if not os.path.exists(path)]
+        if not missing:
+            return
+        for path in missing:
+            del self.best_k_models[path]
+        if self.kth_best_model_path in missing:
+            self.kth_best_model_path = ""
+        if self.best_model_path in missing:
+            if self.best_k_models:
+                pick = min if self.mode == "min" else max
+                self.best_model_path = pick(self.best_k_models, key=lambda p: float(self.best_k_models[p]))
+                self.best_model_score = self.best_k_models[self.best_model_path]
+            else:
+                self.best_model_path, self.best_model_score = "", None
+
+    @contextlib.contextmanager
+    def _phase(self, phase: str) -> Iterator[None]:
+        if self.heartbeat is None:
+            yield
+            return
+        previous = self.heartbeat.phase
+        self.heartbeat.set_phase(phase)
+        try:
+            yield
+        finally:
+            self.heartbeat.set_phase(previous)
+
+
+def temp_path_for(filepath: str) -> str:
+    """The temp name a save of ``filepath`` is written under: hidden, same directory, ``.tmp``."""
+    head, tail = os.path.split(filepath)
+    return os.path.join(head, f".{tail}{TMP_SUFFIX}")
+
+
+def remove_stale_temp_files(dirpath: str | Path) -> list[str]:
+    """Delete ``.*.tmp`` left in ``dirpath`` by a save that was killed (never in the manifest)."""
+    removed = []
+    for path in Path(dirpath).glob(f".*{TMP_SUFFIX}"):
+        if path.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(str(path))
+    return removed
+
+
+def _as_float(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else None
+    return value
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy_durably(source: str, dest: str) -> None:
+    with open(source, "rb") as src, open(dest, "wb") as dst:
+        while chunk := src.read(16 * 1024 * 1024):
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())

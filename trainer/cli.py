@@ -1,0 +1,184 @@
+"""``python -m trainer``: run (or ``--check``) one attempt of a job.
+
+    python -m trainer --config FILE --attempt-dir DIR [--checkpoint-dir DIR] [--ckpt PATH]
+                      [--attempt N] [--restarts N] [--deadline UNIX_TIME] [--check] [key=value ...]
+
+Exit codes: 0 completed (or ``--check`` passed), 1 exception, 2 config error,
+128 + signal number after a stop signal (143 for SIGTERM, 130 for SIGINT).
+Whatever the exit code, ``<attempt-dir>/exit.json`` says how the attempt
+ended; it is written on every path but SIGKILL.
+
+This module stays torch-free at import: signal handlers and the first
+heartbeat are in place before the slow torch import starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from supervisor.config import load_job_config
+from supervisor.errors import ConfigError
+from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
+from supervisor.jobfiles.layout import EXIT_COMPLETED, EXIT_CONFIG_ERROR, EXIT_EXCEPTION, AttemptLayout
+from trainer.progress import HeartbeatWriter, interval_from_env
+from trainer.signals import SignalState, Terminated, exit_code_for
+
+TRACEBACK_TAIL = 4000
+# Set for the user's code (and the example's fault injection) to read.
+ATTEMPT_ENV = "ML_SUPERVISOR_ATTEMPT"
+RESTARTS_ENV = "ML_SUPERVISOR_RESTARTS"
+ATTEMPT_DIR_ENV = "ML_SUPERVISOR_ATTEMPT_DIR"
+CHECKPOINT_DIR_ENV = "ML_SUPERVISOR_CHECKPOINT_DIR"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m trainer``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Run one supervised attempt of a Lightning job config (or check the config).",
+    )
+    parser.add_argument("--config", required=True, help="the job config (YAML)")
+    parser.add_argument("--attempt-dir", help="where heartbeat.json, exit.json, ... go (required unless --check)")
+    parser.add_argument("--checkpoint-dir", help="checkpoint directory (default: <attempt-dir>/checkpoints)")
+    parser.add_argument("--ckpt", help="checkpoint to resume from")
+    parser.add_argument("--attempt", type=int, default=1, help="attempt number (default 1)")
+    parser.add_argument("--restarts", type=int, default=0, help="restarts the job has had (recorded in W&B)")
+    parser.add_argument("--deadline", type=float, help="unix time the job's budget ends; the fit stops before it")
+    parser.add_argument("--check", action="store_true", help="validate the config and its classes, do not fit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    started_at = time.time()
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.check:
+        return check(args.config, args.overrides)
+    if not args.attempt_dir:
+        parser.error("--attempt-dir is required (unless --check)")
+    return fit(args, started_at)
+
+
+def check(config: str, overrides: Sequence[str]) -> int:
+    """``--check``: load the config, import and check what it names. 0 if fine, 2 with one line if not."""
+    try:
+        cfg = load_job_config(config, overrides)
+        apply_environment(cfg, config)
+        from trainer.runner import check_job
+
+        check_job(cfg, config)
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr, flush=True)
+        return EXIT_CONFIG_ERROR
+    print(f"{config}: ok", flush=True)
+    return EXIT_COMPLETED
+
+
+def fit(args: argparse.Namespace, started_at: float) -> int:
+    """One attempt: fit, then write the exit record whatever happened, and return the exit code."""
+    attempt_dir = Path(args.attempt_dir).absolute()
+    attempt_dir.mkdir(parents=True, exist_ok=True)
+    layout = AttemptLayout(attempt_dir)
+    checkpoint_dir = Path(args.checkpoint_dir).absolute() if args.checkpoint_dir else attempt_dir / "checkpoints"
+    signals = SignalState(layout.stacks)
+    signals.install()
+    heartbeat = HeartbeatWriter(layout.heartbeat, layout.metrics, attempt=args.attempt, started_at=started_at,
+                                interval=interval_from_env())
+    heartbeat.write()  # "setup": the process is alive before the slow imports
+    os.environ.update({
+        ATTEMPT_ENV: str(args.attempt),
+        RESTARTS_ENV: str(args.restarts),
+        ATTEMPT_DIR_ENV: str(attempt_dir),
+        CHECKPOINT_DIR_ENV: str(checkpoint_dir),
+    })
+
+    state = None
+    record = ExitRecord(status="completed", time=0.0, pid=os.getpid())
+    try:
+        cfg = load_job_config(args.config, args.overrides)
+        apply_environment(cfg, args.config)
+        from trainer.runner import FitOptions, RunState, run_fit
+
+        state = RunState()
+        opts = FitOptions(attempt_dir=attempt_dir, checkpoint_dir=checkpoint_dir, ckpt=args.ckpt,
+                          attempt=args.attempt, restarts=args.restarts, deadline=args.deadline)
+        record.reason = run_fit(cfg, args.config, opts, signals, heartbeat, state)
+        code = EXIT_COMPLETED
+    except ConfigError as exc:
+        print(exc.message, file=sys.stderr, flush=True)
+        record.status, record.message = "config_error", exc.message
+        code = EXIT_CONFIG_ERROR
+    except BaseException as exc:
+        signals.finishing = True
+        if signals.stop_signal is not None and isinstance(exc, (Terminated, KeyboardInterrupt, SystemExit)):
+            record.status, record.signal = "signal", signals.stop_signal_name
+            if state is not None and state.checkpoint is not None:
+                record.checkpoint = state.checkpoint.signal_checkpoint
+            code = exit_code_for(signals.stop_signal)
+            print(f"[trainer] stopped by {record.signal}"
+                  + (f"; saved {record.checkpoint}" if record.checkpoint else "; no checkpoint saved"),
+                  file=sys.stderr, flush=True)
+        else:
+            traceback.print_exception(exc)
+            record.status = "exception"
+            record.exception = describe_exception(exc)
+            code = EXIT_EXCEPTION
+    signals.finishing = True  # from here on a late signal only records
+    return finish(record, code, state, heartbeat, layout)
+
+
+def finish(record: ExitRecord, code: int, state: object | None, heartbeat: HeartbeatWriter,
+           layout: AttemptLayout) -> int:
+    """Close W&B, mark the heartbeat done and write the exit record durably (the last thing before exit)."""
+    if "wandb" in sys.modules:
+        from trainer.wandb_run import finish_wandb
+
+        finish_wandb(code)
+    step, epoch = state.progress() if state is not None else (0, 0)  # type: ignore[attr-defined]
+    record.global_step, record.epoch = step, epoch
+    try:
+        heartbeat.set_phase("done", step=step, epoch=epoch)
+    except OSError:
+        pass  # the exit record matters more than the last beat
+    record.time, record.pid = time.time(), os.getpid()
+    write_exit_record(layout.exit_record, record)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def apply_environment(cfg: DictConfig, source: str) -> None:
+    """Put the job's ``workdir`` first on ``sys.path`` and its ``env`` in ``os.environ``."""
+    workdir = Path(cfg.workdir).expanduser() if cfg.workdir else Path.cwd()
+    if not workdir.is_dir():
+        raise ConfigError(source, "workdir", f"no such directory: {cfg.workdir}")
+    workdir_text = str(workdir.absolute())
+    if workdir_text in sys.path:
+        sys.path.remove(workdir_text)
+    sys.path.insert(0, workdir_text)
+    for key, value in cfg.env.items():
+        os.environ[str(key)] = str(value)
+
+
+def describe_exception(exc: BaseException) -> dict[str, str]:
+    """The exit record's ``exception``: type, message and the traceback's last 4000 characters."""
+    text = "".join(traceback.format_exception(exc))
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": text[-TRACEBACK_TAIL:],
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover - use python -m trainer
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Test-only variants of the digits example that misbehave on purpose.
+
+The supervisor's end-to-end tests use them to produce real hangs, crashes and
+slow saves inside a real Lightning fit:
+
+    model:
+      class_path: trainer.examples.faulty.FaultyDigitsClassifier
+      init_args: {hang_at_step: 30}          # blocks forever in training_step at global step 30
+      # or {crash_at_step: 30}               # raises RuntimeError there
+      # fault_on_attempt: 1 (default)        # only attempt 1 misbehaves; the relaunch completes
+      # step_delay: 0.05                     # seconds of sleep per step (slow the fit down)
+      # ballast_mb: 200                      # a big saved buffer, so checkpoint saves take time
+
+The attempt number comes from ``ML_SUPERVISOR_ATTEMPT``, which ``python -m
+trainer`` sets from ``--attempt``. Not a model to copy.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+from torch import Tensor
+
+from trainer.examples.digits import DigitsClassifier
+
+ATTEMPT_ENV = "ML_SUPERVISOR_ATTEMPT"
+
+
+class InjectedFault(RuntimeError):
+    """The error ``crash_at_step`` raises (a distinct type, so tests can recognise it)."""
+
+
+class FaultyDigitsClassifier(DigitsClassifier):
+    """``DigitsClassifier`` that can hang, crash, run slowly or carry dead weight.
+
+    ``fault_on_attempt``: the attempt that hangs or crashes (``None``: every
+    attempt). ``step_delay`` and ``ballast_mb`` apply to every attempt.
+    """
+
+    def __init__(
+        self,
+        hang_at_step: int | None = None,
+        crash_at_step: int | None = None,
+        fault_on_attempt: int | None = 1,
+        step_delay: float = 0.0,
+        ballast_mb: int = 0,
+        **digits_args: float,
+    ) -> None:
+        super().__init__(**digits_args)  # type: ignore[arg-type]
+        self.hang_at_step = hang_at_step
+        self.crash_at_step = crash_at_step
+        self.fault_on_attempt = fault_on_attempt
+        self.step_delay = step_delay
+        if ballast_mb > 0:
+            # A saved buffer, not a parameter: it makes every checkpoint ballast_mb bigger
+            # (and its save slower) without adding optimizer state or compute.
+            self.register_buffer("ballast", torch.zeros(ballast_mb * 1024 * 1024 // 4, dtype=torch.float32))
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """The digits step, after the configured fault (if this is the step and the attempt)."""
+        if self.step_delay > 0:
+            time.sleep(self.step_delay)
+        if self._faulty_attempt():
+            if self.hang_at_step is not None and self.global_step == self.hang_at_step:
+                _block_forever()
+            if self.crash_at_step is not None and self.global_step == self.crash_at_step:
+                raise InjectedFault(f"injected crash at global step {self.global_step}")
+        return super().training_step(batch, batch_idx)
+
+    def _faulty_attempt(self) -> bool:
+        if self.fault_on_attempt is None:
+            return True
+        return int(os.environ.get(ATTEMPT_ENV, "1")) == self.fault_on_attempt
+
+
+class HangingDigitsClassifier(FaultyDigitsClassifier):
+    """Blocks forever in ``training_step`` at ``hang_at_step`` (on ``fault_on_attempt``)."""
+
+    def __init__(self, hang_at_step: int = 30, **kwargs: float) -> None:
+        super().__init__(hang_at_step=hang_at_step, **kwargs)  # type: ignore[arg-type]
+
+
+class CrashingDigitsClassifier(FaultyDigitsClassifier):
+    """Raises ``InjectedFault`` in ``training_step`` at ``crash_at_step`` (on ``fault_on_attempt``)."""
+
+    def __init__(self, crash_at_step: int = 30, **kwargs: float) -> None:
+        super().__init__(crash_at_step=crash_at_step, **kwargs)  # type: ignore[arg-type]
+
+
+def _block_forever() -> None:
+    """Hang the way a deadlocked collective does: no progress, the process stays alive.
+
+    A sleep loop keeps Python signal handlers running (SIGTERM is still seen),
+    so only the supervisor's hang detection and SIGKILL end it.
+    """
+    while True:
+        time.sleep(3600)

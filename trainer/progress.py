@@ -1,0 +1,151 @@
+"""The heartbeat writer: ``heartbeat.json`` and ``metrics.jsonl`` of one attempt.
+
+Torch-free, so the CLI can report ``setup`` before the slow torch import. The
+Lightning side (``trainer.callbacks.heartbeat``) feeds it steps and metrics; this
+class decides when a write is due and does it. Writes happen only from the
+training process's main thread, at batch ends and phase changes: a hung step
+therefore stops the heartbeat, which is what the daemon's hang detection needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from supervisor.jobfiles.heartbeat import PHASES, Heartbeat, write_heartbeat
+
+INTERVAL_ENV = "ML_SUPERVISOR_HEARTBEAT_INTERVAL"
+DEFAULT_INTERVAL = 2.0
+# Step intervals averaged for step_time: enough to smooth noise, few enough to follow a slow-down.
+STEP_WINDOW = 32
+
+
+def interval_from_env(environ: Mapping[str, str] = os.environ) -> float:
+    """The heartbeat period in seconds from ``ML_SUPERVISOR_HEARTBEAT_INTERVAL`` (default 2.0)."""
+    raw = environ.get(INTERVAL_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_INTERVAL
+    try:
+        value = float(raw)
+    except ValueError:
+        return DEFAULT_INTERVAL
+    return value if value >= 0 else DEFAULT_INTERVAL
+
+
+class HeartbeatWriter:
+    """Keeps the attempt's progress and writes it, throttled, to ``heartbeat.json``.
+
+    ``step_done`` is the per-step entry point and must stay cheap: a clock read,
+    a deque append and a comparison, unless a write is due. ``read_metrics`` is
+    called only when writing (reading Lightning metrics may sync a GPU).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        metrics_path: str | Path | None,
+        *,
+        attempt: int,
+        started_at: float,
+        interval: float = DEFAULT_INTERVAL,
+        pid: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.metrics_path = Path(metrics_path) if metrics_path is not None else None
+        self.attempt = attempt
+        self.started_at = started_at
+        self.interval = interval
+        self.pid = pid if pid is not None else os.getpid()
+        self.phase = "setup"
+        self.step = 0
+        self.epoch = 0
+        self.metrics: dict[str, float] = {}
+        self.read_metrics: Callable[[], dict[str, float]] | None = None
+        self._intervals: deque[float] = deque(maxlen=STEP_WINDOW)
+        self._last_step_end: float | None = None
+        self._last_write = float("-inf")
+        self._last_metrics_line: tuple[int, dict[str, float]] | None = None
+
+    # --- what the Lightning callbacks call -------------------------------------------------
+
+    def step_done(self, step: int, epoch: int) -> None:
+        """A training batch ended at global step ``step``: note its duration, write if due."""
+        now = time.monotonic()
+        if self._last_step_end is not None:
+            self._intervals.append(now - self._last_step_end)
+        self._last_step_end = now
+        self.step = step
+        self.epoch = epoch
+        if self.phase != "train":
+            self.set_phase("train")
+        elif now - self._last_write >= self.interval:
+            self.write()
+
+    def tick(self) -> None:
+        """Progress that is not a training step (a validation batch): refresh the beat if due."""
+        if time.monotonic() - self._last_write >= self.interval:
+            self.write()
+
+    def set_phase(self, phase: str, *, step: int | None = None, epoch: int | None = None) -> None:
+        """Enter ``phase`` and write at once (a phase change is never throttled)."""
+        if phase not in PHASES:
+            raise ValueError(f"unknown heartbeat phase {phase!r}; expected one of {PHASES}")
+        if step is not None:
+            self.step = step
+        if epoch is not None:
+            self.epoch = epoch
+        if phase != self.phase:
+            # The next step interval starts now: time spent validating or saving is not step time.
+            self._last_step_end = time.monotonic() if self._last_step_end is not None else None
+        self.phase = phase
+        self.write()
+
+    # --- the write -------------------------------------------------------------------------
+
+    def write(self) -> None:
+        """Write ``heartbeat.json`` now (and a ``metrics.jsonl`` line when metrics changed)."""
+        self._last_write = time.monotonic()
+        if self.read_metrics is not None:
+            self.metrics = self.read_metrics()
+        intervals = self._intervals
+        beat = Heartbeat(
+            pid=self.pid,
+            attempt=self.attempt,
+            time=time.time(),
+            started_at=self.started_at,
+            phase=self.phase,
+            step=self.step,
+            epoch=self.epoch,
+            step_time=(sum(intervals) / len(intervals)) if intervals else None,
+            max_step_time=max(intervals) if intervals else None,
+            metrics=self.metrics,
+        )
+        write_heartbeat(self.path, beat)
+        self._append_metrics_line(beat)
+
+    def _append_metrics_line(self, beat: Heartbeat) -> None:
+        if self.metrics_path is None or not beat.metrics:
+            return
+        key = (beat.step, beat.metrics)
+        if key == self._last_metrics_line:
+            return  # nothing new since the last line: keep the live-curve file small
+        self._last_metrics_line = (beat.step, dict(beat.metrics))
+        line = {"time": beat.time, "step": beat.step, "epoch": beat.epoch, "metrics": beat.metrics}
+        _append_line_unsynced(self.metrics_path, line)
+
+
+def _append_line_unsynced(path: Path, obj: object) -> None:
+    """One JSON line in a single O_APPEND write, not fsynced (live curves, not a record).
+
+    Readers use ``read_json_lines``, which skips a torn last line.
+    """
+    data = (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)

@@ -1,0 +1,227 @@
+"""Build the Lightning run a job config describes, with the supervisor's callbacks, and fit it.
+
+Imports torch and Lightning: the CLI imports this module only once the config
+is loaded and the environment applied (``env`` may hold CUDA_VISIBLE_DEVICES
+or thread counts that must be set before torch loads).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, Timer
+
+from supervisor.config import parse_duration
+from supervisor.errors import ConfigError
+from supervisor.jobfiles.atomic import append_json_line
+from supervisor.jobfiles.layout import manifest_path
+from supervisor.jobfiles.manifest import abandon_after, live_checkpoints
+from trainer.build import ResolvedJob, resolve_job
+from trainer.callbacks.checkpoint import ManifestCheckpoint
+from trainer.callbacks.deadline import DeadlineStop, stop_time
+from trainer.callbacks.heartbeat import HeartbeatCallback
+from trainer.callbacks.run_info import WandbAttemptInfo
+from trainer.progress import HeartbeatWriter
+from trainer.signals import SignalState
+from trainer.wandb_run import build_wandb_logger
+
+# Every resume finds the checkpoint directory non-empty; that is the point, not a problem.
+warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
+@dataclass
+class FitOptions:
+    """What the command line adds to the config for one attempt."""
+
+    attempt_dir: Path
+    checkpoint_dir: Path
+    ckpt: str | None = None
+    attempt: int = 1
+    restarts: int = 0
+    deadline: float | None = None  # unix time the job's budget ends
+
+
+@dataclass
+class RunState:
+    """The parts of the run the exit record needs, whatever way the fit ends."""
+
+    trainer: pl.Trainer | None = None
+    checkpoint: ManifestCheckpoint | None = None
+    deadline: DeadlineStop | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def progress(self) -> tuple[int, int]:
+        """(global step, epoch) reached so far; (0, 0) before the Trainer exists."""
+        if self.trainer is None:
+            return 0, 0
+        return int(self.trainer.global_step), int(self.trainer.current_epoch)
+
+
+def check_job(cfg: DictConfig, source: str) -> ResolvedJob:
+    """``--check``: import and check everything the config names, build nothing."""
+    return resolve_job(cfg, source)
+
+
+def run_fit(
+    cfg: DictConfig,
+    source: str,
+    opts: FitOptions,
+    signals: SignalState,
+    heartbeat: HeartbeatWriter,
+    state: RunState,
+) -> str:
+    """Fit the job; returns the completion reason (raises on anything but completion)."""
+    job = resolve_job(cfg, source)
+    if cfg.seed is not None:
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    ckpt_path = prepare_resume(opts)
+
+    model = job.model.build()
+    datamodule = job.data.build()
+    logger = build_wandb_logger(cfg, opts.attempt_dir)
+    callbacks = build_callbacks(cfg, job, opts, signals, heartbeat, state, logger)
+    trainer_args = dict(job.trainer_args)
+    trainer_args.setdefault("default_root_dir", str(opts.attempt_dir))
+    trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
+    state.trainer = trainer
+    watch = str(cfg.logger.wandb.watch)
+    if logger is not None and watch != "none":
+        logger.watch(model, log=watch, log_freq=int(cfg.logger.wandb.watch_log_freq))
+
+    signals.deferred = True  # inside fit, Lightning acts on SIGTERM at the next batch boundary
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    finally:
+        signals.deferred = False
+        signals.register_stack_dump()  # Lightning's teardown reset SIGUSR2 to SIG_DFL
+    return stop_reason(trainer, state)
+
+
+def prepare_resume(opts: FitOptions) -> str | None:
+    """The checkpoint to resume from, after rewinding the manifest's timeline to it.
+
+    Resuming from a checkpoint older than the newest moves the newer ones to
+    ``abandoned/<attempt>/``; starting with no checkpoint abandons them all
+    (a fresh timeline from step 0).
+    """
+    manifest = manifest_path(opts.checkpoint_dir)
+    if opts.ckpt is None:
+        moved = abandon_all(manifest, opts.attempt)
+        if moved:
+            _log(f"starting from scratch: moved {len(moved)} checkpoint(s) of the old timeline aside")
+        return None
+    path = os.path.realpath(opts.ckpt)
+    if not os.path.isfile(path):
+        raise ConfigError("command line", "--ckpt", f"no such checkpoint file: {opts.ckpt}")
+    moved = abandon_after(manifest, path, opts.attempt)
+    if moved:
+        _log(f"resuming from {path}: moved {len(moved)} newer checkpoint(s) aside")
+    return path
+
+
+def abandon_all(manifest: Path, attempt: int) -> list[str]:
+    """Move every live checkpoint of ``manifest`` aside with one ``abandon`` line (a start from step 0)."""
+    import shutil
+    import time
+
+    live = live_checkpoints(manifest, require_file=False)
+    if not live:
+        return []
+    dest = manifest.parent / "abandoned" / str(attempt)
+    dest.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for entry in live:
+        if os.path.exists(entry.path):
+            shutil.move(entry.path, dest / Path(entry.path).name)
+        moved.append(entry.path)
+    append_json_line(manifest, {
+        "event": "abandon", "paths": moved, "resumed_from": None, "step": 0, "time": time.time(), "attempt": attempt,
+    })
+    return moved
+
+
+def build_callbacks(
+    cfg: DictConfig,
+    job: ResolvedJob,
+    opts: FitOptions,
+    signals: SignalState,
+    heartbeat: HeartbeatWriter,
+    state: RunState,
+    logger: Any | None,
+) -> list[Callback]:
+    """The supervisor's callbacks, the configured standard ones, then the user's extras."""
+    ccfg = cfg.checkpoint
+    interval = ccfg.train_time_interval
+    checkpoint = ManifestCheckpoint(
+        opts.checkpoint_dir,
+        attempt=opts.attempt,
+        monitor=ccfg.monitor,
+        mode=ccfg.mode,
+        save_top_k=int(ccfg.save_top_k),
+        save_last=bool(ccfg.save_last),
+        every_n_train_steps=ccfg.every_n_train_steps,
+        train_time_interval=timedelta(seconds=parse_duration(interval)) if interval is not None else None,
+        every_n_epochs=ccfg.every_n_epochs,
+        filename=ccfg.filename,
+        save_weights_only=bool(ccfg.save_weights_only),
+        # A deadline stop must leave a checkpoint to continue from, whatever save_last says.
+        save_final=opts.deadline is not None,
+        heartbeat=heartbeat,
+        signals=signals,
+    )
+    state.checkpoint = checkpoint
+    callbacks: list[Callback] = [HeartbeatCallback(heartbeat), checkpoint]
+    if opts.deadline is not None:
+        state.deadline = DeadlineStop(stop_time(opts.deadline))
+        callbacks.append(state.deadline)
+    es = cfg.callbacks.early_stopping
+    if es.monitor is not None:
+        callbacks.append(EarlyStopping(monitor=es.monitor, patience=int(es.patience), mode=es.mode,
+                                       min_delta=float(es.min_delta)))
+    if cfg.callbacks.lr_monitor:
+        if logger is None:
+            _log("callbacks.lr_monitor needs a logger and W&B is disabled: not monitoring the learning rate")
+        else:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if logger is not None:
+        callbacks.append(WandbAttemptInfo(logger, cfg, attempt=opts.attempt, restarts=opts.restarts))
+    callbacks.extend(spec.build() for spec in job.callbacks)
+    return callbacks
+
+
+def stop_reason(trainer: pl.Trainer, state: RunState) -> str:
+    """Why a fit that returned normally stopped (the exit record's ``reason``)."""
+    for callback in trainer.callbacks:
+        if isinstance(callback, EarlyStopping) and _early_stopped(callback):
+            return "early_stopping"
+    if state.deadline is not None and state.deadline.triggered:
+        return "deadline"
+    for callback in trainer.callbacks:
+        if isinstance(callback, Timer):
+            remaining = callback.time_remaining()
+            if remaining is not None and remaining <= 0:
+                return "max_time"
+    if trainer.max_steps is not None and trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps:
+        return "max_steps"
+    if trainer.max_epochs is not None and trainer.max_epochs >= 0 and trainer.current_epoch >= trainer.max_epochs:
+        return "max_epochs"
+    return "stopped"
+
+
+def _early_stopped(callback: EarlyStopping) -> bool:
+    reason = getattr(callback, "stopping_reason", None)
+    if reason is not None:
+        return getattr(reason, "name", str(reason)) != "NOT_STOPPED"
+    return bool(callback.stopped_epoch)  # Lightning < 2.6 has no stopping_reason
+
+
+def _log(message: str) -> None:
+    print(f"[trainer] {message}", file=sys.stderr, flush=True)
