@@ -17,8 +17,8 @@ that thread would keep pinging while the loop is stuck.
 tests (set ``NOTIFY_SOCKET=listener.address`` in a child's environment) and for
 debugging a daemon by hand.
 
-``JournalFormatter`` / ``stderr_is_journal`` format log lines for journald's
-stdout/stderr stream (``<6>message`` sd-daemon priority prefixes).
+``stderr_is_journal`` tells whether stderr really is journald's stream (so log
+lines may carry ``<N>`` sd-daemon priority prefixes; see ``supervisor.logsetup``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("ml_supervisor.sdnotify")
 
 # Variables systemd hands the daemon for itself; strip them from every child's
 # environment (trainers, workers) so only the daemon can talk to systemd.
@@ -266,10 +266,6 @@ def parse_notify_message(data: bytes) -> dict[str, str]:
 
 # ---------------------------------------------------------------------- journald-friendly logs
 
-# logging level -> syslog priority, as sd-daemon(3) prefixes "<N>" expect.
-_PRIORITIES = ((logging.CRITICAL, 2), (logging.ERROR, 3), (logging.WARNING, 4), (logging.INFO, 6))
-
-
 def stderr_is_journal(environ: Mapping[str, str] | None = None, fd: int = 2) -> bool:
     """True when ``fd`` is connected to journald (``$JOURNAL_STREAM`` names its device:inode)."""
     env = os.environ if environ is None else environ
@@ -282,25 +278,3 @@ def stderr_is_journal(environ: Mapping[str, str] | None = None, fd: int = 2) -> 
         return st.st_dev == int(device) and st.st_ino == int(inode)
     except (OSError, ValueError):
         return False
-
-
-class JournalFormatter(logging.Formatter):
-    """``<6>logger.name: message`` — journald reads the ``<N>`` prefix as the priority.
-
-    No timestamp (journald stamps every line) and no colour. Multi-line
-    messages (tracebacks) get the prefix on every line, so each journal entry
-    keeps its priority.
-    """
-
-    def __init__(self, fmt: str = "%(name)s: %(message)s") -> None:
-        super().__init__(fmt)
-
-    def format(self, record: logging.LogRecord) -> str:
-        """The record with a ``<N>`` priority prefix on each line."""
-        priority = 7
-        for level, prio in _PRIORITIES:
-            if record.levelno >= level:
-                priority = prio
-                break
-        text = super().format(record)
-        return "\n".join(f"<{priority}>{line}" for line in text.split("\n"))

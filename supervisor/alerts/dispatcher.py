@@ -91,7 +91,7 @@ class AlertDispatcher:
         self.wait_duration_s = float(wait_duration_s)
         self.timeout_s = float(timeout_s)
         self.retries = max(0, int(retries))
-        self.log = log or logging.getLogger("supervisor.alerts")
+        self.log = log or logging.getLogger("ml_supervisor.alerts")
         self.python = python
         self.worker_env = dict(worker_env or {})
         self.retry_delay_s = float(retry_delay_s)

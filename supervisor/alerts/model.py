@@ -11,6 +11,7 @@ Nothing here imports wandb: the daemon builds alerts, a worker subprocess sends 
 
 from __future__ import annotations
 
+import re
 import socket
 import time as _time
 import uuid
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config.durations import format_duration
-from supervisor.config.schema import ALERT_EVENTS
+from supervisor.config.schema import ALERT_EVENTS, DEFAULT_ALERTS
 
 LEVELS = ("INFO", "WARN", "ERROR")
 
@@ -160,26 +161,33 @@ def make_alert(
     Recognised ``details`` keys (all optional; any other key is appended to the
     text as ``key: value`` so nothing the daemon knows is lost):
 
-    - every event: ``attempt`` (the attempt concerned), ``restarts``, ``max_restarts``,
+    - every event: ``attempt`` (restart/hang: the NEW attempt; else the attempt concerned),
+      ``previous_attempt`` (restart/hang: the attempt that ended; default attempt - 1), ``restarts``, ``max_restarts``,
       ``gpus`` / ``gpu``, ``logs`` (path of the attempt's stderr), ``error`` (last
       error line), ``host`` (default: this node's hostname)
-    - restart: ``cause`` ("exit code 1", "killed by SIGKILL", "hang", "GPU 2 lost"...),
-      ``previous_attempt``, ``resumed_from`` (checkpoint path; None = from scratch),
-      ``resumed_score``, ``resumed_step``, ``delay_s`` (backoff before the relaunch)
+    - restart: ``cause`` ("crash", "exit code 1", "hang", "GPU 2 lost"...), ``detail`` (the
+      cause's specifics), ``resumed_from`` (checkpoint path; None = from scratch),
+      ``resumed_score``, ``resumed_step``, ``delay_s`` (backoff before the relaunch),
+      ``message`` (the restart policy's decision), ``previous_resumed_from``
     - hang: ``silent_s`` (seconds without progress), ``hang_timeout_s``, ``last_step``,
       ``stacks`` (path of the stack dump), ``action``
     - gpu_fault: ``gpu``, ``fault`` ("Xid 79: fell off the bus"), ``quarantined`` (bool), ``action``
-    - failed: ``reason`` ("max_restarts (10 in 1h) reached", "no progress in 3 attempts"...)
+    - failed: ``reason`` ("max_restarts (10 in 1h) reached", "no progress in 3 attempts"...);
+      falls back to ``message`` then ``end_reason``
     - budget / completed / stopped / failed: ``best_checkpoint``, ``best_score``, ``monitor``,
-      ``elapsed_s``, ``budget_s``, ``by`` (who stopped it)
-    - reboot: ``boot_id``, ``previous_boot_id``, ``downtime_s``, ``action``, ``resumed_from``
+      ``elapsed_s``, ``budget_s``, ``by`` (who stopped it), ``message`` / ``end_reason``
+    - reboot: ``boot_id``, ``previous_boot_id``, ``downtime_s``, ``action``, ``resumed_from``,
+      ``jobs`` (every job recovered)
+
+    The core's own keys are understood too: ``delay`` (= ``delay_s``), and for the
+    ending events ``score`` / ``step`` (= ``best_score`` / ``best_step``).
 
     Raises ``ValueError`` for an unknown event.
     """
     if event not in _EVENT_TITLES:
         raise ValueError(f"unknown alert event {event!r}; expected one of {', '.join(ALERT_EVENTS)}")
     words, level = _EVENT_TITLES[event]
-    facts = dict(details)
+    facts = _normalise(event, details)
     facts.setdefault("host", socket.gethostname())
     text = _TEXT_BUILDERS[event](job_name, job_id, facts)
     return Alert(
@@ -193,6 +201,29 @@ def make_alert(
         wandb=wandb,
         details=_jsonable(facts),
     )
+
+
+def alert_for_job(
+    event: str,
+    *,
+    job_id: str,
+    job_name: str,
+    job_dir: str | Path,
+    cfg: Any | None,
+    details: Mapping[str, Any],
+    time: float | None = None,
+) -> Alert | None:
+    """The alert for ``event`` of a job, or None when its ``supervision.alerts`` leaves the event out.
+
+    The one call the daemon needs: checks the job's alert list, finds its W&B
+    target (None when W&B is disabled) and builds the alert. ``cfg`` is the
+    job's frozen config; None (unreadable) means the default events and no W&B.
+    """
+    events = enabled_alert_events(cfg) if cfg is not None else frozenset(DEFAULT_ALERTS)
+    if event not in events:
+        return None
+    target = wandb_target_from_config(cfg, job_id=job_id, job_dir=job_dir) if cfg is not None else None
+    return make_alert(event, job_id=job_id, job_name=job_name, details=details, wandb=target, time=time)
 
 
 def wandb_target_from_config(cfg: Any, *, job_id: str, job_dir: str | Path) -> WandbTarget | None:
@@ -231,19 +262,23 @@ def enabled_alert_events(cfg: Any) -> frozenset[str]:
 
 
 def _restart_text(job: str, job_id: str, f: dict[str, Any]) -> str:
-    attempt = f.pop("attempt", None)
-    previous = f.pop("previous_attempt", None)
-    if previous is None and isinstance(attempt, int):
-        previous = attempt - 1
-    cause = _short(str(f.pop("cause", None) or "cause unknown"))
+    attempt, previous = _attempts(f)
     who = f"Attempt {previous}" if previous is not None else "The trainer"
-    head = f"{who} ended ({cause}); " + (f"relaunched as attempt {attempt}." if attempt is not None else "relaunched.")
+    relaunch = f"relaunched as attempt {attempt}." if attempt is not None else "relaunched."
+    head = f"{who} ended ({_cause(f)}); {relaunch}"
     lines = [head]
     restarts, max_restarts = f.pop("restarts", None), f.pop("max_restarts", None)
     if restarts is not None:
         lines.append(f"Restarts: {restarts}" + (f" of at most {max_restarts}" if max_restarts is not None else ""))
+    if "message" in f:
+        lines.append(f"Policy: {_short(str(f.pop('message')))}")
     resumed = _checkpoint(f, "resumed_from", "resumed_score", "resumed_step", none="scratch (no valid checkpoint)")
-    lines.append(f"Resumed from: {resumed}")
+    if "previous_resumed_from" in f and "resumed_from" not in f and resumed.startswith("scratch"):
+        # Told only what the ended attempt resumed from: the relaunch picks its checkpoint later.
+        previous_from = f.pop("previous_resumed_from")
+        lines.append(f"Ended attempt had resumed from: {_short(str(previous_from)) if previous_from else 'scratch'}")
+    else:
+        lines.append(f"Resumed from: {resumed}")
     delay = f.pop("delay_s", None)
     if delay:
         lines.append(f"Backoff before relaunch: {format_duration(float(delay))}")
@@ -251,21 +286,35 @@ def _restart_text(job: str, job_id: str, f: dict[str, Any]) -> str:
 
 
 def _hang_text(job: str, job_id: str, f: dict[str, Any]) -> str:
-    attempt = f.pop("attempt", None)
+    attempt, previous = _attempts(f)
     silent = f.pop("silent_s", None)
     timeout = f.pop("hang_timeout_s", None)
-    who = f"Attempt {attempt}" if attempt is not None else "The trainer"
+    who = f"Attempt {previous}" if previous is not None else "The trainer"
     head = f"{who} made no progress"
     if silent is not None:
         head += f" for {format_duration(float(silent))}"
     if timeout is not None:
         head += f" (hang timeout {format_duration(float(timeout))})"
-    lines = [head + "."]
+    action = f.pop("action", None)
+    if not action:
+        action = f"stopped it and relaunched as attempt {attempt}" if attempt is not None else "stopped it"
+    lines = [f"{head}; {action}."]
+    if str(f.get("cause", "")).lower() in ("hang", "hung"):
+        f.pop("cause")
+    if f.get("cause") or f.get("detail"):
+        lines.append(f"Detail: {_cause(f)}")
     if "last_step" in f:
         lines.append(f"Last step: {f.pop('last_step')}")
     if "stacks" in f:
         lines.append(f"Stack dump: {f.pop('stacks')}")
-    lines.append(f"Action: {f.pop('action', None) or 'stopped the attempt; the restart policy decides what next'}")
+    restarts = f.pop("restarts", None)
+    if restarts is not None:
+        lines.append(f"Restarts: {restarts}")
+    if "message" in f:
+        lines.append(f"Policy: {_short(str(f.pop('message')))}")
+    delay = f.pop("delay_s", None)
+    if delay:
+        lines.append(f"Backoff before relaunch: {format_duration(float(delay))}")
     return _finish(lines, job, job_id, f)
 
 
@@ -284,7 +333,9 @@ def _gpu_fault_text(job: str, job_id: str, f: dict[str, Any]) -> str:
 
 
 def _failed_text(job: str, job_id: str, f: dict[str, Any]) -> str:
-    reason = f.pop("reason", None) or "the restart policy gave up"
+    message, end_reason = f.pop("message", None), f.pop("end_reason", None)
+    reason = f.pop("reason", None) or message or end_reason or "the restart policy gave up"
+    reason = re.sub(r"^gave up[:,]?\s*", "", _short(str(reason)), flags=re.IGNORECASE).rstrip(".")
     lines = [f"Gave up: {reason}. The job will NOT be restarted."]
     _counts(lines, f)
     lines.append("Best checkpoint: " + _checkpoint(f, "best_checkpoint", "best_score", "best_step", none="none"))
@@ -299,6 +350,7 @@ def _budget_text(job: str, job_id: str, f: dict[str, Any]) -> str:
         head += f" ({format_duration(float(budget))}"
         head += f", used {format_duration(float(elapsed))})" if elapsed is not None else ")"
     lines = [head + "; the job was stopped and keeps its best checkpoint as the result."]
+    _ending_reason(lines, f)
     _counts(lines, f)
     lines.append("Best checkpoint: " + _checkpoint(f, "best_checkpoint", "best_score", "best_step", none="none"))
     return _finish(lines, job, job_id, f)
@@ -310,6 +362,7 @@ def _completed_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     if elapsed is not None:
         head += f" after {format_duration(float(elapsed))}"
     lines = [head + "."]
+    _ending_reason(lines, f)
     _counts(lines, f)
     lines.append("Best checkpoint: " + _checkpoint(f, "best_checkpoint", "best_score", "best_step", none="none"))
     return _finish(lines, job, job_id, f)
@@ -318,6 +371,7 @@ def _completed_text(job: str, job_id: str, f: dict[str, Any]) -> str:
 def _stopped_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     by = f.pop("by", None)
     lines = ["Stopped on request" + (f" by {by}." if by else ".")]
+    _ending_reason(lines, f)
     _counts(lines, f)
     lines.append("Best checkpoint: " + _checkpoint(f, "best_checkpoint", "best_score", "best_step", none="none"))
     return _finish(lines, job, job_id, f)
@@ -337,8 +391,14 @@ def _reboot_text(job: str, job_id: str, f: dict[str, Any]) -> str:
         lines.append("Resumed from: " + _checkpoint(f, "resumed_from", "resumed_score", "resumed_step", none="scratch"))
     if "action" in f:
         lines.append(f"Action: {f.pop('action')}")
+    jobs = f.pop("jobs", None)
+    if jobs:
+        shown = ", ".join(map(str, jobs)) if isinstance(jobs, list) else str(jobs)
+        lines.append(f"Jobs recovered on this node: {shown}")
     return _finish(lines, job, job_id, f)
 
+
+_ENDING_EVENTS = frozenset({"failed", "budget", "completed", "stopped"})
 
 _TEXT_BUILDERS = {
     "restart": _restart_text,
@@ -350,6 +410,42 @@ _TEXT_BUILDERS = {
     "stopped": _stopped_text,
     "reboot": _reboot_text,
 }
+
+
+def _normalise(event: str, details: Mapping[str, Any]) -> dict[str, Any]:
+    """``details`` with the core's own key names mapped onto the ones the texts use."""
+    facts = dict(details)
+    if "delay" in facts and "delay_s" not in facts:
+        facts["delay_s"] = facts.pop("delay")
+    if event in _ENDING_EVENTS:
+        for short, full in (("score", "best_score"), ("step", "best_step")):
+            if short in facts and full not in facts:
+                facts[full] = facts.pop(short)
+    return facts
+
+
+def _attempts(f: dict[str, Any]) -> tuple[Any, Any]:
+    """(new attempt, ended attempt) of a restart or hang."""
+    attempt = f.pop("attempt", None)
+    previous = f.pop("previous_attempt", None)
+    if previous is None and isinstance(attempt, int) and attempt > 1:
+        previous = attempt - 1
+    return attempt, previous
+
+
+def _cause(f: dict[str, Any]) -> str:
+    """``cause`` and ``detail`` as one phrase: "crash: exit code 1 (RuntimeError: ...)"."""
+    cause = str(f.pop("cause", None) or "").strip()
+    detail = str(f.pop("detail", None) or "").strip()
+    if cause and detail and cause.lower() not in detail.lower():
+        return _short(f"{cause}: {detail}")
+    return _short(detail or cause or "cause unknown")
+
+
+def _ending_reason(lines: list[str], f: dict[str, Any]) -> None:
+    message, end_reason = f.pop("message", None), f.pop("end_reason", None)
+    if message or end_reason:
+        lines.append(f"Reason: {_short(str(message or end_reason))}")
 
 
 def _counts(lines: list[str], f: dict[str, Any]) -> None:

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from supervisor.alerts import Alert, WandbTarget, enabled_alert_events, make_alert, wandb_target_from_config
+from supervisor.alerts import (
+    Alert,
+    WandbTarget,
+    alert_for_job,
+    enabled_alert_events,
+    make_alert,
+    wandb_target_from_config,
+)
 from supervisor.config import build_job_config
 from supervisor.config.schema import ALERT_EVENTS
 
@@ -62,10 +69,10 @@ def test_title_is_stable_across_a_crash_loop_so_wait_duration_throttles_it() -> 
 @pytest.mark.parametrize(
     ("event", "level", "title_words", "details", "expected_lines"),
     [
-        ("hang", "WARN", "hung", {"attempt": 2, "silent_s": 1900, "hang_timeout_s": 1800, "last_step": 1234,
+        ("hang", "WARN", "hung", {"attempt": 3, "silent_s": 1900, "hang_timeout_s": 1800, "last_step": 1234,
                                   "stacks": "/s/a/2/stacks.txt"},
-         ["Attempt 2 made no progress for 31m40s (hang timeout 30m00s).", "Last step: 1234",
-          "Stack dump: /s/a/2/stacks.txt"]),
+         ["Attempt 2 made no progress for 31m40s (hang timeout 30m00s); stopped it and relaunched as attempt 3.",
+          "Last step: 1234", "Stack dump: /s/a/2/stacks.txt"]),
         ("gpu_fault", "ERROR", "GPU fault", {"gpu": 1, "fault": "Xid 79: GPU has fallen off the bus",
                                              "quarantined": True},
          ["GPU 1: Xid 79: GPU has fallen off the bus.", "Quarantined: yes, no new job will be placed on it"]),
@@ -96,6 +103,39 @@ def test_each_event_has_its_title_level_and_facts(
     for line in expected_lines:
         assert line in lines, f"{line!r} not in {lines}"
     assert lines[-2:] == ["Job: bert-ft (id j9) on n1", "Logs: supervisorctl logs j9"]
+
+
+def test_the_core_detail_keys_read_well() -> None:
+    # The keys supervisor.core passes to its alert hook today.
+    restart = make_alert("restart", job_id="j1", job_name="digits", wandb=None, details={
+        "cause": "crash", "detail": "exit code 1 (RuntimeError: boom)", "attempt": 3, "restarts": 2, "delay": 20.0,
+        "gpus": [1], "previous_resumed_from": "/c/epoch=1.ckpt", "message": "restart 2 of 10 within 1h",
+        "host": "n1"})
+    assert restart.text.splitlines() == [
+        "Attempt 2 ended (crash: exit code 1 (RuntimeError: boom)); relaunched as attempt 3.",
+        "Restarts: 2",
+        "Policy: restart 2 of 10 within 1h",
+        "Ended attempt had resumed from: /c/epoch=1.ckpt",
+        "Backoff before relaunch: 20s",
+        "GPU: 1",
+        "Job: digits (id j1) on n1",
+        "Logs: supervisorctl logs j1",
+    ]
+    hang = make_alert("hang", job_id="j1", job_name="digits", wandb=None, details={
+        "cause": "hang", "detail": "no heartbeat for 30m", "attempt": 2, "restarts": 1, "delay": 0.0, "host": "n1"})
+    assert hang.text.splitlines()[:3] == ["Attempt 1 made no progress; stopped it and relaunched as attempt 2.",
+                                          "Detail: no heartbeat for 30m", "Restarts: 1"]
+    failed = make_alert("failed", job_id="j1", job_name="digits", wandb=None, details={
+        "end_reason": "max_restarts", "message": "gave up: 10 restarts within 1h.", "best_checkpoint": "/c/b.ckpt",
+        "score": 0.25, "step": 900, "host": "n1"})
+    assert failed.text.splitlines()[:2] == ["Gave up: 10 restarts within 1h. The job will NOT be restarted.",
+                                            "Best checkpoint: /c/b.ckpt (score=0.25, step 900)"]
+    budget = make_alert("budget", job_id="j1", job_name="digits", wandb=None, details={
+        "end_reason": "budget", "message": "time budget 2h spent", "best_checkpoint": None, "score": None,
+        "step": None, "host": "n1"})
+    assert "Reason: time budget 2h spent" in budget.text.splitlines()
+    reboot = make_alert("reboot", job_id="j1", job_name="digits", wandb=None, details={"jobs": ["j1", "j2"]})
+    assert "Jobs recovered on this node: j1, j2" in reboot.text.splitlines()
 
 
 def test_every_configurable_event_builds_and_unknown_event_is_refused() -> None:
@@ -151,3 +191,17 @@ def test_wandb_target_and_enabled_events_from_a_real_job_config() -> None:
     del raw["supervision"]
     defaults = enabled_alert_events(build_job_config(raw, source="d.yaml"))
     assert "restart" in defaults and "completed" in defaults and "stopped" not in defaults
+
+
+def test_alert_for_job_follows_the_jobs_alert_list() -> None:
+    raw = {"name": "digits", "model": {"class_path": "pkg.Model"}, "data": {"class_path": "pkg.Data"},
+           "logger": {"wandb": {"mode": "offline", "run_id": "abc"}},
+           "supervision": {"alerts": ["failed"]}}
+    cfg = build_job_config(raw, source="digits.yaml")
+    kw = {"job_id": "j1", "job_name": "digits", "job_dir": "/s/jobs/j1", "details": {"reason": "no progress"}}
+    assert alert_for_job("restart", cfg=cfg, **kw) is None
+    alert = alert_for_job("failed", cfg=cfg, **kw)
+    assert alert is not None and alert.title == "digits: failed, gave up"
+    assert alert.wandb == wandb_target_from_config(cfg, job_id="j1", job_dir="/s/jobs/j1")
+    no_config = alert_for_job("restart", cfg=None, **kw)
+    assert no_config is not None and no_config.wandb is None

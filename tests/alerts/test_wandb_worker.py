@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from wandb_offline_log import read_alerts, read_record_bytes
-
 from supervisor.alerts import WandbTarget, make_alert
+from tests.alerts.wandb_offline_log import read_alerts, read_record_bytes
 
 
 def _run_worker(args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -14,7 +13,6 @@ import pytest
 
 from supervisor.sdnotify import (
     SYSTEMD_NOTIFY_ENV,
-    JournalFormatter,
     Notifier,
     NotifyListener,
     parse_notify_message,
@@ -150,20 +148,6 @@ def test_wait_for_times_out_with_what_it_got() -> None:
 def test_parse_notify_message() -> None:
     assert parse_notify_message(b"READY=1\nSTATUS=a=b\n\njunk") == {"READY": "1", "STATUS": "a=b"}
     assert set(SYSTEMD_NOTIFY_ENV) == {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
-
-
-def test_journal_formatter_prefixes_every_line_with_its_priority() -> None:
-    formatter = JournalFormatter()
-    logger = logging.getLogger("supervisor.daemon")
-
-    def fmt(level: int, msg: str) -> str:
-        return formatter.format(logger.makeRecord(logger.name, level, __file__, 1, msg, (), None))
-
-    assert fmt(logging.INFO, "job j1 started") == "<6>supervisor.daemon: job j1 started"
-    assert fmt(logging.WARNING, "w") == "<4>supervisor.daemon: w"
-    assert fmt(logging.ERROR, "a\nb") == "<3>supervisor.daemon: a\n<3>b"
-    assert fmt(logging.CRITICAL, "c") == "<2>supervisor.daemon: c"
-    assert fmt(logging.DEBUG, "d") == "<7>supervisor.daemon: d"
 
 
 def test_stderr_is_journal_compares_device_and_inode(tmp_path: Path) -> None:
