@@ -113,8 +113,8 @@ class AlertDispatcher:
     # ------------------------------------------------------------------ public API
 
     def start(self) -> None:
-        """Start the delivery threads (idempotent)."""
-        if self._threads:
+        """Start the delivery threads (idempotent; a stopped dispatcher stays stopped)."""
+        if self._threads or self._stopped:
             return
         self._stopping.clear()
         with contextlib.suppress(OSError):
@@ -131,8 +131,9 @@ class AlertDispatcher:
     def send(self, alert: Alert) -> None:
         """Log ``alert`` and queue it for delivery. Never blocks, never raises.
 
-        When the queue is full (deliveries stuck far behind) the alert is
-        dropped with an ERROR log line that carries its whole text.
+        The alert is logged first, at its level, with its whole text. When the
+        queue is full (deliveries stuck far behind) it is then dropped with an
+        ERROR line; alerts sent before ``start`` wait in the queue.
         """
         try:
             if self._stopped:
