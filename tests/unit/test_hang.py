@@ -134,9 +134,9 @@ HUNG_TRAINER = textwrap.dedent("""
     threading.Thread(target=data_loader_worker, name="loader", daemon=True).start()
 
     def stuck_in_allreduce():
+        print("ready", flush=True)  # from inside: the stack we ask for is this one
         time.sleep(600)
 
-    print("ready", flush=True)
     stuck_in_allreduce()
 """)
 
