@@ -34,7 +34,8 @@ class PreflightResult:
 
 def preflight(indices: Sequence[int], backend: GpuBackend, own_pids: Collection[int] = (), *,
               kill_own: bool = True, wait_s: float = 30.0, own_env_key: str | None = None,
-              poll_s: float = 0.2, clock: Callable[[], float] = time.monotonic) -> PreflightResult:
+              own_env_value: str | None = None, poll_s: float = 0.2,
+              clock: Callable[[], float] = time.monotonic) -> PreflightResult:
     """Check (and clean) the GPUs ``indices`` before an attempt starts on them.
 
     Our orphans are SIGKILLed with their descendants when ``kill_own``, then we
@@ -43,9 +44,11 @@ def preflight(indices: Sequence[int], backend: GpuBackend, own_pids: Collection[
     orphans that outlive the wait make the result not ok.
 
     ``own_env_key``: a variable the daemon sets in every trainer's environment;
-    a process that has it is ours even after its parent died (then its parent
-    chain no longer leads to a pid we know). Reading another user's
-    environment is not allowed, so such a process counts as foreign.
+    a process that has it (with the value ``own_env_value``, when given: e.g.
+    the state dir, so two daemons on one node never take each other's
+    trainers for orphans) is ours even after its parent died, when its parent
+    chain no longer leads to a pid we know. Another user's environment cannot
+    be read, so such a process counts as foreign.
     """
     own = set(own_pids)
     reasons: list[str] = []
@@ -58,7 +61,7 @@ def preflight(indices: Sequence[int], backend: GpuBackend, own_pids: Collection[
             reasons.append(f"gpu {index}: {lost.reason}")
             continue
         for proc in reading.processes:
-            if _is_ours(proc.pid, own, own_env_key):
+            if _is_ours(proc.pid, own, own_env_key, own_env_value):
                 orphans.setdefault(index, set()).add(proc.pid)
             else:
                 reasons.append(f"gpu {index}: foreign process {proc.pid} ({_name(proc.pid)}) holds "
@@ -77,7 +80,7 @@ def preflight(indices: Sequence[int], backend: GpuBackend, own_pids: Collection[
     return PreflightResult(ok=not reasons, reasons=reasons, killed=sorted(set(killed)))
 
 
-def _is_ours(pid: int, own: set[int], env_key: str | None) -> bool:
+def _is_ours(pid: int, own: set[int], env_key: str | None, env_value: str | None) -> bool:
     if pid in own:
         return True
     # init and the daemon itself are ancestors of everything (or of every live attempt): never a reason
@@ -87,7 +90,8 @@ def _is_ours(pid: int, own: set[int], env_key: str | None) -> bool:
         if any(parent.pid in ancestors_of_ours for parent in proc.parents()):
             return True
         if env_key is not None:
-            return env_key in proc.environ()
+            environ = proc.environ()
+            return env_key in environ and (env_value is None or environ[env_key] == env_value)
     except psutil.Error:  # gone, or another user's (no permission): not ours to touch
         return False
     return False

@@ -80,6 +80,16 @@ def test_environment_marker_identifies_an_orphan_whose_parent_died(
     assert (result.ok, result.killed) == (True, [marked])
 
 
+def test_environment_marker_of_another_daemon_is_foreign(gpu_file: FakeGpuFile,
+                                                         procs: list[subprocess.Popen[bytes]]) -> None:
+    other = spawn(procs, "sleep", "60", env={**os.environ, "ML_SUPERVISOR_TEST_MARK": "/var/lib/other"})
+    gpu_file.set(0, processes=[{"pid": other, "used_mib": 512}])
+    result = preflight([0], gpu_file.backend(), set(), kill_own=True, wait_s=1.0,
+                       own_env_key="ML_SUPERVISOR_TEST_MARK", own_env_value="/var/lib/ours")
+    assert (result.ok, result.killed) == (False, [])
+    assert result.reason == f"gpu 0: foreign process {other} (sleep) holds 512 MiB"
+
+
 def test_foreign_process_delays_the_launch(gpu_file: FakeGpuFile, procs: list[subprocess.Popen[bytes]]) -> None:
     foreign = spawn(procs, "sleep", "60")
     gpu_file.set(1, processes=[{"pid": foreign, "used_mib": 2048}])
