@@ -1,0 +1,210 @@
+"""A real digits fit through ``python -m trainer``, then a resume from an older checkpoint.
+
+Two processes for the whole module: ``first_fit`` (attempt 1, W&B offline via
+the no-API-key fallback) and ``resumed_from_older`` (attempt 2 in the same job
+directory, rewinding to the oldest checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trainer_testkit import TrainerRun, is_complete_zip, run_trainer, trainer_env
+
+from supervisor.jobfiles.atomic import read_json_lines
+from supervisor.jobfiles.exitrecord import ExitRecord
+from supervisor.jobfiles.heartbeat import Heartbeat
+from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best, rank_newest
+
+pytestmark = pytest.mark.lightning
+
+EPOCHS = 3
+STEPS_PER_EPOCH = 23  # 1,438 training digits in batches of 64
+RUN_ID = "trfit0001"
+
+
+@dataclass
+class FitResult:
+    """What attempt 1 left behind, captured before attempt 2 changes the directory."""
+
+    run: TrainerRun
+    returncode: int
+    exit: ExitRecord | None
+    heartbeat: Heartbeat | None
+    live: list[CheckpointEntry]
+    files: dict[str, int]  # every *.ckpt in the checkpoint dir -> size
+    events: list[dict[str, Any]]
+    metrics_lines: list[dict[str, Any]]
+    stderr: str
+
+
+def snapshot(run: TrainerRun, returncode: int) -> FitResult:
+    ckpt_dir = run.job.checkpoints
+    return FitResult(
+        run=run,
+        returncode=returncode,
+        exit=run.exit_record(),
+        heartbeat=run.heartbeat(),
+        live=live_checkpoints(run.job.manifest),
+        files={str(p): p.stat().st_size for p in ckpt_dir.glob("*.ckpt")},
+        events=run.manifest_events(),
+        metrics_lines=read_json_lines(run.job.attempt(run.attempt).metrics),
+        stderr=(run.attempt_dir / "stderr.log").read_text(errors="replace"),
+    )
+
+
+@pytest.fixture(scope="module")
+def first_fit(tmp_path_factory: pytest.TempPathFactory) -> FitResult:
+    root = tmp_path_factory.mktemp("fit") / "job"
+    home = root.parent / "home"
+    home.mkdir()
+    (home / ".netrc").write_text("")  # an empty netrc: no W&B credentials anywhere
+    env = trainer_env(HOME=str(home), NETRC=str(home / ".netrc"))
+    env.pop("WANDB_MODE")  # the config says online: the trainer itself must fall back to offline
+    run = run_trainer(root, [f"trainer.max_epochs={EPOCHS}", "logger.wandb.mode=online",
+                             f"logger.wandb.run_id={RUN_ID}"], env=env)
+    return snapshot(run, run.proc.returncode)
+
+
+def test_fit_completes_with_exit_record(first_fit: FitResult) -> None:
+    assert first_fit.returncode == 0, first_fit.run.output()
+    record = first_fit.exit
+    assert record is not None
+    assert (record.status, record.reason) == ("completed", "max_epochs")
+    assert (record.global_step, record.epoch) == (EPOCHS * STEPS_PER_EPOCH, EPOCHS)
+    assert record.pid == first_fit.run.proc.pid
+
+
+def test_heartbeat_ends_done_with_progress_and_metrics(first_fit: FitResult) -> None:
+    beat = first_fit.heartbeat
+    assert beat is not None
+    assert (beat.phase, beat.step, beat.epoch, beat.attempt) == ("done", EPOCHS * STEPS_PER_EPOCH, EPOCHS, 1)
+    assert beat.pid == first_fit.run.proc.pid
+    assert beat.step_time is not None and beat.max_step_time is not None
+    assert 0 < beat.step_time <= beat.max_step_time
+    assert {"train_loss", "val_loss", "val_acc"} <= set(beat.metrics)
+    assert beat.started_at <= beat.time
+
+
+def test_metrics_lines_follow_training(first_fit: FitResult) -> None:
+    lines = first_fit.metrics_lines
+    assert len(lines) >= EPOCHS  # at least a line per validation
+    steps = [line["step"] for line in lines]
+    assert steps == sorted(steps)
+    assert steps[-1] == EPOCHS * STEPS_PER_EPOCH
+    assert all(math.isfinite(v) for line in lines for v in line["metrics"].values())
+    assert any("val_loss" in line["metrics"] for line in lines)
+
+
+def test_manifest_matches_the_files_on_disk(first_fit: FitResult) -> None:
+    live = first_fit.live
+    live_paths = {e.path for e in live}
+    # Every live entry's file exists, is complete and has the recorded size...
+    for entry in live:
+        assert first_fit.files.get(entry.path) == entry.size, entry
+        assert is_complete_zip(entry.path)
+    # ...and every checkpoint file on disk is a live entry.
+    assert set(first_fit.files) == live_paths
+    topk = [e for e in live if e.kind == "topk"]
+    assert len(topk) == 3  # save_top_k
+    assert [e.kind for e in live].count("last") == 1
+    removed = {e["path"] for e in first_fit.events if e["event"] == "remove"}
+    assert not removed & live_paths
+    assert all(not os.path.exists(p) for p in removed)
+
+
+def test_best_entry_has_the_best_score_and_scores_are_fresh(first_fit: FitResult) -> None:
+    live = first_fit.live
+    best = rank_best(live)[0]
+    scored = [e.score for e in live if e.score is not None]
+    assert best.kind == "topk"
+    assert best.score == min(scored)
+    assert best.monitor == "val_loss" and best.mode == "min"
+    # A top-k file is scored with its own weights' validation: the val_loss logged at its step.
+    val_loss_at = {line["step"]: line["metrics"]["val_loss"] for line in first_fit.metrics_lines
+                   if "val_loss" in line["metrics"]}
+    for save in (e for e in first_fit.events if e["event"] == "save" and e["kind"] == "topk"):
+        assert save["step"] % STEPS_PER_EPOCH == 0, save  # saved right after a validation
+        assert save["score"] == pytest.approx(val_loss_at[save["step"]]), save
+    assert rank_newest(live)[0].step == EPOCHS * STEPS_PER_EPOCH
+
+
+def test_checkpoint_holds_the_step_the_manifest_says(first_fit: FitResult) -> None:
+    import torch
+
+    best = rank_best(first_fit.live)[0]
+    checkpoint = torch.load(best.path, map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == best.step
+    assert checkpoint["epoch"] == best.epoch
+
+
+def test_wandb_fell_back_to_offline_under_the_fixed_run_id(first_fit: FitResult) -> None:
+    assert "no API key configured" in first_fit.stderr
+    wandb_root = first_fit.run.job.wandb_dir
+    runs = list(wandb_root.glob(f"wandb/offline-run-*-{RUN_ID}"))
+    assert len(runs) == 1, list(wandb_root.rglob("*"))[:20]
+    assert (runs[0] / f"run-{RUN_ID}.wandb").is_file()
+
+
+# --- attempt 2: resume from the oldest top-k checkpoint -------------------------------------------
+
+
+@dataclass
+class ResumeResult:
+    resumed_from: CheckpointEntry
+    newer: list[CheckpointEntry]
+    fit: FitResult
+
+
+@pytest.fixture(scope="module")
+def resumed_from_older(first_fit: FitResult) -> ResumeResult:
+    assert first_fit.returncode == 0, first_fit.run.output()
+    oldest = min((e for e in first_fit.live if e.kind == "topk"), key=lambda e: e.step)
+    newer = [e for e in first_fit.live if e.step > oldest.step]
+    root = first_fit.run.job.root
+    run = run_trainer(root, [f"trainer.max_epochs={EPOCHS}", "logger.wandb.mode=disabled"],
+                      attempt=2, restarts=1, ckpt=oldest.path)
+    return ResumeResult(resumed_from=oldest, newer=newer, fit=snapshot(run, run.proc.returncode))
+
+
+def test_resume_continues_the_global_step(resumed_from_older: ResumeResult) -> None:
+    fit = resumed_from_older.fit
+    start = resumed_from_older.resumed_from.step
+    assert fit.returncode == 0, fit.run.output()
+    assert fit.exit is not None and fit.exit.status == "completed"
+    assert fit.exit.global_step == EPOCHS * STEPS_PER_EPOCH
+    steps = [line["step"] for line in fit.metrics_lines if "train_loss" in line["metrics"]]
+    assert steps and min(steps) > start  # no step before the resume point was retrained
+    saves = [e for e in fit.events if e["event"] == "save" and e["attempt"] == 2]
+    assert saves and min(e["step"] for e in saves) > start
+
+
+def test_resume_from_older_moves_newer_checkpoints_aside(resumed_from_older: ResumeResult) -> None:
+    fit = resumed_from_older.fit
+    point = resumed_from_older.resumed_from
+    abandon = [e for e in fit.events if e["event"] == "abandon"]
+    assert len(abandon) == 1
+    assert abandon[0]["resumed_from"] == point.path and abandon[0]["attempt"] == 2
+    assert sorted(abandon[0]["paths"]) == sorted(e.path for e in resumed_from_older.newer)
+    aside = fit.run.job.checkpoints / "abandoned" / "2"
+    for entry in resumed_from_older.newer:
+        moved = aside / Path(entry.path).name
+        assert moved.is_file() and moved.stat().st_size == entry.size
+    # The old timeline's later checkpoints are gone from "live": what remains is the resume
+    # point and older, or files attempt 2 saved itself (names may repeat, entries do not).
+    for entry in fit.live:
+        assert entry.step <= point.step or entry.attempt == 2, entry
+    assert point.path in {e.path for e in fit.live}
+    assert set(fit.files) == {e.path for e in fit.live}
+
+
+def test_resume_heartbeat_is_attempt_2(resumed_from_older: ResumeResult) -> None:
+    beat = resumed_from_older.fit.heartbeat
+    assert beat is not None
+    assert (beat.attempt, beat.phase, beat.step) == (2, "done", EPOCHS * STEPS_PER_EPOCH)
+    assert beat.pid == resumed_from_older.fit.run.proc.pid
