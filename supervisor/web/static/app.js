@@ -1,0 +1,538 @@
+// ml-supervisor web page: launch a template, watch a job, list jobs and GPUs.
+// No framework and no build step (the daemon ships this file as is). Every value
+// from the API is put in the page as text (textContent), never as HTML.
+"use strict";
+
+const TOKEN_KEY = "ml-supervisor-token";
+const LOG_TAIL = 64 * 1024;
+const TERMINAL = new Set(["completed", "failed", "stopped"]);
+const SERIES_COLOURS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#4b5563"];
+
+// -- the token: taken from the URL fragment once, then kept for this tab and sent as a header ----------
+(function takeTokenFromFragment() {
+  const match = location.hash.match(/^#token=([A-Za-z0-9_\-]+)/);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, match[1]);
+    history.replaceState(null, "", location.pathname + "#/launch");
+  }
+})();
+
+class ApiError extends Error {
+  constructor(status, error) {
+    super(error.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = error.code;
+    this.fields = error.fields || {};
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { "Authorization": `Bearer ${sessionStorage.getItem(TOKEN_KEY) || ""}` };
+  const init = { method, headers, cache: "no-store" };
+  if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init);
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!response.ok) {
+    const error = new ApiError(response.status, (data && data.error) || {});
+    if (response.status === 401) showTokenPrompt(error.message);
+    throw error;
+  }
+  return data;
+}
+
+// -- tiny DOM helpers ---------------------------------------------------------------------------------
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === null || value === undefined || value === false) continue;
+    if (key.startsWith("on")) el.addEventListener(key.slice(2), value);
+    else if (key === "class") el.className = value;
+    else if (key === "style") Object.assign(el.style, value); // CSSOM: allowed by the page's CSP, unlike style=""
+    else el.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+const svgNS = "http://www.w3.org/2000/svg";
+function s(tag, attrs, ...children) {
+  const el = document.createElementNS(svgNS, tag);
+  for (const [key, value] of Object.entries(attrs || {})) el.setAttribute(key, value);
+  for (const child of children) el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return el;
+}
+
+function badge(state) {
+  return h("span", { class: `badge state-${state}`, "data-testid": "state" }, state);
+}
+
+function fmtTime(t) {
+  if (t === null || t === undefined) return "–";
+  const d = new Date(t * 1000);
+  return d.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
+function fmtDuration(seconds) {
+  if (seconds === null || seconds === undefined) return "–";
+  seconds = Math.max(0, Math.round(seconds));
+  const d = Math.floor(seconds / 86400), hh = Math.floor((seconds % 86400) / 3600);
+  const mm = Math.floor((seconds % 3600) / 60), ss = seconds % 60;
+  if (d) return `${d}d ${hh}h`;
+  if (hh) return `${hh}h ${String(mm).padStart(2, "0")}m`;
+  if (mm) return `${mm}m ${String(ss).padStart(2, "0")}s`;
+  return `${ss}s`;
+}
+
+function fmtNumber(x) {
+  if (x === null || x === undefined) return "–";
+  if (Number.isInteger(x)) return String(x);
+  return Math.abs(x) >= 1000 || Math.abs(x) < 0.001 ? x.toExponential(3) : x.toPrecision(4);
+}
+
+function basename(path) {
+  return path ? path.split("/").pop() : "–";
+}
+
+// -- views: one at a time; each registers its timers so navigation stops them -----------------------
+const main = document.getElementById("main");
+let timers = [];
+let viewId = 0;
+
+function every(ms, fn) {
+  const mine = viewId;
+  let handle = null;
+  const run = async () => {
+    if (mine !== viewId) return;
+    try { await fn(); } catch (err) { if (!(err instanceof ApiError)) console.error(err); }
+    if (mine === viewId) { handle = setTimeout(run, typeof ms === "function" ? ms() : ms); timers.push(handle); }
+  };
+  run();
+}
+
+function route() {
+  viewId += 1;
+  timers.forEach(clearTimeout);
+  timers = [];
+  const hash = location.hash || "#/launch";
+  const parts = hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+  document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === parts[0]));
+  main.replaceChildren();
+  if (!sessionStorage.getItem(TOKEN_KEY)) { showTokenPrompt(); return; }
+  try {
+    if (parts[0] === "jobs" && parts[1]) jobView(parts[1]);
+    else if (parts[0] === "jobs") jobsView();
+    else launchView(parts[1]).catch(showError);
+  } catch (err) { showError(err); }
+}
+
+function showError(err) {
+  if (err instanceof ApiError && err.status === 401) return; // the token prompt is showing
+  main.replaceChildren(h("section", { class: "card" }, h("p", { class: "error" }, err.message || String(err))));
+}
+
+function showTokenPrompt(message) {
+  viewId += 1;
+  timers.forEach(clearTimeout);
+  const input = h("input", { type: "password", id: "token", autocomplete: "off", size: 50 });
+  main.replaceChildren(h("section", { class: "card narrow" },
+    h("h1", {}, "Token needed"),
+    h("p", {}, message || "Open the address the daemon printed at start; `supervisorctl web-url` prints it again."),
+    h("form", { onsubmit: (ev) => { ev.preventDefault(); sessionStorage.setItem(TOKEN_KEY, input.value.trim()); route(); } },
+      h("label", { for: "token" }, "Token "), input, " ", h("button", { type: "submit" }, "Use"))));
+}
+
+// -- launch page ------------------------------------------------------------------------------------
+async function launchView(chosen) {
+  const templates = await api("GET", "/api/templates");
+  const section = h("section", { class: "card" }, h("h1", {}, "Launch a training run"));
+  main.replaceChildren(section);
+  if (!templates.length) {
+    section.append(h("p", {}, "No templates: put a job config with a ui: section in the daemon's template folder."));
+    return;
+  }
+  const usable = templates.filter((t) => !t.error);
+  const current = templates.find((t) => t.name === chosen) || usable[0] || templates[0];
+  const picker = h("select", { id: "template", name: "template", "data-testid": "template",
+    onchange: (ev) => { location.hash = `#/launch/${encodeURIComponent(ev.target.value)}`; } },
+    templates.map((t) => h("option", { value: t.name, selected: t.name === current.name },
+      t.error ? `${t.title} (${t.file}: invalid)` : `${t.title} (${t.file})`)));
+  section.append(h("div", { class: "field" }, h("label", { for: "template" }, "Template"), picker));
+  if (current.description) section.append(h("p", { class: "muted" }, current.description));
+  if (current.error) {
+    section.append(h("p", { class: "error" }, current.error));
+    return;
+  }
+  const formError = h("p", { class: "error", id: "form-error", role: "alert" });
+  const inputs = new Map();
+  const errors = new Map();
+  const fields = current.knobs.map((knob) => {
+    const id = `knob-${knob.key.replace(/[^A-Za-z0-9_-]/g, "-")}`;
+    const input = knobInput(knob, id);
+    const error = h("div", { class: "field-error", "data-error-for": knob.key, role: "alert" });
+    inputs.set(knob.key, { knob, input });
+    errors.set(knob.key, error);
+    return h("div", { class: "field" },
+      h("label", { for: id }, knob.label),
+      input,
+      knob.help ? h("div", { class: "help muted" }, knob.help) : null,
+      error);
+  });
+  const nameInput = h("input", { id: "job-name", name: "name", type: "text", placeholder: "(the config's name)",
+    pattern: "[A-Za-z0-9][A-Za-z0-9._\\-]{0,63}" });
+  const nameError = h("div", { class: "field-error", "data-error-for": "name", role: "alert" });
+  errors.set("name", nameError);
+  const start = h("button", { type: "submit", id: "start", class: "primary" }, "Start");
+  const form = h("form", { id: "launch", novalidate: true, onsubmit: async (ev) => {
+    ev.preventDefault();
+    errors.forEach((el) => { el.textContent = ""; });
+    formError.textContent = "";
+    const values = {};
+    let bad = false;
+    for (const [key, { knob, input }] of inputs) {
+      try { values[key] = readKnob(knob, input); } catch (err) { errors.get(key).textContent = err.message; bad = true; }
+    }
+    if (bad) return;
+    start.disabled = true;
+    start.textContent = "Checking…";
+    try {
+      const body = { template: current.name, values };
+      if (nameInput.value.trim()) body.name = nameInput.value.trim();
+      const job = await api("POST", "/api/launch", body);
+      location.hash = `#/jobs/${encodeURIComponent(job.id)}`;
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      let shown = false;
+      for (const [key, message] of Object.entries(err.fields || {})) {
+        const el = errors.get(key);
+        if (el) { el.textContent = message; shown = true; }
+      }
+      if (!shown) formError.textContent = err.message;
+      start.disabled = false;
+      start.textContent = "Start";
+    }
+  } },
+  h("div", { class: "grid" }, fields,
+    h("div", { class: "field" }, h("label", { for: "job-name" }, "Job name (optional)"), nameInput, nameError)),
+  formError,
+  h("div", { class: "actions" }, start,
+    h("span", { class: "muted" }, " The config is validated (schema and imports) before the job is queued.")));
+  section.append(form);
+  main.append(gpuPanel());
+}
+
+function knobInput(knob, id) {
+  const common = { id, name: knob.key, "data-key": knob.key };
+  if (knob.type === "choice") {
+    return h("select", common, knob.choices.map((choice, i) =>
+      h("option", { value: String(i), selected: JSON.stringify(choice) === JSON.stringify(knob.default) }, knob.labels[i])));
+  }
+  if (knob.type === "bool") {
+    return h("select", common,
+      h("option", { value: "true", selected: knob.default === true }, "on"),
+      h("option", { value: "false", selected: knob.default !== true }, "off"));
+  }
+  if (knob.type === "int" || knob.type === "float") {
+    return h("input", { ...common, type: "number", value: knob.default ?? "", min: knob.min ?? null, max: knob.max ?? null,
+      step: knob.step ?? (knob.type === "int" ? 1 : "any") });
+  }
+  return h("input", { ...common, type: "text", value: knob.default ?? "", pattern: knob.pattern || null });
+}
+
+function readKnob(knob, input) {
+  if (knob.type === "choice") return knob.choices[Number(input.value)];
+  if (knob.type === "bool") return input.value === "true";
+  if (knob.type === "int" || knob.type === "float") {
+    if (input.value.trim() === "") throw new Error("a number is required");
+    const value = Number(input.value);
+    if (!Number.isFinite(value)) throw new Error("must be a number");
+    if (knob.type === "int" && !Number.isInteger(value)) throw new Error("must be a whole number");
+    return value;
+  }
+  return input.value;
+}
+
+// -- GPU panel ------------------------------------------------------------------------------------
+function gpuPanel() {
+  const body = h("div", { class: "gpus", "data-testid": "gpus" }, "…");
+  const panel = h("section", { class: "panel" }, h("h2", {}, "GPUs"), body);
+  every(5000, async () => {
+    const answer = await api("GET", "/api/gpus");
+    if (!answer.nvml || !answer.gpus.length) {
+      body.replaceChildren(h("p", { class: "muted" }, answer.nvml ? "no GPUs" : "no GPUs (NVML is not available on this node)"));
+      return;
+    }
+    body.replaceChildren(...answer.gpus.map((g) => {
+      const used = g.memory_used_mib, total = g.memory_total_mib;
+      const pct = used !== null && total ? Math.round((100 * used) / total) : null;
+      return h("div", { class: `gpu health-${g.health}` },
+        h("div", { class: "gpu-head" }, h("strong", {}, `GPU ${g.index}`), " ", h("span", { class: "muted" }, g.name || ""),
+          " ", h("span", { class: `badge gpu-${g.health}` }, g.health)),
+        h("div", {}, `${g.temperature_c ?? "–"} °C · ${used ?? "–"} / ${total ?? "–"} MiB`),
+        pct === null ? null : h("div", { class: "bar" }, h("div", { class: "fill", style: { width: `${pct}%` } })),
+        g.reasons && g.reasons.length ? h("div", { class: "error" }, g.reasons.join("; ")) : null,
+        g.jobs && g.jobs.length ? h("div", {}, "jobs: ", g.jobs.map((j) => h("a", { href: `#/jobs/${encodeURIComponent(j)}` }, j, " "))) : null);
+    }));
+  });
+  return panel;
+}
+
+// -- jobs list -------------------------------------------------------------------------------------
+function jobsView() {
+  const tbody = h("tbody");
+  main.replaceChildren(
+    h("section", { class: "card" }, h("h1", {}, "Jobs"),
+      h("table", { class: "jobs", "data-testid": "jobs" },
+        h("thead", {}, h("tr", {}, ["Job", "State", "Step", "Restarts", "Budget left", "Best", "Created"].map((t) => h("th", {}, t)))),
+        tbody)),
+    gpuPanel());
+  every(2000, async () => {
+    const jobs = await api("GET", "/api/jobs");
+    jobs.sort((a, b) => b.created_at - a.created_at);
+    if (!jobs.length) {
+      tbody.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "no jobs yet: ", h("a", { href: "#/launch" }, "launch one"))));
+      return;
+    }
+    tbody.replaceChildren(...jobs.map((j) => h("tr", {},
+      h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(j.id)}` }, j.id)),
+      h("td", {}, badge(j.state), j.wait_reason ? h("div", { class: "muted small" }, j.wait_reason) : null),
+      h("td", { class: "num" }, j.global_step ?? "–"),
+      h("td", { class: "num" }, j.restarts),
+      h("td", { class: "num" }, j.budget.remaining === null ? "no budget" : fmtDuration(j.budget.remaining)),
+      h("td", { class: "num" }, j.best_checkpoint && j.best_checkpoint.score !== null && j.best_checkpoint.score !== undefined
+        ? `${j.best_checkpoint.monitor || "score"} ${fmtNumber(j.best_checkpoint.score)}` : "–"),
+      h("td", {}, fmtTime(j.created_at)))));
+  });
+}
+
+// -- one job ---------------------------------------------------------------------------------------
+function jobView(jobId) {
+  const head = h("div", { class: "job-head" });
+  const summary = h("dl", { class: "summary" });
+  const timeline = h("div", { class: "timeline" });
+  const attemptsBody = h("tbody");
+  const metricPicker = h("select", { id: "metric", "aria-label": "metric" });
+  const chart = h("div", { class: "chart", "data-testid": "chart" });
+  const logBox = h("pre", { class: "log", "data-testid": "log" });
+  const eventsList = h("ol", { class: "events" });
+  main.replaceChildren(
+    h("section", { class: "card" }, head, summary),
+    h("section", { class: "card" }, h("div", { class: "row" }, h("h2", {}, "Curve"), metricPicker), chart),
+    h("section", { class: "card" }, h("h2", {}, "Attempts"), timeline,
+      h("table", { class: "attempts" }, h("thead", {}, h("tr", {},
+        ["#", "Started", "Ended", "Ran", "Cause", "Detail", "Resumed from", "Steps", "New ckpts"].map((t) => h("th", {}, t)))),
+      attemptsBody)),
+    h("section", { class: "card" }, h("h2", {}, "Log tail"), logBox),
+    h("section", { class: "card" }, h("h2", {}, "Events"), eventsList));
+
+  let status = null;
+  // curve state: every point read so far, and where to read on
+  const points = [];
+  let cursor = { attempt: 0, offset: 0 };
+  let chosenMetric = null;
+  metricPicker.addEventListener("change", () => { chosenMetric = metricPicker.value; drawCurve(); });
+  // log state: the attempt being followed and the offsets read
+  let logAttempt = null;
+  let logOffsets = null;
+  let logText = "";
+  let lastEvent = 0;
+
+  function renderHead(job) {
+    const terminal = TERMINAL.has(job.state);
+    const stop = h("button", { id: "stop", class: "danger", disabled: terminal || job.state === "stopping",
+      onclick: async () => { stop.disabled = true; try { renderAll(await api("POST", `/api/jobs/${encodeURIComponent(jobId)}/stop`)); } catch (err) { alert(err.message); } } },
+      "Stop");
+    const restart = h("button", { id: "restart", disabled: job.state === "stopping" || job.state === "queued",
+      onclick: async () => { if (!confirm("Relaunch this job from its best checkpoint?")) return;
+        try { renderAll(await api("POST", `/api/jobs/${encodeURIComponent(jobId)}/restart`)); } catch (err) { alert(err.message); } } },
+      "Restart");
+    head.replaceChildren(
+      h("div", { class: "row" }, h("h1", {}, job.id), badge(job.state),
+        job.end_reason ? h("span", { class: "muted" }, `(${job.end_reason})`) : null,
+        h("span", { class: "spacer" }), restart, stop),
+      job.detail || job.wait_reason ? h("p", { class: "muted", "data-testid": "detail" }, job.wait_reason || job.detail) : null);
+  }
+
+  function renderSummary(job) {
+    const best = job.best_checkpoint;
+    const items = [
+      ["Name", job.name],
+      ["Config", job.config_source],
+      ["Created", fmtTime(job.created_at)],
+      ["Started", fmtTime(job.first_started_at)],
+      ["Ended", fmtTime(job.ended_at)],
+      ["Step / epoch", `${job.global_step ?? "–"} / ${job.epoch ?? "–"}${job.phase ? ` (${job.phase})` : ""}`],
+      ["Restarts", String(job.restarts)],
+      ["Budget", job.budget.seconds === null ? "none" : `${fmtDuration(job.budget.used)} used of ${fmtDuration(job.budget.seconds)}, ${fmtDuration(job.budget.remaining)} left`],
+      ["Best checkpoint", best ? `${basename(best.path)}${best.score !== null && best.score !== undefined ? ` · ${best.monitor || "score"} ${fmtNumber(best.score)}` : ""}${best.step !== null && best.step !== undefined ? ` · step ${best.step}` : ""}` : "none yet"],
+      ["Latest metrics", Object.entries(job.metrics || {}).map(([k, v]) => `${k} ${fmtNumber(v)}`).join(" · ") || "–"],
+    ];
+    const wandb = job.wandb || {};
+    const wandbCell = wandb.url
+      ? h("a", { href: wandb.url, target: "_blank", rel: "noopener noreferrer", id: "wandb-link" }, "W&B run page")
+      : `${wandb.mode || "–"}${wandb.run_id ? ` (run ${wandb.run_id})` : ""}`;
+    summary.replaceChildren(...items.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-field": k }, v)]),
+      h("dt", {}, "W&B"), h("dd", {}, wandbCell));
+  }
+
+  function renderAttempts(job) {
+    const attempts = job.attempts || [];
+    const now = Date.now() / 1000;
+    const first = attempts.length ? attempts[0].started_at : now;
+    const last = attempts.length ? (attempts[attempts.length - 1].ended_at ?? now) : now;
+    const span = Math.max(1, last - first);
+    timeline.replaceChildren(...attempts.map((a) => {
+      const end = a.ended_at ?? now;
+      const cause = a.reason || (a.ended_at ? "ended" : "running");
+      const left = (100 * (a.started_at - first)) / span, width = Math.max(0.5, (100 * (end - a.started_at)) / span);
+      return h("div", { class: `seg cause-${cause}`, style: { left: `${left}%`, width: `${width}%` },
+        title: `attempt ${a.n}: ${cause}${a.resumed_from ? ` · resumed from ${basename(a.resumed_from)}` : ""}` },
+        `#${a.n} ${cause}`);
+    }));
+    attemptsBody.replaceChildren(...attempts.map((a) => h("tr", {},
+      h("td", {}, a.n),
+      h("td", {}, fmtTime(a.started_at)),
+      h("td", {}, fmtTime(a.ended_at)),
+      h("td", { class: "num" }, fmtDuration((a.ended_at ?? now) - a.started_at)),
+      h("td", {}, a.reason ? h("span", { class: `cause cause-${a.reason}` }, a.reason) : h("span", { class: "muted" }, "running")),
+      h("td", { class: "detail" }, a.detail || ""),
+      h("td", { title: a.resumed_from || "" }, a.resumed_from ? basename(a.resumed_from) : "from scratch"),
+      h("td", { class: "num" }, a.global_step ?? "–"),
+      h("td", { class: "num" }, a.new_checkpoints ?? "–"))));
+  }
+
+  function renderAll(job) {
+    status = job;
+    renderHead(job);
+    renderSummary(job);
+    renderAttempts(job);
+  }
+
+  function drawCurve() {
+    const names = new Set();
+    points.forEach((p) => Object.keys(p.metrics).forEach((k) => names.add(k)));
+    const sorted = [...names].sort();
+    if (!chosenMetric || !names.has(chosenMetric)) {
+      chosenMetric = ["val_loss", "train_loss", "loss"].find((n) => names.has(n)) || sorted[0] || null;
+    }
+    if (metricPicker.options.length !== sorted.length) {
+      metricPicker.replaceChildren(...sorted.map((n) => h("option", { value: n, selected: n === chosenMetric }, n)));
+    }
+    if (!chosenMetric) {
+      chart.replaceChildren(h("p", { class: "muted" }, "no metrics yet (they arrive with the trainer's heartbeats)"));
+      return;
+    }
+    // One series per attempt; a value repeated from the previous line is the same logged value, not a new point.
+    const series = new Map();
+    for (const p of points) {
+      const v = p.metrics[chosenMetric];
+      if (v === undefined) continue;
+      const list = series.get(p.attempt) || [];
+      if (!list.length || list[list.length - 1].v !== v) list.push({ step: p.step, v });
+      series.set(p.attempt, list);
+    }
+    const all = [...series.values()].flat();
+    if (!all.length) { chart.replaceChildren(h("p", { class: "muted" }, `no ${chosenMetric} values yet`)); return; }
+    const W = 720, H = 260, L = 60, R = 16, T = 12, B = 34;
+    let x0 = Math.min(...all.map((p) => p.step)), x1 = Math.max(...all.map((p) => p.step));
+    let y0 = Math.min(...all.map((p) => p.v)), y1 = Math.max(...all.map((p) => p.v));
+    if (x1 === x0) x1 = x0 + 1;
+    if (y1 === y0) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
+    const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+    const Y = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+    const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "curve", role: "img", "aria-label": `${chosenMetric} by step` });
+    for (let i = 0; i <= 4; i++) {
+      const yv = y0 + ((y1 - y0) * i) / 4, y = Y(yv);
+      svg.append(s("line", { x1: L, x2: W - R, y1: y, y2: y, class: "gridline" }));
+      svg.append(s("text", { x: L - 6, y: y + 4, class: "tick", "text-anchor": "end" }, fmtNumber(Number(yv.toPrecision(3)))));
+    }
+    for (let i = 0; i <= 4; i++) {
+      const xv = Math.round(x0 + ((x1 - x0) * i) / 4), x = X(xv);
+      svg.append(s("text", { x, y: H - B + 16, class: "tick", "text-anchor": "middle" }, String(xv)));
+    }
+    svg.append(s("text", { x: (L + W - R) / 2, y: H - 4, class: "axis", "text-anchor": "middle" }, "step"));
+    const legend = h("div", { class: "legend" });
+    [...series.entries()].forEach(([attempt, list], i) => {
+      const colour = SERIES_COLOURS[i % SERIES_COLOURS.length];
+      const d = list.map((p, j) => `${j ? "L" : "M"}${X(p.step).toFixed(1)},${Y(p.v).toFixed(1)}`).join(" ");
+      svg.append(s("path", { d, fill: "none", stroke: colour, "stroke-width": 2, "data-attempt": attempt }));
+      list.forEach((p) => svg.append(s("circle", { cx: X(p.step).toFixed(1), cy: Y(p.v).toFixed(1), r: 2.5, fill: colour },
+        s("title", {}, `attempt ${attempt} · step ${p.step} · ${chosenMetric} ${fmtNumber(p.v)}`))));
+      legend.append(h("span", { class: "key" }, h("span", { class: "swatch", style: { background: colour } }), `attempt ${attempt}`));
+    });
+    chart.replaceChildren(svg, legend);
+  }
+
+  async function pollCurve() {
+    for (let rounds = 0; rounds < 20; rounds++) {
+      const answer = await api("GET", `/api/jobs/${encodeURIComponent(jobId)}/metrics?attempt=${cursor.attempt}&offset=${cursor.offset}`);
+      points.push(...answer.points);
+      cursor = answer.cursor;
+      if (!answer.more) break;
+    }
+    drawCurve();
+  }
+
+  async function pollLog() {
+    const latest = status && status.attempts.length ? status.attempts[status.attempts.length - 1].n : null;
+    if (latest === null) { logBox.textContent = "(no attempt yet)"; return; }
+    const path = `/api/jobs/${encodeURIComponent(jobId)}/logs?attempt=${latest}`;
+    let answer;
+    if (latest !== logAttempt || !logOffsets) {
+      answer = await api("GET", `${path}&tail=${LOG_TAIL}`);
+      logAttempt = latest;
+      logText = "";
+    } else {
+      answer = await api("GET", `${path}&stdout=${logOffsets.stdout}&stderr=${logOffsets.stderr}`);
+    }
+    logOffsets = answer.offsets;
+    // stdout and stderr arrive as separate streams; shown one after the other, stderr marked.
+    const added = (answer.stdout || "") + (answer.stderr ? answer.stderr.replace(/^(?=.)/gm, "! ") : "");
+    if (added || !logText) {
+      logText = (logText + added).slice(-LOG_TAIL);
+      const atBottom = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 20;
+      logBox.textContent = `── attempt ${latest} ──\n${logText}`;
+      if (atBottom) logBox.scrollTop = logBox.scrollHeight;
+    }
+  }
+
+  async function pollEvents() {
+    const events = await api("GET", `/api/jobs/${encodeURIComponent(jobId)}/events?after=${lastEvent}`);
+    for (const e of events) {
+      lastEvent = Math.max(lastEvent, e.id);
+      eventsList.prepend(h("li", {}, h("span", { class: "muted" }, fmtTime(e.time)), " ", h("span", { class: "kind" }, e.kind), " ", e.message));
+    }
+  }
+
+  every(() => (status && TERMINAL.has(status.state) ? 5000 : 1000), async () => {
+    try {
+      renderAll(await api("GET", `/api/jobs/${encodeURIComponent(jobId)}`));
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) {
+        main.replaceChildren(h("section", { class: "card" }, h("p", { class: "error" }, err.message)));
+        viewId += 1;
+        return;
+      }
+      throw err;
+    }
+    await Promise.all([pollCurve(), pollLog(), pollEvents()]);
+  });
+}
+
+// -- start ----------------------------------------------------------------------------------------
+async function showDaemon() {
+  try {
+    const info = await api("GET", "/api/ping");
+    document.getElementById("daemon").textContent = `v${info.version} · pid ${info.pid}`;
+  } catch (err) { /* the view shows the problem */ }
+}
+
+window.addEventListener("hashchange", route);
+route();
+if (sessionStorage.getItem(TOKEN_KEY)) showDaemon();
