@@ -1,8 +1,8 @@
 """Real signals sent to a real training process.
 
-Three processes: SIGUSR2 + SIGUSR1 to one fit that then completes; SIGTERM to
-another; and a resume from the SIGTERM checkpoint that stops itself for its
-``--deadline``.
+Four processes: SIGTERM during the imports; SIGUSR2 + SIGUSR1 to one fit that
+then completes; SIGTERM to another; and a resume from the SIGTERM checkpoint
+that stops itself for its ``--deadline``.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from trainer_testkit import TrainerRun, is_complete_zip, start_trainer
@@ -36,6 +37,19 @@ class Finished:
 
 def finished(run: TrainerRun) -> Finished:
     return Finished(run=run, returncode=run.finish(), exit=run.exit_record())
+
+
+def test_sigterm_before_the_fit_exits_143_at_once(tmp_path: Path) -> None:
+    """During the slow imports there is nothing to save: stop now, say so, exit 143."""
+    run = start_trainer(tmp_path / "job", ["logger.wandb.mode=disabled"])
+    run.wait_for(lambda: run.heartbeat() is not None, "the first heartbeat", 60, poll=0.005)
+    run.send(signal.SIGTERM)
+    assert run.finish(timeout=60) == 143, run.output()
+    record = run.exit_record()
+    assert record is not None
+    assert (record.status, record.signal, record.checkpoint, record.global_step) == ("signal", "SIGTERM", None, 0)
+    beat = run.heartbeat()
+    assert beat is not None and beat.phase == "done"
 
 
 # --- SIGUSR2 (stacks) and SIGUSR1 (save, keep going) -----------------------------------------------

@@ -1,0 +1,227 @@
+"""The trainer's torch-free parts, in this process: heartbeat writer, signal state, W&B mode, durations."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from supervisor.jobfiles.atomic import read_json_lines
+from supervisor.jobfiles.heartbeat import read_heartbeat
+from trainer.build import parse_max_time
+from trainer.deadline import stop_time
+from trainer.progress import DEFAULT_INTERVAL, HeartbeatWriter, interval_from_env
+from trainer.signals import SignalState, Terminated, exit_code_for
+from trainer.wandb_run import has_api_key, resolve_mode, wandb_dir
+
+# --- heartbeat writer ------------------------------------------------------------------------------
+
+
+def make_writer(tmp_path: Path, interval: float) -> HeartbeatWriter:
+    return HeartbeatWriter(tmp_path / "heartbeat.json", tmp_path / "metrics.jsonl", attempt=3,
+                           started_at=123.0, interval=interval)
+
+
+def test_phase_changes_are_written_at_once_and_steps_are_throttled(tmp_path: Path) -> None:
+    writer = make_writer(tmp_path, interval=3600)
+    writer.write()
+    beat = read_heartbeat(tmp_path / "heartbeat.json")
+    assert beat is not None
+    assert (beat.phase, beat.step, beat.attempt, beat.started_at, beat.pid) == ("setup", 0, 3, 123.0, os.getpid())
+
+    writer.step_done(1, 0)  # setup -> train: a phase change, written now
+    assert read_heartbeat(tmp_path / "heartbeat.json").step == 1  # type: ignore[union-attr]
+    for step in range(2, 50):
+        writer.step_done(step, 0)  # within the interval: nothing written
+    assert read_heartbeat(tmp_path / "heartbeat.json").step == 1  # type: ignore[union-attr]
+
+    writer.set_phase("validate")
+    beat = read_heartbeat(tmp_path / "heartbeat.json")
+    assert beat is not None and (beat.phase, beat.step) == ("validate", 49)
+
+
+def test_steps_write_once_the_interval_has_passed(tmp_path: Path) -> None:
+    writer = make_writer(tmp_path, interval=0.05)
+    writer.step_done(1, 0)
+    time.sleep(0.06)
+    writer.step_done(2, 0)
+    beat = read_heartbeat(tmp_path / "heartbeat.json")
+    assert beat is not None and beat.step == 2
+
+
+def test_step_time_is_the_mean_and_max_of_recent_intervals(tmp_path: Path) -> None:
+    writer = make_writer(tmp_path, interval=0)
+    writer.step_done(1, 0)
+    for step, pause in ((2, 0.01), (3, 0.03)):
+        time.sleep(pause)
+        writer.step_done(step, 0)
+    beat = read_heartbeat(tmp_path / "heartbeat.json")
+    assert beat is not None and beat.step_time is not None and beat.max_step_time is not None
+    assert 0.01 <= beat.step_time < beat.max_step_time
+    assert beat.max_step_time >= 0.03
+
+
+def test_time_outside_training_is_not_step_time(tmp_path: Path) -> None:
+    writer = make_writer(tmp_path, interval=0)
+    writer.step_done(1, 0)
+    writer.set_phase("validate")
+    time.sleep(0.1)  # a validation: not part of any step
+    writer.set_phase("train")
+    writer.step_done(2, 0)
+    beat = read_heartbeat(tmp_path / "heartbeat.json")
+    assert beat is not None and beat.max_step_time is not None
+    assert beat.max_step_time < 0.05
+
+
+def test_metrics_lines_are_appended_only_when_something_changed(tmp_path: Path) -> None:
+    writer = make_writer(tmp_path, interval=0)
+    metrics = {"train_loss": 1.0}
+    writer.read_metrics = lambda: dict(metrics)
+    writer.step_done(1, 0)
+    writer.write()  # same step, same metrics: no new line
+    metrics["train_loss"] = 0.5
+    writer.step_done(2, 0)
+    lines = read_json_lines(tmp_path / "metrics.jsonl")
+    assert [(line["step"], line["metrics"]) for line in lines] == [(1, {"train_loss": 1.0}), (2, {"train_loss": 0.5})]
+    assert all(set(line) == {"time", "step", "epoch", "metrics"} for line in lines)
+
+
+def test_unknown_phase_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown heartbeat phase"):
+        make_writer(tmp_path, 1).set_phase("sleeping")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    (None, DEFAULT_INTERVAL), ("", DEFAULT_INTERVAL), ("0.5", 0.5), ("0", 0.0), ("abc", DEFAULT_INTERVAL),
+    ("-1", DEFAULT_INTERVAL),
+])
+def test_heartbeat_interval_from_env(raw: str | None, expected: float) -> None:
+    env = {} if raw is None else {"ML_SUPERVISOR_HEARTBEAT_INTERVAL": raw}
+    assert interval_from_env(env) == expected
+
+
+# --- signals, for real, to this process ------------------------------------------------------------
+
+
+@pytest.fixture
+def signal_state(tmp_path: Path) -> Iterator[SignalState]:
+    """A SignalState installed in this process; pytest's own handlers come back afterwards."""
+    import faulthandler
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    state = SignalState(tmp_path / "stacks.txt")
+    state.install()
+    try:
+        yield state
+    finally:
+        faulthandler.unregister(signal.SIGUSR2)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def _deliver(signum: signal.Signals) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(0.05)  # Python runs the handler at the next bytecode boundary of the main thread
+
+
+def test_sigterm_outside_fit_raises_terminated(signal_state: SignalState) -> None:
+    with pytest.raises(Terminated) as caught:
+        _deliver(signal.SIGTERM)
+    assert caught.value.signum == signal.SIGTERM
+    assert signal_state.stop_signal_name == "SIGTERM"
+    assert exit_code_for(signal.SIGTERM) == 143
+
+
+def test_sigterm_inside_fit_only_records(signal_state: SignalState) -> None:
+    signal_state.deferred = True
+    _deliver(signal.SIGTERM)
+    assert signal_state.stop_signal == signal.SIGTERM
+
+
+def test_sigusr1_requests_one_save(signal_state: SignalState) -> None:
+    assert not signal_state.take_save_request()
+    _deliver(signal.SIGUSR1)
+    assert signal_state.take_save_request()
+    assert not signal_state.take_save_request()
+
+
+def test_sigusr2_dumps_stacks_even_after_the_handler_was_reset(signal_state: SignalState) -> None:
+    # What Lightning's teardown does to a signal it saw as SIG_DFL; register_stack_dump undoes it.
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    signal_state.register_stack_dump()
+    _deliver(signal.SIGUSR2)
+    text = signal_state.stacks_path.read_text()
+    assert "Current thread" in text or "Thread 0x" in text
+    assert "test_trainer_units.py" in text
+
+
+# --- W&B mode and directory ------------------------------------------------------------------------
+
+
+def netrc_with(tmp_path: Path, host: str | None) -> str:
+    path = tmp_path / "netrc"
+    path.write_text(f"machine {host}\n  login user\n  password secret\n" if host else "")
+    return str(path)
+
+
+def test_api_key_from_env_or_netrc(tmp_path: Path) -> None:
+    assert has_api_key({"WANDB_API_KEY": "abc", "NETRC": netrc_with(tmp_path, None)})
+    assert has_api_key({"NETRC": netrc_with(tmp_path, "api.wandb.ai")})
+    assert not has_api_key({"NETRC": netrc_with(tmp_path, "example.com")})
+    assert has_api_key({"NETRC": netrc_with(tmp_path, "wandb.corp"), "WANDB_BASE_URL": "https://wandb.corp"})
+    assert not has_api_key({"NETRC": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize(("configured", "env_mode", "key", "expected"), [
+    ("online", None, True, "online"),
+    ("online", None, False, "offline"),  # no credentials: never prompt, never fail
+    ("online", "offline", True, "offline"),
+    ("online", "dryrun", True, "offline"),
+    ("online", "disabled", True, "disabled"),
+    ("offline", None, True, "offline"),
+    ("disabled", "online", True, "disabled"),
+])
+def test_wandb_mode(tmp_path: Path, configured: str, env_mode: str | None, key: bool, expected: str) -> None:
+    env = {"NETRC": netrc_with(tmp_path, "api.wandb.ai" if key else None)}
+    if env_mode:
+        env["WANDB_MODE"] = env_mode
+    mode, note = resolve_mode(configured, env)
+    assert mode == expected
+    assert (note is None) == (mode == configured)
+
+
+def test_wandb_dir_is_the_jobs_beside_attempts(tmp_path: Path) -> None:
+    assert wandb_dir(None, tmp_path / "job" / "attempts" / "2") == tmp_path / "job" / "wandb"
+    assert wandb_dir(None, tmp_path / "standalone") == tmp_path / "standalone" / "wandb"
+    assert wandb_dir(str(tmp_path / "w"), tmp_path / "job" / "attempts" / "2") == tmp_path / "w"
+
+
+# --- durations -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("00:12:00:00", timedelta(hours=12)),
+    ("1:00:30:05", timedelta(days=1, minutes=30, seconds=5)),
+    ({"hours": 2, "minutes": 3}, timedelta(hours=2, minutes=3)),
+    ("90m", timedelta(minutes=90)),
+    (3600, timedelta(hours=1)),
+])
+def test_max_time_forms(value: object, expected: timedelta) -> None:
+    assert parse_max_time(value) == expected
+
+
+@pytest.mark.parametrize("value", ["soon", {"fortnights": 1}, -5])
+def test_max_time_rejects(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_max_time(value)
+
+
+@pytest.mark.parametrize(("remaining", "margin"), [(3600.0, 60.0), (300.0, 30.0), (10.0, 1.0), (0.0, 0.0), (-5.0, 0.0)])
+def test_deadline_margin_is_the_smaller_of_60s_and_a_tenth(remaining: float, margin: float) -> None:
+    now = 1_000_000.0
+    assert stop_time(now + remaining, now=now) == pytest.approx(now + remaining - margin)
