@@ -155,4 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Exit now: the daemon learns of the end through our pidfd, and interpreter teardown
+    # would add tens of milliseconds to every crash detection.
+    os._exit(code)

@@ -39,6 +39,7 @@ from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints, rank_best
 from supervisor.outcome import classify_end
 from supervisor.process import (
+    ProcessHandle,
     is_alive,
     kill_tree,
     reap_monitors,
@@ -52,7 +53,7 @@ from supervisor.stacks import dump_stacks
 from supervisor.states import LIVE_STATES, JobState
 from supervisor.store import AttemptRow, JobRow, Store
 from supervisor.submit import SubmitRequest, prepare_job, trainer_environment
-from supervisor.watcher import JobFileWatcher
+from supervisor.watcher import CheckpointWatcher, ExitWatcher
 
 log = logging.getLogger("ml_supervisor")
 T = TypeVar("T")
@@ -70,7 +71,8 @@ class _Tracked:
     attempt: int
     slowest_step: float | None = None
     manifest_lines: int = 0
-    stacks_dumped: bool = False
+    manifest_size: int = -1
+    hang_setting: str | None = None
 
 
 class Supervisor:
@@ -90,9 +92,11 @@ class Supervisor:
         self._pending: set[str] = set()
         self._pending_lock = threading.Lock()
         self._tracked: dict[str, _Tracked] = {}
+        self._handles: dict[tuple[str, int], ProcessHandle] = {}  # attempt monitors, pinned by pidfd
         self._configs: dict[str, DictConfig] = {}
         self._scheduler = BackgroundScheduler(daemon=True, job_defaults={"misfire_grace_time": None})
-        self._watcher: JobFileWatcher | None = None
+        self._exits: ExitWatcher | None = None
+        self._checkpoints: CheckpointWatcher | None = None
         self._lock_fd: int | None = None
         hang = settings.hang
         self._hang_settings = HangSettings(startup_allowance_s=hang.startup_allowance,
@@ -111,11 +115,13 @@ class Supervisor:
         if self._lock_fd is None:
             raise AlreadyRunning(f"another ml-supervisor already uses {self.state_dir}")
         self.store = Store(self.state_dir / "supervisor.db")
-        self.reconcile()
         if self.settings.watch_files:
-            self._watcher = JobFileWatcher(self.jobs_dir, self.wake_job)
-            self._watcher.start()
+            self._exits = ExitWatcher(self.wake_job)
+            self._exits.start()
+            self._checkpoints = CheckpointWatcher(self.wake_job)
+            self._checkpoints.start()
         self._scheduler.start()
+        self.reconcile()
         for job in self.store.list_jobs():
             if not job.state.terminal:
                 self._schedule_timers(job)
@@ -126,8 +132,10 @@ class Supervisor:
         self._queue.put(("noop", None))
         if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
             self._loop_thread.join(timeout=10)
-        if self._watcher is not None:
-            self._watcher.stop()
+        if self._exits is not None:
+            self._exits.stop()
+        if self._checkpoints is not None:
+            self._checkpoints.stop()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         if self._lock_fd is not None:
@@ -262,17 +270,18 @@ class Supervisor:
         reap_monitors()
         for job in self._store().list_jobs(states=[s for s in JobState if not s.terminal]):
             try:
-                self.poll_job(job.id)
+                self.poll_job(job.id, job)
             except Exception:
                 log.exception("error while polling job %s", job.id)
 
-    def poll_job(self, job_id: str) -> None:
+    def poll_job(self, job_id: str, job: JobRow | None = None) -> None:
         """Look at one job and act: launch it, notice its trainer started or ended, stop it, escalate."""
         store = self._store()
-        try:
-            job = store.get_job(job_id)
-        except SupervisorError:
-            return
+        if job is None:
+            try:
+                job = store.get_job(job_id)
+            except SupervisorError:
+                return
         if job.state.terminal:
             return
         now = self.clock()
@@ -301,12 +310,12 @@ class Supervisor:
                                        message=f"attempt {attempt.n} running (pid {started['trainer_pid']})",
                                        data={"pid": started["trainer_pid"]})
                 attempt = store.last_attempt(job.id) or attempt
-            elif not is_alive(attempt.monitor_pid, attempt.monitor_started):
+            elif not self._monitor_alive(job.id, attempt):
                 self._on_attempt_end(job, attempt, None, now)
                 return
             else:
                 return
-        if not is_alive(attempt.monitor_pid, attempt.monitor_started):
+        if not self._monitor_alive(job.id, attempt):
             # The monitor writes its exit file before it exits: read again to close the race.
             monitor_exit = read_json(layout.monitor_exit)
             if monitor_exit is None:
@@ -329,12 +338,16 @@ class Supervisor:
     def check_attempt_health(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
         """Hang detection: no progress in the heartbeat for longer than the attempt's timeout."""
         layout = JobLayout(Path(job.job_dir)).attempt(attempt.n)
-        tracked = self._tracked.setdefault(job.id, _Tracked(attempt=attempt.n))
+        tracked = self._tracked.get(job.id)
+        if tracked is None or tracked.attempt != attempt.n:
+            tracked = self._tracked[job.id] = _Tracked(attempt=attempt.n)
         beat = read_heartbeat(layout.heartbeat)
         tracked.slowest_step = update_slowest_step(tracked.slowest_step, beat)
+        if tracked.hang_setting is None:  # OmegaConf access is slow; read the setting once per attempt
+            tracked.hang_setting = str(self._config(job).supervision.hang_timeout)
         verdict = check_hang(now=now, attempt_started_at=attempt.started_at, heartbeat=beat,
-                             slowest_step_s=tracked.slowest_step,
-                             setting=str(self._config(job).supervision.hang_timeout), settings=self._hang_settings)
+                             slowest_step_s=tracked.slowest_step, setting=tracked.hang_setting,
+                             settings=self._hang_settings)
         if verdict.hung:
             self._begin_stop(job, "hang", f"hang: {verdict.reason}", now)
 
@@ -392,6 +405,9 @@ class Supervisor:
                          first_started_at=first_started_at, next_start_at=None, wait_reason=None,
                          stop_intent=None, stop_deadline=None)
         self._tracked[job.id] = _Tracked(attempt=n, manifest_lines=len(read_json_lines(jl.manifest)))
+        self._watch(job.id, jl, monitor_pid, monitor_started)
+        # The monitor reports the trainer's pid within milliseconds: look again soon rather than at the tick.
+        self._schedule(job.id, "started", now + 0.2)
         self._schedule_timers(store.get_job(job.id))
         log.info("job %s: attempt %d started %s", job.id, n, resumed)
 
@@ -503,8 +519,10 @@ class Supervisor:
                                best_checkpoint=result, detail=message, stop_intent=None, stop_deadline=None,
                                next_start_at=None,
                                data={"end_reason": end_reason, "best_checkpoint": result})
-        for kind in ("budget", "backoff", "escalate"):
+        for kind in ("budget", "backoff", "escalate", "started"):
             self._unschedule(job.id, kind)
+        if self._checkpoints is not None:
+            self._checkpoints.unwatch(job.id)
         event = {"completed": "budget" if end_reason == "budget" else "completed", "failed": "failed",
                  "stopped": "stopped"}[state.value]
         self._alert(event, job, {"end_reason": end_reason, "message": message, "best_checkpoint": result,
@@ -522,7 +540,15 @@ class Supervisor:
         tracked = self._tracked.get(job.id)
         if tracked is None or tracked.attempt != attempt.n:
             return
-        lines = read_json_lines(JobLayout(Path(job.job_dir)).manifest)
+        manifest = JobLayout(Path(job.job_dir)).manifest
+        try:
+            size = manifest.stat().st_size
+        except OSError:
+            return
+        if size == tracked.manifest_size:
+            return
+        tracked.manifest_size = size
+        lines = read_json_lines(manifest)
         for entry in lines[tracked.manifest_lines:]:
             if entry.get("event") == "save":
                 score = entry.get("score")
@@ -567,6 +593,7 @@ class Supervisor:
             elif is_alive(attempt.monitor_pid, attempt.monitor_started):
                 jl = JobLayout(Path(job.job_dir))
                 self._tracked[job.id] = _Tracked(attempt=attempt.n, manifest_lines=len(read_json_lines(jl.manifest)))
+                self._watch(job.id, jl, attempt.monitor_pid, attempt.monitor_started)
                 store.add_event(job.id, "adopted", f"adopted attempt {attempt.n} (pid {attempt.pid})", now=now,
                                 attempt=attempt.n)
                 log.info("job %s: adopted running attempt %d", job.id, attempt.n)
@@ -605,6 +632,22 @@ class Supervisor:
             pass
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _watch(self, job_id: str, jl: JobLayout, monitor_pid: int | None, monitor_started: float | None) -> None:
+        if self._exits is not None and not self._exits.watch(job_id, monitor_pid, monitor_started):
+            self.wake_job(job_id)  # already gone: collect it now
+        if self._checkpoints is not None:
+            self._checkpoints.watch(job_id, jl.checkpoints)
+
+    def _monitor_alive(self, job_id: str, attempt: AttemptRow) -> bool:
+        key = (job_id, attempt.n)
+        handle = self._handles.get(key)
+        if handle is None:
+            handle = self._handles[key] = ProcessHandle(attempt.monitor_pid, attempt.monitor_started)
+        alive = handle.alive()
+        if not alive:
+            self._handles.pop(key, None)
+        return alive
+
     def _deadline(self, job: JobRow, first_started_at: float | None) -> float | None:
         if job.budget_s is None or first_started_at is None:
             return None

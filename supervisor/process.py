@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -96,6 +97,33 @@ def is_alive(pid: int | None, create_time: float | None) -> bool:
         return True
     except psutil.Error:
         return False
+
+
+class ProcessHandle:
+    """A live process pinned by a pidfd: liveness checks cost one poll(2), and pid reuse cannot fool them."""
+
+    def __init__(self, pid: int | None, create_time: float | None) -> None:
+        self.fd: int | None = None
+        if pid and is_alive(pid, create_time):  # verify identity once, when the handle is made
+            try:
+                self.fd = os.pidfd_open(pid)
+            except OSError:
+                self.fd = None
+
+    def alive(self) -> bool:
+        if self.fd is None:
+            return False
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        if poller.poll(0):  # a pidfd becomes readable when the process exits
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def signal_group(pgid: int | None, signum: int) -> bool:
