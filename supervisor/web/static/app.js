@@ -176,6 +176,7 @@ async function launchView(chosen) {
     const id = `knob-${knob.key.replace(/[^A-Za-z0-9_-]/g, "-")}`;
     const input = knobInput(knob, id);
     const error = h("div", { class: "field-error", "data-error-for": knob.key, role: "alert" });
+    input.addEventListener("input", () => { error.textContent = ""; }); // a changed value: the old error is stale
     inputs.set(knob.key, { knob, input });
     errors.set(knob.key, error);
     return h("div", { class: "field" },
@@ -265,7 +266,7 @@ function gpuPanel() {
   every(5000, async () => {
     const answer = await api("GET", "/api/gpus");
     if (!answer.nvml || !answer.gpus.length) {
-      body.replaceChildren(h("p", { class: "muted" }, answer.nvml ? "no GPUs" : "no GPUs (NVML is not available on this node)"));
+      body.replaceChildren(h("p", { class: "muted wide" }, answer.nvml ? "no GPUs" : "no GPUs (NVML is not available on this node)"));
       return;
     }
     body.replaceChildren(...answer.gpus.map((g) => {
@@ -289,7 +290,8 @@ function jobsView() {
   main.replaceChildren(
     h("section", { class: "card" }, h("h1", {}, "Jobs"),
       h("table", { class: "jobs", "data-testid": "jobs" },
-        h("thead", {}, h("tr", {}, ["Job", "State", "Step", "Restarts", "Budget left", "Best", "Created"].map((t) => h("th", {}, t)))),
+        h("thead", {}, h("tr", {}, ["Job", "State", "Step", "Restarts", "Budget left", "Best", "Created"].map((t, i) =>
+          h("th", { class: i >= 2 && i <= 5 ? "num" : null }, t)))),
         tbody)),
     gpuPanel());
   every(2000, async () => {
@@ -326,7 +328,8 @@ function jobView(jobId) {
     h("section", { class: "card" }, h("div", { class: "row" }, h("h2", {}, "Curve"), metricPicker), chart),
     h("section", { class: "card" }, h("h2", {}, "Attempts"), timeline,
       h("table", { class: "attempts" }, h("thead", {}, h("tr", {},
-        ["#", "Started", "Ended", "Ran", "Cause", "Detail", "Resumed from", "Steps", "New ckpts"].map((t) => h("th", {}, t)))),
+        ["#", "Started", "Ended", "Ran", "Cause", "Detail", "Resumed from", "Steps", "New ckpts"].map((t) =>
+          h("th", { class: ["Ran", "Steps", "New ckpts"].includes(t) ? "num" : null }, t)))),
       attemptsBody)),
     h("section", { class: "card" }, h("h2", {}, "Log tail"), logBox),
     h("section", { class: "card" }, h("h2", {}, "Events"), eventsList));
@@ -340,7 +343,7 @@ function jobView(jobId) {
   // log state: the attempt being followed and the offsets read
   let logAttempt = null;
   let logOffsets = null;
-  let logText = "";
+  let logChunks = []; // [stream, text], oldest first, trimmed to LOG_TAIL characters
   let lastEvent = 0;
 
   function renderHead(job) {
@@ -367,11 +370,11 @@ function jobView(jobId) {
       ["Created", fmtTime(job.created_at)],
       ["Started", fmtTime(job.first_started_at)],
       ["Ended", fmtTime(job.ended_at)],
-      ["Step / epoch", `${job.global_step ?? "–"} / ${job.epoch ?? "–"}${job.phase ? ` (${job.phase})` : ""}`],
+      ["Step / epoch", `${job.global_step ?? "–"} / ${job.epoch ?? (points.length ? points[points.length - 1].epoch : null) ?? "–"}${job.phase ? ` (${job.phase})` : ""}`],
       ["Restarts", String(job.restarts)],
       ["Budget", job.budget.seconds === null ? "none" : `${fmtDuration(job.budget.used)} used of ${fmtDuration(job.budget.seconds)}, ${fmtDuration(job.budget.remaining)} left`],
       ["Best checkpoint", best ? `${basename(best.path)}${best.score !== null && best.score !== undefined ? ` · ${best.monitor || "score"} ${fmtNumber(best.score)}` : ""}${best.step !== null && best.step !== undefined ? ` · step ${best.step}` : ""}` : "none yet"],
-      ["Latest metrics", Object.entries(job.metrics || {}).map(([k, v]) => `${k} ${fmtNumber(v)}`).join(" · ") || "–"],
+      ["Latest metrics", Object.entries(latestMetrics(job)).map(([k, v]) => `${k} ${fmtNumber(v)}`).join(" · ") || "–"],
     ];
     const wandb = job.wandb || {};
     const wandbCell = wandb.url
@@ -407,6 +410,12 @@ function jobView(jobId) {
       h("td", { class: "num" }, a.new_checkpoints ?? "–"))));
   }
 
+  // the live heartbeat's metrics; once the attempt has ended, the last line of the curve
+  function latestMetrics(job) {
+    if (job.metrics && Object.keys(job.metrics).length) return job.metrics;
+    return points.length ? points[points.length - 1].metrics : {};
+  }
+
   function renderAll(job) {
     status = job;
     renderHead(job);
@@ -419,7 +428,8 @@ function jobView(jobId) {
     points.forEach((p) => Object.keys(p.metrics).forEach((k) => names.add(k)));
     const sorted = [...names].sort();
     if (!chosenMetric || !names.has(chosenMetric)) {
-      chosenMetric = ["val_loss", "train_loss", "loss"].find((n) => names.has(n)) || sorted[0] || null;
+      // the per-step training loss moves between validations: the liveliest default
+      chosenMetric = ["train_loss", "loss", "val_loss"].find((n) => names.has(n)) || sorted[0] || null;
     }
     if (metricPicker.options.length !== sorted.length) {
       metricPicker.replaceChildren(...sorted.map((n) => h("option", { value: n, selected: n === chosenMetric }, n)));
@@ -450,7 +460,7 @@ function jobView(jobId) {
     for (let i = 0; i <= 4; i++) {
       const yv = y0 + ((y1 - y0) * i) / 4, y = Y(yv);
       svg.append(s("line", { x1: L, x2: W - R, y1: y, y2: y, class: "gridline" }));
-      svg.append(s("text", { x: L - 6, y: y + 4, class: "tick", "text-anchor": "end" }, fmtNumber(Number(yv.toPrecision(3)))));
+      svg.append(s("text", { x: L - 6, y: y + 4, class: "tick", "text-anchor": "end" }, String(Number(yv.toPrecision(3)))));
     }
     for (let i = 0; i <= 4; i++) {
       const xv = Math.round(x0 + ((x1 - x0) * i) / 4), x = X(xv);
@@ -484,20 +494,24 @@ function jobView(jobId) {
     if (latest === null) { logBox.textContent = "(no attempt yet)"; return; }
     const path = `/api/jobs/${encodeURIComponent(jobId)}/logs?attempt=${latest}`;
     let answer;
-    if (latest !== logAttempt || !logOffsets) {
+    const fresh = latest !== logAttempt || !logOffsets;
+    if (fresh) {
       answer = await api("GET", `${path}&tail=${LOG_TAIL}`);
       logAttempt = latest;
-      logText = "";
+      logChunks = [];
     } else {
       answer = await api("GET", `${path}&stdout=${logOffsets.stdout}&stderr=${logOffsets.stderr}`);
     }
     logOffsets = answer.offsets;
-    // stdout and stderr arrive as separate streams; shown one after the other, stderr marked.
-    const added = (answer.stdout || "") + (answer.stderr ? answer.stderr.replace(/^(?=.)/gm, "! ") : "");
-    if (added || !logText) {
-      logText = (logText + added).slice(-LOG_TAIL);
+    // The two streams come separately (their interleaving is not recorded); stderr is shown in its own colour.
+    if (answer.stdout) logChunks.push(["stdout", answer.stdout]);
+    if (answer.stderr) logChunks.push(["stderr", answer.stderr]);
+    if (answer.stdout || answer.stderr || fresh) {
+      let total = logChunks.reduce((n, [, text]) => n + text.length, 0);
+      while (total > LOG_TAIL && logChunks.length > 1) total -= logChunks.shift()[1].length;
       const atBottom = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 20;
-      logBox.textContent = `── attempt ${latest} ──\n${logText}`;
+      logBox.replaceChildren(h("span", { class: "muted" }, `── attempt ${latest} ──\n`),
+        ...logChunks.map(([stream, text]) => (stream === "stderr" ? h("span", { class: "stderr" }, text) : text)));
       if (atBottom) logBox.scrollTop = logBox.scrollHeight;
     }
   }
