@@ -31,6 +31,7 @@ from supervisor import policy as restart_policy
 from supervisor.attempt_monitor import current_boot_id
 from supervisor.config import load_job_config, parse_duration
 from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
+from supervisor.gpu import GpuEvent, GpuMonitor, GpuThresholds, allocate, cuda_environment, open_backend, preflight
 from supervisor.hang import HangSettings, check_hang, update_slowest_step
 from supervisor.jobfiles.atomic import read_json, read_json_lines
 from supervisor.jobfiles.exitrecord import read_exit_record
@@ -44,6 +45,7 @@ from supervisor.process import (
     kill_tree,
     reap_monitors,
     signal_group,
+    signal_process,
     spawn_attempt_monitor,
     try_lock,
 )
@@ -95,6 +97,7 @@ class Supervisor:
         self._handles: dict[tuple[str, int], ProcessHandle] = {}  # attempt monitors, pinned by pidfd
         self._configs: dict[str, DictConfig] = {}
         self._scheduler = BackgroundScheduler(daemon=True, job_defaults={"misfire_grace_time": None})
+        self.gpus: GpuMonitor | None = None
         self._exits: ExitWatcher | None = None
         self._checkpoints: CheckpointWatcher | None = None
         self._lock_fd: int | None = None
@@ -121,6 +124,7 @@ class Supervisor:
             self._checkpoints = CheckpointWatcher(self.wake_job)
             self._checkpoints.start()
         self._scheduler.start()
+        self._start_gpu_monitor()
         self.reconcile()
         for job in self.store.list_jobs():
             if not job.state.terminal:
@@ -138,6 +142,10 @@ class Supervisor:
             self._checkpoints.stop()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+        if self.gpus is not None:
+            self.gpus.stop()
+            self.gpus.backend.close()
+            self.gpus = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -200,6 +208,8 @@ class Supervisor:
             with self._pending_lock:
                 self._pending.discard(payload)
             self.poll_job(payload)
+        elif kind == "gpu":
+            self.on_gpu_event(payload)
         elif kind == "call":
             fn, args, future = payload
             if not future.set_running_or_notify_cancel():
@@ -261,8 +271,28 @@ class Supervisor:
         return store.get_job(job.id)
 
     def gpu_count(self) -> int | None:
-        """GPUs on this node (None: no NVML). Replaced when the GPU monitor is wired in."""
-        return None
+        """GPUs on this node; None when there is no NVML (GPU features off)."""
+        return self.gpus.count() if self.gpus is not None else None
+
+    def gpu_jobs(self) -> dict[int, str]:
+        """GPU index -> id of the job whose live attempt holds it."""
+        store = self._store()
+        busy: dict[int, str] = {}
+        for job in store.list_jobs(states=list(LIVE_STATES)):
+            attempt = store.last_attempt(job.id)
+            if attempt is not None and attempt.live:
+                busy.update({g: job.id for g in attempt.gpus})
+        return busy
+
+    def clear_gpu(self, index: int) -> bool:
+        """Lift a GPU's quarantine (operator's call) and let waiting jobs try again."""
+        if self.gpus is None:
+            return False
+        cleared = self.gpus.clear(index)
+        self._store().add_event(None, "gpu", f"gpu {index}: quarantine cleared by the operator",
+                                data={"index": index, "cleared": cleared})
+        self._wake_queued()
+        return cleared
 
     # -- the poll ----------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -383,8 +413,9 @@ class Supervisor:
         env = trainer_environment(cfg, Path(job.workdir))
         env.update({"ML_SUPERVISOR_JOB_ID": job.id, "ML_SUPERVISOR_ATTEMPT": str(n),
                     "ML_SUPERVISOR_RESTARTS": str(job.restarts), "ML_SUPERVISOR_BOOT_ID": self.boot_id})
-        # A CPU job must not grab a GPU that another job was given.
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        env["ML_SUPERVISOR_STATE_DIR"] = str(self.state_dir)  # also marks our processes for pre-flight
+        # CUDA numbers GPUs like NVML only in PCI order; an empty list keeps a CPU job off every GPU.
+        env.update(cuda_environment(gpus))
         try:
             monitor_pid, monitor_started = spawn_attempt_monitor(jl.attempt(n), command, cwd=job.workdir, env=env,
                                                                  lock_fd=lock_fd)
@@ -412,13 +443,90 @@ class Supervisor:
         log.info("job %s: attempt %d started %s", job.id, n, resumed)
 
     def allocate_gpus(self, job: JobRow, cfg: DictConfig, now: float) -> list[int] | None:
-        """GPUs for the next attempt ([] for a CPU job); None keeps the job queued. Replaced by the GPU layer."""
-        if job.gpus_requested > 0:
-            if job.state is not JobState.QUEUED:
-                self._store().transition(job.id, JobState.QUEUED, now=now, message="waiting for GPUs",
-                                         wait_reason="no GPU monitor: NVML is not available")
+        """Healthy, free, clean GPUs for the next attempt ([] for a CPU job); None keeps the job queued."""
+        n = job.gpus_requested
+        if n == 0:
+            return []
+        if self.gpus is None:
+            self._wait(job, now, "no NVML on this node: GPU jobs cannot be placed")
             return None
-        return []
+        busy = self.gpu_jobs()
+        gpus = allocate(n, self.gpus.allocatable(), busy)
+        if gpus is None:
+            free = [g for g in self.gpus.allocatable() if g not in busy]
+            self._wait(job, now, f"waiting for {n} free healthy GPU{'s' if n > 1 else ''} "
+                                 f"({len(free)} of {self.gpus.count()} free)")
+            return None
+        own = {a.pid for a in self._store().attempts(job.id) if a.pid}
+        # Short wait inside the loop; a job still blocked is retried at the next tick.
+        check = preflight(gpus, self.gpus.backend, own, kill_own=True, wait_s=self.settings.gpu.preflight_wait,
+                          own_env_key="ML_SUPERVISOR_STATE_DIR", own_env_value=str(self.state_dir))
+        if check.killed:
+            self._store().add_event(job.id, "preflight", f"killed {len(check.killed)} orphan(s) of earlier attempts "
+                                    f"on GPU {','.join(map(str, gpus))}", now=now, data={"pids": check.killed})
+        if not check.ok:
+            self._wait(job, now, check.reason)
+            return None
+        return gpus
+
+    def _wait(self, job: JobRow, now: float, reason: str) -> None:
+        """Keep (or put) the job in ``queued`` with a reason people can read."""
+        store = self._store()
+        if job.state is JobState.QUEUED:
+            if job.wait_reason != reason:
+                store.update_job(job.id, now=now, wait_reason=reason)
+                store.add_event(job.id, "waiting", reason, now=now)
+        else:
+            store.transition(job.id, JobState.QUEUED, now=now, message=reason, kind="waiting", wait_reason=reason)
+
+    def _wake_queued(self) -> None:
+        for job in self._store().list_jobs(states=[JobState.QUEUED]):
+            self.wake_job(job.id)
+
+    # -- GPU health ------------------------------------------------------------------------------
+    def _start_gpu_monitor(self) -> None:
+        backend = open_backend()
+        if backend is None:
+            return
+        gpu = self.settings.gpu
+        thresholds = GpuThresholds(temperature_degraded_c=gpu.temperature_degraded_c,
+                                   temperature_failed_c=gpu.temperature_failed_c)
+        self.gpus = GpuMonitor(backend, self.state_dir / "gpu-quarantine.json", thresholds,
+                               on_event=lambda event: self._queue.put(("gpu", event)),
+                               poll_interval_s=gpu.poll_interval)
+        self.gpus.start()
+
+    def on_gpu_event(self, event: GpuEvent) -> None:
+        """Act on a GPU event (loop thread): stop the attempts of a failed GPU, checkpoint on a degraded one."""
+        store = self._store()
+        now = self.clock()
+        busy = self.gpu_jobs()
+        job_id = busy.get(event.index) if event.index is not None else None
+        data = {"index": event.index, "kind": event.kind, "health": event.health, "xid": event.xid,
+                "application": event.application, "quarantined": event.quarantined}
+        if event.application:
+            # the job's own error (e.g. Xid 13/31/43): recorded against the job, the GPU stays in service
+            store.add_event(job_id, "xid", f"gpu {event.index}: {event.reason}", now=now, data=data)
+            return
+        store.add_event(job_id, "gpu", event.reason, now=now, data=data)
+        if event.health == "healthy":
+            self._wake_queued()
+            return
+        if job_id is None:
+            return
+        job = store.get_job(job_id)
+        attempt = store.last_attempt(job_id)
+        if event.health == "failed" and job.state in (JobState.RUNNING, JobState.STARTING):
+            detail = f"gpu fault: {event.reason}"
+            self._begin_stop(job, "gpu_fault", detail, now)
+            self._alert("gpu_fault", job, {"gpu": event.index, "fault": event.reason,
+                                           "quarantined": event.quarantined,
+                                           "attempt": attempt.n if attempt else None})
+        elif event.health == "degraded" and attempt is not None and attempt.live and attempt.pid:
+            # SIGUSR1: the trainer saves a checkpoint at its next step and goes on, so less is lost if it fails
+            signal_process(attempt.pid, signal.SIGUSR1)
+            store.add_event(job_id, "checkpoint_requested", f"asked for a checkpoint: {event.reason}", now=now,
+                            attempt=attempt.n)
 
     # -- stopping ----------------------------------------------------------------------------------
     def _begin_stop(self, job: JobRow, intent: str, detail: str, now: float) -> JobRow:

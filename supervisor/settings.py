@@ -35,8 +35,10 @@ class HangConfig:
 class GpuConfig:
     poll_interval: float = 5.0
     temperature_degraded_c: int = 85
-    temperature_failed_c: int = 95
-    preflight_wait: float = 30.0  # seconds to wait for our orphans' GPU memory to be released
+    temperature_failed_c: float | None = None  # None: heat alone never quarantines a GPU
+    # Seconds the loop waits for our orphans' GPU memory to be released; a job still
+    # blocked stays queued and is retried at the next tick.
+    preflight_wait: float = 2.0
 
 
 @dataclass

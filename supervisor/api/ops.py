@@ -68,6 +68,24 @@ class Operations:
         row = self.sup.call(self.sup.restart_job, self.store.get_job(job).id)
         return job_status(self.store, row, self.sup.clock())
 
+    def op_gpus(self) -> list[dict[str, Any]] | None:
+        """One entry per GPU (None: no NVML on this node)."""
+        monitor = self.sup.gpus
+        if monitor is None:
+            return None
+        placed: dict[int, list[str]] = {}
+        for index, job_id in self.sup.gpu_jobs().items():
+            placed.setdefault(index, []).append(job_id)
+        return [status.as_dict(jobs=placed.get(status.index, [])) for status in monitor.snapshot()]
+
+    def op_gpus_clear(self, index: int) -> dict[str, Any]:
+        if self.sup.gpus is None:
+            raise SupervisorError("no NVML on this node: there are no GPUs to clear")
+        if not 0 <= int(index) < self.sup.gpus.count():
+            raise SupervisorError(f"no GPU {index} on this node ({self.sup.gpus.count()} GPUs)")
+        cleared = self.sup.call(self.sup.clear_gpu, int(index))
+        return {"index": int(index), "cleared": cleared}
+
     def op_history(self, job: str) -> list[dict[str, Any]]:
         return [attempt_view(a) for a in self.store.attempts(self.store.get_job(job).id)]
 

@@ -5,6 +5,7 @@
     supervisorctl logs JOB [-f] [--attempt N]
     supervisorctl history JOB [--json]       supervisorctl events [JOB] [-f] [--json]
     supervisorctl stop JOB                   supervisorctl restart JOB
+    supervisorctl gpus [--json]              supervisorctl gpus clear N
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from rich.console import Console
 
 from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
-from supervisor.cli.render import attempts_table, event_line, job_detail, jobs_table
+from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table
+from supervisor.errors import SupervisorError
 
 PROG = "supervisorctl"
 FOLLOW_INTERVAL = 0.5
@@ -56,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", nargs="?")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = sub.add_parser("gpus", help="GPU health, quarantine and placement")
+    p.add_argument("action", nargs="?", choices=["clear"], help="clear N: lift GPU N's quarantine")
+    p.add_argument("index", nargs="?", type=int)
+    p.add_argument("--json", action="store_true")
 
     for name, text in (("stop", "stop a job gracefully (SIGTERM, grace period, SIGKILL)"),
                        ("restart", "relaunch a job from its best checkpoint")):
@@ -108,11 +115,30 @@ def _run(args: argparse.Namespace) -> int:
         return _events(client, args)
     if cmd == "logs":
         return _logs(client, args)
+    if cmd == "gpus":
+        return _gpus(client, console, args)
     if cmd in ("stop", "restart"):
         job = client.call(cmd, job=args.job)
         print(f"{job['id']}: {job['state']}")
         return 0
     raise AssertionError(cmd)
+
+
+def _gpus(client: Client, console: Console, args: argparse.Namespace) -> int:
+    if args.action == "clear":
+        if args.index is None:
+            raise SupervisorError("usage: supervisorctl gpus clear N")
+        result = client.call("gpus_clear", index=args.index)
+        print(f"gpu {args.index}: {'quarantine cleared' if result['cleared'] else 'was not quarantined'}")
+        return 0
+    gpus = client.call("gpus")
+    if args.json:
+        _print_json(gpus if gpus is not None else [])
+    elif gpus is None:
+        console.print("no GPUs: NVML is not available on this node (CPU jobs run as usual)")
+    else:
+        console.print(gpus_table(gpus))
+    return 0
 
 
 def _events(client: Client, args: argparse.Namespace) -> int:

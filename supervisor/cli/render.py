@@ -79,3 +79,20 @@ def event_line(event: dict[str, Any]) -> str:
     job = f"{event['job_id']} " if event.get("job_id") else ""
     attempt = f"#{event['attempt']} " if event.get("attempt") else ""
     return f"{when(event['time'])} {job}{attempt}{event['kind']}: {event['message']}"
+
+
+HEALTH_STYLE = {"healthy": "green", "degraded": "yellow", "failed": "bold red", "quarantined": "bold magenta"}
+
+
+def gpus_table(gpus: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for col in ("GPU", "NAME", "HEALTH", "TEMP", "MEMORY", "JOBS", "REASONS"):
+        table.add_column(col, overflow="fold")
+    for g in gpus:
+        health = g["health"]
+        temp = "-" if g.get("temperature_c") is None else f"{g['temperature_c']:.0f}C"
+        used, total = g.get("memory_used_mib"), g.get("memory_total_mib")
+        memory = "-" if used is None or total is None else f"{used}/{total} MiB"
+        table.add_row(str(g["index"]), g.get("name") or "-", f"[{HEALTH_STYLE.get(health, '')}]{health}[/]", temp,
+                      memory, ",".join(g.get("jobs") or []) or "-", "; ".join(g.get("reasons") or []))
+    return table

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         abandon_after(manifest_path(ckpt_dir), args.ckpt, args.attempt)
         step = _read_step(args.ckpt)
     print(f"fake trainer attempt {args.attempt} from step {step}", flush=True)
+    print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
     if opts["spawn_child"]:
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
     started = time.time()

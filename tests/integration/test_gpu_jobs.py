@@ -1,0 +1,106 @@
+"""GPU placement and faults end to end: a real daemon, the fake trainer, and the simulated NVML
+(the one simulation the project accepts, behind the same interface as real NVML)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
+
+pytestmark = pytest.mark.e2e
+
+
+def _gpu(index: int, **extra: Any) -> dict[str, Any]:
+    return {"index": index, "uuid": f"GPU-fake-{index}", "name": "Fake H100", "memory_total_mib": 81559,
+            "memory_used_mib": 0, "temperature_c": 40, "ecc_uncorrected": 0, "retired_pages_pending": False,
+            "lost": False, "xid": [], **extra}
+
+
+@pytest.fixture
+def gpu_daemon(tmp_path: Path) -> Any:
+    nvml = tmp_path / "nvml.json"
+    nvml.write_text(json.dumps({"gpus": [_gpu(0), _gpu(1)]}))
+    state = tmp_path / "state"
+    work = tmp_path / "work"
+    work.mkdir()
+    d = DaemonProc(state, work, fake_env(state, ML_SUPERVISOR_NVML=f"fake:{nvml}"))
+    d.start("gpu.poll_interval=0.2")
+    d.nvml = nvml  # type: ignore[attr-defined]
+    yield d
+    if d.proc is not None:
+        d.kill()
+    d.kill_leftovers()
+
+
+def _set_gpu(nvml: Path, index: int, **fields: Any) -> None:
+    data = json.loads(nvml.read_text())
+    data["gpus"][index].update(fields)
+    nvml.write_text(json.dumps(data))
+
+
+def test_xid_79_stops_the_attempt_quarantines_the_gpu_and_relaunches_elsewhere(gpu_daemon: DaemonProc) -> None:
+    d = gpu_daemon
+    cfg = write_config(d.workdir, steps=60, step_time=0.05, ckpt_every=5, supervision={"gpus": 1})
+    job = d.submit(cfg)
+    wait_for(lambda: d.status(job)["global_step"] >= 8, what="progress on gpu 0")
+    assert d.status(job)["attempts"][0]["gpus"] == [0]
+    _set_gpu(d.nvml, 0, xid=[79])  # type: ignore[attr-defined]
+    final = d.wait_state(job, "completed", "failed", timeout=60)
+    first, second = final["attempts"][:2]
+    assert first["reason"] == "gpu_fault" and "79" in first["detail"] and "gpu 0" in first["detail"]
+    assert second["gpus"] == [1] and second["resumed_from"] is not None
+    logs = d.ctl("logs", job, "--attempt", "2").stdout
+    assert "CUDA_VISIBLE_DEVICES=1" in logs
+    gpus = json.loads(d.ctl("gpus", "--json").stdout)
+    assert gpus[0]["health"] == "quarantined" and gpus[1]["health"] == "healthy"
+    assert any("79" in r for r in gpus[0]["reasons"])
+    assert "quarantine cleared" in d.ctl("gpus", "clear", "0").stdout
+    assert json.loads(d.ctl("gpus", "--json").stdout)[0]["health"] == "healthy"
+
+
+def test_a_job_waits_queued_for_busy_gpus_and_oversized_jobs_are_refused(gpu_daemon: DaemonProc) -> None:
+    d = gpu_daemon
+    big = write_config(d.workdir, "big", supervision={"gpus": 3})
+    refused = d.ctl("submit", str(big), check=False)
+    assert refused.returncode == 7
+    assert "supervision.gpus: the job asks for 3 GPUs; this node has 2 GPUs" in refused.stderr
+    first = d.submit(write_config(d.workdir, "first", steps=40, step_time=0.05, supervision={"gpus": 2}))
+    wait_for(lambda: d.status(first)["state"] == "running", what="first job running")
+    second = d.submit(write_config(d.workdir, "second", steps=5, step_time=0.01, supervision={"gpus": 1}))
+    waiting = wait_for(lambda: (s := d.status(second))["wait_reason"] and s, what="second job to wait")
+    assert waiting["state"] == "queued" and "waiting for 1 free healthy GPU" in waiting["wait_reason"]
+    d.wait_state(first, "completed")
+    assert d.wait_state(second, "completed")["attempts"][0]["gpus"] in ([0], [1])
+
+
+def test_a_foreign_process_on_the_gpu_delays_the_launch(gpu_daemon: DaemonProc) -> None:
+    d = gpu_daemon
+    foreign = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        _set_gpu(d.nvml, 0, processes=[{"pid": foreign.pid, "used_mib": 2048}])  # type: ignore[attr-defined]
+        _set_gpu(d.nvml, 1, processes=[{"pid": foreign.pid, "used_mib": 2048}])  # type: ignore[attr-defined]
+        job = d.submit(write_config(d.workdir, steps=5, step_time=0.01, supervision={"gpus": 1}))
+        waiting = wait_for(lambda: (s := d.status(job))["wait_reason"] and s, what="the job to wait")
+        assert waiting["state"] == "queued"
+        assert str(foreign.pid) in waiting["wait_reason"] and "2048" in waiting["wait_reason"]
+        assert foreign.poll() is None, "a foreign process must never be killed"
+    finally:
+        foreign.kill()
+        foreign.wait()
+    d.wait_state(job, "completed")
+
+
+def test_no_nvml_means_one_log_line_and_cpu_jobs_as_usual(daemon: DaemonProc) -> None:
+    assert "no GPUs" in daemon.ctl("gpus").stdout
+    assert json.loads(daemon.ctl("gpus", "--json").stdout) == []
+    job = daemon.submit(write_config(daemon.workdir, steps=5, step_time=0.01))
+    final = daemon.wait_state(job, "completed")
+    assert final["attempts"][0]["gpus"] == []
+    assert "CUDA_VISIBLE_DEVICES=\n" in daemon.ctl("logs", job).stdout
+    assert daemon.log.read_text().count("GPU features off") == 1
