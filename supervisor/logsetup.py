@@ -29,9 +29,11 @@ def setup_logging(level: int = logging.INFO, *, stream: object = None) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                                                datefmt="%Y-%m-%d %H:%M:%S"))
-    root = logging.getLogger("ml_supervisor")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    # "ml_supervisor" is the core's logger; modules that log by __name__ live under "supervisor".
+    for name in ("ml_supervisor", "supervisor"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
     # APScheduler is chatty at INFO ("Added job ..."); keep its warnings only.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
