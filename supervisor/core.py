@@ -106,7 +106,9 @@ class Supervisor:
                                            phase_allowance_s=hang.phase_allowance, multiple=hang.multiple,
                                            minimum_s=hang.min_timeout)
         self._stop = threading.Event()
-        self.loop_beat = time.monotonic()  # last time the loop went round (sd_notify watchdog reads it)
+        # Called on the loop thread at every turn (at least once a second): the systemd watchdog ping.
+        self.on_loop: Callable[[], None] | None = None
+        self.loop_wait = 1.0  # longest idle wait of the loop, so on_loop runs at least this often
         self._loop_thread: threading.Thread | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -160,8 +162,12 @@ class Supervisor:
         """The loop: handle queued work as it comes; tick every ``tick_interval`` seconds."""
         next_tick = 0.0
         while not self._stop.is_set():
-            self.loop_beat = time.monotonic()
-            timeout = max(0.0, min(next_tick - time.monotonic(), 1.0))
+            if self.on_loop is not None:
+                try:
+                    self.on_loop()
+                except Exception:
+                    log.exception("error in the loop hook")
+            timeout = max(0.0, min(next_tick - time.monotonic(), self.loop_wait))
             try:
                 kind, payload = self._queue.get(timeout=timeout)
             except queue.Empty:
@@ -597,10 +603,19 @@ class Supervisor:
                                    message=decision.message, next_start_at=when, restarts=job.restarts + 1,
                                    stop_intent=None, stop_deadline=None, detail=outcome.detail,
                                    data={"cause": outcome.cause, "delay": decision.delay})
+            # Which checkpoint the relaunch will take (verified again at launch; this is the preview for people).
+            preview = choose_resume(live_checkpoints(jl.manifest), str(self._config(job).supervision.resume_from),
+                                    verify=lambda entry: None).entry
             self._alert("hang" if outcome.cause == "hang" else "restart", job, {
                 "cause": outcome.cause, "detail": outcome.detail, "attempt": attempt.n + 1,
-                "restarts": job.restarts, "delay": decision.delay, "gpus": attempt.gpus,
-                "previous_resumed_from": attempt.resumed_from, "message": decision.message,
+                "restarts": job.restarts, "delay": decision.delay, "gpus": attempt.gpus, "message": decision.message,
+                "max_restarts": self._config(job).supervision.max_restarts,
+                "resumed_from": preview.path if preview else None,
+                "resumed_step": preview.step if preview else None,
+                "resumed_score": preview.score if preview else None,
+                "error": outcome.detail, "logs": str(al.stderr),
+                "stacks": str(al.stacks) if outcome.cause == "hang" and al.stacks.exists() else None,
+                "last_step": step,
             })
             if decision.delay > 0:
                 self._schedule(job.id, "backoff", when)
@@ -633,8 +648,13 @@ class Supervisor:
             self._checkpoints.unwatch(job.id)
         event = {"completed": "budget" if end_reason == "budget" else "completed", "failed": "failed",
                  "stopped": "stopped"}[state.value]
-        self._alert(event, job, {"end_reason": end_reason, "message": message, "best_checkpoint": result,
-                                 "score": best.score if best else None, "step": best.step if best else None})
+        attempts = store.attempts(job.id)
+        self._alert(event, job, {
+            "end_reason": end_reason, "message": message, "best_checkpoint": result,
+            "score": best.score if best else None, "step": best.step if best else None,
+            "monitor": best.monitor if best else None, "attempts": len(attempts), "restarts": job.restarts,
+            "elapsed_s": (now - job.first_started_at) if job.first_started_at else None, "budget_s": job.budget_s,
+        })
         log.info("job %s: %s (%s)", job.id, state.value, end_reason)
         return job
 
@@ -712,7 +732,8 @@ class Supervisor:
         if rebooted:
             log.warning("recovered %d job(s) after a reboot (boot id was %s)", len(rebooted), previous_boot)
             for job_id in rebooted:
-                self._alert("reboot", store.get_job(job_id), {"jobs": rebooted})
+                self._alert("reboot", store.get_job(job_id), {"jobs": rebooted, "previous_boot_id": previous_boot,
+                                                              "boot_id": self.boot_id})
 
     # -- timers ------------------------------------------------------------------------------------
     def _schedule_timers(self, job: JobRow) -> None:

@@ -9,12 +9,18 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
+from supervisor.alerts import AlertDispatcher, alert_for_job
 from supervisor.api.ops import Operations
 from supervisor.api.server import ApiServer
 from supervisor.core import Supervisor
+from supervisor.sdnotify import Notifier
 from supervisor.settings import DaemonSettings
+from supervisor.states import JobState
+from supervisor.store import JobRow
 
 log = logging.getLogger("ml_supervisor")
 
@@ -22,26 +28,63 @@ log = logging.getLogger("ml_supervisor")
 class Daemon:
     """Owns a ``Supervisor`` and everything around it."""
 
-    def __init__(self, settings: DaemonSettings) -> None:
+    def __init__(self, settings: DaemonSettings, *, notifier: Notifier | None = None) -> None:
         self.settings = settings
-        self.supervisor = Supervisor(settings)
+        self.notifier = notifier or Notifier(None)
+        self.alerts = AlertDispatcher(Path(str(settings.state_dir)), webhook_url=settings.alerts.webhook_url,
+                                      wait_duration_s=settings.alerts.wait_duration)
+        self.supervisor = Supervisor(settings, alert_hook=self._alert)
+        self.supervisor.on_loop = self._on_loop
+        interval = self.notifier.watchdog_interval()
+        if interval is not None:
+            self.supervisor.loop_wait = min(self.supervisor.loop_wait, interval)
         self.ops = Operations(self.supervisor)
         self.api: ApiServer | None = None
+        self._status = ""
 
     def start(self) -> None:
-        """Open the state dir (lock, store, reconcile), start the API and the loop thread."""
+        """Open the state dir (lock, store, reconcile), start alerts, the API and the loop thread."""
+        self.alerts.start()
         self.supervisor.open()
         self.api = ApiServer(self.ops, self.supervisor.state_dir)
         self.api.start()
         self.supervisor.start_thread()
         log.info("ml-supervisor serving %s (socket %s)", self.supervisor.state_dir, self.api.path)
+        self.notifier.ready()
 
     def stop(self) -> None:
         """Stop serving; running trainers keep running (they are adopted on the next start)."""
+        self.notifier.stopping()
         if self.api is not None:
             self.api.stop()
             self.api = None
         self.supervisor.close()
+        self.alerts.stop(timeout_s=10)
+
+    def _alert(self, event: str, job: JobRow, details: dict[str, Any]) -> None:
+        alert = alert_for_job(event, job_id=job.id, job_name=job.name, job_dir=job.job_dir,
+                              cfg=self.supervisor.job_config(job), details=details)
+        if alert is not None:
+            log.warning("alert %s: %s", alert.title, alert.text.splitlines()[0])
+            self.alerts.send(alert)
+
+    def _on_loop(self) -> None:
+        """Every turn of the supervisor loop (its thread): the systemd watchdog ping, and STATUS= on change.
+
+        Pinging from the loop itself means a hung loop stops the pings and systemd restarts us.
+        """
+        self.notifier.watchdog_tick()
+        store = self.supervisor.store
+        if store is None or not self.notifier.enabled:
+            return
+        counts = {state: 0 for state in (JobState.RUNNING, JobState.QUEUED, JobState.BACKOFF)}
+        for job in store.list_jobs(states=list(counts)):
+            counts[job.state] += 1
+        status = (f"{counts[JobState.RUNNING]} running, {counts[JobState.QUEUED]} queued, "
+                  f"{counts[JobState.BACKOFF]} in backoff")
+        if status != self._status:
+            self._status = status
+            self.notifier.status(status)
 
     def serve(self) -> int:
         """Run until SIGTERM/SIGINT. Handlers only set a flag; this thread does the work."""
@@ -51,6 +94,7 @@ class Daemon:
             stop.set()
 
         signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGHUP, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         self.start()
         try:

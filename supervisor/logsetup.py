@@ -8,8 +8,9 @@ on a terminal, plain timestamped lines; never colour codes when not a TTY.
 from __future__ import annotations
 
 import logging
-import os
 import sys
+
+from supervisor.sdnotify import stderr_is_journal
 
 _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
@@ -24,7 +25,7 @@ class _JournalFormatter(logging.Formatter):
 def setup_logging(level: int = logging.INFO, *, stream: object = None) -> None:
     """Configure the ``ml_supervisor`` loggers once for the process."""
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
-    if os.environ.get("JOURNAL_STREAM"):
+    if stderr_is_journal():
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",

@@ -3,6 +3,7 @@
     ml-supervisor run CONFIG [key=value ...] [--name NAME]   one job, fault tolerant, foreground
     ml-supervisor serve [--config daemon.yaml] [key=value]   the daemon (what systemd runs)
     ml-supervisor validate CONFIG [key=value ...]            check a config without running it
+    ml-supervisor install-systemd [--user]                   write the systemd unit, print how to start it
 
 Exit status of ``run``: 0 completed (finished or budget spent), 1 failed, 2 bad
 config, 130 stopped.
@@ -27,7 +28,9 @@ from supervisor.config import format_duration
 from supervisor.daemon import Daemon
 from supervisor.errors import SupervisorError
 from supervisor.logsetup import setup_logging
+from supervisor.sdnotify import Notifier
 from supervisor.settings import load_settings
+from supervisor.systemd_unit import install_unit
 
 PROG = "ml-supervisor"
 TERMINAL = ("completed", "failed", "stopped")
@@ -50,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="daemon settings YAML")
     p.add_argument("settings", nargs="*", metavar="key=value", help="daemon setting overrides")
 
+    p = sub.add_parser("install-systemd", help="write the systemd unit for this interpreter")
+    p.add_argument("--user", action="store_true", help="a user unit (no root; runs while you are logged in "
+                                                        "or lingering)")
+
     p = sub.add_parser("validate", help="check a job config (schema and imports) without running it")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -65,10 +72,27 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         setup_logging()
         settings = load_settings(args.config, args.settings, state_dir=args.state_dir)
-        return Daemon(settings).serve()
+        # unset: trainers must not inherit NOTIFY_SOCKET and speak for the daemon
+        return Daemon(settings, notifier=Notifier.from_env(unset_environment=True)).serve()
+    if args.command == "install-systemd":
+        return _install_systemd(args)
     if args.command == "validate":
         return _validate(args)
     return _run(args)
+
+
+def _install_systemd(args: argparse.Namespace) -> int:
+    try:
+        path, commands = install_unit(user=args.user, state_dir=args.state_dir)
+    except OSError as exc:
+        hint = "run it with sudo, or use --user" if not args.user else "check the directory's permissions"
+        print(f"{PROG}: error: cannot write the unit: {exc.strerror or exc} ({hint})", file=sys.stderr)
+        return 1
+    print(f"wrote {path}")
+    print("enable and start it with:")
+    for command in commands:
+        print(f"  {command}")
+    return 0
 
 
 def _validate(args: argparse.Namespace) -> int:
