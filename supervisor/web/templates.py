@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,10 +171,32 @@ def find_templates(folder: str | Path) -> list[Template]:
         return []
     templates = []
     for path in paths:
-        if not _declares_ui(path) or not _TEMPLATE_NAME.match(path.stem):
-            continue
-        templates.append(load_template(path))
+        template = _cached_template(path)
+        if template is not None:
+            templates.append(template)
     return templates
+
+
+# path -> (mtime_ns, size, inode, template or None): validating a config costs a fraction of a second,
+# and the page lists the templates on every visit; an edited file has a new stamp and is read again.
+_cache: dict[Path, tuple[tuple[int, int, int], Template | None]] = {}
+_cache_lock = threading.Lock()
+
+
+def _cached_template(path: Path) -> Template | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+    with _cache_lock:
+        hit = _cache.get(path)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    template = load_template(path) if _declares_ui(path) and _TEMPLATE_NAME.match(path.stem) else None
+    with _cache_lock:
+        _cache[path] = (stamp, template)
+    return template
 
 
 def find_template(folder: str | Path, name: str) -> Template | None:

@@ -67,10 +67,10 @@ def test_the_bundled_digits_template_is_valid() -> None:
     assert template is not None and template.error is None, template and template.error
     keys = [k.key for k in template.knobs]
     assert "model.init_args.lr" in keys and "trainer.max_epochs" in keys
-    # every declared choice of every knob passes the job schema
-    for knob in template.knobs:
-        for choice in knob.choices:
-            load_job_config(template.path, [to_override(knob.key, choice)])
+    # every declared choice of every knob passes the job schema: the i-th choices of all knobs in one load
+    # (a failure names its key), so the number of loads is the longest list of choices, not their sum
+    for i in range(max(len(k.choices) for k in template.knobs)):
+        load_job_config(template.path, [to_override(k.key, k.choices[i]) for k in template.knobs if i < len(k.choices)])
 
 
 @pytest.mark.parametrize("knob, problem", [
@@ -204,3 +204,15 @@ def test_plan_reports_every_bad_value_by_key(tmp_path: Path) -> None:
     assert plan.errors["model.init_args.steps"] == "must be at least 1; got 0"
     assert plan.errors["supervision.budget"] == 'must be one of "5m", "1h", "24h"; got "1y"'
     assert "'$' is not allowed" in plan.errors["checkpoint.filename"]
+
+
+def test_an_edited_template_is_read_again(tmp_path: Path) -> None:
+    config = fake_template()
+    _write(tmp_path, "fake", config)
+    assert find_templates(tmp_path)[0].title == "Fake trainer"
+    config["ui"]["title"] = "Renamed"
+    _write(tmp_path, "fake", config)
+    assert find_templates(tmp_path)[0].title == "Renamed"
+    del config["ui"]
+    _write(tmp_path, "fake", config)
+    assert find_templates(tmp_path) == []
