@@ -314,6 +314,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
         return answer(400, "bad_request", "; ".join(problems) or "malformed request")
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> SafeJSONResponse:
+        # A bug must answer JSON the page can show, not take the daemon down (uvicorn logs the traceback too).
+        log.error("web: %s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return answer(500, "internal", f"{type(exc).__name__}: {exc}")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> SafeJSONResponse:
         return answer(exc.status_code, "not_found" if exc.status_code == 404 else "http_error", str(exc.detail))
