@@ -40,8 +40,9 @@ class HeartbeatWriter:
     """Keeps the attempt's progress and writes it, throttled, to ``heartbeat.json``.
 
     ``step_done`` is the per-step entry point and must stay cheap: a clock read,
-    a deque append and a comparison, unless a write is due. ``read_metrics`` is
-    called only when writing (reading Lightning metrics may sync a GPU).
+    a deque append and a comparison, unless a write is due. ``read_progress``
+    and ``read_metrics`` are called only when writing (reading Lightning
+    metrics may sync a GPU).
     """
 
     def __init__(
@@ -65,6 +66,8 @@ class HeartbeatWriter:
         self.epoch = 0
         self.metrics: dict[str, float] = {}
         self.read_metrics: Callable[[], dict[str, float]] | None = None
+        # (global step, epoch) from the trainer, read only when a beat is written.
+        self.read_progress: Callable[[], tuple[int, int]] | None = None
         self._intervals: deque[float] = deque(maxlen=STEP_WINDOW)
         self._last_step_end: float | None = None
         self._last_write = float("-inf")
@@ -72,14 +75,20 @@ class HeartbeatWriter:
 
     # --- what the Lightning callbacks call -------------------------------------------------
 
-    def step_done(self, step: int, epoch: int) -> None:
-        """A training batch ended at global step ``step``: note its duration, write if due."""
+    def step_done(self, step: int | None = None, epoch: int | None = None) -> None:
+        """A training batch ended: note its duration, write if due.
+
+        ``step``/``epoch`` may be omitted when ``read_progress`` is set: the
+        trainer is then asked only when a beat is written.
+        """
         now = time.monotonic()
         if self._last_step_end is not None:
             self._intervals.append(now - self._last_step_end)
         self._last_step_end = now
-        self.step = step
-        self.epoch = epoch
+        if step is not None:
+            self.step = step
+        if epoch is not None:
+            self.epoch = epoch
         if self.phase != "train":
             self.set_phase("train")
         elif now - self._last_write >= self.interval:
@@ -109,6 +118,8 @@ class HeartbeatWriter:
     def write(self) -> None:
         """Write ``heartbeat.json`` now (and a ``metrics.jsonl`` line when metrics changed)."""
         self._last_write = time.monotonic()
+        if self.read_progress is not None:
+            self.step, self.epoch = self.read_progress()
         if self.read_metrics is not None:
             self.metrics = self.read_metrics()
         intervals = self._intervals

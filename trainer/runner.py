@@ -26,9 +26,9 @@ from supervisor.jobfiles.layout import manifest_path
 from supervisor.jobfiles.manifest import abandon_after, live_checkpoints
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
-from trainer.callbacks.deadline import DeadlineStop, stop_time
-from trainer.callbacks.heartbeat import HeartbeatCallback
+from trainer.callbacks.progress import ProgressCallback
 from trainer.callbacks.run_info import WandbAttemptInfo
+from trainer.deadline import Deadline
 from trainer.progress import HeartbeatWriter
 from trainer.signals import SignalState
 from trainer.wandb_run import build_wandb_logger
@@ -55,7 +55,7 @@ class RunState:
 
     trainer: pl.Trainer | None = None
     checkpoint: ManifestCheckpoint | None = None
-    deadline: DeadlineStop | None = None
+    deadline: Deadline | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def progress(self) -> tuple[int, int]:
@@ -178,10 +178,8 @@ def build_callbacks(
         signals=signals,
     )
     state.checkpoint = checkpoint
-    callbacks: list[Callback] = [HeartbeatCallback(heartbeat), checkpoint]
-    if opts.deadline is not None:
-        state.deadline = DeadlineStop(stop_time(opts.deadline))
-        callbacks.append(state.deadline)
+    state.deadline = Deadline(opts.deadline) if opts.deadline is not None else None
+    callbacks: list[Callback] = [ProgressCallback(heartbeat, state.deadline), checkpoint]
     es = cfg.callbacks.early_stopping
     if es.monitor is not None:
         callbacks.append(EarlyStopping(monitor=es.monitor, patience=int(es.patience), mode=es.mode,

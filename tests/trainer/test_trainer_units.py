@@ -14,7 +14,7 @@ import pytest
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from trainer.build import parse_max_time
-from trainer.deadline import stop_time
+from trainer.deadline import Deadline, stop_time
 from trainer.progress import DEFAULT_INTERVAL, HeartbeatWriter, interval_from_env
 from trainer.signals import SignalState, Terminated, exit_code_for
 from trainer.wandb_run import has_api_key, resolve_mode, wandb_dir
@@ -225,3 +225,11 @@ def test_max_time_rejects(value: object) -> None:
 def test_deadline_margin_is_the_smaller_of_60s_and_a_tenth(remaining: float, margin: float) -> None:
     now = 1_000_000.0
     assert stop_time(now + remaining, now=now) == pytest.approx(now + remaining - margin)
+
+
+def test_deadline_is_due_at_its_stop_time() -> None:
+    now = time.time()
+    assert Deadline(now - 1).due()
+    late = Deadline(now + 3600, now=now)
+    assert not late.due() and late.stop_at == pytest.approx(now + 3600 - 60)
+    assert not late.triggered

@@ -105,11 +105,13 @@ class ManifestCheckpoint(ModelCheckpoint):
         self._validated_step: int | None = None
         self._validated_value: float | None = None
         self._topk_pending = False
+        self._multi_process = False
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
+        self._multi_process = trainer.world_size > 1
         if trainer.is_global_zero and stage == TrainerFn.FITTING:
             assert self.dirpath is not None
             os.makedirs(self.dirpath, exist_ok=True)
@@ -141,7 +143,8 @@ class ManifestCheckpoint(ModelCheckpoint):
                 self.save_last_now(trainer, kind="last")
         else:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.signals is not None and self._save_requested(trainer):
+        if self.signals is not None and (self.signals.save_requested or self._multi_process) \
+                and self._save_requested(trainer):
             self.save_last_now(trainer, kind="last", scheduled=False)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -280,9 +283,11 @@ class ManifestCheckpoint(ModelCheckpoint):
         return self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
 
     def _step_save_due(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """A step-count save with a monitor is due now (per step: cheap tests first)."""
         n = self._every_n_train_steps
-        return (self.user_monitor is not None and n >= 1 and trainer.global_step % n == 0
-                and pl_module.automatic_optimization and not self._should_skip_saving_checkpoint(trainer))
+        if n < 1 or self.user_monitor is None or trainer.global_step % n:
+            return False
+        return pl_module.automatic_optimization and not self._should_skip_saving_checkpoint(trainer)
 
     def _monitor_unvalidated(self, trainer: pl.Trainer) -> bool:
         """Whether the monitor is missing, or still the last validation's value at a later step."""
@@ -299,7 +304,7 @@ class ManifestCheckpoint(ModelCheckpoint):
 
     def _save_requested(self, trainer: pl.Trainer) -> bool:
         assert self.signals is not None
-        if trainer.world_size > 1:
+        if self._multi_process:
             # Every rank must take part in a save; decide together, but not on every step.
             if trainer.global_step % 10:
                 return False
