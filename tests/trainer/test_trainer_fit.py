@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,12 +144,19 @@ def test_checkpoint_holds_the_step_the_manifest_says(first_fit: FitResult) -> No
     assert checkpoint["epoch"] == best.epoch
 
 
+def recorded_attempt(run_dir: Path) -> int | None:
+    """The ``supervisor/attempt`` config value in an offline W&B run file (a protobuf log: the key
+    and its JSON value are stored as plain bytes)."""
+    match = re.search(rb"supervisor/attempt[^0-9]{1,8}([0-9]+)", (run_dir / f"run-{RUN_ID}.wandb").read_bytes())
+    return int(match.group(1)) if match else None
+
+
 def test_wandb_fell_back_to_offline_under_the_fixed_run_id(first_fit: FitResult) -> None:
     assert "no API key configured" in first_fit.stderr
     wandb_root = first_fit.run.job.wandb_dir
     runs = list(wandb_root.glob(f"wandb/offline-run-*-{RUN_ID}"))
     assert len(runs) == 1, list(wandb_root.rglob("*"))[:20]
-    assert (runs[0] / f"run-{RUN_ID}.wandb").is_file()
+    assert recorded_attempt(runs[0]) == 1
 
 
 # --- attempt 2: resume from the oldest top-k checkpoint -------------------------------------------
@@ -167,8 +175,8 @@ def resumed_from_older(first_fit: FitResult) -> ResumeResult:
     oldest = min((e for e in first_fit.live if e.kind == "topk"), key=lambda e: e.step)
     newer = [e for e in first_fit.live if e.step > oldest.step]
     root = first_fit.run.job.root
-    run = run_trainer(root, [f"trainer.max_epochs={EPOCHS}", "logger.wandb.mode=disabled"],
-                      attempt=2, restarts=1, ckpt=oldest.path)
+    run = run_trainer(root, [f"trainer.max_epochs={EPOCHS}", "logger.wandb.mode=offline",
+                             f"logger.wandb.run_id={RUN_ID}"], attempt=2, restarts=1, ckpt=oldest.path)
     return ResumeResult(resumed_from=oldest, newer=newer, fit=snapshot(run, run.proc.returncode))
 
 
@@ -203,8 +211,42 @@ def test_resume_from_older_moves_newer_checkpoints_aside(resumed_from_older: Res
     assert set(fit.files) == {e.path for e in fit.live}
 
 
+def test_resume_continues_the_same_wandb_run(resumed_from_older: ResumeResult) -> None:
+    runs = sorted(resumed_from_older.fit.run.job.wandb_dir.glob(f"wandb/offline-run-*-{RUN_ID}"))
+    assert [recorded_attempt(r) for r in runs] == [1, 2]  # one run id, one offline segment per attempt
+
+
 def test_resume_heartbeat_is_attempt_2(resumed_from_older: ResumeResult) -> None:
     beat = resumed_from_older.fit.heartbeat
     assert beat is not None
     assert (beat.attempt, beat.phase, beat.step) == (2, "done", EPOCHS * STEPS_PER_EPOCH)
     assert beat.pid == resumed_from_older.fit.run.proc.pid
+
+
+# --- a fit whose training_step raises --------------------------------------------------------------
+
+CRASH_AT = 5
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory: pytest.TempPathFactory) -> TrainerRun:
+    root = tmp_path_factory.mktemp("crash") / "job"
+    return run_trainer(root, ["model.class_path=trainer.examples.faulty.FaultyDigitsClassifier",
+                              f"model.init_args.crash_at_step={CRASH_AT}", "logger.wandb.mode=disabled"])
+
+
+def test_exception_exits_1_with_the_exception_in_the_record(crashed: TrainerRun) -> None:
+    assert crashed.proc.returncode == 1, crashed.output()
+    record = crashed.exit_record()
+    assert record is not None and record.status == "exception"
+    assert record.exception is not None
+    assert record.exception["type"] == "InjectedFault"
+    assert record.exception["message"] == f"injected crash at global step {CRASH_AT}"
+    tail = record.exception["traceback"]
+    assert 0 < len(tail) <= 4000
+    assert "faulty.py" in tail and "InjectedFault" in tail
+    assert record.global_step == CRASH_AT
+    # The full traceback went to stderr for the logs.
+    assert "Traceback (most recent call last)" in (crashed.attempt_dir / "stderr.log").read_text()
+    beat = crashed.heartbeat()
+    assert beat is not None and beat.phase == "done" and beat.step == CRASH_AT
