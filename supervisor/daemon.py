@@ -17,6 +17,7 @@ from supervisor.alerts import AlertDispatcher, alert_for_job
 from supervisor.api.ops import Operations
 from supervisor.api.server import ApiServer
 from supervisor.core import Supervisor
+from supervisor.errors import SupervisorError
 from supervisor.sdnotify import Notifier
 from supervisor.settings import DaemonSettings
 from supervisor.states import JobState
@@ -40,6 +41,7 @@ class Daemon:
             self.supervisor.loop_wait = min(self.supervisor.loop_wait, interval)
         self.ops = Operations(self.supervisor)
         self.api: ApiServer | None = None
+        self.web: Any = None  # supervisor.web.service.WebService, imported only when the page is on
         self._status = ""
 
     def start(self) -> None:
@@ -50,22 +52,42 @@ class Daemon:
         self.api.start()
         self.supervisor.start_thread()
         log.info("ml-supervisor serving %s (socket %s)", self.supervisor.state_dir, self.api.path)
+        if self.settings.web.enabled:
+            self._start_web()
         self.notifier.ready()
 
     def stop(self) -> None:
         """Stop serving; running trainers keep running (they are adopted on the next start)."""
         self.notifier.stopping()
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
         if self.api is not None:
             self.api.stop()
             self.api = None
         self.supervisor.close()
         self.alerts.stop(timeout_s=10)
 
+    def _start_web(self) -> None:
+        # FastAPI and uvicorn load only here: `ml-supervisor run` and page-less daemons never pay for them.
+        from supervisor.web.service import WebService
+
+        web = WebService(self.ops, self.settings.web, self.supervisor.state_dir, gpus=self.ops.op_gpus)
+        try:
+            url = web.start()
+        except SupervisorError as exc:  # e.g. the port is taken: supervising matters more than the page
+            log.error("%s; serving without the web page", exc.message)
+            return
+        self.web = web
+        # The URL carries the token: it goes to the daemon's own output (the journal), as `supervisorctl web-url`
+        log.info("web page: %s", url)
+
     def _alert(self, event: str, job: JobRow, details: dict[str, Any]) -> None:
         alert = alert_for_job(event, job_id=job.id, job_name=job.name, job_dir=job.job_dir,
                               cfg=self.supervisor.job_config(job), details=details)
         if alert is not None:
-            log.warning("alert %s: %s", alert.title, alert.text.splitlines()[0])
+            level = {"INFO": logging.INFO, "WARN": logging.WARNING}.get(alert.level, logging.ERROR)
+            log.log(level, "alert %s: %s", alert.title, alert.text.splitlines()[0])
             self.alerts.send(alert)
 
     def _on_loop(self) -> None:

@@ -6,6 +6,7 @@
     supervisorctl history JOB [--json]       supervisorctl events [JOB] [-f] [--json]
     supervisorctl stop JOB                   supervisorctl restart JOB
     supervisorctl gpus [--json]              supervisorctl gpus clear N
+    supervisorctl web-url
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
 from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table
 from supervisor.errors import SupervisorError
+from supervisor.web.token import read_web_url
 
 PROG = "supervisorctl"
 FOLLOW_INTERVAL = 0.5
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["clear"], help="clear N: lift GPU N's quarantine")
     p.add_argument("index", nargs="?", type=int)
     p.add_argument("--json", action="store_true")
+
+    sub.add_parser("web-url", help="the web page's address, with its token")
 
     for name, text in (("stop", "stop a job gracefully (SIGTERM, grace period, SIGKILL)"),
                        ("restart", "relaunch a job from its best checkpoint")):
@@ -117,6 +121,9 @@ def _run(args: argparse.Namespace) -> int:
         return _logs(client, args)
     if cmd == "gpus":
         return _gpus(client, console, args)
+    if cmd == "web-url":
+        print(read_web_url(state_dir_of(args)))
+        return 0
     if cmd in ("stop", "restart"):
         job = client.call(cmd, job=args.job)
         print(f"{job['id']}: {job['state']}")

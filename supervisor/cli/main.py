@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the daemon (systemd runs this)")
     p.add_argument("--config", default=None, help="daemon settings YAML")
+    p.add_argument("--web-host", default=None, help="address the web page listens on (default 127.0.0.1; "
+                                                     "0.0.0.0 opens it to the network)")
     p.add_argument("settings", nargs="*", metavar="key=value", help="daemon setting overrides")
 
     p = sub.add_parser("install-systemd", help="write the systemd unit for this interpreter")
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         setup_logging()
-        settings = load_settings(args.config, args.settings, state_dir=args.state_dir)
+        overrides = [*args.settings, *([f"web.host={args.web_host}"] if args.web_host else [])]
+        settings = load_settings(args.config, overrides, state_dir=args.state_dir)
         # unset: trainers must not inherit NOTIFY_SOCKET and speak for the daemon
         return Daemon(settings, notifier=Notifier.from_env(unset_environment=True)).serve()
     if args.command == "install-systemd":
@@ -119,8 +122,10 @@ def _run(args: argparse.Namespace) -> int:
     if client.available():
         console.print(f"[dim]submitting to the daemon serving {state_dir}[/]")
     else:
-        setup_logging(logging.INFO if args.verbose else logging.WARNING)
-        daemon = Daemon(load_settings(args.daemon_config, state_dir=str(state_dir)))
+        # the events printed below say what happened; the daemon's own log only when asked for
+        setup_logging(logging.INFO if args.verbose else logging.ERROR)
+        # the foreground run serves the socket for supervisorctl; the web page is the daemon's
+        daemon = Daemon(load_settings(args.daemon_config, ["web.enabled=false"], state_dir=str(state_dir)))
         daemon.start()
     try:
         job = client.call("submit", config_path=req.config_path, cwd=req.cwd, config_text=req.config_text,

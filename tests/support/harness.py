@@ -34,6 +34,14 @@ def fake_env(state_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def real_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment for a daemon that runs the real trainer (``python -m trainer``) on ``state_dir``."""
+    env = fake_env(state_dir, **extra)
+    env.pop("ML_SUPERVISOR_TRAINER_MODULE")
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
 def write_config(directory: Path, name: str = "fake", *, supervision: dict[str, Any] | None = None,
                  **init_args: Any) -> Path:
     """A fake-trainer job config; ``init_args`` drive the fake (see tests/support/fake_trainer.py)."""
@@ -99,6 +107,24 @@ class DaemonProc:
 
     def submit(self, config: Path, *overrides: str) -> str:
         return self.ctl("submit", str(config), *overrides).stdout.strip().splitlines()[-1]
+
+    def client(self) -> Client:
+        return Client(self.state_dir)
+
+    def kill_leftovers(self) -> None:
+        """Kill any attempt monitor or trainer still alive under this state dir (tests must not leak)."""
+        import psutil
+
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cmdline = " ".join(proc.info["cmdline"] or [])
+            except (psutil.Error, TypeError):
+                continue
+            if str(self.state_dir) in cmdline:
+                try:
+                    os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
 
     def status(self, job: str) -> dict[str, Any]:
         """The job's status object, through the API in-process (fast enough to poll)."""
