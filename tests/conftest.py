@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,20 +24,4 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
     yield d
     if d.proc is not None:
         d.kill(signal.SIGTERM)
-    _kill_leftover_trainers(state)
-
-
-def _kill_leftover_trainers(state: Path) -> None:
-    """Tests must not leak processes: kill any attempt monitor or trainer still alive under this state dir."""
-    import psutil
-
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmdline = " ".join(proc.info["cmdline"] or [])
-        except (psutil.Error, TypeError):
-            continue
-        if str(state) in cmdline:
-            try:
-                os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+    d.kill_leftovers()
