@@ -140,6 +140,9 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
                           + _cli_hint(key, override_keys, False)) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(source, _key_of(exc), _first_line(exc)) from None
+    # Resolving turned an escaped "\\${...}" into a literal "${...}": escape it again, or the
+    # resolved config would read it as an interpolation a second time.
+    container = _escape_interpolations(container)
     resolved = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(container), source, override_keys, False)
     _check_values(resolved, source, override_keys)
     OmegaConf.set_readonly(resolved, False)
@@ -147,8 +150,22 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
 
 
 def to_yaml(cfg: DictConfig) -> str:
-    """The YAML text of a config (resolved), as frozen into a job directory."""
-    return OmegaConf.to_yaml(cfg, resolve=True)
+    """The YAML text of a resolved config, as frozen into a job directory.
+
+    Not re-resolved: every interpolation is already resolved, and what remains are
+    escaped literals that must stay escaped when the file is read again.
+    """
+    return OmegaConf.to_yaml(cfg, resolve=False)
+
+
+def _escape_interpolations(node: Any) -> Any:
+    if isinstance(node, str):
+        return node.replace("${", "\\${")
+    if isinstance(node, dict):
+        return {k: _escape_interpolations(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_escape_interpolations(v) for v in node]
+    return node
 
 
 def _override_keys(overrides: Sequence[str], source: str) -> set[str]:

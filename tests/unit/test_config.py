@@ -287,3 +287,15 @@ def test_mappings_and_lists_may_come_from_interpolations() -> None:
     assert dict(cfg.trainer) == {"max_epochs": 2} and list(cfg.logger.wandb.tags) == ["a", "b"]
     cfg = parse_job_config(BASE + "ui: {t: {max_epochs: 3}}\n", source="job.yaml", overrides=["trainer=${ui.t}"])
     assert dict(cfg.trainer) == {"max_epochs": 3}
+
+
+def test_an_escaped_interpolation_stays_a_literal_through_freezing(tmp_path: Path) -> None:
+    path = tmp_path / "esc.yaml"
+    path.write_text("name: esc\nmodel: {class_path: a.B, init_args: {home: '\\${oc.env:HOME}', real: '${name}'}}\n"
+                    "data: {class_path: a.C}\n")
+    cfg = load_job_config(path)
+    assert cfg.model.init_args.home == "${oc.env:HOME}"
+    assert cfg.model.init_args.real == "esc"
+    again = parse_job_config(to_yaml(cfg), source="frozen")
+    assert again.model.init_args.home == "${oc.env:HOME}"
+    assert again.model.init_args.real == "esc"
