@@ -20,7 +20,6 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, Timer
 
 from supervisor.config import parse_duration
-from supervisor.errors import ConfigError
 from supervisor.jobfiles.atomic import append_json_line
 from supervisor.jobfiles.layout import manifest_path
 from supervisor.jobfiles.manifest import abandon_after, live_checkpoints
@@ -120,7 +119,8 @@ def prepare_resume(opts: FitOptions) -> str | None:
         return None
     path = os.path.realpath(opts.ckpt)
     if not os.path.isfile(path):
-        raise ConfigError("command line", "--ckpt", f"no such checkpoint file: {opts.ckpt}")
+        # Not a config error: the daemon verified the file, so this is a race worth a retry.
+        raise FileNotFoundError(f"--ckpt: no such checkpoint file: {opts.ckpt}")
     moved = abandon_after(manifest, path, opts.attempt)
     if moved:
         _log(f"resuming from {path}: moved {len(moved)} newer checkpoint(s) aside")
