@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -233,3 +234,23 @@ def test_deadline_is_due_at_its_stop_time() -> None:
     late = Deadline(now + 3600, now=now)
     assert not late.due() and late.stop_at == pytest.approx(now + 3600 - 60)
     assert not late.triggered
+
+
+# --- the job's environment -------------------------------------------------------------------------
+
+
+def test_apply_environment_puts_workdir_first_and_sets_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from supervisor.config import build_job_config
+    from supervisor.errors import ConfigError
+    from trainer.cli import apply_environment
+
+    monkeypatch.setattr("sys.path", ["/somewhere", str(tmp_path)])
+    monkeypatch.delenv("TRAINER_TEST_VAR", raising=False)
+    raw = {"name": "t", "workdir": str(tmp_path), "env": {"TRAINER_TEST_VAR": "42"},
+           "model": {"class_path": "a.B"}, "data": {"class_path": "a.C"}}
+    apply_environment(build_job_config(raw, source="job.yaml"), "job.yaml")
+    assert sys.path == [str(tmp_path), "/somewhere"]
+    assert os.environ["TRAINER_TEST_VAR"] == "42"
+    raw["workdir"] = str(tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"^job.yaml: workdir: no such directory: "):
+        apply_environment(build_job_config(raw, source="job.yaml"), "job.yaml")
