@@ -61,6 +61,7 @@ log = logging.getLogger("ml_supervisor")
 T = TypeVar("T")
 
 STACK_DUMP_TIMEOUT_S = 5.0
+STUCK_GRACE_S = 5.0
 
 # Alert hook: (event, job, details) -> None. Wired to the W&B alert dispatcher by the daemon.
 AlertHook = Callable[[str, JobRow, dict[str, Any]], None]
@@ -539,6 +540,9 @@ class Supervisor:
         store = self._store()
         attempt = store.last_attempt(job.id)
         grace = parse_duration(self._config(job).supervision.stop_grace)
+        if intent in ("hang", "gpu_fault"):
+            # A hung or GPU-stuck trainer cannot act on SIGTERM (its main thread is blocked): no long wait.
+            grace = min(grace, STUCK_GRACE_S)
         if attempt is not None and attempt.live:
             if attempt.pgid is None:  # still starting: the monitor may have reported the trainer by now
                 started = read_json(JobLayout(Path(job.job_dir)).attempt(attempt.n).monitor_start) or {}

@@ -86,9 +86,7 @@ class Daemon:
         alert = alert_for_job(event, job_id=job.id, job_name=job.name, job_dir=job.job_dir,
                               cfg=self.supervisor.job_config(job), details=details)
         if alert is not None:
-            level = {"INFO": logging.INFO, "WARN": logging.WARNING}.get(alert.level, logging.ERROR)
-            log.log(level, "alert %s: %s", alert.title, alert.text.splitlines()[0])
-            self.alerts.send(alert)
+            self.alerts.send(alert)  # the dispatcher also writes it to the daemon's log
 
     def _on_loop(self) -> None:
         """Every turn of the supervisor loop (its thread): the systemd watchdog ping, and STATUS= on change.
