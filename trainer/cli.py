@@ -120,10 +120,16 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
         code = EXIT_CONFIG_ERROR
     except BaseException as exc:
         signals.finishing = True
-        if signals.stop_signal is not None and isinstance(exc, (Terminated, KeyboardInterrupt, SystemExit)):
+        if signals.stop_signal is not None:
+            # Stopped by a signal, whatever it raised on the way: Lightning's SIGTERMException,
+            # our Terminated, KeyboardInterrupt, or an error the signal caused elsewhere (a
+            # DataLoader worker killed by the same process-group SIGTERM).
             record.status, record.signal = "signal", signals.stop_signal_name
             if state is not None and state.checkpoint is not None:
                 record.checkpoint = state.checkpoint.signal_checkpoint
+            if not isinstance(exc, (Terminated, KeyboardInterrupt, SystemExit)):
+                record.message = f"{type(exc).__name__}: {exc}".strip()
+                traceback.print_exception(exc)
             code = exit_code_for(signals.stop_signal)
             print(f"[trainer] stopped by {record.signal}"
                   + (f"; saved {record.checkpoint}" if record.checkpoint else "; no checkpoint saved"),

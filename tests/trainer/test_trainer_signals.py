@@ -1,12 +1,14 @@
 """Real signals sent to a real training process.
 
-Four processes: SIGTERM during the imports; SIGUSR2 + SIGUSR1 to one fit that
-then completes; SIGTERM to another; and a resume from the SIGTERM checkpoint
-that stops itself for its ``--deadline``.
+Five processes: SIGTERM during the imports; SIGUSR2 + SIGUSR1 to one fit that
+then completes; SIGTERM to another (to its pid) and to a third (to its process
+group); and a resume from the SIGTERM checkpoint that stops itself for its
+``--deadline``.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -111,8 +113,9 @@ class TermResult:
 
 @pytest.fixture(scope="module")
 def sigterm(tmp_path_factory: pytest.TempPathFactory) -> TermResult:
+    """SIGTERM to the trainer's own pid, with DataLoader worker processes running."""
     root = tmp_path_factory.mktemp("term") / "job"
-    run = start_trainer(root, [*SLOW_MODEL, "trainer.max_epochs=100"])
+    run = start_trainer(root, [*SLOW_MODEL, "trainer.max_epochs=100", "data.init_args.num_workers=2"])
     sent_at = run.wait_for_step(7).step
     run.send(signal.SIGTERM)
     return TermResult(done=finished(run), sent_at_step=sent_at)
@@ -141,6 +144,26 @@ def test_sigterm_saves_a_valid_signal_checkpoint(sigterm: TermResult) -> None:
     assert torch.load(last_event["path"], map_location="cpu", weights_only=False)["global_step"] == last_event["step"]
     beat = done.run.heartbeat()
     assert beat is not None and beat.phase == "done"
+
+
+def test_sigterm_to_the_whole_group_kills_the_workers_first(tmp_path: Path) -> None:
+    """SIGTERM to the process group also reaches the DataLoader workers, which die at once (PyTorch's
+    worker handler); the fit then fails from a SIGCHLD handler at an arbitrary point of a step, where
+    nothing can be saved safely. The record still says it was the signal, and why no checkpoint.
+    (So a graceful stop must signal the trainer's pid only, see test above.)"""
+    run = start_trainer(tmp_path / "job", [*SLOW_MODEL, "trainer.max_epochs=100", "data.init_args.num_workers=2"])
+    run.wait_for_step(7)
+    os.killpg(run.proc.pid, signal.SIGTERM)
+    done = finished(run)
+    assert done.returncode == 143, done.run.output()
+    record = done.exit
+    assert record is not None
+    assert (record.status, record.signal) == ("signal", "SIGTERM")
+    if record.checkpoint is None:  # the usual case: the SIGCHLD error came first
+        assert record.message is not None and "DataLoader worker" in record.message
+        assert not [e for e in done.run.manifest_events() if e.get("kind") == "signal"]
+    else:  # the signal happened to land at a batch boundary
+        assert is_complete_zip(record.checkpoint)
 
 
 # --- resume from the SIGTERM checkpoint, stopped by --deadline ------------------------------------

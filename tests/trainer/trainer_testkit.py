@@ -119,7 +119,11 @@ def start_trainer(
     config: Path = DIGITS_CONFIG,
     env: dict[str, str] | None = None,
 ) -> TrainerRun:
-    """Start ``python -m trainer`` on ``config`` as the daemon would, in ``job_root``'s layout."""
+    """Start ``python -m trainer`` on ``config`` as the daemon would, in ``job_root``'s layout.
+
+    The trainer leads a process group of its own (as under the attempt monitor), so a test
+    can signal its whole tree with ``killpg(run.proc.pid, ...)``.
+    """
     job = JobLayout(job_root)
     attempt_dir = job.attempt(attempt).dir
     attempt_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +135,8 @@ def start_trainer(
         cmd += ["--deadline", repr(deadline)]
     cmd += list(overrides)
     with open(attempt_dir / "stdout.log", "wb") as out, open(attempt_dir / "stderr.log", "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env or trainer_env(), stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env or trainer_env(), stdout=out, stderr=err,
+                                start_new_session=True)
     return TrainerRun(job=job, attempt=attempt, proc=proc)
 
 

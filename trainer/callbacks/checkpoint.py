@@ -167,10 +167,11 @@ class ManifestCheckpoint(ModelCheckpoint):
             self.save_last_now(trainer, kind="last")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        stopping = isinstance(exception, SIGTERMException) or (
-            self.signals is not None and self.signals.stop_signal == signal.SIGTERM
-        )
-        if not stopping or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+        # Only Lightning's own stop, raised at a batch boundary, leaves a consistent state to save.
+        # Anything else raised after a SIGTERM (a DataLoader worker that got the signal too
+        # kills the fit from a SIGCHLD handler, anywhere in a step) is not saved.
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking \
+                or trainer.state.fn != TrainerFn.FITTING:
             return
         if self._start_step is None or trainer.global_step <= self._start_step:
             return  # no step taken by this process: what it would save is already on disk (or untrained)
