@@ -44,7 +44,6 @@ from supervisor.process import (
     is_alive,
     kill_tree,
     reap_monitors,
-    signal_group,
     signal_process,
     spawn_attempt_monitor,
     try_lock,
@@ -550,7 +549,10 @@ class Supervisor:
                     store.update_attempt(job.id, attempt.n, pid=started["trainer_pid"], pgid=started["pgid"])
                     attempt = store.last_attempt(job.id) or attempt
             self.before_stop(job, attempt, intent)
-            signal_group(attempt.pgid, signal.SIGTERM)
+            # SIGTERM to the trainer alone: DataLoader workers die at once on SIGTERM, and the
+            # trainer, killed by their loss mid-step, could save nothing. The group gets SIGKILL
+            # after the grace period (and the monitor clears what is left when the trainer exits).
+            signal_process(attempt.pid, signal.SIGTERM)
         job = store.transition(job.id, JobState.STOPPING, now=now, message=f"stopping: {detail}",
                                attempt=attempt.n if attempt else None, stop_intent=intent,
                                stop_deadline=now + grace, detail=detail, data={"intent": intent})

@@ -109,6 +109,8 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
         apply_environment(cfg, args.config)
         from trainer.runner import FitOptions, RunState, run_fit
 
+        heartbeat.mark("imports_done")
+
         state = RunState()
         opts = FitOptions(attempt_dir=attempt_dir, checkpoint_dir=checkpoint_dir, ckpt=args.ckpt,
                           attempt=args.attempt, restarts=args.restarts, deadline=args.deadline)

@@ -72,6 +72,11 @@ class HeartbeatWriter:
         self._last_step_end: float | None = None
         self._last_write = float("-inf")
         self._last_metrics_line: tuple[int, dict[str, float]] | None = None
+        self.marks: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        """Note a start-up milestone (first time only); it goes out with the next beat."""
+        self.marks.setdefault(name, time.time())
 
     # --- what the Lightning callbacks call -------------------------------------------------
 
@@ -90,6 +95,7 @@ class HeartbeatWriter:
         if epoch is not None:
             self.epoch = epoch
         if self.phase != "train":
+            self.marks.setdefault("first_step", time.time())
             self.set_phase("train")
         elif now - self._last_write >= self.interval:
             self.write()
@@ -134,6 +140,7 @@ class HeartbeatWriter:
             step_time=(sum(intervals) / len(intervals)) if intervals else None,
             max_step_time=max(intervals) if intervals else None,
             metrics=self.metrics,
+            marks=self.marks,
         )
         write_heartbeat(self.path, beat)
         self._append_metrics_line(beat)

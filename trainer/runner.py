@@ -20,9 +20,8 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, Timer
 
 from supervisor.config import parse_duration
-from supervisor.jobfiles.atomic import append_json_line
 from supervisor.jobfiles.layout import manifest_path
-from supervisor.jobfiles.manifest import abandon_after, live_checkpoints
+from supervisor.jobfiles.manifest import abandon_after, abandon_all
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
 from trainer.callbacks.progress import ProgressCallback
@@ -125,27 +124,6 @@ def prepare_resume(opts: FitOptions) -> str | None:
     if moved:
         _log(f"resuming from {path}: moved {len(moved)} newer checkpoint(s) aside")
     return path
-
-
-def abandon_all(manifest: Path, attempt: int) -> list[str]:
-    """Move every live checkpoint of ``manifest`` aside with one ``abandon`` line (a start from step 0)."""
-    import shutil
-    import time
-
-    live = live_checkpoints(manifest, require_file=False)
-    if not live:
-        return []
-    dest = manifest.parent / "abandoned" / str(attempt)
-    dest.mkdir(parents=True, exist_ok=True)
-    moved = []
-    for entry in live:
-        if os.path.exists(entry.path):
-            shutil.move(entry.path, dest / Path(entry.path).name)
-        moved.append(entry.path)
-    append_json_line(manifest, {
-        "event": "abandon", "paths": moved, "resumed_from": None, "step": 0, "time": time.time(), "attempt": attempt,
-    })
-    return moved
 
 
 def build_callbacks(

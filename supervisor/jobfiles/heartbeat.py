@@ -10,7 +10,11 @@ once on a phase change, so the daemon can tell a slow step from a hang:
 ``phase`` is one of ``setup`` (before the first step), ``train``,
 ``validate``, ``checkpoint`` (a save is in progress) and ``done``.
 ``step_time`` is the mean of recent step intervals, ``max_step_time`` the
-slowest of them (seconds).
+slowest of them (seconds). ``marks`` are wall-clock times of the attempt's
+start-up milestones, each set once: ``imports_done`` (torch and Lightning
+imported), ``checkpoint_loaded`` (the resume checkpoint
+restored), ``train_start`` (fit loop starting, after the sanity check) and
+``first_step`` (the first optimizer step of this attempt ended).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Heartbeat:
     step_time: float | None = None
     max_step_time: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    marks: dict[str, float] = field(default_factory=dict)
 
 
 def write_heartbeat(path: str | Path, beat: Heartbeat) -> None:
@@ -66,6 +71,7 @@ def read_heartbeat(path: str | Path) -> Heartbeat | None:
             step_time=_opt_float(data.get("step_time")),
             max_step_time=_opt_float(data.get("max_step_time")),
             metrics=_metrics(data.get("metrics")),
+            marks=_metrics(data.get("marks")),
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -127,17 +127,30 @@ def abandon_after(manifest: str | Path, resume_path: str | Path, attempt: int) -
     if point is None:
         return []
     later = [e for e in live if e.step > point.step]
-    if not later:
+    return _abandon(manifest, later, resumed_from=resume, step=point.step, attempt=attempt)
+
+
+def abandon_all(manifest: str | Path, attempt: int) -> list[str]:
+    """Move every live checkpoint aside: a start from scratch begins a new timeline at step 0."""
+    manifest = Path(manifest)
+    return _abandon(manifest, live_checkpoints(manifest, require_file=False), resumed_from=None, step=0,
+                    attempt=attempt)
+
+
+def _abandon(manifest: Path, entries: list[CheckpointEntry], *, resumed_from: str | None, step: int,
+             attempt: int) -> list[str]:
+    """Move ``entries`` to ``abandoned/<attempt>/`` and record one ``abandon`` line (nothing is deleted)."""
+    if not entries:
         return []
     dest = manifest.parent / "abandoned" / str(attempt)
     dest.mkdir(parents=True, exist_ok=True)
     moved = []
-    for entry in later:
+    for entry in entries:
         if os.path.exists(entry.path):
             shutil.move(entry.path, dest / Path(entry.path).name)
         moved.append(entry.path)
     append_json_line(manifest, {
-        "event": "abandon", "paths": moved, "resumed_from": resume, "step": point.step,
+        "event": "abandon", "paths": moved, "resumed_from": resumed_from, "step": step,
         "time": time.time(), "attempt": attempt,
     })
     return moved

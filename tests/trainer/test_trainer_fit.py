@@ -223,6 +223,14 @@ def test_resume_heartbeat_is_attempt_2(resumed_from_older: ResumeResult) -> None
     assert beat.pid == resumed_from_older.fit.run.proc.pid
 
 
+def test_resume_heartbeat_marks_the_start_up_milestones_in_order(resumed_from_older: ResumeResult) -> None:
+    beat = resumed_from_older.fit.heartbeat
+    assert beat is not None
+    order = ["imports_done", "checkpoint_loaded", "train_start", "first_step"]
+    assert list(sorted(beat.marks, key=beat.marks.__getitem__)) == order
+    assert beat.started_at <= beat.marks["imports_done"] <= beat.marks["first_step"] <= beat.time
+
+
 # --- a fit whose training_step raises --------------------------------------------------------------
 
 CRASH_AT = 5

@@ -46,7 +46,12 @@ class ProgressCallback(Callback):
         self.writer.read_metrics = self._read_metrics
         self.writer.read_progress = self._read_progress
 
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.writer.mark("checkpoint_loaded")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.writer.mark("train_start")
         self.writer.set_phase(self.writer.phase)  # the step restored from a checkpoint, at once
         self._check_deadline(trainer)
 
