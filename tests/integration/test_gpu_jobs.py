@@ -104,3 +104,18 @@ def test_no_nvml_means_one_log_line_and_cpu_jobs_as_usual(daemon: DaemonProc) ->
     assert final["attempts"][0]["gpus"] == []
     assert "CUDA_VISIBLE_DEVICES=\n" in daemon.ctl("logs", job).stdout
     assert daemon.log.read_text().count("GPU features off") == 1
+
+
+def test_a_degrading_gpu_gets_the_trainer_to_checkpoint_and_go_on(gpu_daemon: DaemonProc) -> None:
+    d = gpu_daemon
+    job = d.submit(write_config(d.workdir, steps=150, step_time=0.05, ckpt_every=1000, supervision={"gpus": 1}))
+    wait_for(lambda: d.status(job)["global_step"] >= 5, what="progress")
+    _set_gpu(d.nvml, 0, temperature_c=91)  # type: ignore[attr-defined]  # above the 85 C default: degraded
+    requested = wait_for(lambda: [e for e in d.client().call("events", job=job)
+                                  if e["kind"] == "checkpoint_requested"], what="a checkpoint request")
+    assert "gpu 0" in requested[0]["message"]
+    saved = wait_for(lambda: [e for e in d.client().call("events", job=job) if e["kind"] == "checkpoint"],
+                     what="the requested checkpoint")
+    assert saved[0]["data"]["kind"] == "last"
+    final = d.wait_state(job, "completed", timeout=60)
+    assert len(final["attempts"]) == 1  # degraded is not failed: the attempt went on

@@ -41,11 +41,17 @@ from supervisor.jobfiles.layout import AttemptLayout, manifest_path
 from supervisor.jobfiles.manifest import CheckpointEntry, abandon_after, record_save
 
 _stop_signal: int | None = None
+_checkpoint_requested = False
 
 
 def _on_term(signum: int, frame: object) -> None:
     global _stop_signal
     _stop_signal = signum
+
+
+def _on_usr1(signum: int, frame: object) -> None:
+    global _checkpoint_requested
+    _checkpoint_requested = True
 
 
 def _save(ckpt_dir: Path, step: int, attempt: int, kind: str = "topk") -> str:
@@ -67,6 +73,7 @@ def _read_step(ckpt: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _checkpoint_requested
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
     parser.add_argument("--attempt-dir")
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt_dir = Path(args.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN if opts["ignore_sigterm"] else _on_term)
+    signal.signal(signal.SIGUSR1, _on_usr1)  # like the real trainer: a checkpoint now, and go on
     stacks = open(layout.stacks, "a")  # noqa: SIM115 - faulthandler writes to it until we exit
     faulthandler.register(signal.SIGUSR2, file=stacks, all_threads=True, chain=False)
     faulty = args.attempt in list(opts["faults_on"])
@@ -132,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
                 exception={"type": "RuntimeError", "message": f"boom at step {step}", "traceback": ""}))
             print(f"RuntimeError: boom at step {step}", file=sys.stderr, flush=True)
             return 1
+        if _checkpoint_requested:
+            _checkpoint_requested = False
+            _save(ckpt_dir, step, args.attempt, kind="last")
         if step % opts["ckpt_every"] == 0:
             _save(ckpt_dir, step, args.attempt)
         if time.time() - beat.time >= opts["heartbeat_every"]:
