@@ -121,15 +121,23 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
         # "+key=value" (Hydra's "add a key") means the same as "key=value" here: from_dotlist
         # would take the "+" as part of the key.
         items = [item[1:] if item.startswith("+") else item for item in overrides]
+        layers = []
         for item in items:  # one at a time, to name the key whose value does not parse
             try:
-                OmegaConf.from_dotlist([item])
+                layers.append(OmegaConf.from_dotlist([item]))
             except (OmegaConfBaseException, yaml.YAMLError) as exc:  # the value is parsed as YAML
                 key, value = item.split("=", 1)
+                if _declared_str(key):
+                    # A string field takes the text as typed: Lightning's filename patterns
+                    # ("{epoch}-{step}") are not valid YAML, and nobody should have to quote them.
+                    layer = OmegaConf.create()
+                    OmegaConf.update(layer, key, value, force_add=True)
+                    layers.append(layer)
+                    continue
                 problem = getattr(exc, "problem", None) or _first_line(exc)
                 raise ConfigError(source, key, f"cannot parse the value {value!r}: {problem} "
                                   "(set on the command line)") from None
-        dotlist = OmegaConf.from_dotlist(items)
+        dotlist = OmegaConf.merge(*layers)
         _check_sections(OmegaConf.to_container(dotlist), JobConfig, "", source, " (set on the command line)")
         cfg = _merge(cfg, dotlist, source, override_keys, True)
     try:
@@ -290,6 +298,24 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
 def _key_of(exc: OmegaConfBaseException) -> str | None:
     key = getattr(exc, "full_key", None)
     return str(key) if key else None
+
+
+def _declared_str(key: str) -> bool:
+    """Whether the schema declares ``key`` (a dotted path) as a string field."""
+    schema: type = JobConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        field = next((f for f in fields(schema) if f.name == part), None)
+        if field is None:
+            return False
+        annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+        if i == len(parts) - 1:
+            return str(field.type).replace("typing.", "") in ("str", "<class 'str'>", "Optional[str]", "str | None")
+        target = _SECTION_TYPES.get(annotation)
+        if target is None:
+            return False
+        schema = target
+    return False
 
 
 def _check_sections(raw: dict[str, Any], schema: type, prefix: str, source: str, hint: str = "") -> None:

@@ -299,3 +299,10 @@ def test_an_escaped_interpolation_stays_a_literal_through_freezing(tmp_path: Pat
     again = parse_job_config(to_yaml(cfg), source="frozen")
     assert again.model.init_args.home == "${oc.env:HOME}"
     assert again.model.init_args.real == "esc"
+
+
+def test_a_string_field_takes_an_override_that_is_not_yaml_as_typed(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("name: j\nmodel: {class_path: a.B}\ndata: {class_path: a.C}\n")
+    cfg = load_job_config(path, ["checkpoint.filename={epoch}-{step}-{val_loss:.3f}"])
+    assert cfg.checkpoint.filename == "{epoch}-{step}-{val_loss:.3f}"
