@@ -46,7 +46,7 @@ def main() -> int:
         work = root / "work"
         work.mkdir()
         daemon = DaemonProc(root / "state", work, fake_env(root / "state"))
-        daemon.start()
+        daemon.start("tick_interval=10.0")  # the default (the test harness ticks faster)
         try:
             assert daemon.proc is not None
             proc = psutil.Process(daemon.proc.pid)

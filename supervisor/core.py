@@ -33,7 +33,7 @@ from supervisor.config import load_job_config, parse_duration
 from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
 from supervisor.gpu import GpuEvent, GpuMonitor, GpuThresholds, allocate, cuda_environment, open_backend, preflight
 from supervisor.hang import HangSettings, check_hang, update_slowest_step
-from supervisor.jobfiles.atomic import read_json, read_json_lines
+from supervisor.jobfiles.atomic import read_json, read_json_lines, read_json_lines_from
 from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
@@ -72,8 +72,7 @@ class _Tracked:
 
     attempt: int
     slowest_step: float | None = None
-    manifest_lines: int = 0
-    manifest_size: int = -1
+    manifest_offset: int = 0  # bytes of the manifest already turned into events
     hang_setting: str | None = None
 
 
@@ -108,7 +107,9 @@ class Supervisor:
         self._stop = threading.Event()
         # Called on the loop thread at every turn (at least once a second): the systemd watchdog ping.
         self.on_loop: Callable[[], None] | None = None
-        self.loop_wait = 1.0  # longest idle wait of the loop, so on_loop runs at least this often
+        # Longest idle wait of the loop, so on_loop runs at least this often (the daemon shortens
+        # it to the systemd watchdog's ping interval).
+        self.loop_wait = settings.tick_interval
         self._loop_thread: threading.Thread | None = None
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ class Supervisor:
         if self.settings.watch_files:
             self._exits = ExitWatcher(self.wake_job)
             self._exits.start()
-            self._checkpoints = CheckpointWatcher(self.wake_job)
+            self._checkpoints = CheckpointWatcher(lambda job_id: self._queue.put(("checkpoints", job_id)))
             self._checkpoints.start()
         self._scheduler.start()
         self._start_gpu_monitor()
@@ -214,6 +215,8 @@ class Supervisor:
             with self._pending_lock:
                 self._pending.discard(payload)
             self.poll_job(payload)
+        elif kind == "checkpoints":
+            self._checkpoints_changed(payload)
         elif kind == "gpu":
             self.on_gpu_event(payload)
         elif kind == "call":
@@ -441,7 +444,7 @@ class Supervisor:
                          data={"resumed_from": choice.path, "rule": choice.rule, "gpus": gpus},
                          first_started_at=first_started_at, next_start_at=None, wait_reason=None,
                          stop_intent=None, stop_deadline=None)
-        self._tracked[job.id] = _Tracked(attempt=n, manifest_lines=len(read_json_lines(jl.manifest)))
+        self._tracked[job.id] = _Tracked(attempt=n, manifest_offset=_size(jl.manifest))
         self._watch(job.id, jl, monitor_pid, monitor_started)
         # The monitor reports the trainer's pid within milliseconds: look again soon rather than at the tick.
         self._schedule(job.id, "started", now + 0.2)
@@ -669,28 +672,32 @@ class Supervisor:
         ranked = rank_best(live_checkpoints(JobLayout(Path(job.job_dir)).manifest))
         return ranked[0] if ranked else None
 
+    def _checkpoints_changed(self, job_id: str) -> None:
+        """The manifest grew: record the new checkpoints; nothing else about the job changed."""
+        store = self._store()
+        try:
+            job = store.get_job(job_id)
+        except SupervisorError:
+            return
+        attempt = store.last_attempt(job_id)
+        if attempt is not None and attempt.live:
+            self._note_checkpoints(job, attempt)
+
     def _note_checkpoints(self, job: JobRow, attempt: AttemptRow) -> None:
         """Turn new manifest lines into events (for ``supervisorctl events`` and the web page)."""
         tracked = self._tracked.get(job.id)
         if tracked is None or tracked.attempt != attempt.n:
             return
         manifest = JobLayout(Path(job.job_dir)).manifest
-        try:
-            size = manifest.stat().st_size
-        except OSError:
-            return
-        if size == tracked.manifest_size:
-            return
-        tracked.manifest_size = size
-        lines = read_json_lines(manifest)
-        for entry in lines[tracked.manifest_lines:]:
+        new, tracked.manifest_offset = read_json_lines_from(manifest, tracked.manifest_offset)
+        for entry in new:
             if entry.get("event") == "save":
                 score = entry.get("score")
                 shown = f" {entry.get('monitor')}={score:.4g}" if score is not None else ""
                 self._store().add_event(job.id, "checkpoint", f"checkpoint at step {entry.get('step')}{shown}",
-                                        attempt=attempt.n, data={"path": entry.get("path"), "step": entry.get("step"),
-                                                                 "score": score, "kind": entry.get("kind")})
-        tracked.manifest_lines = len(lines)
+                                        attempt=attempt.n, durable=False,
+                                        data={"path": entry.get("path"), "step": entry.get("step"), "score": score,
+                                              "kind": entry.get("kind")})
 
     # -- reconcile (daemon start) -------------------------------------------------------------
     def reconcile(self) -> None:
@@ -726,7 +733,7 @@ class Supervisor:
                 self._on_attempt_end(job, attempt, monitor_exit, now)
             elif is_alive(attempt.monitor_pid, attempt.monitor_started):
                 jl = JobLayout(Path(job.job_dir))
-                self._tracked[job.id] = _Tracked(attempt=attempt.n, manifest_lines=len(read_json_lines(jl.manifest)))
+                self._tracked[job.id] = _Tracked(attempt=attempt.n, manifest_offset=_size(jl.manifest))
                 self._watch(job.id, jl, attempt.monitor_pid, attempt.monitor_started)
                 store.add_event(job.id, "adopted", f"adopted attempt {attempt.n} (pid {attempt.pid})", now=now,
                                 attempt=attempt.n)
@@ -816,3 +823,10 @@ class Supervisor:
             raise RuntimeError("Supervisor.open() was not called")
         return self.store
 
+
+def _size(path: Path) -> int:
+    """The size of a file, 0 when it does not exist (yet)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -39,6 +39,8 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         if interval is not None:
             self.supervisor.loop_wait = min(self.supervisor.loop_wait, interval)
+        if self.notifier.enabled:
+            self.supervisor.loop_wait = min(self.supervisor.loop_wait, 1.0)  # STATUS= stays current
         self.ops = Operations(self.supervisor)
         self.api: ApiServer | None = None
         self.web: Any = None  # supervisor.web.service.WebService, imported only when the page is on

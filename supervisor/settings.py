@@ -61,7 +61,7 @@ class DaemonSettings:
     # The module run as `python -m <trainer_module>`; tests point it at a fake trainer.
     trainer_module: str = "trainer"
     # Safety-net poll of every job, and the hang clock; file events do the fast path.
-    tick_interval: float = 5.0
+    tick_interval: float = 10.0
     watch_files: bool = True  # inotify file events; off = polling every tick_interval only (benchmark baseline)
     check_timeout: float = 300.0  # submit-time import check of a config's classes
     hang: HangConfig = field(default_factory=HangConfig)

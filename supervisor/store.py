@@ -285,9 +285,20 @@ class Store:
 
     # -- events --------------------------------------------------------------------------------
     def add_event(self, job_id: str | None, kind: str, message: str, *, now: float | None = None,
-                  attempt: int | None = None, data: dict[str, Any] | None = None) -> int:
-        with self._tx() as db:
-            return _insert_event(db, time.time() if now is None else now, job_id, attempt, kind, message, data or {})
+                  attempt: int | None = None, data: dict[str, Any] | None = None, durable: bool = True) -> int:
+        """Record an event. ``durable=False`` skips the fsync (informational events, e.g. each
+        checkpoint): a power cut may lose it, never the database's consistency, and the next
+        durable commit syncs it too."""
+        db = self._conn()
+        if not durable:
+            db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._tx() as tx:
+                return _insert_event(tx, time.time() if now is None else now, job_id, attempt, kind, message,
+                                     data or {})
+        finally:
+            if not durable:
+                db.execute("PRAGMA synchronous=FULL")
 
     def events(self, *, after_id: int = 0, job_id: str | None = None, limit: int = 1000) -> list[EventRow]:
         """Events with id > ``after_id``, oldest first."""

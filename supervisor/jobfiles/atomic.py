@@ -101,20 +101,31 @@ def read_json(path: str | Path) -> Any | None:
 
 def read_json_lines(path: str | Path) -> list[Any]:
     """Every complete JSON line of ``path`` (a torn last line is skipped)."""
+    return read_json_lines_from(path, 0)[0]
+
+
+def read_json_lines_from(path: str | Path, offset: int) -> tuple[list[Any], int]:
+    """The complete JSON lines after byte ``offset``, and the offset to read from next time.
+
+    For following an append-only file without re-reading it: the returned
+    offset stops at the last newline, so a line being written is read whole later.
+    """
     try:
         with open(path, "rb") as f:
+            f.seek(offset)
             data = f.read()
     except OSError:
-        return []
+        return [], offset
+    end = data.rfind(b"\n") + 1  # the part after the last newline is incomplete
     out = []
-    for raw in data.split(b"\n")[:-1]:  # the part after the last newline is incomplete
+    for raw in data[:end].split(b"\n"):
         if not raw.strip():
             continue
         try:
             out.append(json.loads(raw))
         except ValueError:
             continue
-    return out
+    return out, offset + end
 
 
 def finite_or_none(value: Any) -> float | None:
