@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.jobfiles.atomic import append_json_line, read_json, read_json_lines, write_json_atomic
+from supervisor.jobfiles.atomic import (
+    append_json_line,
+    read_json,
+    read_json_lines,
+    read_json_lines_from,
+    write_json_atomic,
+)
 from supervisor.jobfiles.exitrecord import STATUSES, ExitRecord, read_exit_record, write_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat, write_heartbeat
 from supervisor.jobfiles.layout import JobLayout, manifest_path
@@ -417,3 +423,20 @@ def test_the_layout_is_the_documented_one(tmp_path: Path) -> None:
         "stdout.log", "stderr.log", "heartbeat.json", "exit.json"}
     assert job.config.name == "config.yaml" and job.config.parent == job.root
 
+
+
+def test_following_a_jsonl_file_reads_each_complete_line_once(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    assert read_json_lines_from(path, 0) == ([], 0)  # not there yet
+    append_json_line(path, {"n": 1})
+    lines, offset = read_json_lines_from(path, 0)
+    assert lines == [{"n": 1}] and offset == path.stat().st_size
+    with open(path, "ab") as f:
+        f.write(b'{"n": 2}\n{"n": 3')  # the second line is still being written
+    lines, offset2 = read_json_lines_from(path, offset)
+    assert lines == [{"n": 2}]
+    with open(path, "ab") as f:
+        f.write(b"}\n")
+    lines, offset3 = read_json_lines_from(path, offset2)
+    assert lines == [{"n": 3}] and offset3 == path.stat().st_size
+    assert read_json_lines_from(path, offset3) == ([], offset3)
