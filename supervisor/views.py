@@ -21,8 +21,9 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
     """The full status object of one job."""
     layout = JobLayout(Path(job.job_dir))
     attempts = store.attempts(job.id)
-    live = attempts[-1] if attempts and attempts[-1].live else None
-    beat = read_heartbeat(layout.attempt(live.n).heartbeat) if live else None
+    latest = attempts[-1] if attempts else None
+    # The latest attempt's last heartbeat, live or not: after the end it still tells the epoch and metrics.
+    beat = read_heartbeat(layout.attempt(latest.n).heartbeat) if latest else None
     steps = [a.global_step for a in attempts if a.global_step is not None]
     global_step = beat.step if beat else (steps[-1] if steps else 0)
     ranked = rank_best(live_checkpoints(layout.manifest))

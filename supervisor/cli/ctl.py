@@ -21,7 +21,7 @@ from rich.console import Console
 
 from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
-from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table
+from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table, make_console
 from supervisor.errors import SupervisorError
 from supervisor.web.token import read_web_url
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     client = Client(state_dir_of(args))
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console()
     cmd = args.command
     if cmd == "submit":
         req = submit_request(args.config, args.overrides, args.name)

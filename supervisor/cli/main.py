@@ -23,7 +23,7 @@ from rich.console import Console
 
 from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
-from supervisor.cli.render import STATE_STYLE, event_line, job_detail
+from supervisor.cli.render import STATE_STYLE, event_line, job_detail, make_console
 from supervisor.config import format_duration
 from supervisor.daemon import Daemon
 from supervisor.errors import SupervisorError
@@ -114,7 +114,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    console = Console(highlight=False, soft_wrap=True)
+    console = make_console()
     req = submit_request(args.config, args.overrides, args.name)
     state_dir = state_dir_of(args)
     client = Client(state_dir)

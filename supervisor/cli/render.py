@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from supervisor.config import format_duration
+
+
+def make_console() -> Console:
+    """A rich console; wide when output goes to a file or a pipe (logs, CI), where rich would assume 80."""
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
 
 STATE_STYLE = {"running": "green", "starting": "cyan", "queued": "blue", "backoff": "yellow", "stopping": "yellow",
                "completed": "bold green", "failed": "bold red", "stopped": "magenta"}
