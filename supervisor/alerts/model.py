@@ -343,17 +343,22 @@ def _failed_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     return _finish(lines, job, job_id, f)
 
 
+def _ending(head: str, job: str, job_id: str, f: dict[str, Any]) -> str:
+    """The text of a job that ended: what happened, why, how many attempts, and its best checkpoint."""
+    lines = [head]
+    _ending_reason(lines, f)
+    _counts(lines, f)
+    lines.append("Best checkpoint: " + _checkpoint(f, "best_checkpoint", "best_score", "best_step", none="none"))
+    return _finish(lines, job, job_id, f)
+
+
 def _budget_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     budget, elapsed = f.pop("budget_s", None), f.pop("elapsed_s", None)
     head = "Time budget spent"
     if budget is not None:
         head += f" ({format_duration(float(budget))}"
         head += f", used {format_duration(float(elapsed))})" if elapsed is not None else ")"
-    lines = [head + "; the job was stopped and keeps its best checkpoint as the result."]
-    _ending_reason(lines, f)
-    _counts(lines, f)
-    lines.append("Best checkpoint: " + _checkpoint(f, "best_checkpoint", "best_score", "best_step", none="none"))
-    return _finish(lines, job, job_id, f)
+    return _ending(head + "; the job was stopped and keeps its best checkpoint as the result.", job, job_id, f)
 
 
 def _completed_text(job: str, job_id: str, f: dict[str, Any]) -> str:
@@ -361,20 +366,12 @@ def _completed_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     head = "Training finished normally"
     if elapsed is not None:
         head += f" after {format_duration(float(elapsed))}"
-    lines = [head + "."]
-    _ending_reason(lines, f)
-    _counts(lines, f)
-    lines.append("Best checkpoint: " + _checkpoint(f, "best_checkpoint", "best_score", "best_step", none="none"))
-    return _finish(lines, job, job_id, f)
+    return _ending(head + ".", job, job_id, f)
 
 
 def _stopped_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     by = f.pop("by", None)
-    lines = ["Stopped on request" + (f" by {by}." if by else ".")]
-    _ending_reason(lines, f)
-    _counts(lines, f)
-    lines.append("Best checkpoint: " + _checkpoint(f, "best_checkpoint", "best_score", "best_step", none="none"))
-    return _finish(lines, job, job_id, f)
+    return _ending("Stopped on request" + (f" by {by}." if by else "."), job, job_id, f)
 
 
 def _reboot_text(job: str, job_id: str, f: dict[str, Any]) -> str:
