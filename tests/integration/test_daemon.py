@@ -232,3 +232,17 @@ def test_a_hang_is_detected_stacks_saved_and_the_job_relaunched(daemon: DaemonPr
     stacks = (Path(final["job_dir"]) / "attempts" / "1" / "stacks.txt").read_text()
     assert "thread" in stacks and "fake_trainer.py" in stacks
     assert final["attempts"][1]["resumed_from"].endswith("step=10.ckpt")
+
+
+def test_restart_of_a_running_job_relaunches_it_from_best(daemon: DaemonProc) -> None:
+    cfg = write_config(daemon.workdir, steps=60, step_time=0.05, ckpt_every=5)
+    job = daemon.submit(cfg)
+    _attempt_pid(daemon, job, 1)
+    wait_for(lambda: daemon.status(job)["global_step"] >= 12, what="progress")
+    assert daemon.ctl("restart", job).stdout.strip() == f"{job}: stopping"
+    final = daemon.wait_state(job, "completed", "failed")
+    first, second = final["attempts"]
+    assert first["reason"] == "user_restart"
+    # the SIGTERM made the trainer save where it was; best is the newest (score 1/step, mode min)
+    assert second["resumed_from"] is not None
+    assert final["state"] == "completed" and final["restarts"] == 1
