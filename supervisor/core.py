@@ -37,7 +37,7 @@ from supervisor.jobfiles.atomic import read_json, read_json_lines, read_json_lin
 from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
-from supervisor.jobfiles.manifest import live_checkpoints, rank_best
+from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
 from supervisor.outcome import classify_end
 from supervisor.process import (
     ProcessHandle,
@@ -183,15 +183,6 @@ class Supervisor:
                 except Exception:
                     log.exception("error in tick")
                 next_tick = time.monotonic() + self.settings.tick_interval
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    def request_stop(self) -> None:
-        """Ask the loop to exit (safe from a signal handler: it only sets a flag and enqueues)."""
-        self._stop.set()
-        self._queue.put_nowait(("noop", None))
 
     # -- thread-safe entry points --------------------------------------------------------------
     def wake_job(self, job_id: str) -> None:
@@ -383,7 +374,7 @@ class Supervisor:
         beat = read_heartbeat(layout.heartbeat)
         tracked.slowest_step = update_slowest_step(tracked.slowest_step, beat)
         if tracked.hang_setting is None:  # OmegaConf access is slow; read the setting once per attempt
-            tracked.hang_setting = str(self._config(job).supervision.hang_timeout)
+            tracked.hang_setting = str(self.job_config(job).supervision.hang_timeout)
         verdict = check_hang(now=now, attempt_started_at=attempt.started_at, heartbeat=beat,
                              slowest_step_s=tracked.slowest_step, setting=tracked.hang_setting,
                              settings=self._hang_settings)
@@ -393,7 +384,7 @@ class Supervisor:
     # -- launching -------------------------------------------------------------------------------
     def _launch(self, job: JobRow, now: float) -> None:
         store = self._store()
-        cfg = self._config(job)
+        cfg = self.job_config(job)
         jl = JobLayout(Path(job.job_dir))
         gpus = self.allocate_gpus(job, cfg, now)
         if gpus is None:
@@ -444,8 +435,7 @@ class Supervisor:
                          data={"resumed_from": choice.path, "rule": choice.rule, "gpus": gpus},
                          first_started_at=first_started_at, next_start_at=None, wait_reason=None,
                          stop_intent=None, stop_deadline=None)
-        self._tracked[job.id] = _Tracked(attempt=n, manifest_offset=_size(jl.manifest))
-        self._watch(job.id, jl, monitor_pid, monitor_started)
+        self._watch(job.id, n, jl, monitor_pid, monitor_started)
         # The monitor reports the trainer's pid within milliseconds: look again soon rather than at the tick.
         self._schedule(job.id, "started", now + 0.2)
         self._schedule_timers(store.get_job(job.id))
@@ -541,7 +531,7 @@ class Supervisor:
     def _begin_stop(self, job: JobRow, intent: str, detail: str, now: float) -> JobRow:
         store = self._store()
         attempt = store.last_attempt(job.id)
-        grace = parse_duration(self._config(job).supervision.stop_grace)
+        grace = parse_duration(self.job_config(job).supervision.stop_grace)
         if intent in ("hang", "gpu_fault"):
             # A hung or GPU-stuck trainer cannot act on SIGTERM (its main thread is blocked): no long wait.
             grace = min(grace, STUCK_GRACE_S)
@@ -600,7 +590,7 @@ class Supervisor:
             restart_policy.AttemptEnd(cause=outcome.cause, ended_at=ended_at, new_checkpoints=len(saves),
                                       completion_reason=outcome.completion_reason),
             history, now=now, first_started_at=job.first_started_at or attempt.started_at,
-            policy=restart_policy.RestartPolicy.from_config(self._config(job).supervision))
+            policy=restart_policy.RestartPolicy.from_config(self.job_config(job).supervision))
         store.add_event(job.id, "attempt_ended", f"attempt {attempt.n} ended: {outcome.detail}", now=now,
                         attempt=attempt.n, data={"cause": outcome.cause, "exit_code": outcome.exit_code,
                                                  "signal": outcome.signal, "new_checkpoints": len(saves)})
@@ -613,12 +603,12 @@ class Supervisor:
                                    stop_intent=None, stop_deadline=None, detail=outcome.detail,
                                    data={"cause": outcome.cause, "delay": decision.delay})
             # Which checkpoint the relaunch will take (verified again at launch; this is the preview for people).
-            preview = choose_resume(live_checkpoints(jl.manifest), str(self._config(job).supervision.resume_from),
+            preview = choose_resume(live_checkpoints(jl.manifest), str(self.job_config(job).supervision.resume_from),
                                     verify=lambda entry: None).entry
             self._alert("hang" if outcome.cause == "hang" else "restart", job, {
                 "cause": outcome.cause, "detail": outcome.detail, "attempt": attempt.n + 1,
                 "restarts": job.restarts, "delay": decision.delay, "gpus": attempt.gpus, "message": decision.message,
-                "max_restarts": self._config(job).supervision.max_restarts,
+                "max_restarts": self.job_config(job).supervision.max_restarts,
                 "resumed_from": preview.path if preview else None,
                 "resumed_step": preview.step if preview else None,
                 "resumed_score": preview.score if preview else None,
@@ -667,7 +657,7 @@ class Supervisor:
         log.info("job %s: %s (%s)", job.id, state.value, end_reason)
         return job
 
-    def best_checkpoint(self, job: JobRow) -> Any:
+    def best_checkpoint(self, job: JobRow) -> CheckpointEntry | None:
         """The best live checkpoint of the job's current timeline (a manifest entry), or None."""
         ranked = rank_best(live_checkpoints(JobLayout(Path(job.job_dir)).manifest))
         return ranked[0] if ranked else None
@@ -733,8 +723,7 @@ class Supervisor:
                 self._on_attempt_end(job, attempt, monitor_exit, now)
             elif is_alive(attempt.monitor_pid, attempt.monitor_started):
                 jl = JobLayout(Path(job.job_dir))
-                self._tracked[job.id] = _Tracked(attempt=attempt.n, manifest_offset=_size(jl.manifest))
-                self._watch(job.id, jl, attempt.monitor_pid, attempt.monitor_started)
+                self._watch(job.id, attempt.n, jl, attempt.monitor_pid, attempt.monitor_started)
                 store.add_event(job.id, "adopted", f"adopted attempt {attempt.n} (pid {attempt.pid})", now=now,
                                 attempt=attempt.n)
                 log.info("job %s: adopted running attempt %d", job.id, attempt.n)
@@ -774,7 +763,11 @@ class Supervisor:
             pass
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _watch(self, job_id: str, jl: JobLayout, monitor_pid: int | None, monitor_started: float | None) -> None:
+    def _watch(self, job_id: str, n: int, jl: JobLayout, monitor_pid: int | None,
+               monitor_started: float | None) -> None:
+        """Follow a live attempt (launched or adopted): its exit, its new checkpoints, its hang clock."""
+        # checkpoints saved before now are not news: events start from the manifest's current end
+        self._tracked[job_id] = _Tracked(attempt=n, manifest_offset=_size(jl.manifest))
         if self._exits is not None and not self._exits.watch(job_id, monitor_pid, monitor_started):
             self.wake_job(job_id)  # already gone: collect it now
         if self._checkpoints is not None:
@@ -799,16 +792,13 @@ class Supervisor:
         deadline = self._deadline(job, job.first_started_at)
         return deadline is not None and now >= deadline
 
-    def _config(self, job: JobRow) -> DictConfig:
+    def job_config(self, job: JobRow) -> DictConfig:
+        """The frozen config of a job (cached: it never changes)."""
         cfg = self._configs.get(job.id)
         if cfg is None:
             cfg = load_job_config(JobLayout(Path(job.job_dir)).config)
             self._configs[job.id] = cfg
         return cfg
-
-    def job_config(self, job: JobRow) -> DictConfig:
-        """The frozen config of a job (cached; it never changes)."""
-        return self._config(job)
 
     def _alert(self, event: str, job: JobRow, details: dict[str, Any]) -> None:
         if self.alert_hook is None:
