@@ -6,6 +6,11 @@ daemon twice in this script: with file events (inotify via watchdog, the
 default) and, as the baseline, with file events off so only the periodic tick
 notices (polling every `tick_interval`, like Supervisor's 1 s tick).
 
+Robust on a loaded machine: whether an attempt saved is read from the job's
+manifest (not from the events list, which is paged: with a checkpoint every
+step, an attempt's saves can lie past the first page), events are read with a
+cursor, and the waits are generous (they bound a stuck run, not the figures).
+
     .venv/bin/python bench/crash_detection.py [--kills 100] [--baseline-kills 20]
 """
 
@@ -22,7 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from supervisor.jobfiles.atomic import read_json_lines
 from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
+
+WAIT_S = 120.0  # a loaded machine can take many seconds to start a Python trainer
 
 
 def measure(kills: int, *settings: str) -> list[float]:
@@ -39,14 +47,18 @@ def measure(kills: int, *settings: str) -> list[float]:
                                supervision={"max_restarts": kills + 10, "no_progress_attempts": kills + 10})
             job = daemon.submit(cfg)
             client = daemon.client()
+            manifest = root / "state" / "jobs" / job / "checkpoints" / "manifest.jsonl"
             latencies = []
             for n in range(1, kills + 1):
-                pid = wait_for(lambda n=n: _running_pid(client, job, n), timeout=30, interval=0.005)
-                wait_for(lambda n=n: _saved(client, job, n), timeout=30, interval=0.005)
-                after = client.call("events", job=job)[-1]["id"]
+                pid = wait_for(lambda n=n: _running_pid(client, job, n), timeout=WAIT_S, interval=0.005,
+                               what=f"attempt {n} running")
+                wait_for(lambda n=n: _saved(manifest, n), timeout=WAIT_S, interval=0.005,
+                         what=f"a checkpoint of attempt {n}")
+                after = _last_event_id(client, job)
                 killed_at = time.time()
                 os.kill(pid, signal.SIGKILL)
-                event = wait_for(lambda after=after: _restart_event(client, job, after), timeout=30, interval=0.002)
+                event = wait_for(lambda after=after: _restart_event(client, job, after), timeout=WAIT_S,
+                                 interval=0.002, what=f"the restart after killing attempt {n}")
                 latencies.append((event["time"] - killed_at) * 1000)
             daemon.ctl("stop", job)
             return latencies
@@ -62,12 +74,25 @@ def _running_pid(client, job: str, n: int) -> int | None:
     return None
 
 
-def _saved(client, job: str, n: int) -> bool:
-    return any(e["kind"] == "checkpoint" and e["attempt"] == n for e in client.call("events", job=job))
+def _saved(manifest: Path, n: int) -> bool:
+    return any(e.get("event") == "save" and e.get("attempt") == n for e in read_json_lines(manifest))
+
+
+def _last_event_id(client, job: str) -> int:
+    """The id of the job's newest event (events come in pages of at most 1000)."""
+    last = 0
+    while page := client.call("events", job=job, after=last):
+        last = page[-1]["id"]
+    return last
 
 
 def _restart_event(client, job: str, after: int) -> dict | None:
-    return next((e for e in client.call("events", job=job, after=after) if e["kind"] == "restart"), None)
+    while page := client.call("events", job=job, after=after):
+        found = next((e for e in page if e["kind"] == "restart"), None)
+        if found is not None:
+            return found
+        after = page[-1]["id"]
+    return None
 
 
 def pct(values: list[float], q: float) -> float:

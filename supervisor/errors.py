@@ -41,6 +41,12 @@ class JobNotFound(SupervisorError):
     exit_status = 3
 
 
+class StoreError(SupervisorError):
+    """The database cannot be used by this version (e.g. written by a newer ml-supervisor)."""
+
+    code = "store_error"
+
+
 class InvalidTransition(SupervisorError):
     code = "invalid_transition"
     exit_status = 4

@@ -1,4 +1,4 @@
-"""How an attempt ended: the trainer's exit record, the monitor's exit status and the daemon's own intent.
+"""How an attempt ended: the trainer's exit record, the runner's exit status and the daemon's own intent.
 
 Exit codes cannot say "completed" (Lightning exits 0 after SIGTERM), so only an
 exit record with status ``completed`` counts as completion. When the daemon
@@ -9,45 +9,49 @@ the cause, unless the trainer completed first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+from supervisor.causes import Cause
 from supervisor.jobfiles.exitrecord import ExitRecord
+from supervisor.jobfiles.monitorfiles import MonitorExit
 
 
 @dataclass(frozen=True)
 class Outcome:
-    cause: str  # a policy cause: completed, crash, hang, gpu_fault, vanished, reboot, user_stop, ...
+    cause: Cause
     detail: str  # one line for people: "RuntimeError: CUDA error", "killed by SIGKILL", ...
     exit_code: int | None
     signal: str | None
-    completion_reason: str | None = None
+    completion_reason: str | None = None  # the exit record's reason when completed: max_epochs, deadline, ...
 
 
-def classify_end(record: ExitRecord | None, monitor_exit: dict[str, Any] | None, intent: str | None,
+def classify_end(record: ExitRecord | None, process_exit: MonitorExit | None, intent: Cause | None,
                  intent_detail: str | None = None) -> Outcome:
-    """Combine what the trainer wrote, what its monitor saw and what the daemon meant."""
-    exit_code = monitor_exit.get("exit_code") if monitor_exit else None
-    signal_name = monitor_exit.get("signal") if monitor_exit else None
+    """Combine what the trainer wrote, what its runner saw and what the daemon meant.
+
+    ``process_exit`` None: the attempt's processes ended without anyone recording how.
+    """
+    exit_code = process_exit.exit_code if process_exit else None
+    signal_name = process_exit.signal if process_exit else None
     if record is not None and record.status == "completed":
-        return Outcome("completed", f"completed ({record.reason or 'finished'})", exit_code, signal_name,
+        return Outcome(Cause.COMPLETED, f"completed ({record.reason or 'finished'})", exit_code, signal_name,
                        completion_reason=record.reason)
     if record is not None and record.status == "config_error":
-        return Outcome("config_error", record.message or "config error", exit_code, signal_name)
+        return Outcome(Cause.CONFIG_ERROR, record.message or "config error", exit_code, signal_name)
     if intent:
-        return Outcome(intent, intent_detail or intent.replace("_", " "), exit_code, signal_name)
-    if monitor_exit is not None and monitor_exit.get("error"):
-        return Outcome("crash", str(monitor_exit["error"]), exit_code, signal_name)
+        return Outcome(Cause(intent), intent_detail or intent.replace("_", " "), exit_code, signal_name)
+    if process_exit is not None and process_exit.error:
+        return Outcome(Cause.CRASH, process_exit.error, exit_code, signal_name)
     if record is not None and record.status == "exception" and record.exception:
         exc = record.exception
-        return Outcome("crash", f"{exc.get('type', 'Exception')}: {exc.get('message', '')}".strip(), exit_code,
+        return Outcome(Cause.CRASH, f"{exc.get('type', 'Exception')}: {exc.get('message', '')}".strip(), exit_code,
                        signal_name)
     if record is not None and record.status == "signal":
-        return Outcome("crash", f"stopped by {record.signal or 'a signal'} (not sent by the supervisor)", exit_code,
-                       signal_name)
+        return Outcome(Cause.CRASH, f"stopped by {record.signal or 'a signal'} (not sent by the supervisor)",
+                       exit_code, signal_name)
     if signal_name:
-        return Outcome("crash", f"killed by {signal_name}", exit_code, signal_name)
+        return Outcome(Cause.CRASH, f"killed by {signal_name}", exit_code, signal_name)
     if exit_code == 0:
-        return Outcome("crash", "exited 0 without an exit record", exit_code, signal_name)
+        return Outcome(Cause.CRASH, "exited 0 without an exit record", exit_code, signal_name)
     if exit_code is None:
-        return Outcome("vanished", "the attempt's monitor vanished without an exit status", None, None)
-    return Outcome("crash", f"exited with code {exit_code}", exit_code, signal_name)
+        return Outcome(Cause.VANISHED, "the attempt's monitor vanished without an exit status", None, None)
+    return Outcome(Cause.CRASH, f"exited with code {exit_code}", exit_code, signal_name)

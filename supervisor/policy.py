@@ -43,22 +43,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from supervisor.causes import Cause, EndReason
 from supervisor.config.durations import format_duration, parse_duration
+from supervisor.states import TERMINAL_STATES, JobState
 
-FAILURE_CAUSES = ("crash", "hang", "gpu_fault", "vanished")
+FAILURE_CAUSES = (Cause.CRASH, Cause.HANG, Cause.GPU_FAULT, Cause.VANISHED)
 """Causes that are the job's failures: they count toward max_restarts, no-progress and the backoff."""
 
-RESTART_NOW_CAUSES = ("reboot", "user_restart")
+RESTART_NOW_CAUSES = (Cause.REBOOT, Cause.USER_RESTART)
 """Causes that restart at once and are not the job's failures."""
 
-TERMINAL_CAUSES = ("completed", "user_stop", "budget", "config_error")
+TERMINAL_CAUSES = (Cause.COMPLETED, Cause.USER_STOP, Cause.BUDGET, Cause.CONFIG_ERROR)
 """Causes that always end the job."""
 
 CAUSES = FAILURE_CAUSES + RESTART_NOW_CAUSES + TERMINAL_CAUSES
 
 ACTIONS = ("restart", "finish")
-FINAL_STATES = ("completed", "failed", "stopped")
-END_REASONS = ("finished", "budget", "max_restarts", "no_progress", "user", "config_error")
+FINAL_STATES = tuple(sorted(TERMINAL_STATES))
+END_REASONS = tuple(EndReason)
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class AttemptEnd:
     max_epochs, max_steps, early_stopping, max_time, deadline or stopped.
     """
 
-    cause: str
+    cause: Cause | str  # a Cause; a string is checked by ``decide``
     ended_at: float  # wall clock, seconds
     new_checkpoints: int  # checkpoints this attempt saved
     completion_reason: str | None = None
@@ -82,7 +84,7 @@ class PastAttempt:
     n: int
     started_at: float
     ended_at: float | None  # None: its end was never recorded
-    cause: str | None  # None: its cause was never recorded
+    cause: Cause | str | None  # None: its cause was never recorded
     new_checkpoints: int
 
 
@@ -140,8 +142,8 @@ class Decision:
 
     action: str  # "restart" | "finish"
     delay: float = 0.0  # seconds to wait before relaunching (restart only)
-    state: str | None = None  # terminal job state when finishing: "completed" | "failed" | "stopped"
-    end_reason: str | None = None  # finished | budget | max_restarts | no_progress | user | config_error
+    state: JobState | None = None  # terminal job state when finishing: completed | failed | stopped
+    end_reason: EndReason | None = None  # why the job ends (finish only)
     message: str = ""  # one human sentence for events and alerts
 
 
@@ -216,35 +218,27 @@ def decide(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, first
     """
     if end.cause not in CAUSES:
         raise ValueError(f"unknown cause {end.cause!r}; expected one of {', '.join(CAUSES)}")
-
-    if end.cause == "completed":
-        if end.completion_reason == "deadline":
-            return _finish("completed", "budget", "time budget reached: training stopped at its deadline")
-        why = f" ({end.completion_reason})" if end.completion_reason else ""
-        return _finish("completed", "finished", f"training completed{why}")
-    if end.cause == "user_stop":
-        return _finish("stopped", "user", "stopped by the user")
-    if end.cause == "budget":
-        return _finish("completed", "budget", f"time budget{_budget_text(policy)} spent; stopped")
-    if end.cause == "config_error":
-        return _finish("failed", "config_error", "the trainer rejected the config; not retried")
+    cause = Cause(end.cause)
+    if cause in TERMINAL_CAUSES:
+        return decide_terminal(cause, policy, completion_reason=end.completion_reason)
 
     deadline = budget_deadline(first_started_at, policy)
-    label = _CAUSE_TEXT[end.cause]
+    label = _CAUSE_TEXT[cause]
     if deadline is not None and now >= deadline:
-        return _finish("completed", "budget", f"{label}; time budget{_budget_text(policy)} spent; not restarting")
+        return _finish(JobState.COMPLETED, EndReason.BUDGET,
+                       f"{label}; time budget{_budget_text(policy)} spent; not restarting")
 
-    if end.cause in RESTART_NOW_CAUSES:
+    if cause in RESTART_NOW_CAUSES:
         return Decision("restart", 0.0, message=f"{label}; restarting now")
 
     streak = no_progress_streak(end, history)
     if streak >= policy.no_progress_attempts:
-        return _finish("failed", "no_progress",
+        return _finish(JobState.FAILED, EndReason.NO_PROGRESS,
                        f"{label}; {_plural(streak, 'attempt')} in a row saved no new checkpoint; giving up")
     failures = failures_in_window(end, history, now=now, window=policy.restart_window)
     window_text = format_duration(policy.restart_window)
     if failures > policy.max_restarts:
-        return _finish("failed", "max_restarts",
+        return _finish(JobState.FAILED, EndReason.MAX_RESTARTS,
                        f"{label}; {_plural(failures, 'failure')} in {window_text}, "
                        f"more than max_restarts={policy.max_restarts}; giving up")
 
@@ -252,24 +246,43 @@ def decide(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, first
     # The wait runs from the end of the attempt; clamp for a clock that stepped back.
     delay = min(backoff, max(0.0, end.ended_at + backoff - now))
     if deadline is not None and now + delay >= deadline:
-        return _finish("completed", "budget",
+        return _finish(JobState.COMPLETED, EndReason.BUDGET,
                        f"{label}; the {format_duration(delay)} backoff would outlast the time budget; not restarting")
     when = f"retrying in {format_duration(delay)}" if delay > 0 else "retrying now"
     return Decision("restart", delay,
                     message=f"{label}; restart {failures} of {policy.max_restarts} in {window_text} window; {when}")
 
 
+def decide_terminal(cause: Cause, policy: RestartPolicy, *, completion_reason: str | None = None) -> Decision:
+    """How a job ends for a cause that always ends it (rule 1); also used for a job stopped
+    while it had no attempt running (queued or in backoff), so that mapping has one home.
+    """
+    if cause is Cause.COMPLETED:
+        if completion_reason == "deadline":
+            return _finish(JobState.COMPLETED, EndReason.BUDGET,
+                           "time budget reached: training stopped at its deadline")
+        why = f" ({completion_reason})" if completion_reason else ""
+        return _finish(JobState.COMPLETED, EndReason.FINISHED, f"training completed{why}")
+    if cause is Cause.USER_STOP:
+        return _finish(JobState.STOPPED, EndReason.USER, "stopped by the user")
+    if cause is Cause.BUDGET:
+        return _finish(JobState.COMPLETED, EndReason.BUDGET, f"time budget{_budget_text(policy)} spent; stopped")
+    if cause is Cause.CONFIG_ERROR:
+        return _finish(JobState.FAILED, EndReason.CONFIG_ERROR, "the trainer rejected the config; not retried")
+    raise ValueError(f"{cause.value} does not end a job by itself")
+
+
 _CAUSE_TEXT = {
-    "crash": "crash",
-    "hang": "hang",
-    "gpu_fault": "GPU fault",
-    "vanished": "trainer vanished",
-    "reboot": "node rebooted",
-    "user_restart": "restart requested",
+    Cause.CRASH: "crash",
+    Cause.HANG: "hang",
+    Cause.GPU_FAULT: "GPU fault",
+    Cause.VANISHED: "trainer vanished",
+    Cause.REBOOT: "node rebooted",
+    Cause.USER_RESTART: "restart requested",
 }
 
 
-def _finish(state: str, end_reason: str, message: str) -> Decision:
+def _finish(state: JobState, end_reason: EndReason, message: str) -> Decision:
     return Decision("finish", 0.0, state=state, end_reason=end_reason, message=message)
 
 

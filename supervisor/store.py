@@ -18,10 +18,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from supervisor.errors import JobNotFound
+from supervisor.errors import JobNotFound, StoreError
 from supervisor.states import JobState, check_transition
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: the first cut (local attempt monitors in dedicated columns). 2: runner kind + runner-owned JSON state."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -50,10 +51,9 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE TABLE IF NOT EXISTS attempts (
     job_id TEXT NOT NULL REFERENCES jobs(id),
     n INTEGER NOT NULL,
-    monitor_pid INTEGER,
-    monitor_started REAL,
+    runner_kind TEXT NOT NULL DEFAULT 'local',
+    runner_state TEXT NOT NULL DEFAULT '{}',
     pid INTEGER,
-    pgid INTEGER,
     boot_id TEXT,
     gpus TEXT NOT NULL DEFAULT '[]',
     started_at REAL NOT NULL,
@@ -111,10 +111,9 @@ class AttemptRow:
     job_id: str
     n: int
     started_at: float
-    monitor_pid: int | None = None
-    monitor_started: float | None = None
-    pid: int | None = None
-    pgid: int | None = None
+    runner_kind: str = "local"
+    runner_state: dict[str, Any] = field(default_factory=dict)  # the runner's own, opaque to everyone else
+    pid: int | None = None  # the trainer's pid, for people (status, history)
     boot_id: str | None = None
     gpus: list[int] = field(default_factory=list)
     ended_at: float | None = None
@@ -153,9 +152,23 @@ class Store:
         self.path = Path(path)
         self._local = threading.local()
         # executescript commits on its own: it cannot run inside _tx.
+        fresh = not self._has_table("attempts")
         self._conn().executescript(_SCHEMA)
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if fresh:
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                           (str(SCHEMA_VERSION),))
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row["value"]) if row is not None else 1
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema_version: {version} is newer than this ml-supervisor "
+                                 f"understands ({SCHEMA_VERSION}); upgrade ml-supervisor")
+            if version < 2:
+                _migrate_1_to_2(db)
+
+    def _has_table(self, name: str) -> bool:
+        row = self._conn().execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return row.fetchone() is not None
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -316,6 +329,23 @@ class Store:
         return int(row["m"] or 0)
 
 
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Attempts of schema 1 were all local: their monitor/trainer columns become the local runner's state.
+
+    The old columns stay (SQLite drops columns poorly, and an old daemon could still read them);
+    nothing reads them any more.
+    """
+    db.execute("ALTER TABLE attempts ADD COLUMN runner_kind TEXT NOT NULL DEFAULT 'local'")
+    db.execute("ALTER TABLE attempts ADD COLUMN runner_state TEXT NOT NULL DEFAULT '{}'")
+    rows = db.execute("SELECT job_id, n, monitor_pid, monitor_started, pid, pgid FROM attempts").fetchall()
+    for r in rows:
+        state = {"monitor_pid": r["monitor_pid"], "monitor_started": r["monitor_started"], "trainer_pid": r["pid"],
+                 "pgid": r["pgid"]}
+        db.execute("UPDATE attempts SET runner_state = ? WHERE job_id = ? AND n = ?",
+                   (json.dumps(state), r["job_id"], r["n"]))
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '2')")
+
+
 def _insert_event(db: sqlite3.Connection, now: float, job_id: str | None, attempt: int | None, kind: str,
                   message: str, data: dict[str, Any]) -> int:
     cur = db.execute("INSERT INTO events(time, job_id, attempt, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
@@ -347,7 +377,7 @@ def _attempt_values(changes: dict[str, Any]) -> dict[str, Any]:
     unknown = set(changes) - set(_ATTEMPT_FIELDS)
     if unknown:
         raise ValueError(f"unknown attempt fields: {sorted(unknown)}")
-    return {k: (json.dumps(v) if k == "gpus" else v) for k, v in changes.items()}
+    return {k: (json.dumps(v) if k in ("gpus", "runner_state") else v) for k, v in changes.items()}
 
 
 def _job_from_row(row: sqlite3.Row) -> JobRow:
@@ -359,4 +389,5 @@ def _job_from_row(row: sqlite3.Row) -> JobRow:
 def _attempt_from_row(row: sqlite3.Row) -> AttemptRow:
     values = {k: row[k] for k in _ATTEMPT_FIELDS}
     values["gpus"] = json.loads(values["gpus"] or "[]")
+    values["runner_state"] = json.loads(values["runner_state"] or "{}")
     return AttemptRow(**values)

@@ -61,6 +61,14 @@ class ExitWatcher:
             self._epoll.register(fd, select.EPOLLIN)
         return True
 
+    def unwatch(self, key: str) -> None:
+        """Stop watching every process watched under ``key`` and close their pidfds."""
+        with self._lock:
+            for fd in [fd for fd, k in self._keys.items() if k == key]:
+                del self._keys[fd]
+                self._epoll.unregister(fd)
+                os.close(fd)
+
     def stop(self) -> None:
         os.write(self._wake_w, b"x")
         self._thread.join(timeout=5)

@@ -1,0 +1,121 @@
+"""What every part of the core shares: the store, the runners, the timers, the caches, the clock.
+
+``Supervisor`` is assembled from one class per concern (launch, stopping,
+reconcile, GPU actions) over this base; each reads and writes only through
+what is declared here, and only on the loop thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from supervisor.causes import Cause
+from supervisor.gpu import GpuMonitor
+from supervisor.jobfiles.layout import JobLayout
+from supervisor.loop import Loop
+from supervisor.runners.base import AttemptExit, AttemptRef, AttemptRunner
+from supervisor.settings import DaemonSettings
+from supervisor.states import JobState
+from supervisor.store import AttemptRow, JobRow, Store
+from supervisor.timers import Timers
+from supervisor.tracking import AttemptTracker
+from supervisor.watcher import CheckpointWatcher
+
+log = logging.getLogger("ml_supervisor")
+
+# Alert hook: (event, job, details) -> None. Wired to the W&B alert dispatcher by the daemon.
+AlertHook = Callable[[str, JobRow, dict[str, Any]], None]
+
+
+class CoreBase(ABC):
+    """Shared state of the core's parts (see the module docstring)."""
+
+    settings: DaemonSettings
+    state_dir: Path
+    jobs_dir: Path
+    clock: Callable[[], float]
+    boot_id: str
+    alert_hook: AlertHook | None
+    store: Store | None
+    runner: AttemptRunner  # the runner new attempts are launched with
+    runners: dict[str, AttemptRunner]  # by kind: the runners of attempts found in the store
+    timers: Timers
+    tracker: AttemptTracker
+    loop: Loop
+    gpus: GpuMonitor | None
+    _checkpoints: CheckpointWatcher | None
+
+    def _store(self) -> Store:
+        if self.store is None:
+            raise RuntimeError("Supervisor.open() was not called")
+        return self.store
+
+    def wake_job(self, job_id: str) -> None:
+        """Ask the loop to look at one job soon (thread-safe, coalesced)."""
+        self.loop.wake_job(job_id)
+
+    def job_config(self, job: JobRow) -> DictConfig:
+        """The frozen config of a job (cached: it never changes)."""
+        return self.tracker.config(job.id, job.job_dir)
+
+    def runner_for(self, attempt: AttemptRow) -> AttemptRunner:
+        """The runner that started ``attempt`` (by its persisted kind)."""
+        runner = self.runners.get(attempt.runner_kind)
+        if runner is None:
+            raise RuntimeError(f"attempt {attempt.job_id}/{attempt.n} was started by an unknown runner "
+                               f"{attempt.runner_kind!r}")
+        return runner
+
+    def attempt_ref(self, job: JobRow, attempt: AttemptRow) -> AttemptRef:
+        return AttemptRef(job_id=job.id, attempt=attempt.n,
+                          attempt_dir=JobLayout(Path(job.job_dir)).attempt(attempt.n).dir, state=attempt.runner_state)
+
+    def deadline(self, job: JobRow, first_started_at: float | None) -> float | None:
+        """When the job's budget is spent (wall clock), or None."""
+        if job.budget_s is None or first_started_at is None:
+            return None
+        return first_started_at + job.budget_s
+
+    def budget_spent(self, job: JobRow, now: float) -> bool:
+        deadline = self.deadline(job, job.first_started_at)
+        return deadline is not None and now >= deadline
+
+    def _alert(self, event: str, job: JobRow, details: dict[str, Any]) -> None:
+        if self.alert_hook is None:
+            return
+        try:
+            self.alert_hook(event, job, details)
+        except Exception:  # alerts must never break supervision
+            log.exception("job %s: alert %s failed", job.id, event)
+
+    # -- the parts' entry points into each other (each defined by its part) -----------------------
+    @abstractmethod
+    def finish(self, job: JobRow, state: JobState, end_reason: str, message: str, now: float) -> JobRow:
+        """End the job for good (``Supervisor``)."""
+
+    @abstractmethod
+    def on_attempt_end(self, job: JobRow, attempt: AttemptRow, process_exit: AttemptExit | None, now: float, *,
+                       intent: Cause | None = None, intent_detail: str | None = None) -> None:
+        """Record an attempt's end and act on the policy's decision (``Supervisor``)."""
+
+    @abstractmethod
+    def begin_stop(self, job: JobRow, intent: Cause, detail: str, now: float) -> JobRow:
+        """Stop the live attempt gracefully (``Stopping``)."""
+
+    @abstractmethod
+    def follow(self, job: JobRow, n: int) -> None:
+        """Follow a live attempt's checkpoints and hang clock (``Launching``)."""
+
+    @abstractmethod
+    def gpu_jobs(self) -> dict[int, str]:
+        """GPU index -> job holding it (``Launching``)."""
+
+    @abstractmethod
+    def wake_queued(self) -> None:
+        """Wake every queued job (``Launching``)."""

@@ -1,0 +1,86 @@
+"""Reconcile on start: make the store true again after a daemon restart or a reboot.
+
+``classify`` is pure: from what the store recorded and what the runner sees
+now, each live attempt is adopted (still running), collected (it ended while
+the daemon was away), rebooted (it ran in an earlier boot) or vanished (gone
+without an exit status). ``Reconciling.reconcile`` applies the verdicts.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+
+from supervisor.causes import Cause, EventKind
+from supervisor.corebase import CoreBase
+from supervisor.runners.base import Observation, Phase
+from supervisor.states import LIVE_STATES
+
+log = logging.getLogger("ml_supervisor")
+
+
+class Verdict(StrEnum):
+    ADOPT = "adopt"
+    COLLECT = "collect"
+    REBOOTED = "rebooted"
+    VANISHED = "vanished"
+
+
+def classify(seen: Observation, recorded_boot_id: str | None, current_boot_id: str) -> Verdict:
+    """What to do with an attempt the store says is live (pure)."""
+    boot = seen.boot_id or recorded_boot_id
+    if boot and boot != current_boot_id:
+        return Verdict.REBOOTED  # the node rebooted: whatever the files say, that trainer is gone
+    if seen.phase is Phase.ENDED:
+        return Verdict.COLLECT if seen.exit is not None else Verdict.VANISHED
+    return Verdict.ADOPT
+
+
+class Reconciling(CoreBase):
+    """Apply ``classify`` to every job the store says is live."""
+
+    def reconcile(self) -> dict[str, Verdict]:
+        """Adopt, collect or relaunch every live attempt; the verdict per job."""
+        store = self._store()
+        now = self.clock()
+        previous_boot = store.get_meta("boot_id")
+        verdicts: dict[str, Verdict] = {}
+        for job in store.list_jobs(states=list(LIVE_STATES)):
+            attempt = store.last_attempt(job.id)
+            if attempt is None or not attempt.live:
+                continue
+            runner = self.runner_for(attempt)
+            ref = self.attempt_ref(job, attempt)
+            seen = runner.observe(ref)
+            verdict = verdicts[job.id] = classify(seen, attempt.boot_id, self.boot_id)
+            if seen.state != attempt.runner_state:
+                store.update_attempt(job.id, attempt.n, runner_state=seen.state, pid=seen.trainer_pid)
+                attempt = store.last_attempt(job.id) or attempt
+                ref = self.attempt_ref(job, attempt)
+            if verdict is Verdict.REBOOTED:
+                runner.kill(ref)  # (if a test faked the reboot, make sure that trainer is gone)
+                store.add_event(job.id, EventKind.REBOOT, "the node rebooted while the job ran", now=now,
+                                attempt=attempt.n)
+                self.on_attempt_end(job, attempt, seen.exit, now, intent=Cause.REBOOT,
+                                    intent_detail="the node rebooted")
+            elif verdict is Verdict.COLLECT:
+                store.add_event(job.id, EventKind.COLLECTED, f"attempt {attempt.n} ended while the daemon was away",
+                                now=now, attempt=attempt.n)
+                self.on_attempt_end(job, attempt, seen.exit, now)
+            elif verdict is Verdict.ADOPT:
+                runner.adopt(ref)
+                self.follow(job, attempt.n)
+                store.add_event(job.id, EventKind.ADOPTED, f"adopted attempt {attempt.n} (pid {attempt.pid})",
+                                now=now, attempt=attempt.n)
+                log.info("job %s: adopted running attempt %d", job.id, attempt.n)
+            else:
+                runner.kill(ref)  # leave nothing of it behind
+                self.on_attempt_end(job, attempt, None, now)
+        store.set_meta("boot_id", self.boot_id)
+        rebooted = [job_id for job_id, v in verdicts.items() if v is Verdict.REBOOTED]
+        if rebooted:
+            log.warning("recovered %d job(s) after a reboot (boot id was %s)", len(rebooted), previous_boot)
+            for job_id in rebooted:
+                self._alert("reboot", store.get_job(job_id), {"jobs": rebooted, "previous_boot_id": previous_boot,
+                                                              "boot_id": self.boot_id})
+        return verdicts

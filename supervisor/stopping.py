@@ -1,0 +1,83 @@
+"""Stopping an attempt: a graceful stop with a grace period, then escalation to a kill.
+
+The intent of a stop (hang, GPU fault, budget, user stop or restart) is the
+cause the attempt will end with; what follows is the restart policy's call
+(``policy.decide`` / ``policy.decide_terminal``), never a second copy of it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from supervisor import policy as restart_policy
+from supervisor.causes import Cause, EventKind
+from supervisor.config import parse_duration
+from supervisor.corebase import CoreBase
+from supervisor.states import JobState
+from supervisor.store import AttemptRow, JobRow
+from supervisor.timers import TimerKind
+
+log = logging.getLogger("ml_supervisor")
+
+STACK_DUMP_TIMEOUT_S = 5.0
+# A hung or GPU-stuck trainer cannot act on SIGTERM (its main thread is blocked): no long wait.
+STUCK_GRACE_S = 5.0
+STUCK_CAUSES = (Cause.HANG, Cause.GPU_FAULT)
+
+
+def stop_grace(intent: Cause, configured_s: float) -> float:
+    """Seconds between the graceful stop and the kill."""
+    return min(configured_s, STUCK_GRACE_S) if intent in STUCK_CAUSES else configured_s
+
+
+class Stopping(CoreBase):
+    """Begin a graceful stop; escalate when its grace period is over."""
+
+    def begin_stop(self, job: JobRow, intent: Cause, detail: str, now: float) -> JobRow:
+        """Stop the job's live attempt gracefully; the job is ``stopping`` until the attempt ends."""
+        store = self._store()
+        attempt = store.last_attempt(job.id)
+        grace = stop_grace(intent, parse_duration(self.job_config(job).supervision.stop_grace))
+        if attempt is not None and attempt.live:
+            attempt = self._refresh(job, attempt)
+            self.before_stop(job, attempt, intent)
+            self.runner_for(attempt).graceful_stop(self.attempt_ref(job, attempt))
+        job = store.transition(job.id, JobState.STOPPING, now=now, message=f"stopping: {detail}",
+                               attempt=attempt.n if attempt else None, stop_intent=intent,
+                               stop_deadline=now + grace, detail=detail, data={"intent": intent})
+        self.timers.schedule(job.id, TimerKind.ESCALATE, now + grace)
+        log.info("job %s: stopping (%s)", job.id, detail)
+        return job
+
+    def stop_idle(self, job: JobRow, intent: Cause, now: float) -> JobRow:
+        """Stop a job that has no attempt running (queued or in backoff): the policy says how it ends."""
+        policy = restart_policy.RestartPolicy.from_config(self.job_config(job).supervision)
+        decision = restart_policy.decide_terminal(intent, policy)
+        assert decision.state is not None and decision.end_reason is not None
+        return self.finish(job, decision.state, decision.end_reason, decision.message, now)
+
+    def escalate(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
+        """The grace period is over: kill every process of the attempt (its end is collected as usual)."""
+        victims = self.runner_for(attempt).kill(self.attempt_ref(job, attempt))
+        store = self._store()
+        store.update_job(job.id, now=now, stop_deadline=None)
+        store.add_event(job.id, EventKind.SIGKILL, f"grace period over: SIGKILL to {len(victims)} processes",
+                        now=now, attempt=attempt.n, data={"pids": victims})
+
+    def before_stop(self, job: JobRow, attempt: AttemptRow, intent: Cause) -> None:
+        """Before the graceful stop of a hang: save every thread's stack (the runner knows how)."""
+        if intent is not Cause.HANG:
+            return
+        # Bounded: faulthandler writes from C at once; the loop must not stall long for one job.
+        files = self.runner_for(attempt).dump_stacks(self.attempt_ref(job, attempt), STACK_DUMP_TIMEOUT_S)
+        self._store().add_event(job.id, EventKind.STACKS,
+                                f"saved stacks: {', '.join(f.name for f in files) or 'none'}",
+                                attempt=attempt.n, data={"files": [str(f) for f in files]})
+
+    def _refresh(self, job: JobRow, attempt: AttemptRow) -> AttemptRow:
+        """Persist what the runner learned of a starting attempt (its trainer's pid) before signalling it."""
+        seen = self.runner_for(attempt).observe(self.attempt_ref(job, attempt))
+        if seen.state != attempt.runner_state:
+            self._store().update_attempt(job.id, attempt.n, runner_state=seen.state, pid=seen.trainer_pid)
+            attempt = self._store().last_attempt(job.id) or attempt
+        return attempt

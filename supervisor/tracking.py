@@ -1,0 +1,65 @@
+"""What the loop remembers about each job between polls, and the one place that forgets it.
+
+Rebuilt from the store and the job's files after a daemon restart: nothing
+here is the truth, only a cache of it (the hang clock's slowest step, how far
+the manifest was read, the frozen config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from supervisor.config import load_job_config
+from supervisor.jobfiles.layout import JobLayout
+
+
+@dataclass
+class TrackedAttempt:
+    """A job's live attempt as the loop follows it."""
+
+    attempt: int
+    slowest_step: float | None = None
+    manifest_offset: int = 0  # bytes of the manifest already turned into events
+    hang_setting: str | None = None
+
+
+class AttemptTracker:
+    """Per-job caches of the loop: tracked attempts and frozen configs."""
+
+    def __init__(self) -> None:
+        self._attempts: dict[str, TrackedAttempt] = {}
+        self._configs: dict[str, DictConfig] = {}
+
+    def track(self, job_id: str, attempt: int, *, manifest_offset: int = 0) -> TrackedAttempt:
+        tracked = self._attempts[job_id] = TrackedAttempt(attempt=attempt, manifest_offset=manifest_offset)
+        return tracked
+
+    def get(self, job_id: str, attempt: int) -> TrackedAttempt | None:
+        """The tracked attempt of a job, if it is attempt ``attempt``."""
+        tracked = self._attempts.get(job_id)
+        return tracked if tracked is not None and tracked.attempt == attempt else None
+
+    def get_or_track(self, job_id: str, attempt: int) -> TrackedAttempt:
+        return self.get(job_id, attempt) or self.track(job_id, attempt)
+
+    def end_attempt(self, job_id: str) -> None:
+        """The job's attempt ended (the job goes on)."""
+        self._attempts.pop(job_id, None)
+
+    def config(self, job_id: str, job_dir: str) -> DictConfig:
+        """The frozen config of a job (cached: it never changes)."""
+        cfg = self._configs.get(job_id)
+        if cfg is None:
+            cfg = self._configs[job_id] = load_job_config(JobLayout(Path(job_dir)).config)
+        return cfg
+
+    def forget(self, job_id: str) -> None:
+        """The job finished: drop everything about it (a restart of the job loads it again)."""
+        self._attempts.pop(job_id, None)
+        self._configs.pop(job_id, None)
+
+    def tracked_jobs(self) -> set[str]:
+        return set(self._attempts) | set(self._configs)
