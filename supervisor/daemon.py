@@ -45,6 +45,7 @@ class Daemon:
         self.api: ApiServer | None = None
         self.web: Any = None  # supervisor.web.service.WebService, imported only when the page is on
         self._status = ""
+        self._ready = threading.Event()  # STATUS= only after READY=1 (systemd shows both; order them)
 
     def start(self) -> None:
         """Open the state dir (lock, store, reconcile), start alerts, the API and the loop thread."""
@@ -57,6 +58,7 @@ class Daemon:
         if self.settings.web.enabled:
             self._start_web()
         self.notifier.ready()
+        self._ready.set()
 
     def stop(self) -> None:
         """Stop serving; running trainers keep running (they are adopted on the next start)."""
@@ -97,7 +99,7 @@ class Daemon:
         """
         self.notifier.watchdog_tick()
         store = self.supervisor.store
-        if store is None or not self.notifier.enabled:
+        if store is None or not self.notifier.enabled or not self._ready.is_set():
             return
         counts = {state: 0 for state in (JobState.RUNNING, JobState.QUEUED, JobState.BACKOFF)}
         for job in store.list_jobs(states=list(counts)):

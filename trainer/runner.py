@@ -175,12 +175,12 @@ def build_callbacks(
 
 def stop_reason(trainer: pl.Trainer, state: RunState) -> str:
     """Why a fit that returned normally stopped (the exit record's ``reason``)."""
-    for callback in trainer.callbacks:
+    for callback in _callbacks(trainer):
         if isinstance(callback, EarlyStopping) and _early_stopped(callback):
             return "early_stopping"
     if state.deadline is not None and state.deadline.triggered:
         return "deadline"
-    for callback in trainer.callbacks:
+    for callback in _callbacks(trainer):
         if isinstance(callback, Timer):
             remaining = callback.time_remaining()
             if remaining is not None and remaining <= 0:
@@ -201,3 +201,8 @@ def _early_stopped(callback: EarlyStopping) -> bool:
 
 def _log(message: str) -> None:
     print(f"[trainer] {message}", file=sys.stderr, flush=True)
+
+
+def _callbacks(trainer: pl.Trainer) -> list[pl.Callback]:
+    """The Trainer's callbacks (Lightning sets the attribute in a connector without declaring it)."""
+    return list(trainer.callbacks)  # type: ignore[attr-defined]

@@ -138,14 +138,16 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
                 raise ConfigError(source, key, f"cannot parse the value {value!r}: {problem} "
                                   "(set on the command line)") from None
         dotlist = OmegaConf.merge(*layers)
-        _check_sections(OmegaConf.to_container(dotlist), JobConfig, "", source, " (set on the command line)")
+        container = OmegaConf.to_container(dotlist)
+        assert isinstance(container, dict)  # a merge of dotlists is a mapping
+        _check_sections({str(k): v for k, v in container.items()}, JobConfig, "", source, " (set on the command line)")
         cfg = _merge(cfg, dotlist, source, override_keys, True)
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except InterpolationResolutionError as exc:
-        key = _key_of(exc)
-        raise ConfigError(source, key, f"cannot resolve interpolation: {_first_line(exc)}"
-                          + _cli_hint(key, override_keys, False)) from None
+        where = _key_of(exc)
+        raise ConfigError(source, where, f"cannot resolve interpolation: {_first_line(exc)}"
+                          + _cli_hint(where, override_keys, False)) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(source, _key_of(exc), _first_line(exc)) from None
     # Resolving turned an escaped "\\${...}" into a literal "${...}": escape it again, or the
@@ -346,6 +348,7 @@ def _check_sections(raw: dict[str, Any], schema: type, prefix: str, source: str,
             for i, item in enumerate(value if item_type is not None else ()):
                 if not isinstance(item, dict):
                     raise ConfigError(source, f"{key}[{i}]", f"must be a mapping, got {type(item).__name__}{hint}")
+                assert item_type is not None  # the loop runs only when it is set
                 _check_sections(item, item_type, f"{key}[{i}].", source, hint)
 
 

@@ -261,8 +261,8 @@ class GpuMonitor:
                 if _RANK[health] < _RANK[DEGRADED]:
                     health = DEGRADED
             if state is not None and cls.kind != "application":
-                state.health = max(state.health or HEALTHY, health, key=_RANK.__getitem__)
-                state.reported = state.health
+                worst = max(state.health or HEALTHY, health, key=_RANK.__getitem__)
+                state.health = state.reported = worst
             out = self._event(index, "xid", health, text, xid=event.xid, application=cls.application)
         self._emit([out])
         return out

@@ -64,7 +64,7 @@ def read_heartbeat(path: str | Path) -> Heartbeat | None:
             pid=int(data["pid"]),
             attempt=int(data["attempt"]),
             time=float(data["time"]),
-            started_at=float(data.get("started_at", data["time"])),
+            started_at=float(data["started_at"] if "started_at" in data else data["time"]),
             phase=str(data.get("phase", "train")),
             step=int(data.get("step", 0)),
             epoch=int(data.get("epoch", 0)),

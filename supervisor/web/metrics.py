@@ -79,7 +79,7 @@ def render_metrics(jobs: Sequence[Mapping[str, Any]], gpus: Sequence[Mapping[str
 
     restarts_all = family("restarts_total", "counter",
                           "Restarts of all jobs, by the cause that ended the attempt before the restart.")
-    causes_all = {cause: 0 for cause in RESTART_CAUSES}
+    causes_all: dict[str, int] = {cause.value: 0 for cause in RESTART_CAUSES}
     job_state = family("job_state", "gauge", "Current state of each job (1 for the current state, 0 for the others).")
     job_restarts = family("job_restarts_total", "counter",
                           "Restarts of each job, by the cause that ended the attempt before the restart.")
@@ -97,8 +97,8 @@ def render_metrics(jobs: Sequence[Mapping[str, Any]], gpus: Sequence[Mapping[str
         by_cause = restarts_by_cause(job.get("attempts") or [], job["state"])
         for cause in RESTART_CAUSES:
             job_restarts.add(by_cause.get(cause, 0), **ids, cause=cause)
-        for cause, n in by_cause.items():
-            causes_all[cause] = causes_all.get(cause, 0) + n
+        for cause_name, n in by_cause.items():
+            causes_all[cause_name] = causes_all.get(cause_name, 0) + n
         attempts.add(len(job.get("attempts") or []), **ids)
         step.add(job.get("global_step"), **ids)
         b = job.get("budget") or {}
@@ -109,8 +109,8 @@ def render_metrics(jobs: Sequence[Mapping[str, Any]], gpus: Sequence[Mapping[str
         top = job.get("best_checkpoint") or {}
         if isinstance(top.get("score"), (int, float)) and math.isfinite(top["score"]):
             best.add(top["score"], **ids, monitor=top.get("monitor") or "")
-    for cause, n in causes_all.items():
-        restarts_all.add(n, cause=cause)
+    for cause_name, n in causes_all.items():
+        restarts_all.add(n, cause=cause_name)
 
     family("nvml_up", "gauge", "Whether the GPU layer (NVML) is available: 1 yes, 0 no.").add(
         0 if gpus is None else 1)

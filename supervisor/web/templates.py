@@ -211,7 +211,8 @@ def load_template(path: Path) -> Template:
         cfg = load_job_config(path)
         ui = OmegaConf.to_container(cfg.ui, resolve=True)
         assert isinstance(ui, dict)
-        title, description, knobs = parse_ui(ui, source=str(path), config_value=lambda key: _select(cfg, key))
+        title, description, knobs = parse_ui({str(k): v for k, v in ui.items()}, source=str(path),
+                                             config_value=lambda key: _select(cfg, key))
         # One load with every knob at its default: unknown keys and wrong types show up now, not at launch.
         load_job_config(path, [to_override(k.key, k.default) for k in knobs])
     except ConfigError as exc:

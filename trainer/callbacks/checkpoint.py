@@ -152,7 +152,7 @@ class ManifestCheckpoint(ModelCheckpoint):
             return
         self._validated_step = trainer.global_step
         self._validated_value = self._monitor_value(trainer)
-        if (self._topk_pending or self._defer_save_until_validation) and not trainer.fast_dev_run:
+        if (self._topk_pending or self._defer_save_until_validation) and not _fast_dev_run(trainer):
             # Lightning drops a deferred save when it saves on train epoch end; do it here, scored fresh.
             self._topk_pending = self._defer_save_until_validation = False
             candidates = self._monitor_candidates(trainer)
@@ -163,7 +163,7 @@ class ManifestCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Replaces Lightning's (which saves "last" only if nothing was saved during the fit):
         # a fit stopped by max_steps, a deadline or early stopping keeps its final steps.
-        if self.save_final and not trainer.fast_dev_run and trainer.global_step != self._last_global_step_saved:
+        if self.save_final and not _fast_dev_run(trainer) and trainer.global_step != self._last_global_step_saved:
             self.save_last_now(trainer, kind="last")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -379,3 +379,8 @@ def _copy_durably(source: str, dest: str) -> None:
             dst.write(chunk)
         dst.flush()
         os.fsync(dst.fileno())
+
+
+def _fast_dev_run(trainer: pl.Trainer) -> bool:
+    """Whether this is a fast_dev_run (Lightning sets the attribute in a connector without declaring it)."""
+    return bool(trainer.fast_dev_run)  # type: ignore[attr-defined]

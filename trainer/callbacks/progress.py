@@ -109,11 +109,12 @@ class ProgressCallback(Callback):
         if self._trainer is None:
             return {}
         out: dict[str, float] = {}
-        for name, value in self._trainer.callback_metrics.items():
-            if isinstance(value, Tensor):
-                if value.numel() != 1:
+        for name, metric in self._trainer.callback_metrics.items():
+            value: object = metric
+            if isinstance(metric, Tensor):
+                if metric.numel() != 1:
                     continue
-                value = value.item()
+                value = metric.item()
             number = finite_or_none(value)
             if number is not None:
                 out[str(name)] = number

@@ -82,7 +82,8 @@ class DigitsClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW with the learning rate and weight decay given at construction."""
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams["lr"],
+                                 weight_decay=self.hparams["weight_decay"])
 
 
 class DigitsDataModule(pl.LightningDataModule):
