@@ -2,7 +2,10 @@
 
 No torch here: the daemon talks to the driver through NVML only.
 
-    backend.py    GpuBackend protocol; NvmlBackend, FakeNvmlBackend; open_backend()
+    types.py      the GpuBackend protocol and its values (readings, processes, Xid events)
+    nvml.py       NvmlBackend: the real NVML
+    simulated.py  FakeNvmlBackend: NVML simulated by a JSON file
+    backend.py    open_backend(): which one this node gets
     health.py     classify() a reading; the Xid catalogue (classify_xid)
     monitor.py    GpuMonitor: poll + Xid threads, quarantine file, snapshot(), allocatable()
     allocate.py   allocate() GPUs to a job; cuda_environment()
