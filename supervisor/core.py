@@ -339,7 +339,7 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
                 "resumed_from": preview.path if preview else None,
                 "resumed_step": preview.step if preview else None,
                 "resumed_score": preview.score if preview else None,
-                "error": outcome.detail, "logs": str(al.stderr),
+                "logs": str(al.stderr),  # (the error is the detail: sent once)
                 "stacks": str(al.stacks) if outcome.cause is Cause.HANG and al.stacks.exists() else None,
                 "last_step": step,
             })

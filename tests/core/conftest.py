@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ class Core:
     runner: FakeRunner
     clock: FakeClock
     work: Path
+    alerts: list[tuple[str, str, dict[str, Any]]]  # (event, job id, details) sent to the alert hook
     opened: list[Supervisor] = field(default_factory=list)
 
     @property
@@ -85,10 +87,12 @@ def make_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeC
 
         settings = DaemonSettings(state_dir=str(tmp_path / "state"), trainer_module="fake_trainer",
                                   tick_interval=1.0, watch_files=False, check_timeout=60)
-        sup = Supervisor(settings, clock=clock, boot_id=boot_id, runner=factory)
+        alerts: list[tuple[str, str, dict[str, Any]]] = []
+        sup = Supervisor(settings, clock=clock, boot_id=boot_id, runner=factory,
+                         alert_hook=lambda event, job, details: alerts.append((event, job.id, details)))
         sup.open()
         opened.append(sup)
-        return Core(sup, fake, clock, work, opened)
+        return Core(sup, fake, clock, work, alerts, opened)
 
     yield make
     for sup in opened:

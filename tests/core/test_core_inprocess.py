@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from supervisor.alerts import make_alert
 from supervisor.causes import Cause
 from supervisor.runners.base import LaunchRefused, Phase
 from supervisor.states import JobState
@@ -47,6 +48,11 @@ def test_a_crash_is_classified_and_relaunched_at_once(make_core: MakeCore) -> No
     assert second.n == 2 and core.state(job_id) is JobState.STARTING
     assert core.job(job_id).restarts == 1
     assert job_id in core.runner.forgotten  # the ended attempt's handles are closed
+
+    ((event, alerted, details),) = core.alerts
+    assert (event, alerted) == ("restart", job_id)
+    alert = make_alert(event, job_id=job_id, job_name="job", details=details, wandb=None)
+    assert alert.text.count("exited with code 1") == 1, alert.text  # the error is told once
 
 
 def test_stop_escalates_to_a_kill_after_the_grace_period(make_core: MakeCore) -> None:
