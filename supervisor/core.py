@@ -32,7 +32,7 @@ from supervisor.causes import Cause, EventKind
 from supervisor.corebase import AlertHook
 from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
 from supervisor.gpu_actions import GpuActions
-from supervisor.hang import HangSettings, check_hang, update_slowest_step
+from supervisor.hang import check_hang, update_slowest_step
 from supervisor.jobfiles.atomic import read_json_lines, read_json_lines_from
 from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import read_heartbeat
@@ -94,10 +94,6 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
                          tick_interval=settings.tick_interval)
         self.loop.handlers.update(checkpoints=self._checkpoints_changed, gpu=self.on_gpu_event)
         self._lock_fd: int | None = None
-        hang = settings.hang
-        self._hang_settings = HangSettings(startup_allowance_s=hang.startup_allowance,
-                                           phase_allowance_s=hang.phase_allowance, multiple=hang.multiple,
-                                           minimum_s=hang.min_timeout)
 
     # -- the loop hooks the daemon sets --------------------------------------------------------------
     @property
@@ -283,7 +279,7 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
             tracked.hang_setting = str(self.job_config(job).supervision.hang_timeout)
         verdict = check_hang(now=now, attempt_started_at=attempt.started_at, heartbeat=beat,
                              slowest_step_s=tracked.slowest_step, setting=tracked.hang_setting,
-                             settings=self._hang_settings)
+                             settings=self.settings.hang)
         if verdict.hung:
             self.begin_stop(job, Cause.HANG, f"hang: {verdict.reason}", now)
 

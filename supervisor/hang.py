@@ -10,7 +10,7 @@ attempt is hung when no progress was seen for longer than its timeout:
 - ``auto`` (default): before the first step (no heartbeat yet, phase
   ``setup``, or ``train`` with no step timed yet) the startup allowance;
   while training ``multiple`` x the slowest step seen (NVIDIA's resiliency
-  toolkit uses 5x) plus the heartbeat period, never below ``minimum_s``; during ``validate``,
+  toolkit uses 5x) plus the heartbeat period, never below ``min_timeout``; during ``validate``,
   ``checkpoint`` and ``done`` (teardown: loggers flushing) the phase
   allowance, or the step rule when that is longer.
 
@@ -24,19 +24,7 @@ from dataclasses import dataclass
 
 from supervisor.config.durations import format_duration, parse_duration
 from supervisor.jobfiles.heartbeat import Heartbeat
-
-
-@dataclass(frozen=True)
-class HangSettings:
-    """The allowances of ``hang_timeout: auto`` (daemon config; tests use small values)."""
-
-    startup_allowance_s: float = 900.0  # imports, data setup, CUDA init, first step (compile/autotune)
-    phase_allowance_s: float = 900.0  # a validation pass, a checkpoint save, teardown
-    multiple: float = 5.0  # x the slowest step
-    minimum_s: float = 60.0  # never less while training (jitter, GC pauses, a slow batch)
-    # the trainer writes a beat at most this often (ML_SUPERVISOR_HEARTBEAT_INTERVAL): progress is only
-    # visible that late, so it is added to the step rule
-    heartbeat_interval_s: float = 2.0
+from supervisor.settings import HangConfig
 
 
 @dataclass(frozen=True)
@@ -59,7 +47,7 @@ def update_slowest_step(slowest_step_s: float | None, heartbeat: Heartbeat | Non
 
 
 def hang_timeout(setting: str, heartbeat: Heartbeat | None, slowest_step_s: float | None,
-                 settings: HangSettings) -> float | None:
+                 settings: HangConfig) -> float | None:
     """Seconds without progress after which the attempt counts as hung; ``None`` when detection is off.
 
     ``setting`` is ``supervision.hang_timeout`` (``auto``, ``off`` or a
@@ -73,20 +61,20 @@ def hang_timeout(setting: str, heartbeat: Heartbeat | None, slowest_step_s: floa
         seconds = parse_duration(text)
         return seconds if seconds > 0 else None  # "0" reads as off: a zero timeout would kill every attempt
     slowest = _slowest(heartbeat, slowest_step_s)
-    step_rule = (max(settings.minimum_s, settings.multiple * slowest + settings.heartbeat_interval_s)
+    step_rule = (max(settings.min_timeout, settings.multiple * slowest + settings.heartbeat_interval)
                  if slowest is not None else None)
     phase = heartbeat.phase if heartbeat is not None else "setup"
     if phase == "setup":
-        return settings.startup_allowance_s
+        return settings.startup_allowance
     if phase == "train":
         # no step timed yet: the first step (CUDA init, compile, autotune) gets the startup allowance
-        return step_rule if step_rule is not None else settings.startup_allowance_s
+        return step_rule if step_rule is not None else settings.startup_allowance
     # validate, checkpoint, done, or a phase this daemon does not know yet: be generous
-    return max(settings.phase_allowance_s, step_rule or 0.0)
+    return max(settings.phase_allowance, step_rule or 0.0)
 
 
 def check_hang(*, now: float, attempt_started_at: float, heartbeat: Heartbeat | None,
-               slowest_step_s: float | None, setting: str, settings: HangSettings) -> HangVerdict:
+               slowest_step_s: float | None, setting: str, settings: HangConfig) -> HangVerdict:
     """Is the attempt hung at ``now`` (wall clock, like the heartbeat's ``time``)?
 
     Progress is the later of the attempt's start and the last heartbeat's time,
@@ -120,7 +108,7 @@ def _where(heartbeat: Heartbeat | None) -> str:
     return f"phase {heartbeat.phase}, step {heartbeat.step}, epoch {heartbeat.epoch}"
 
 
-def _basis(setting: str, heartbeat: Heartbeat | None, slowest_step_s: float | None, settings: HangSettings,
+def _basis(setting: str, heartbeat: Heartbeat | None, slowest_step_s: float | None, settings: HangConfig,
            timeout: float) -> str:
     if str(setting).strip().lower() != "auto":
         return "set by supervision.hang_timeout"
@@ -129,7 +117,7 @@ def _basis(setting: str, heartbeat: Heartbeat | None, slowest_step_s: float | No
     if phase == "setup" or (phase == "train" and slowest is None):
         return "startup allowance"
     if phase == "train":
-        if timeout == settings.minimum_s:
+        if timeout == settings.min_timeout:
             return f"minimum (slowest step {slowest:.2f}s)"
-        return f"{settings.multiple:g}x the slowest step {slowest:.2f}s + {settings.heartbeat_interval_s:g}s beat"
-    return f"{phase} allowance" if timeout == settings.phase_allowance_s else f"{settings.multiple:g}x the slowest step"
+        return f"{settings.multiple:g}x the slowest step {slowest:.2f}s + {settings.heartbeat_interval:g}s beat"
+    return f"{phase} allowance" if timeout == settings.phase_allowance else f"{settings.multiple:g}x the slowest step"

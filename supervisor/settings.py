@@ -23,12 +23,16 @@ TRAINER_MODULE_ENV = "ML_SUPERVISOR_TRAINER_MODULE"
 
 @dataclass
 class HangConfig:
-    """Allowances for hang detection with ``hang_timeout: auto`` (seconds)."""
+    """Allowances for hang detection with ``hang_timeout: auto`` (seconds): the daemon config's ``hang``
+    section, and the one settings type ``hang.check_hang`` takes (tests use small values)."""
 
-    startup_allowance: float = 900.0  # before the first heartbeat/step: imports, data, compile
-    phase_allowance: float = 900.0  # during validation and checkpoint saves
+    startup_allowance: float = 900.0  # before the first heartbeat/step: imports, data setup, CUDA init, compile
+    phase_allowance: float = 900.0  # a validation pass, a checkpoint save, teardown
     multiple: float = 5.0  # x the slowest recent step interval
-    min_timeout: float = 60.0
+    min_timeout: float = 60.0  # never less while training (jitter, GC pauses, a slow batch)
+    # the trainer writes a beat at most this often (ML_SUPERVISOR_HEARTBEAT_INTERVAL): progress is only
+    # visible that late, so it is added to the step rule
+    heartbeat_interval: float = 2.0
 
 
 @dataclass

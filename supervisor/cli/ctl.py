@@ -23,6 +23,7 @@ from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
 from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table, make_console
 from supervisor.errors import SupervisorError
+from supervisor.states import TERMINAL_STATES
 from supervisor.web.token import read_web_url
 
 PROG = "supervisorctl"
@@ -180,7 +181,7 @@ def _logs(client: Client, args: argparse.Namespace) -> int:
             attempt, offsets = chunk["latest_attempt"], {}
             print(f"--- attempt {attempt} ---", file=sys.stderr, flush=True)
             continue
-        if chunk["done"] and client.call("status", job=args.job)["state"] in ("completed", "failed", "stopped"):
+        if chunk["done"] and client.call("status", job=args.job)["state"] in TERMINAL_STATES:
             return 0
         time.sleep(FOLLOW_INTERVAL)
 

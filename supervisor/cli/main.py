@@ -30,10 +30,10 @@ from supervisor.errors import SupervisorError
 from supervisor.logsetup import setup_logging
 from supervisor.sdnotify import Notifier
 from supervisor.settings import load_settings
+from supervisor.states import TERMINAL_STATES
 from supervisor.systemd_unit import install_unit
 
 PROG = "ml-supervisor"
-TERMINAL = ("completed", "failed", "stopped")
 EXIT_STATUS = {"completed": 0, "failed": 1, "stopped": 130}
 
 
@@ -160,7 +160,7 @@ def _follow(client: Client, console: Console, job_id: str) -> dict[str, Any]:
                 if event["kind"] != "checkpoint":
                     console.print(event_line(event))
             job = client.call("status", job=job_id)
-            if job["state"] in TERMINAL:
+            if job["state"] in TERMINAL_STATES:
                 return job
             if interrupts and not asked_stop:
                 console.print("[yellow]stopping the job (Ctrl-C again to stop waiting)[/]")

@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.hang import HangSettings, check_hang, hang_timeout, update_slowest_step
+from supervisor.hang import check_hang, hang_timeout, update_slowest_step
 from supervisor.jobfiles.heartbeat import Heartbeat
+from supervisor.settings import HangConfig
 from supervisor.stacks import dump_stacks
 
 T0 = 1_700_000_000.0
-S = HangSettings(startup_allowance_s=900.0, phase_allowance_s=600.0, multiple=5.0, minimum_s=60.0)
+S = HangConfig(startup_allowance=900.0, phase_allowance=600.0, multiple=5.0, min_timeout=60.0)
 
 
 def beat(phase: str = "train", *, at: float = T0 + 1000, max_step: float | None = None, step: int = 100) -> Heartbeat:
@@ -112,8 +113,8 @@ def test_update_slowest_step() -> None:
 
 
 def test_small_settings_for_end_to_end_tests() -> None:
-    fast = HangSettings(startup_allowance_s=5.0, phase_allowance_s=3.0, multiple=5.0, minimum_s=1.0,
-                        heartbeat_interval_s=0.2)
+    fast = HangConfig(startup_allowance=5.0, phase_allowance=3.0, multiple=5.0, min_timeout=1.0,
+                        heartbeat_interval=0.2)
     assert hang_timeout("auto", beat(max_step=0.01), 0.01, fast) == 1.0
     assert hang_timeout("auto", beat(max_step=0.5), 0.5, fast) == 2.7
     assert hang_timeout("auto", None, None, fast) == 5.0
