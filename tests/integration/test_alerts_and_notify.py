@@ -11,10 +11,11 @@ import pytest
 
 from supervisor.alerts import read_alerts
 from supervisor.daemon import Daemon
-from supervisor.sdnotify import Notifier, NotifyListener
+from supervisor.sdnotify import Notifier
 from supervisor.settings import load_settings
 from tests.alerts.wandb_offline_log import read_alerts as read_wandb_alerts
 from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
+from tests.support.notify_listener import NotifyListener
 
 pytestmark = pytest.mark.e2e
 

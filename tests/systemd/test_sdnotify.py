@@ -11,13 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.sdnotify import (
-    SYSTEMD_NOTIFY_ENV,
-    Notifier,
-    NotifyListener,
-    parse_notify_message,
-    stderr_is_journal,
-)
+from supervisor.sdnotify import SYSTEMD_NOTIFY_ENV, Notifier, stderr_is_journal
+from tests.support.notify_listener import NotifyListener, parse_notify_message
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
