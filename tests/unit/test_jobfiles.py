@@ -400,8 +400,19 @@ def test_exit_record_round_trip(tmp_path: Path, record: ExitRecord) -> None:
     path.parent.mkdir(parents=True)
     write_exit_record(path, record)
     assert read_exit_record(path) == record
-    assert record.completed == (record.status == "completed")
-    assert record.status in STATUSES
+    on_disk = json.loads(path.read_text())  # the documented JSON, not a pickle of the dataclass
+    assert on_disk["status"] == record.status and on_disk["pid"] == 7 and on_disk["time"] == T
+
+
+def test_only_a_completed_exit_record_is_completion(tmp_path: Path) -> None:
+    path = tmp_path / "exit.json"
+    seen = {}
+    for status in STATUSES:
+        write_exit_record(path, ExitRecord(status=status, time=T, pid=7))
+        read = read_exit_record(path)
+        assert read is not None
+        seen[status] = read.completed
+    assert seen == {"completed": True, "exception": False, "signal": False, "config_error": False}
 
 
 @pytest.mark.parametrize("content", [None, "", "{", "[]", '{"status": "finished", "time": 1, "pid": 1}',
