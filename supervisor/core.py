@@ -27,8 +27,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from supervisor import policy as restart_policy
+from supervisor.alerts.events import (
+    BudgetAlert,
+    CompletedAlert,
+    FailedAlert,
+    HangAlert,
+    RestartAlert,
+    StoppedAlert,
+)
 from supervisor.attempt_monitor import current_boot_id
-from supervisor.causes import Cause, EventKind
+from supervisor.causes import Cause, EndReason, EventKind
 from supervisor.corebase import AlertHook
 from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
 from supervisor.gpu_actions import GpuActions
@@ -328,17 +336,16 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
             # Which checkpoint the relaunch will take (verified again at launch; this is the preview for people).
             preview = choose_resume(live_checkpoints(jl.manifest), str(supervision.resume_from),
                                     verify=lambda entry: None).entry
-            self._alert("hang" if outcome.cause is Cause.HANG else "restart", job, {
-                "cause": outcome.cause, "detail": outcome.detail, "attempt": attempt.n + 1,
-                "restarts": job.restarts, "delay": decision.delay, "gpus": attempt.gpus, "message": decision.message,
-                "max_restarts": supervision.max_restarts,
-                "resumed_from": preview.path if preview else None,
-                "resumed_step": preview.step if preview else None,
-                "resumed_score": preview.score if preview else None,
-                "logs": str(al.stderr),  # (the error is the detail: sent once)
-                "stacks": str(al.stacks) if outcome.cause is Cause.HANG and al.stacks.exists() else None,
-                "last_step": step,
-            })
+            facts: dict[str, Any] = dict(
+                cause=outcome.cause.value, detail=outcome.detail, attempt=attempt.n + 1, restarts=job.restarts,
+                max_restarts=int(supervision.max_restarts), delay_s=decision.delay, message=decision.message,
+                gpus=attempt.gpus, logs=str(al.stderr), resumed_from=preview.path if preview else None,
+                resumed_step=preview.step if preview else None, resumed_score=preview.score if preview else None,
+                last_step=step)
+            if outcome.cause is Cause.HANG:
+                self._alert(job, HangAlert(**facts, stacks=str(al.stacks) if al.stacks.exists() else None))
+            else:
+                self._alert(job, RestartAlert(**facts))
             if decision.delay > 0:
                 self.timers.schedule(job.id, TimerKind.BACKOFF, when)
             else:
@@ -366,15 +373,13 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
                                next_start_at=None,
                                data={"end_reason": end_reason, "best_checkpoint": result})
         self.forget(job.id)
-        event = {"completed": "budget" if end_reason == "budget" else "completed", "failed": "failed",
-                 "stopped": "stopped"}[state.value]
-        attempts = store.attempts(job.id)
-        self._alert(event, job, {
-            "end_reason": end_reason, "message": message, "best_checkpoint": result,
-            "score": best.score if best else None, "step": best.step if best else None,
-            "monitor": best.monitor if best else None, "attempts": len(attempts), "restarts": job.restarts,
-            "elapsed_s": (now - job.first_started_at) if job.first_started_at else None, "budget_s": job.budget_s,
-        })
+        kind = {JobState.FAILED: FailedAlert, JobState.STOPPED: StoppedAlert}.get(
+            state, BudgetAlert if end_reason == EndReason.BUDGET else CompletedAlert)
+        self._alert(job, kind(
+            end_reason=str(end_reason), message=message, attempts=len(store.attempts(job.id)), restarts=job.restarts,
+            best_checkpoint=result, best_score=best.score if best else None, best_step=best.step if best else None,
+            monitor=best.monitor if best else None,
+            elapsed_s=(now - job.first_started_at) if job.first_started_at else None, budget_s=job.budget_s))
         log.info("job %s: %s (%s)", job.id, state.value, end_reason)
         return job
 

@@ -11,10 +11,10 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
+from supervisor.alerts.events import AlertEvent
 from supervisor.causes import Cause
 from supervisor.gpu import GpuMonitor
 from supervisor.jobfiles.layout import JobLayout
@@ -29,8 +29,8 @@ from supervisor.watcher import CheckpointWatcher
 
 log = logging.getLogger("ml_supervisor")
 
-# Alert hook: (event, job, details) -> None. Wired to the W&B alert dispatcher by the daemon.
-AlertHook = Callable[[str, JobRow, dict[str, Any]], None]
+# Alert hook: (job, what happened) -> None. Wired to the W&B alert dispatcher by the daemon.
+AlertHook = Callable[[JobRow, AlertEvent], None]
 
 
 class CoreBase(ABC):
@@ -86,13 +86,13 @@ class CoreBase(ABC):
         deadline = self.deadline(job, job.first_started_at)
         return deadline is not None and now >= deadline
 
-    def _alert(self, event: str, job: JobRow, details: dict[str, Any]) -> None:
+    def _alert(self, job: JobRow, alert: AlertEvent) -> None:
         if self.alert_hook is None:
             return
         try:
-            self.alert_hook(event, job, details)
+            self.alert_hook(job, alert)
         except Exception:  # alerts must never break supervision
-            log.exception("job %s: alert %s failed", job.id, event)
+            log.exception("job %s: alert %s failed", job.id, alert.event)
 
     # -- the parts' entry points into each other (each defined by its part) -----------------------
     @abstractmethod

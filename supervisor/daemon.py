@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 from supervisor.alerts import AlertDispatcher, alert_for_job
+from supervisor.alerts.events import AlertEvent
 from supervisor.api.ops import Operations
 from supervisor.api.server import ApiServer
 from supervisor.core import Supervisor
@@ -86,9 +87,9 @@ class Daemon:
         # The URL carries the token: it goes to the daemon's own output (the journal), as `supervisorctl web-url`
         log.info("web page: %s", url)
 
-    def _alert(self, event: str, job: JobRow, details: dict[str, Any]) -> None:
-        alert = alert_for_job(event, job_id=job.id, job_name=job.name, job_dir=job.job_dir,
-                              cfg=self.supervisor.job_config(job), details=details)
+    def _alert(self, job: JobRow, event: AlertEvent) -> None:
+        alert = alert_for_job(event.event, job_id=job.id, job_name=job.name, job_dir=job.job_dir,
+                              cfg=self.supervisor.job_config(job), details=event.details())
         if alert is not None:
             self.alerts.send(alert)  # the dispatcher also writes it to the daemon's log
 

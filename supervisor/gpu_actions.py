@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from supervisor.alerts.events import GpuFaultAlert
 from supervisor.causes import Cause, EventKind
 from supervisor.corebase import CoreBase
 from supervisor.gpu import GpuEvent, GpuMonitor, GpuThresholds, open_backend
@@ -64,9 +65,8 @@ class GpuActions(CoreBase):
         attempt = store.last_attempt(job_id)
         if event.health == "failed" and job.state in (JobState.RUNNING, JobState.STARTING):
             self.begin_stop(job, Cause.GPU_FAULT, f"gpu fault: {event.reason}", now)
-            self._alert("gpu_fault", job, {"gpu": event.index, "fault": event.reason,
-                                           "quarantined": event.quarantined,
-                                           "attempt": attempt.n if attempt else None})
+            self._alert(job, GpuFaultAlert(gpu=event.index, fault=event.reason, quarantined=event.quarantined,
+                                           attempt=attempt.n if attempt else None))
         elif event.health == "degraded" and attempt is not None and attempt.live and attempt.pid:
             # the trainer saves a checkpoint at its next step and goes on, so less is lost if the GPU fails
             self.runner_for(attempt).request_checkpoint(self.attempt_ref(job, attempt))

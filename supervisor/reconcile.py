@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from enum import StrEnum
 
+from supervisor.alerts.events import RebootAlert
 from supervisor.causes import Cause, EventKind
 from supervisor.corebase import CoreBase
 from supervisor.runners.base import Observation, Phase
@@ -81,6 +82,6 @@ class Reconciling(CoreBase):
         if rebooted:
             log.warning("recovered %d job(s) after a reboot (boot id was %s)", len(rebooted), previous_boot)
             for job_id in rebooted:
-                self._alert("reboot", store.get_job(job_id), {"jobs": rebooted, "previous_boot_id": previous_boot,
-                                                              "boot_id": self.boot_id})
+                self._alert(store.get_job(job_id), RebootAlert(jobs=rebooted, previous_boot_id=previous_boot,
+                                                               boot_id=self.boot_id))
         return verdicts

@@ -154,29 +154,14 @@ def make_alert(
 ) -> Alert:
     """Build the alert for ``event`` of a job from the facts in ``details``.
 
-    Recognised ``details`` keys (all optional; any other key is appended to the
-    text as ``key: value`` so nothing the daemon knows is lost):
-
-    - every event: ``attempt`` (restart/hang: the NEW attempt; else the attempt concerned),
-      ``previous_attempt`` (restart/hang: the attempt that ended; default attempt - 1), ``restarts``, ``max_restarts``,
-      ``gpus`` / ``gpu``, ``logs`` (path of the attempt's stderr), ``error`` (last
-      error line), ``host`` (default: this node's hostname)
-    - restart: ``cause`` ("crash", "exit code 1", "hang", "GPU 2 lost"...), ``detail`` (the
-      cause's specifics), ``resumed_from`` (checkpoint path; None = from scratch),
-      ``resumed_score``, ``resumed_step``, ``delay_s`` (backoff before the relaunch),
-      ``message`` (the restart policy's decision), ``previous_resumed_from``
-    - hang: ``silent_s`` (seconds without progress), ``hang_timeout_s``, ``last_step``,
-      ``stacks`` (path of the stack dump), ``action``
-    - gpu_fault: ``gpu``, ``fault`` ("Xid 79: fell off the bus"), ``quarantined`` (bool), ``action``
-    - failed: ``reason`` ("max_restarts (10 in 1h) reached", "no progress in 3 attempts"...);
-      falls back to ``message`` then ``end_reason``
-    - budget / completed / stopped / failed: ``best_checkpoint``, ``best_score``, ``monitor``,
-      ``elapsed_s``, ``budget_s``, ``by`` (who stopped it), ``message`` / ``end_reason``
-    - reboot: ``boot_id``, ``previous_boot_id``, ``downtime_s``, ``action``, ``resumed_from``,
-      ``jobs`` (every job recovered)
-
-    The core's own keys are understood too: ``delay`` (= ``delay_s``), and for the
-    ending events ``score`` / ``step`` (= ``best_score`` / ``best_step``).
+    The core sends exactly the fields of its event's dataclass (``alerts/events.py``:
+    ``RestartAlert``, ``HangAlert``, ``GpuFaultAlert``, the four ``JobEndedAlert``s,
+    ``RebootAlert``). Any other key is appended to the text as ``key: value``, so nothing
+    is lost; the texts also read a few keys no core event carries, for alerts made by
+    hand: ``host`` (default: this node's hostname), ``error`` (a last error line),
+    ``previous_attempt``, ``silent_s`` / ``hang_timeout_s`` / ``action`` (hang),
+    ``by`` (stopped), ``downtime_s`` (reboot); and the older names ``delay``, ``score``
+    and ``step`` (for ``delay_s``, ``best_score``, ``best_step``).
 
     Raises ``ValueError`` for an unknown event.
     """

@@ -7,10 +7,10 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from supervisor.alerts.events import AlertEvent
 from supervisor.core import Supervisor
 from supervisor.settings import DaemonSettings
 from supervisor.states import JobState
@@ -28,7 +28,7 @@ class Core:
     runner: FakeRunner
     clock: FakeClock
     work: Path
-    alerts: list[tuple[str, str, dict[str, Any]]]  # (event, job id, details) sent to the alert hook
+    alerts: list[tuple[str, AlertEvent]]  # (job id, what) sent to the alert hook
     opened: list[Supervisor] = field(default_factory=list)
 
     @property
@@ -87,9 +87,9 @@ def make_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeC
 
         settings = DaemonSettings(state_dir=str(tmp_path / "state"), trainer_module="fake_trainer",
                                   tick_interval=1.0, watch_files=False, check_timeout=60)
-        alerts: list[tuple[str, str, dict[str, Any]]] = []
+        alerts: list[tuple[str, AlertEvent]] = []
         sup = Supervisor(settings, clock=clock, boot_id=boot_id, runner=factory,
-                         alert_hook=lambda event, job, details: alerts.append((event, job.id, details)))
+                         alert_hook=lambda job, what: alerts.append((job.id, what)))
         sup.open()
         opened.append(sup)
         return Core(sup, fake, clock, work, alerts, opened)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from supervisor.alerts import make_alert
+from supervisor.alerts.events import RestartAlert, StoppedAlert
 from supervisor.causes import Cause
 from supervisor.runners.base import LaunchRefused, Phase
 from supervisor.states import JobState
@@ -49,9 +50,10 @@ def test_a_crash_is_classified_and_relaunched_at_once(make_core: MakeCore) -> No
     assert core.job(job_id).restarts == 1
     assert job_id in core.runner.forgotten  # the ended attempt's handles are closed
 
-    ((event, alerted, details),) = core.alerts
-    assert (event, alerted) == ("restart", job_id)
-    alert = make_alert(event, job_id=job_id, job_name="job", details=details, wandb=None)
+    ((alerted, what),) = core.alerts
+    assert alerted == job_id and isinstance(what, RestartAlert)
+    assert (what.cause, what.attempt, what.restarts, what.delay_s) == ("crash", 2, 1, 0.0)
+    alert = make_alert(what.event, job_id=job_id, job_name="job", details=what.details(), wandb=None)
     assert alert.text.count("exited with code 1") == 1, alert.text  # the error is told once
 
 
@@ -81,6 +83,8 @@ def test_stop_escalates_to_a_kill_after_the_grace_period(make_core: MakeCore) ->
     attempt = core.store.last_attempt(job_id)
     assert attempt is not None and attempt.reason == Cause.USER_STOP
     assert core.sup.timers.pending(job_id) == {}  # cancel_all on finish
+    ended = [what for _, what in core.alerts if isinstance(what, StoppedAlert)]
+    assert [(a.end_reason, a.attempts) for a in ended] == [("user", 1)]
     assert job_id not in core.sup.tracker.tracked_jobs()
 
 
