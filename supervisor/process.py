@@ -174,8 +174,9 @@ def _not_zombie(pid: int) -> bool:
 
 def kill_tree(monitor_pid: int | None, pgid: int | None) -> list[int]:
     """SIGKILL the trainer's group and every descendant of the monitor (the monitor itself lives on to report)."""
-    signal_group(pgid, signal.SIGKILL)
+    # Listed before the group's SIGKILL, so the answer names the trainer too (dead, it is no longer listed).
     victims = sorted(tree_pids(monitor_pid, pgid))
+    signal_group(pgid, signal.SIGKILL)
     for pid in victims:
         signal_process(pid, signal.SIGKILL)
     return victims
