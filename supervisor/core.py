@@ -223,6 +223,8 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
     def tick(self) -> None:
         """Fire due timers and poll every job that is not finished (the safety net under notices and timers)."""
         self.timers.fire_due()
+        for runner in self.runners.values():
+            runner.tick()
         for job in self._store().list_jobs(states=[s for s in JobState if not s.terminal]):
             try:
                 self.poll_job(job.id, job)

@@ -168,6 +168,10 @@ class AttemptRunner(Protocol):
         """Close every handle the runner holds for the job (its attempt ended, or the job did)."""
         ...
 
+    def tick(self) -> None:
+        """Housekeeping at every tick of the loop (local: reap exited monitors; Slurm: poll the queue)."""
+        ...
+
     def close(self) -> None:
         """Stop the runner's threads. Running trainers keep running, on purpose."""
         ...

@@ -182,6 +182,9 @@ class LocalRunner:
         if self._exits is not None:
             self._exits.unwatch(job_id)
 
+    def tick(self) -> None:
+        reap_monitors()  # a monitor that exited after its job's last look is not left a zombie
+
     def close(self) -> None:
         for key in list(self._handles):
             self._close_handle(*key)

@@ -124,5 +124,8 @@ class FakeRunner:
     def forget(self, job_id: str) -> None:
         self.forgotten.append(job_id)
 
+    def tick(self) -> None:
+        self.calls.append(("tick", "", 0))
+
     def close(self) -> None:
         self.closed = True
