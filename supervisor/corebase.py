@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from supervisor.alerts.events import AlertEvent
 from supervisor.causes import Cause
+from supervisor.errors import SupervisorError
 from supervisor.gpu import GpuMonitor
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.loop import Loop
@@ -67,9 +68,10 @@ class CoreBase(ABC):
     def runner_for(self, attempt: AttemptRow) -> AttemptRunner:
         """The runner that started ``attempt`` (by its persisted kind)."""
         runner = self.runners.get(attempt.runner_kind)
-        if runner is None:
-            raise RuntimeError(f"attempt {attempt.job_id}/{attempt.n} was started by an unknown runner "
-                               f"{attempt.runner_kind!r}")
+        if runner is None:  # a newer daemon's runner, or one not configured here: say so, never guess
+            raise SupervisorError(f"attempt {attempt.n} of job {attempt.job_id} was started by the runner "
+                                  f"{attempt.runner_kind!r}, which this daemon does not have "
+                                  f"(it has: {', '.join(sorted(self.runners))})")
         return runner
 
     def attempt_ref(self, job: JobRow, attempt: AttemptRow) -> AttemptRef:

@@ -21,8 +21,7 @@ from supervisor.gpu import allocate, cuda_environment
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
 from supervisor.resume import ResumeChoice, choose_resume
-from supervisor.runners.base import AttemptSpec, LaunchRefused, RankLayout
-from supervisor.runners.local import OWN_ENV_KEY
+from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RankLayout
 from supervisor.states import LIVE_STATES, JobState
 from supervisor.store import AttemptRow, JobRow
 from supervisor.submit import trainer_environment

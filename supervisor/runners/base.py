@@ -29,6 +29,9 @@ from supervisor.jobfiles.monitorfiles import MonitorExit
 # Runners that are not local synthesize one (e.g. from Slurm's accounting).
 AttemptExit = MonitorExit
 
+# In every trainer's environment (value: the daemon's state dir), so the GPU pre-flight knows our orphans.
+OWN_ENV_KEY = "ML_SUPERVISOR_STATE_DIR"
+
 RunnerState = dict[str, Any]
 """A runner's own JSON state for one attempt (pids, a standby pid, a Slurm job id, ...)."""
 

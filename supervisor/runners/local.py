@@ -34,6 +34,7 @@ from supervisor.process import (
     try_lock,
 )
 from supervisor.runners.base import (
+    OWN_ENV_KEY,
     AttemptRef,
     AttemptSpec,
     LaunchRefused,
@@ -49,8 +50,6 @@ from supervisor.watcher import ExitWatcher
 
 log = logging.getLogger("ml_supervisor")
 
-# Marks every trainer we start (value: our state dir), so the GPU pre-flight knows our orphans.
-OWN_ENV_KEY = "ML_SUPERVISOR_STATE_DIR"
 
 
 class LocalRunner:

@@ -7,6 +7,7 @@ import pytest
 from supervisor.alerts import make_alert
 from supervisor.alerts.events import RestartAlert, StoppedAlert
 from supervisor.causes import Cause
+from supervisor.errors import SupervisorError
 from supervisor.runners.base import LaunchRefused, Phase
 from supervisor.states import JobState
 from supervisor.timers import TimerKind
@@ -167,7 +168,7 @@ def test_reconcile_adopts_collects_relaunches_after_a_reboot_and_after_vanishing
 def test_an_unknown_runner_kind_in_the_store_is_a_clear_error(make_core: MakeCore) -> None:
     _, runner = _running_jobs(make_core, 1)
     runner.kind = "other"
-    with pytest.raises(RuntimeError, match="unknown runner 'fake'"):
+    with pytest.raises(SupervisorError, match="started by the runner 'fake', which this daemon does not have"):
         make_core(runner)
 
 
