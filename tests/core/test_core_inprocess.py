@@ -8,6 +8,7 @@ from supervisor.alerts import make_alert
 from supervisor.alerts.events import RestartAlert, StoppedAlert
 from supervisor.causes import Cause
 from supervisor.errors import SupervisorError
+from supervisor.jobfiles.heartbeat import Heartbeat, write_heartbeat
 from supervisor.runners.base import LaunchRefused, Phase
 from supervisor.states import JobState
 from supervisor.timers import TimerKind
@@ -180,3 +181,29 @@ def test_observing_never_sees_a_pending_attempt_as_ended(make_core: MakeCore) ->
         core.clock.advance(1)
         core.tick()
     assert core.state(job_id) is JobState.STARTING
+
+
+def test_a_trainer_whose_heartbeat_stops_is_stopped_as_hung(make_core: MakeCore) -> None:
+    core = make_core()
+    job_id = core.submit(supervision={"hang_timeout": "2m"})
+    core.runner.start(job_id, 1)
+    core.tick()
+    spec = core.runner.attempts[(job_id, 1)].spec
+    assert spec is not None
+    beat_path = spec.attempt_dir / "heartbeat.json"
+    beat_path.parent.mkdir(parents=True, exist_ok=True)
+    write_heartbeat(beat_path, Heartbeat(pid=1, attempt=1, time=core.clock(), started_at=core.clock(),
+                                         phase="train", step=10, step_time=0.1, max_step_time=0.1))
+    core.clock.advance(119)
+    core.tick()
+    assert core.state(job_id) is JobState.RUNNING  # silent for 119 s of a 120 s timeout
+    core.clock.advance(2)
+    core.tick()
+    job = core.job(job_id)
+    assert (job.state, job.stop_intent) == (JobState.STOPPING, Cause.HANG)
+    assert core.runner.ops("dump_stacks") == [(job_id, 1)]
+    core.runner.end(job_id, 1, exit_code=None, signal="SIGKILL", ended_at=core.clock())
+    core.turn()
+    first = core.store.attempts(job_id)[0]
+    assert first.reason == Cause.HANG and "hang" in (first.detail or "")
+    assert [type(what).__name__ for _, what in core.alerts] == ["HangAlert"]
