@@ -87,10 +87,11 @@ class ExitWatcher:
                     return
                 with self._lock:
                     key = self._keys.pop(fd, None)
+                    if key is None:  # unwatched meanwhile: that fd is closed (its number may be reused)
+                        continue
                     self._epoll.unregister(fd)
                     os.close(fd)
-                if key is not None:
-                    self._on_exit(key)
+                self._on_exit(key)
 
 
 class _CheckpointHandler(FileSystemEventHandler):
