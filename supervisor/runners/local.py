@@ -8,7 +8,8 @@ hears of a crash the instant it happens, with no polling.
 
 Runner state (``attempts.runner_state``)::
 
-    {"monitor_pid": int, "monitor_started": float, "trainer_pid": int | null, "pgid": int | null}
+    {"monitor_pid": int, "monitor_started": float, "trainer_pid": int | null, "pgid": int | null,
+     "boot_id": str (once monitor.json is read)}
 """
 
 from __future__ import annotations
@@ -105,15 +106,11 @@ class LocalRunner:
         reap_monitors()
         layout = AttemptLayout(ref.attempt_dir)
         state = dict(ref.state)
-        boot_id = None
-        if not state.get("trainer_pid"):
+        if not state.get("trainer_pid") or "boot_id" not in state:  # read monitor.json until it is known
             started = read_monitor_start(layout.monitor_start)
             if started is not None:
-                state.update(trainer_pid=started.trainer_pid, pgid=started.pgid)
-                boot_id = started.boot_id
-        else:
-            started = read_monitor_start(layout.monitor_start)
-            boot_id = started.boot_id if started is not None else None
+                state.update(trainer_pid=started.trainer_pid, pgid=started.pgid, boot_id=started.boot_id)
+        boot_id = state.get("boot_id")
         ended = read_monitor_exit(layout.monitor_exit)
         if ended is None and not self._monitor_alive(ref):
             # The monitor writes its exit file before it exits: read again to close the race.
