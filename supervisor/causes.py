@@ -55,6 +55,7 @@ class EventKind(StrEnum):
     RESTART = "restart"
     WAITING = "waiting"
     REQUEUED = "requeued"
+    STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
     BACKOFF = "backoff"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from supervisor.causes import EventKind
 from supervisor.errors import JobNotFound, StoreError
 from supervisor.states import JobState, check_transition
 
@@ -219,7 +220,7 @@ class Store:
                 f"INSERT INTO jobs({', '.join(_JOB_FIELDS)}) VALUES ({', '.join('?' * len(_JOB_FIELDS))})",
                 [values[k] for k in _JOB_FIELDS],
             )
-            _insert_event(db, job.created_at, job.id, None, "submitted", message, data or {})
+            _insert_event(db, job.created_at, job.id, None, EventKind.SUBMITTED, message, data or {})
 
     def get_job(self, job_id: str) -> JobRow:
         """The job, or ``JobNotFound``. Accepts a unique prefix of the id."""
@@ -256,7 +257,7 @@ class Store:
         with self._tx() as db:
             _update(db, "jobs", "id = ?", [job_id], values)
 
-    def transition(self, job_id: str, new: JobState, *, now: float, message: str, kind: str | None = None,
+    def transition(self, job_id: str, new: JobState, *, now: float, message: str, kind: EventKind | None = None,
                    attempt: int | None = None, data: dict[str, Any] | None = None, **changes: Any) -> JobRow:
         """Move a job to ``new``: check the table, stamp, persist and record an event, atomically."""
         with self._tx() as db:
@@ -270,7 +271,7 @@ class Store:
                 changes.setdefault("ended_at", now)
             _update(db, "jobs", "id = ?", [job_id], _job_values_partial(changes))
             payload = {"from": job.state.value, "to": new.value, **(data or {})}
-            _insert_event(db, now, job_id, attempt, kind or new.value, message, payload)
+            _insert_event(db, now, job_id, attempt, kind or EventKind(new.value), message, payload)
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_from_row(row)
 
@@ -297,7 +298,7 @@ class Store:
         return None if row is None else _attempt_from_row(row)
 
     # -- events --------------------------------------------------------------------------------
-    def add_event(self, job_id: str | None, kind: str, message: str, *, now: float | None = None,
+    def add_event(self, job_id: str | None, kind: EventKind, message: str, *, now: float | None = None,
                   attempt: int | None = None, data: dict[str, Any] | None = None, durable: bool = True) -> int:
         """Record an event. ``durable=False`` skips the fsync (informational events, e.g. each
         checkpoint): a power cut may lose it, never the database's consistency, and the next
@@ -346,10 +347,10 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '2')")
 
 
-def _insert_event(db: sqlite3.Connection, now: float, job_id: str | None, attempt: int | None, kind: str,
+def _insert_event(db: sqlite3.Connection, now: float, job_id: str | None, attempt: int | None, kind: EventKind,
                   message: str, data: dict[str, Any]) -> int:
     cur = db.execute("INSERT INTO events(time, job_id, attempt, kind, message, data) VALUES (?, ?, ?, ?, ?, ?)",
-                     (now, job_id, attempt, kind, message, json.dumps(data, default=str)))
+                     (now, job_id, attempt, kind.value, message, json.dumps(data, default=str)))
     return int(cur.lastrowid or 0)
 
 

@@ -66,3 +66,11 @@ def _seen(phase: Phase, *, ended: bool = False, boot: str | None = None) -> Obse
 ])
 def test_reconcile_classify(seen: Observation, recorded_boot: str | None, verdict: Verdict) -> None:
     assert classify(seen, recorded_boot, "b1") is verdict
+
+
+def test_every_job_state_is_an_event_kind() -> None:
+    """A transition without its own kind records the new state's name: it must be a kind of event."""
+    from supervisor.causes import EventKind
+    from supervisor.states import JobState
+
+    assert {s.value for s in JobState} <= {k.value for k in EventKind}
