@@ -315,7 +315,7 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         self.runner_for(attempt).forget(job.id)
         self.timers.cancel(job.id, TimerKind.ESCALATE)
         self.timers.cancel(job.id, TimerKind.STARTED)
-        history = [restart_policy.PastAttempt(n=a.n, started_at=a.started_at, ended_at=a.ended_at, cause=a.reason,
+        history = [restart_policy.PastAttempt(n=a.n, started_at=a.started_at, ended_at=a.ended_at, cause=a.cause,
                                               new_checkpoints=a.new_checkpoints)
                    for a in store.attempts(job.id) if a.n != attempt.n]
         supervision = self.job_config(job).supervision

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from supervisor.causes import EventKind
+from supervisor.causes import Cause, EventKind
 from supervisor.errors import JobNotFound, StoreError
 from supervisor.states import JobState, check_transition
 
@@ -120,7 +120,7 @@ class AttemptRow:
     ended_at: float | None = None
     exit_code: int | None = None
     signal: str | None = None
-    reason: str | None = None
+    reason: str | None = None  # a Cause (see .cause); the column keeps its documented name
     detail: str | None = None
     resumed_from: str | None = None
     new_checkpoints: int = 0
@@ -129,6 +129,13 @@ class AttemptRow:
     @property
     def live(self) -> bool:
         return self.ended_at is None
+
+    @property
+    def cause(self) -> Cause | None:
+        """Why the attempt ended (stored, and shown in ``status --json``, as ``reason``); None when not
+        recorded, or not a cause this version knows (the policy then counts it as unrecorded)."""
+        known = {c.value for c in Cause}
+        return Cause(self.reason) if self.reason is not None and self.reason in known else None
 
 
 @dataclass
