@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from supervisor.errorline import exception_line
 from supervisor.jobfiles.exitrecord import ExitRecord
 
 
@@ -38,9 +39,7 @@ def classify_end(record: ExitRecord | None, monitor_exit: dict[str, Any] | None,
     if monitor_exit is not None and monitor_exit.get("error"):
         return Outcome("crash", str(monitor_exit["error"]), exit_code, signal_name)
     if record is not None and record.status == "exception" and record.exception:
-        exc = record.exception
-        return Outcome("crash", f"{exc.get('type', 'Exception')}: {exc.get('message', '')}".strip(), exit_code,
-                       signal_name)
+        return Outcome("crash", exception_line(record.exception), exit_code, signal_name)
     if record is not None and record.status == "signal":
         return Outcome("crash", f"stopped by {record.signal or 'a signal'} (not sent by the supervisor)", exit_code,
                        signal_name)
