@@ -323,7 +323,8 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
             restart_policy.AttemptEnd(cause=outcome.cause, ended_at=ended_at, new_checkpoints=len(saves),
                                       completion_reason=outcome.completion_reason),
             history, now=now, first_started_at=job.first_started_at or attempt.started_at,
-            policy=restart_policy.RestartPolicy.from_config(supervision))
+            policy=restart_policy.RestartPolicy.from_config(supervision),
+            counting_since=store.last_event_time(job.id, EventKind.REQUEUED))
         store.add_event(job.id, EventKind.ATTEMPT_ENDED, f"attempt {attempt.n} ended: {outcome.detail}", now=now,
                         attempt=attempt.n, data={"cause": outcome.cause, "exit_code": outcome.exit_code,
                                                  "signal": outcome.signal, "new_checkpoints": len(saves)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from supervisor.causes import Cause
+from supervisor.errorline import exception_line
 from supervisor.jobfiles.exitrecord import ExitRecord
 from supervisor.jobfiles.monitorfiles import MonitorExit
 
@@ -42,9 +43,7 @@ def classify_end(record: ExitRecord | None, process_exit: MonitorExit | None, in
     if process_exit is not None and process_exit.error:
         return Outcome(Cause.CRASH, process_exit.error, exit_code, signal_name)
     if record is not None and record.status == "exception" and record.exception:
-        exc = record.exception
-        return Outcome(Cause.CRASH, f"{exc.get('type', 'Exception')}: {exc.get('message', '')}".strip(), exit_code,
-                       signal_name)
+        return Outcome(Cause.CRASH, exception_line(record.exception), exit_code, signal_name)
     if record is not None and record.status == "signal":
         return Outcome(Cause.CRASH, f"stopped by {record.signal or 'a signal'} (not sent by the supervisor)",
                        exit_code, signal_name)

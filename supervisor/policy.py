@@ -34,6 +34,12 @@ Rules, in the order they are applied:
 5. A restart whose delay would end at or after the budget deadline finishes the
    job ``completed``/``budget`` instead (relaunching only to be stopped at once
    would waste the node).
+
+A user restart starts a fresh failure window and no-progress streak: rules 4 and 5
+count only the attempts after the latest ``user_restart`` attempt and, for a job the
+user queued again after it ended, the attempts started at or after ``counting_since``
+(the time of that requeue). The user restarts because the cause was fixed; counting
+the failures from before would give up again at once. The history itself is kept.
 """
 
 from __future__ import annotations
@@ -204,8 +210,23 @@ def backoff_delay(streak: int, policy: RestartPolicy) -> float:
     return min(delay, policy.backoff_max)
 
 
+def since_user_restart(history: Sequence[PastAttempt], counting_since: float | None = None) -> list[PastAttempt]:
+    """The attempts of ``history`` the failure rules count, oldest first.
+
+    Those after the latest attempt that ended as ``user_restart`` and, when
+    ``counting_since`` is given (the time a finished job was queued again by the
+    user), only those started at or after it.
+    """
+    ordered = _ordered(history)
+    restarts = [i for i, past in enumerate(ordered) if past.cause == "user_restart"]
+    counted = ordered[restarts[-1] + 1:] if restarts else ordered
+    if counting_since is not None:
+        counted = [past for past in counted if past.started_at >= counting_since]
+    return counted
+
+
 def decide(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, first_started_at: float,
-           policy: RestartPolicy) -> Decision:
+           policy: RestartPolicy, counting_since: float | None = None) -> Decision:
     """Decide what follows the attempt that ended as ``end`` (see the module docstring for the rules).
 
     ``history`` holds the job's earlier attempts (any order; they are sorted by
@@ -215,6 +236,9 @@ def decide(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, first
     The backoff runs from when the attempt ended, not from the decision: a
     daemon that collects a crash late (it was itself restarting) waits only
     what is left of it. Raises ``ValueError`` for a cause it does not know.
+
+    ``counting_since`` is when the user last queued the finished job again
+    (``supervisorctl restart``), or ``None``: failures before it are not counted.
     """
     if end.cause not in CAUSES:
         raise ValueError(f"unknown cause {end.cause!r}; expected one of {', '.join(CAUSES)}")
@@ -231,6 +255,7 @@ def decide(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, first
     if cause in RESTART_NOW_CAUSES:
         return Decision("restart", 0.0, message=f"{label}; restarting now")
 
+    history = since_user_restart(history, counting_since)
     streak = no_progress_streak(end, history)
     if streak >= policy.no_progress_attempts:
         return _finish(JobState.FAILED, EndReason.NO_PROGRESS,

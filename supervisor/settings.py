@@ -55,7 +55,9 @@ class AlertsConfig:
 class WebConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 8742
+    # "auto": 8742 when free, else any free port (said in the log; `supervisorctl web-url`
+    # prints the real address). A number is that port or an error; 0 is any free port.
+    port: Any = "auto"
     templates_dir: str | None = None  # default: the configs/ folder beside the package
 
 
@@ -111,4 +113,14 @@ def load_settings(path: str | None = None, overrides: Sequence[str] = (), *, sta
     if environ.get(TRAINER_MODULE_ENV) and not any(o.startswith("trainer_module=") for o in overrides):
         settings.trainer_module = environ[TRAINER_MODULE_ENV]
     settings.state_dir = str(resolve_state_dir(state_dir or settings.state_dir, environ))
+    settings.web.port = _web_port(source, settings.web.port)
     return settings
+
+
+def _web_port(source: str, value: Any) -> int | str:
+    """``web.port``: ``auto`` or a port number 0-65535 (0: any free port)."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
+        return value
+    raise ConfigError(source, "web.port", f"expected auto or a port number 0-65535, got {value!r}")

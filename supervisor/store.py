@@ -332,6 +332,12 @@ class Store:
         return [EventRow(id=r["id"], time=r["time"], job_id=r["job_id"], attempt=r["attempt"], kind=r["kind"],
                          message=r["message"], data=json.loads(r["data"])) for r in rows]
 
+    def last_event_time(self, job_id: str, kind: EventKind) -> float | None:
+        """When the job's latest event of ``kind`` was recorded, or None when it has none."""
+        row = self._conn().execute("SELECT MAX(time) AS t FROM events WHERE job_id = ? AND kind = ?",
+                                   (job_id, kind)).fetchone()
+        return None if row["t"] is None else float(row["t"])
+
     def last_event_id(self) -> int:
         row = self._conn().execute("SELECT MAX(id) AS m FROM events").fetchone()
         return int(row["m"] or 0)

@@ -6,6 +6,7 @@ never rename them.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         used = 0.0
     else:
         used = max(0.0, (job.ended_at if job.ended_at is not None else now) - started)
-    wandb = _wandb_view(layout, job)
+    frozen = _frozen_config(layout)
+    wandb = _wandb_view(frozen, job)
     return {
         "id": job.id,
         "name": job.name,
@@ -62,6 +64,7 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
             "remaining": None if job.budget_s is None else round(max(0.0, job.budget_s - used), 3),
         },
         "wandb": wandb,
+        "checkpointing": _checkpointing_view(frozen),
     }
 
 
@@ -81,12 +84,47 @@ def _stored_best(job: JobRow) -> dict[str, Any] | None:
     return {"path": job.best_checkpoint, "step": None, "score": None} if job.best_checkpoint else None
 
 
-def _wandb_view(layout: JobLayout, job: JobRow) -> dict[str, Any]:
+def _frozen_config(layout: JobLayout) -> Any | None:
+    """The job's frozen ``config.yaml``, or None for a job dir from an older version (or unreadable)."""
     try:
-        cfg = OmegaConf.load(layout.config).logger.wandb
+        return OmegaConf.load(layout.config)
+    except Exception:
+        return None
+
+
+def _checkpointing_view(cfg: Any | None) -> dict[str, Any] | None:
+    """What the job's checkpoints are (for labels like ``top-3, last``): monitor, mode, save_top_k, save_last."""
+    if cfg is None:
+        return None
+    try:
+        ckpt = cfg.checkpoint
+        return {"monitor": ckpt.monitor, "mode": ckpt.mode, "save_top_k": ckpt.save_top_k, "save_last": ckpt.save_last}
+    except Exception:  # an older job dir: the page falls back to plain "top-k"
+        return None
+
+
+def _wandb_view(cfg: Any | None, job: JobRow) -> dict[str, Any]:
+    """The job's W&B run: its id, the link when online, else the command that uploads the offline runs."""
+    try:
+        if cfg is None:
+            raise LookupError("no frozen config")
+        wcfg = cfg.logger.wandb
     except Exception:  # a job dir from an older version: show what the store knows
         return {"run_id": job.wandb_run_id, "url": None, "dir": None, "mode": None}
-    url = None
-    if cfg.mode == "online" and cfg.entity:
-        url = f"https://wandb.ai/{cfg.entity}/{cfg.project}/runs/{cfg.run_id}"
-    return {"run_id": cfg.run_id, "url": url, "dir": cfg.dir, "mode": cfg.mode, "project": cfg.project}
+    url = alerts_url = None
+    if wcfg.mode == "online" and wcfg.entity:
+        url = f"https://wandb.ai/{wcfg.entity}/{wcfg.project}/runs/{wcfg.run_id}"
+        alerts_url = f"{url}-supervisor"  # the alert worker's companion run (alerts/wandb_worker.py)
+    return {"run_id": wcfg.run_id, "url": url, "alerts_url": alerts_url, "dir": wcfg.dir, "mode": wcfg.mode,
+            "project": wcfg.project, "sync_command": _sync_command(wcfg.dir, wcfg.mode)}
+
+
+def _sync_command(wandb_dir: str | None, mode: str | None) -> str | None:
+    """``wandb sync DIR/wandb/offline-run-*``: uploads every offline run of the job (the trainer's run of
+    each attempt and the ``-supervisor`` alert run). Also shown for an online job that fell back to offline."""
+    if not wandb_dir or mode == "disabled":
+        return None
+    runs = Path(wandb_dir) / "wandb"
+    if mode != "offline" and not any(runs.glob("offline-run-*")):
+        return None
+    return f"wandb sync {shlex.quote(str(runs))}/offline-run-*"

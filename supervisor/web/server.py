@@ -4,10 +4,15 @@ The listening socket is bound here, in the caller's thread, before uvicorn
 starts: a port already in use becomes one clear ``SupervisorError`` at daemon
 start (uvicorn itself would call ``sys.exit`` inside its thread), and port 0
 gives the real port at once.
+
+Port ``auto`` (the default) takes 8742 when it is free, else any free port:
+two users' daemons on one machine each get a page. A port set explicitly that
+is taken stays an error (someone expects the page there).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import threading
@@ -20,14 +25,19 @@ from supervisor.errors import SupervisorError
 from supervisor.web.token import page_url
 
 log = logging.getLogger("ml_supervisor.web")
+AUTO_PORT = "auto"
+PREFERRED_PORT = 8742  # what web.port=auto tries first
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 5.0
 
 
 class WebServer:
-    """``start()`` serves ``app`` on ``host:port`` from a thread; ``stop()`` ends it. Port 0 picks a free port."""
+    """``start()`` serves ``app`` on ``host:port`` from a thread; ``stop()`` ends it.
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 8742) -> None:
+    Port 0 picks a free port; ``"auto"`` takes 8742 when free, else a free port.
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | str = AUTO_PORT) -> None:
         self.app = app
         self.host = host
         self.requested_port = port
@@ -92,7 +102,28 @@ class WebServer:
         self._socket = None
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int | str) -> socket.socket:
+    """The listening socket for ``port`` (a number, or ``auto``); raises ``SupervisorError``."""
+    if port == AUTO_PORT:
+        try:
+            return _listen(host, PREFERRED_PORT)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise _cannot_listen(host, PREFERRED_PORT, exc) from None
+        try:
+            sock = _listen(host, 0)
+        except OSError as exc:
+            raise _cannot_listen(host, 0, exc) from None
+        log.warning("web: port %d on %s is taken (another daemon?); serving on port %d instead "
+                    "(`supervisorctl web-url` prints the address)", PREFERRED_PORT, host, sock.getsockname()[1])
+        return sock
+    try:
+        return _listen(host, int(port))
+    except OSError as exc:
+        raise _cannot_listen(host, port, exc) from None
+
+
+def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -101,8 +132,12 @@ def _bind(host: str, port: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" serves IPv4 too
         sock.bind((host, port))
         sock.listen(128)
-    except OSError as exc:
+    except OSError:
         sock.close()
-        raise SupervisorError(f"web: cannot listen on {host}:{port}: {exc.strerror or exc} "
-                              "(set web.port, or web.enabled=false)") from None
+        raise
     return sock
+
+
+def _cannot_listen(host: str, port: int | str, exc: OSError) -> SupervisorError:
+    return SupervisorError(f"web: cannot listen on {host}:{port}: {exc.strerror or exc} "
+                           "(set web.port=auto, another port, or web.enabled=false)")

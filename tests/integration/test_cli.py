@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from supervisor.api.client import Client
-from tests.support.harness import fake_env, wait_for, write_config
+from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -82,3 +83,32 @@ def _list(tmp_path: Path) -> list[dict] | None:
     except Exception:
         time.sleep(0.1)
         return None
+
+
+def test_two_daemons_on_one_machine_both_serve_their_page(tmp_path: Path) -> None:
+    # Two users (two state dirs), default web.port=auto: the second one does not lose its page;
+    # `supervisorctl web-url` prints each daemon's real address.
+    daemons = [DaemonProc(tmp_path / name / "state", tmp_path, fake_env(tmp_path / name / "state"))
+               for name in ("alice", "bob")]
+    try:
+        for d in daemons:
+            d.start("web.enabled=true")
+        urls = [d.ctl("web-url").stdout.strip() for d in daemons]
+        assert urls[0] != urls[1]
+        for url in urls:
+            assert url.startswith("http://127.0.0.1:") and "#token=" in url
+            page, token = url.split("#token=")
+            assert httpx.get(page + "api/jobs", headers={"Authorization": f"Bearer {token}"}, timeout=10).json() == []
+    finally:
+        for d in daemons:
+            if d.proc is not None:
+                d.kill(signal.SIGTERM)
+
+
+def test_a_bad_web_port_is_one_line_naming_the_key(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "supervisor.cli.main", "serve", "web.port=soon"],
+                          env=fake_env(tmp_path / "state"), cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("ml-supervisor: error: daemon settings: web.port: expected auto or a port "
+                                   "number 0-65535, got 'soon'")

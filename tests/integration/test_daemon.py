@@ -248,3 +248,17 @@ def test_restart_of_a_running_job_relaunches_it_from_best(daemon: DaemonProc) ->
     # the SIGTERM made the trainer save where it was; best is the newest (score 1/step, mode min)
     assert second["resumed_from"] is not None
     assert final["state"] == "completed" and final["restarts"] == 1
+
+
+def test_restart_of_a_failed_job_starts_a_fresh_failure_window(daemon: DaemonProc) -> None:
+    # Attempts 1-3 crash: the job gives up after two (max_restarts=1). After the user's restart,
+    # attempt 3's crash is the first failure of a fresh window, so attempt 4 runs and completes.
+    cfg = write_config(daemon.workdir, steps=30, step_time=0.01, ckpt_every=2, crash_at=5, faults_on=[1, 2, 3],
+                       supervision={"max_restarts": 1})
+    job = daemon.submit(cfg)
+    failed = daemon.wait_state(job, "failed", "completed")
+    assert failed["end_reason"] == "max_restarts" and len(failed["attempts"]) == 2
+    daemon.ctl("restart", job)
+    final = daemon.wait_state(job, "completed", "failed")
+    assert final["state"] == "completed", final
+    assert [a["reason"] for a in final["attempts"]] == ["crash", "crash", "crash", "completed"]

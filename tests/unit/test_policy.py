@@ -117,6 +117,15 @@ CASES = [
     ("history-order-does-not-matter", end("crash"),
      tuple(reversed(past(("crash", 1), ("crash", 0), ("crash", 0)))), ELAPSED, policy(max_restarts=10),
      (RESTART, 20, None, None)),
+    # --- a user restart starts a fresh window and streak (the history stays)
+    ("user-restart-resets-the-window", end("crash", 1), past(("crash", 1), ("hang", 1), ("user_restart", 1)),
+     ELAPSED, policy(max_restarts=1), (RESTART, 0, None, None)),
+    ("failures-after-user-restart-count", end("crash", 1),
+     past(("crash", 1), ("user_restart", 1), ("crash", 1), ("crash", 1)), ELAPSED, policy(max_restarts=2),
+     (FINISH, 0, "failed", "max_restarts")),
+    ("user-restart-resets-no-progress", end("crash"),
+     past(("crash", 0), ("crash", 0), ("user_restart", 0), ("crash", 0)), ELAPSED, policy(max_restarts=10),
+     (RESTART, 10, None, None)),
     # --- max_restarts in the window
     ("max-restarts-exceeded", end("crash", 1), past(("crash", 1), ("hang", 1), ("gpu_fault", 1)), ELAPSED, POLICY,
      (FINISH, 0, "failed", "max_restarts")),
@@ -161,6 +170,22 @@ def test_decision_table(attempt_end: AttemptEnd, history: tuple[PastAttempt, ...
     d = decide(attempt_end, history, now=NOW, first_started_at=NOW - elapsed, policy=pol)
     assert (d.action, d.delay, d.state, d.end_reason) == pytest.approx(expected)
     assert d.message and "\n" not in d.message
+
+
+def test_a_requeued_job_counts_only_failures_since_the_requeue() -> None:
+    # The job gave up (max_restarts), the user fixed the cause and queued it again at T0 + 3:
+    # attempts 1 and 2 stay in the history but no longer count.
+    gave_up = past(("crash", 0), ("crash", 0))
+    assert decide(end("crash"), gave_up, now=NOW, first_started_at=T0, policy=policy(max_restarts=1),
+                  counting_since=None).end_reason == "max_restarts"
+    fresh = decide(end("crash"), gave_up, now=NOW, first_started_at=T0, policy=policy(max_restarts=1),
+                   counting_since=T0 + 3)
+    assert (fresh.action, fresh.delay) == (RESTART, 0.0)
+    assert "restart 1 of 1" in fresh.message
+    # the streak restarts too: no_progress_attempts=2 would have given up on a third empty attempt
+    streak = decide(end("hang"), gave_up, now=NOW, first_started_at=T0, policy=policy(no_progress_attempts=2,
+                    max_restarts=10), counting_since=T0 + 3)
+    assert streak.action == RESTART
 
 
 def test_messages_say_what_happened() -> None:

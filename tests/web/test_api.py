@@ -227,3 +227,27 @@ def test_no_nvml_means_no_gpus(make_web: Callable[..., WebEnv]) -> None:
     web = make_web(gpus=None)
     assert web.client.get("/api/gpus").json() == {"nvml": False, "gpus": []}
     assert "ml_supervisor_nvml_up 0" in web.client.get("/metrics").text
+
+
+def test_the_job_view_says_how_to_upload_offline_runs_and_links_online_ones(web: WebEnv) -> None:
+    offline = fake_template("offline")
+    offline["logger"] = {"wandb": {"mode": "offline", "project": "p"}}
+    offline["checkpoint"] = {"save_top_k": 3, "save_last": True}
+    online = fake_template("online")
+    online["logger"] = {"wandb": {"mode": "online", "project": "p", "entity": "team"}}
+    web.write_template("offline", offline)
+    web.write_template("online", online)
+
+    job = web.client.post("/api/launch", json={"template": "offline", "values": {}}).json()
+    view = web.wait_state(job["id"], "completed")
+    wandb = view["wandb"]
+    assert wandb["url"] is None and wandb["alerts_url"] is None
+    assert wandb["sync_command"] == f"wandb sync {Path(wandb['dir']) / 'wandb'}/offline-run-*"
+    assert view["checkpointing"] == {"monitor": None, "mode": "min", "save_top_k": 3, "save_last": True}
+
+    job = web.client.post("/api/launch", json={"template": "online", "values": {}}).json()
+    wandb = web.wait_state(job["id"], "completed")["wandb"]
+    run = f"https://wandb.ai/team/p/runs/{wandb['run_id']}"
+    assert (wandb["url"], wandb["alerts_url"]) == (run, f"{run}-supervisor")
+    # no offline run fell back on disk: nothing to sync
+    assert wandb["sync_command"] is None

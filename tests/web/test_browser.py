@@ -7,8 +7,11 @@ docs), else to the test's tmp dir.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
+import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +129,7 @@ def test_launch_digits_from_the_page_and_watch_it_complete(served: dict[str, Any
             sync_api.expect(page.locator('[data-field="Best checkpoint"]')).to_contain_text(best)
             sync_api.expect(page.locator('[data-testid="log"]')).to_contain_text("attempt 1")
             assert page.locator("#stop").is_disabled()
+            _check_events_log_and_wandb(page, sync_api, status)
             page.screenshot(path=str(shots / "job.png"), full_page=True)
 
             # Restart from the page: a second attempt, resumed from the best checkpoint, on the timeline.
@@ -168,3 +172,29 @@ def test_launch_digits_from_the_page_and_watch_it_complete(served: dict[str, Any
             assert console_errors == [], console_errors
         finally:
             browser.close()
+
+
+def _check_events_log_and_wandb(page: Any, sync_api: Any, status: dict[str, Any]) -> None:
+    """The job page after a real Lightning fit: one event line per checkpoint step naming its files,
+    Lightning's start-up chatter hidden from the log tail unless asked for, and the `wandb sync` command."""
+    lines = page.locator("ol.events li").all_inner_texts()
+    saved = [line for line in lines if "checkpoint at step" in line]
+    steps = [re.search(r"checkpoint at step (\d+)", line)[1] for line in saved]  # type: ignore[index]
+    assert saved and len(steps) == len(set(steps)), lines
+    assert any(line.endswith("(top-3, last)") for line in saved), saved  # digits.yaml: save_top_k 3, save_last
+
+    log = page.locator('[data-testid="log"]')
+    sync_api.expect(log).to_contain_text("attempt 1")
+    sync_api.expect(log).not_to_contain_text("GPU available:")
+    sync_api.expect(page.locator("#log-hidden")).to_contain_text("start-up lines hidden")
+    page.check("#log-all")
+    sync_api.expect(log).to_contain_text("GPU available:")
+    page.uncheck("#log-all")
+    sync_api.expect(log).not_to_contain_text("GPU available:")
+
+    command = page.locator("#wandb-sync").inner_text()
+    assert command == status["wandb"]["sync_command"]
+    program, verb, pattern = shlex.split(command)
+    assert (program, verb) == ("wandb", "sync")
+    runs = glob.glob(pattern)  # what the shell will hand to wandb sync: the job's real offline run dirs
+    assert any(run.endswith(f"-{status['wandb']['run_id']}") for run in runs), (pattern, runs)

@@ -6,6 +6,40 @@
 const TOKEN_KEY = "ml-supervisor-token";
 const LOG_TAIL = 64 * 1024;
 const TERMINAL = new Set(["completed", "failed", "stopped"]);
+// Start-up chatter of Lightning, PyTorch and W&B that buries the lines a person looks for (the last
+// error, the last progress line). The page hides whole lines that match, unless "show everything" is on;
+// the log files keep everything.
+const LOG_NOISE = [
+  /^(GPU|TPU|HPU|IPU) available: /,
+  /^LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES/,
+  /\bTip: /, // Lightning's "💡 Tip: ..." advertisements
+  /^wandb: (?!ERROR)/, // W&B's prefixed start-up and sync lines (its errors stay)
+  /^\/?\S+\.py:\d+: /, // Python warnings (and Lightning's rank_zero_warn): "path/file.py:123: ..."
+  /^\s*\|\s*Name\s*\|/, /^-{5,}\s*$/, /^\d+\s*\|\s*\S+\s*\|/, // the model summary table
+  /^\s*[\d.]+\s*[KMGT]?\s+(Trainable params|Non-trainable params|Total params|Total estimated model params size|Modules in (train|eval) mode)/i,
+  /^Seed set to \d+/,
+  /torch\.set_float32_matmul_precision/,
+  /^`Trainer\(.*\)` was configured/,
+  /^Using (16bit|bfloat16|16-mixed|bf16)/,
+];
+
+function isLogNoise(line) {
+  return LOG_NOISE.some((pattern) => pattern.test(line));
+}
+
+// The lines of a log chunk without the noise: a matched line and the indented lines right after it
+// (a warning's "  warnings.warn(" source line). Returns [kept text, hidden line count].
+function filterLogNoise(text) {
+  const kept = [];
+  let hidden = 0, inNoise = false;
+  for (const line of text.split("\n")) {
+    if (isLogNoise(line) || (inNoise && /^\s+\S/.test(line))) { hidden += 1; inNoise = true; continue; }
+    inNoise = false;
+    kept.push(line);
+  }
+  return [kept.join("\n"), hidden];
+}
+
 const SERIES_COLOURS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#4b5563"];
 
 // -- the token: taken from the URL fragment once, then kept for this tab and sent as a header ----------
@@ -322,6 +356,8 @@ function jobView(jobId) {
   const metricPicker = h("select", { id: "metric", "aria-label": "metric" });
   const chart = h("div", { class: "chart", "data-testid": "chart" });
   const logBox = h("pre", { class: "log", "data-testid": "log" });
+  const logAll = h("input", { type: "checkbox", id: "log-all" });
+  const logHidden = h("span", { class: "muted small", id: "log-hidden" });
   const eventsList = h("ol", { class: "events" });
   main.replaceChildren(
     h("section", { class: "card" }, head, summary),
@@ -331,7 +367,8 @@ function jobView(jobId) {
         ["#", "Started", "Ended", "Ran", "Cause", "Detail", "Resumed from", "Steps", "New ckpts"].map((t) =>
           h("th", { class: ["Ran", "Steps", "New ckpts"].includes(t) ? "num" : null }, t)))),
       attemptsBody)),
-    h("section", { class: "card" }, h("h2", {}, "Log tail"), logBox),
+    h("section", { class: "card" }, h("div", { class: "row" }, h("h2", {}, "Log tail"), logHidden, h("span", { class: "spacer" }),
+      h("label", { class: "muted small", for: "log-all" }, logAll, " show everything")), logBox),
     h("section", { class: "card" }, h("h2", {}, "Events"), eventsList));
 
   let status = null;
@@ -345,6 +382,7 @@ function jobView(jobId) {
   let logOffsets = null;
   let logChunks = []; // [stream, text], oldest first, trimmed to LOG_TAIL characters
   let lastEvent = 0;
+  let lastCheckpoint = null; // {attempt, step, kinds, message, text}: the newest checkpoint line, to merge into
 
   function renderHead(job) {
     const terminal = TERMINAL.has(job.state);
@@ -376,12 +414,21 @@ function jobView(jobId) {
       ["Best checkpoint", best ? `${basename(best.path)}${best.score !== null && best.score !== undefined ? ` · ${best.monitor || "score"} ${fmtNumber(best.score)}` : ""}${best.step !== null && best.step !== undefined ? ` · step ${best.step}` : ""}` : "none yet"],
       ["Latest metrics", Object.entries(latestMetrics(job)).map(([k, v]) => `${k} ${fmtNumber(v)}`).join(" · ") || "–"],
     ];
-    const wandb = job.wandb || {};
-    const wandbCell = wandb.url
-      ? h("a", { href: wandb.url, target: "_blank", rel: "noopener noreferrer", id: "wandb-link" }, "W&B run page")
-      : `${wandb.mode || "–"}${wandb.run_id ? ` (run ${wandb.run_id})` : ""}`;
     summary.replaceChildren(...items.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-field": k }, v)]),
-      h("dt", {}, "W&B"), h("dd", {}, wandbCell));
+      h("dt", {}, "W&B"), h("dd", { "data-field": "W&B" }, wandbCell(job.wandb || {})));
+  }
+
+  // Online: links to the run and its -supervisor alert run. Offline: the command that uploads the runs.
+  function wandbCell(wandb) {
+    const link = (href, id, text) => h("a", { href, id, target: "_blank", rel: "noopener noreferrer" }, text);
+    if (wandb.url) {
+      return h("span", {}, link(wandb.url, "wandb-link", "W&B run page"),
+        wandb.alerts_url ? [" · ", link(wandb.alerts_url, "wandb-alerts-link", "alerts run")] : null);
+    }
+    const text = `${wandb.mode || "–"}${wandb.run_id ? ` (run ${wandb.run_id})` : ""}`;
+    if (!wandb.sync_command) return text;
+    return h("span", {}, text, h("div", { class: "muted small" }, "upload it with: ",
+      h("code", { id: "wandb-sync", class: "copy" }, wandb.sync_command)));
   }
 
   function renderAttempts(job) {
@@ -509,18 +556,49 @@ function jobView(jobId) {
     if (answer.stdout || answer.stderr || fresh) {
       let total = logChunks.reduce((n, [, text]) => n + text.length, 0);
       while (total > LOG_TAIL && logChunks.length > 1) total -= logChunks.shift()[1].length;
-      const atBottom = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 20;
-      logBox.replaceChildren(h("span", { class: "muted" }, `── attempt ${latest} ──\n`),
-        ...logChunks.map(([stream, text]) => (stream === "stderr" ? h("span", { class: "stderr" }, text) : text)));
-      if (atBottom) logBox.scrollTop = logBox.scrollHeight;
+      renderLog();
     }
+  }
+
+  function renderLog() {
+    if (logAttempt === null) return;
+    const atBottom = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 20;
+    let hidden = 0;
+    const shown = logChunks.map(([stream, text]) => {
+      let kept = text;
+      if (!logAll.checked) { const [k, n] = filterLogNoise(text); kept = k; hidden += n; }
+      return stream === "stderr" ? h("span", { class: "stderr" }, kept) : kept;
+    });
+    logHidden.textContent = hidden ? ` ${hidden} start-up lines hidden` : "";
+    logBox.replaceChildren(h("span", { class: "muted" }, `── attempt ${logAttempt} ──\n`), ...shown);
+    if (atBottom) logBox.scrollTop = logBox.scrollHeight;
+  }
+  logAll.addEventListener("change", renderLog);
+
+  // A save writes the top-k file and last.ckpt of the same step: one line per step, naming the files.
+  function checkpointKinds(kinds) {
+    const topK = status && status.checkpointing ? status.checkpointing.save_top_k : null;
+    const label = { topk: topK !== null && topK !== undefined && topK >= 0 ? `top-${topK}` : "top-k", last: "last" };
+    return [...kinds].sort((a, b) => (a === "last") - (b === "last")).map((k) => label[k] || k).join(", ");
   }
 
   async function pollEvents() {
     const events = await api("GET", `/api/jobs/${encodeURIComponent(jobId)}/events?after=${lastEvent}`);
     for (const e of events) {
       lastEvent = Math.max(lastEvent, e.id);
-      eventsList.prepend(h("li", {}, h("span", { class: "muted" }, fmtTime(e.time)), " ", h("span", { class: "kind" }, e.kind), " ", e.message));
+      const data = e.data || {};
+      if (e.kind === "checkpoint" && lastCheckpoint && lastCheckpoint.attempt === e.attempt && lastCheckpoint.step === data.step) {
+        lastCheckpoint.kinds.add(data.kind || "topk");
+        if (data.kind !== "last" || !lastCheckpoint.message) lastCheckpoint.message = e.message;
+        lastCheckpoint.text.textContent = ` ${lastCheckpoint.message} (${checkpointKinds(lastCheckpoint.kinds)})`;
+        continue;
+      }
+      const text = h("span", { class: "message" }, ` ${e.message}`);
+      if (e.kind === "checkpoint") {
+        lastCheckpoint = { attempt: e.attempt, step: data.step, kinds: new Set([data.kind || "topk"]), message: e.message, text };
+        text.textContent = ` ${e.message} (${checkpointKinds(lastCheckpoint.kinds)})`;
+      }
+      eventsList.prepend(h("li", {}, h("span", { class: "muted" }, fmtTime(e.time)), " ", h("span", { class: "kind" }, e.kind), text));
     }
   }
 
