@@ -50,7 +50,7 @@ def predictions(module: pl.LightningModule, batch: Any, batch_idx: int, fields: 
     with torch.no_grad():
         inputs = _batch_input(module, batch)
         output = call_forward(module, inputs) if inputs is not None else None
-        if is_classifier_output(output, labels):
+        if isinstance(output, Tensor) and is_classifier_output(output, labels):
             probabilities = torch.softmax(output[:count].float(), dim=1)  # (B, C) logits -> (B, C)
             best, predicted = probabilities.max(dim=1)  # (B, C) -> (B,), (B,)
             return {"prediction": [int(v) for v in predicted.tolist()],
@@ -79,7 +79,8 @@ class LogSamples(Callback):
             return
         from trainer.inspect.tables import samples_table
 
-        image_shape = getattr(trainer.datamodule, "image_shape", None) if trainer.datamodule is not None else None
+        datamodule = getattr(trainer, "datamodule", None)  # set by fit(datamodule=...); not in Trainer's stubs
+        image_shape = getattr(datamodule, "image_shape", None)
         fields = fields_of([batch], self.count, image_shape)
         count = max((len(f.items) for f in fields), default=0)
         try:

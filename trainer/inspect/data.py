@@ -142,7 +142,8 @@ def split_sizes(loaded: LoadedJob, datamodule: Any, split: str) -> dict[str, int
         if STAGE_OF[name] not in stages or not defines_loader(datamodule, name):
             continue
         if STAGE_OF[name] != STAGE_OF[split]:
-            guarded(loaded.source, "data", f"setup({STAGE_OF[name]!r})", lambda n=name: datamodule.setup(STAGE_OF[n]))
+            stage = STAGE_OF[name]
+            guarded(loaded.source, "data", f"setup({stage!r})", lambda: datamodule.setup(stage))  # noqa: B023
         try:
             loader = getattr(datamodule, f"{name}_dataloader")()
             sizes[name] = len(loader.dataset)
@@ -203,7 +204,8 @@ def log_samples_to_wandb(loaded: LoadedJob, fields: Sequence[Field], out_dir: Pa
     save_dir = Path(wcfg.dir).expanduser() if wcfg.dir else out_dir / "wandb"
     save_dir.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=wcfg.project, entity=wcfg.entity, group=wcfg.group or loaded.cfg.name,
-                     job_type="inspect-data", name=f"{loaded.cfg.name}-samples", dir=str(save_dir), mode=mode,
+                     job_type="inspect-data", name=f"{loaded.cfg.name}-samples", dir=str(save_dir),
+                     mode=mode,  # type: ignore[arg-type]  # "online" or "offline" here (resolve_mode)
                      tags=list(wcfg.tags), reinit="create_new")
     try:
         run.log({"samples": samples_table(fields)})

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from trainer.inspect.fields import Field
 
 
-def samples_table(fields: Sequence[Field], extra: dict[str, Sequence[Any]] | None = None) -> Any:
+def samples_table(fields: Sequence[Field], extra: Mapping[str, Sequence[Any]] | None = None) -> Any:
     """A ``wandb.Table`` with a column per field (and per ``extra`` column), a row per item."""
     import wandb
 
     extra = extra or {}
     count = max((len(f.items) for f in fields), default=0)
-    columns = [f.name for f in fields] + list(extra)
+    columns: list[str | int] = [f.name for f in fields]
+    columns.extend(extra)
     rows = []
     for i in range(count):
         row: list[Any] = [_cell(f, i) for f in fields]
