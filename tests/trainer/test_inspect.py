@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from trainer_testkit import DIGITS_CONFIG, REPO, trainer_env
-from wandb_tables import logged_tables
+from wandb_tables import finished_records, logged_tables
 
 from supervisor.errors import ConfigError
 from trainer.inspect import find_lr, inspect_data, inspect_model
@@ -48,7 +48,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def user_config(tmp_path: Path, model: str = "TinyMLP", data_args: dict[str, Any] | None = None,
-                model_args: dict[str, Any] | None = None, **extra: Any) -> Path:
+                model_args: dict[str, Any] | None = None, data: str = "DictData", **extra: Any) -> Path:
     """A job config for the user's module, its workdir a folder outside the project."""
     workdir = tmp_path / "userproject"
     workdir.mkdir(exist_ok=True)
@@ -57,7 +57,7 @@ def user_config(tmp_path: Path, model: str = "TinyMLP", data_args: dict[str, Any
         "name": "user-job",
         "workdir": str(workdir),
         "model": {"class_path": f"usermods.{model}", "init_args": model_args or {}},
-        "data": {"class_path": "usermods.DictData", "init_args": data_args or {}},
+        "data": {"class_path": f"usermods.{data}", "init_args": data_args or {}},
         "trainer": {"accelerator": "cpu", "max_epochs": 50, "enable_progress_bar": False},
         "logger": {"wandb": {"mode": "offline", "project": "inspect-tests"}},
         **extra,
@@ -162,6 +162,23 @@ def test_data_of_dict_batches_with_labels_counts_them(tmp_path: Path) -> None:
     assert report.label_counts == {"0": 30, "1": 30, "2": 30}
 
 
+def test_data_of_colour_images_with_and_without_labels(tmp_path: Path) -> None:
+    report = inspect_data(str(user_config(tmp_path, data="ShapeData")), n=10, out=tmp_path / "a")
+    assert report.kinds == {"input": "image", "target": "label"} and report.shown_as == "images"
+    assert report.batch_shapes["input"] == [8, 3, 12, 12]
+    assert report.label_counts == {"0": 10, "1": 10, "2": 10, "3": 10}
+    assert png_size(tmp_path / "a" / "samples.png") == (8 * 150, 2 * 150)
+    assert report.wandb_run is not None
+    (entry,) = logged_tables(Path(report.wandb_run), "samples")
+    assert [row[0]["width"] for row in entry["table"]["data"]] == [12] * 10
+    assert all(png_size(p) == (12, 12) for p in entry["images"])
+
+    alone = inspect_data(str(user_config(tmp_path, data="ShapeData", data_args={"labels": False})), n=3,
+                         out=tmp_path / "b", log_wandb=False)
+    assert alone.kinds == {"input": "image"} and alone.label_counts is None
+    assert png_size(tmp_path / "b" / "samples.png") == (3 * 150, 150)
+
+
 # -- tune lr ----------------------------------------------------------------------------------------
 
 def test_lr_find_on_digits_suggests_a_finite_rate(tmp_path: Path) -> None:
@@ -184,6 +201,21 @@ def test_lr_find_needs_an_lr_attribute(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         find_lr(str(config), cpu=True, out=tmp_path)
     assert caught.value.message.startswith(f"{config}: model: NoLrMLP exposes no `lr` or `learning_rate`")
+
+
+def test_onnx_export_is_saved_in_the_wandb_run(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx", reason="the onnx package is not installed (pip install '.[onnx]')")
+    path = tmp_path / "model" / "digits.onnx"
+    report = inspect_model(str(DIGITS_CONFIG), ["data.init_args.batch_size=4"], cpu=True, onnx=path)
+    assert report.onnx == str(path)
+    graph = onnx.load(str(path)).graph
+    onnx.checker.check_model(onnx.load(str(path)))
+    dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [4, 64]
+    assert report.wandb_run is not None
+    records = finished_records(Path(report.wandb_run))
+    saved = [f.path for r in records if r.WhichOneof("record_type") == "files" for f in r.files.files]
+    assert "digits.onnx" in saved
 
 
 # -- the command line -------------------------------------------------------------------------------

@@ -44,7 +44,9 @@ def build_parser(command: str, what: str) -> argparse.ArgumentParser:
         p.add_argument("--depth", type=int, default=-1, help="layer table depth (-1: every module; 1: top level)")
         p.add_argument("--split", default="train", choices=("train", "val", "test", "predict"),
                        help="the split the batch comes from")
-        p.add_argument("--onnx", default=None, metavar="FILE", help="also export the model to this ONNX file")
+        p.add_argument("--onnx", default=None, metavar="FILE", help="also export the model to this ONNX file "
+                       "(needs the onnx package) and save it in W&B when the config has W&B on")
+        p.add_argument("--no-wandb", action="store_true", help="do not save the ONNX file in W&B")
     else:
         p.add_argument("--out", default="inspect", help="where lr_find.png goes (default ./inspect)")
         p.add_argument("--steps", type=int, default=100, help="finder steps (default 100)")
@@ -98,7 +100,7 @@ def _run(args: argparse.Namespace) -> Any:
     from trainer.inspect.model import inspect_model
 
     return inspect_model(args.config, args.overrides, cpu=args.cpu, depth=args.depth, split=args.split,
-                         onnx=args.onnx)
+                         onnx=args.onnx, log_wandb=not args.no_wandb)
 
 
 def _print(args: argparse.Namespace, report: Any) -> None:

@@ -190,25 +190,8 @@ def _sample_and_count(loader: Any, n: int, image_shape: Any, limit: int, source:
 
 
 def log_samples_to_wandb(loaded: LoadedJob, fields: Sequence[Field], out_dir: Path) -> str | None:
-    """Log the samples as a ``wandb.Table`` to a run of the job's project; None when W&B is disabled."""
-    from trainer.wandb_run import resolve_mode
-
-    wcfg = loaded.cfg.logger.wandb
-    mode, _ = resolve_mode(str(wcfg.mode))
-    if mode == "disabled":
-        return None
-    import wandb
-
+    """Log the samples as a ``wandb.Table`` (``samples``) to a run of the job's project; None when W&B is off."""
     from trainer.inspect.tables import samples_table
+    from trainer.inspect.wandb_log import log_to_wandb
 
-    save_dir = Path(wcfg.dir).expanduser() if wcfg.dir else out_dir / "wandb"
-    save_dir.mkdir(parents=True, exist_ok=True)
-    run = wandb.init(project=wcfg.project, entity=wcfg.entity, group=wcfg.group or loaded.cfg.name,
-                     job_type="inspect-data", name=f"{loaded.cfg.name}-samples", dir=str(save_dir),
-                     mode=mode,  # type: ignore[arg-type]  # "online" or "offline" here (resolve_mode)
-                     tags=list(wcfg.tags), reinit="create_new")
-    try:
-        run.log({"samples": samples_table(fields)})
-        return str(Path(run.dir).parent)
-    finally:
-        run.finish()
+    return log_to_wandb(loaded, out_dir, "inspect-data", lambda run: run.log({"samples": samples_table(fields)}))

@@ -53,17 +53,19 @@ class ModelReport:
     input_source: str  # "example_input_array", "batch[0]", "batch keys: ..." or "batch"
     layers: list[LayerRow] = field(default_factory=list)
     onnx: str | None = None
+    wandb_run: str | None = None  # the W&B run the ONNX file was saved in
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def inspect_model(config: str, overrides: Sequence[str] = (), *, cpu: bool = False, depth: int = -1,
-                  split: str = "train", onnx: str | Path | None = None) -> ModelReport:
+                  split: str = "train", onnx: str | Path | None = None, log_wandb: bool = True) -> ModelReport:
     """Build the config's module and DataModule, run one real batch through ``forward``, and report.
 
     ``depth``: how deep the layer table goes (``-1``: every module, as ``ModelSummary(max_depth=-1)``).
-    ``onnx``: also export the module to this ONNX file with that batch.
+    ``onnx``: also export the module to this ONNX file with that batch (needs the ``onnx`` package),
+    and save it in a W&B run of the job's project when W&B is on and ``log_wandb``.
     """
     from trainer.inspect.data import first_batch
 
@@ -76,8 +78,21 @@ def inspect_model(config: str, overrides: Sequence[str] = (), *, cpu: bool = Fal
     device = choose_device(loaded.job.trainer_args, cpu)
     report = summarize(model, batch, device=device, depth=depth, source=config)
     if onnx is not None:
-        report.onnx = export_onnx(model, model_input(model, batch, config)[0], Path(onnx), device, config)
+        path = Path(onnx)
+        report.onnx = export_onnx(model, model_input(model, batch, config)[0], path, device, config)
+        if log_wandb:
+            report.wandb_run = log_onnx_to_wandb(loaded, path)
     return report
+
+
+def log_onnx_to_wandb(loaded: LoadedJob, path: Path) -> str | None:
+    """Save the ONNX file in a run of the job's project (W&B shows it in its model viewer); None when W&B is off."""
+    from trainer.inspect.wandb_log import log_to_wandb
+
+    def save(run: Any) -> None:
+        run.save(str(path.absolute()), base_path=str(path.absolute().parent), policy="now")
+
+    return log_to_wandb(loaded, path.absolute().parent, "inspect-model", save)
 
 
 def model_input(model: nn.Module, batch: Any, source: str = "<module>") -> tuple[Any, str]:
@@ -231,10 +246,3 @@ def _to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, Mapping):
         return {k: _to_device(v, device) for k, v in value.items()}
     return value
-
-
-def loaded_summary(loaded: LoadedJob, batch: Any, *, cpu: bool = False, depth: int = -1) -> ModelReport:
-    """``summarize`` for an already loaded job (the web page and tests reuse one load)."""
-    model = loaded.build_model()
-    return summarize(model, batch, device=choose_device(loaded.job.trainer_args, cpu), depth=depth,
-                     source=loaded.source)

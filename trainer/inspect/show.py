@@ -33,7 +33,8 @@ def print_model(console: Console, report: Any) -> None:
     console.print(f"{human(report.flops)}FLOPs for one forward of a batch of {report.batch_size} "
                   f"({report.flops:,}; torch.utils.flop_counter, on {report.device})")
     if report.onnx:
-        console.print(f"ONNX: {report.onnx}")
+        console.print(f"ONNX: {report.onnx}" + (f" (saved in W&B run {report.wandb_run})" if report.wandb_run else ""),
+                      markup=False)
 
 
 def print_data(console: Console, report: Any) -> None:

@@ -2,7 +2,7 @@
 
 ``TinyMLP`` takes ``features`` by keyword; ``DictData`` yields dict batches
 {features (B, 10), caption [str] * B, label (B,)} or, with ``labels=False``,
-{features, caption}; ``ShapeData`` yields (B, 3, 12, 12) images and labels.
+{features, caption}; ``ShapeData`` yields (B, 3, 12, 12) images, with labels or alone.
 """
 
 from __future__ import annotations
@@ -86,3 +86,31 @@ class DictData(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size)
+
+
+class _Images(Dataset):
+    def __init__(self, size: int, labels: bool) -> None:
+        generator = torch.Generator().manual_seed(1)
+        self.images = torch.rand(size, 3, 12, 12, generator=generator)  # (N, C, H, W) colour images
+        self.labels = torch.arange(size) % 4
+        self.with_labels = labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, ...]:
+        return (self.images[i], self.labels[i]) if self.with_labels else (self.images[i],)
+
+
+class ShapeData(pl.LightningDataModule):
+    """(B, 3, 12, 12) colour images, with labels (pairs) or without (1-tuples)."""
+
+    def __init__(self, size: int = 40, batch_size: int = 8, labels: bool = True) -> None:
+        super().__init__()
+        self.size, self.batch_size, self.labels = size, batch_size, labels
+
+    def setup(self, stage: str) -> None:
+        self.train_set = _Images(self.size, self.labels)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size)
