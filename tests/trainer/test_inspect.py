@@ -106,6 +106,12 @@ def test_model_says_what_to_set_when_no_batch_key_fits(tmp_path: Path) -> None:
     assert "set `example_input_array` on the module" in message and "\n" not in message
 
 
+def test_model_uses_example_input_array_when_the_module_has_one(tmp_path: Path) -> None:
+    report = inspect_model(str(user_config(tmp_path, model="WithExample")), cpu=True)
+    assert report.input_source == "example_input_array" and report.batch_size == 2
+    assert report.flops == 2 * 2 * (10 * 20 + 20 * 30 + 30 * 5)
+
+
 # -- inspect data -----------------------------------------------------------------------------------
 
 def test_data_digits_grid_counts_and_wandb_table(tmp_path: Path) -> None:

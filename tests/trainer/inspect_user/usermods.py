@@ -53,6 +53,14 @@ class KeywordOnly(TinyMLP):
         return self.body(pixels)
 
 
+class WithExample(KeywordOnly):
+    """Says what forward takes: ``example_input_array`` wins over the batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.example_input_array = torch.zeros(2, 10)  # (B, 10)
+
+
 class _Items(Dataset):
     def __init__(self, size: int, labels: bool) -> None:
         generator = torch.Generator().manual_seed(0)
