@@ -2,6 +2,7 @@
 
     python -m trainer --config FILE --attempt-dir DIR [--checkpoint-dir DIR] [--ckpt PATH]
                       [--attempt N] [--restarts N] [--deadline UNIX_TIME] [--check] [key=value ...]
+    python -m trainer inspect data|model CONFIG ... | python -m trainer tune lr CONFIG ...  (trainer.inspect)
 
 Exit codes: 0 completed (or ``--check`` passed), 1 exception, 2 config error,
 128 + signal number after a stop signal (143 for SIGTERM, 130 for SIGINT).
@@ -60,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     started_at = time.time()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("inspect", "tune"):  # the checks before a run: trainer/inspect/cli.py
+        from trainer.inspect.cli import main as inspect_main
+
+        return inspect_main(argv)
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
     if args.check:

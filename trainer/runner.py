@@ -27,6 +27,7 @@ from trainer.callbacks.checkpoint import ManifestCheckpoint
 from trainer.callbacks.progress import ProgressCallback
 from trainer.callbacks.run_info import WandbAttemptInfo
 from trainer.deadline import Deadline
+from trainer.profiling import profiler_into_attempt_dir
 from trainer.progress import HeartbeatWriter
 from trainer.signals import SignalState
 from trainer.wandb_run import build_wandb_logger
@@ -64,8 +65,14 @@ class RunState:
 
 
 def check_job(cfg: DictConfig, source: str) -> ResolvedJob:
-    """``--check``: import and check everything the config names, build nothing."""
-    return resolve_job(cfg, source)
+    """``--check``: import and check everything the config names; build nothing unless an option needs a look."""
+    job = resolve_job(cfg, source)
+    if cfg.callbacks.log_samples:  # refused at submit when the module has no prediction to show
+        from trainer.callbacks.log_samples import check_log_samples
+        from trainer.inspect.common import LoadedJob
+
+        check_log_samples(LoadedJob(cfg=cfg, source=source, job=job))
+    return job
 
 
 def run_fit(
@@ -86,7 +93,7 @@ def run_fit(
     datamodule = job.data.build()
     logger = build_wandb_logger(cfg, opts.attempt_dir)
     callbacks = build_callbacks(cfg, job, opts, signals, heartbeat, state, logger)
-    trainer_args = dict(job.trainer_args)
+    trainer_args = profiler_into_attempt_dir(dict(job.trainer_args), opts.attempt_dir)
     trainer_args.setdefault("default_root_dir", str(opts.attempt_dir))
     trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
     state.trainer = trainer
@@ -169,6 +176,13 @@ def build_callbacks(
             callbacks.append(LearningRateMonitor(logging_interval="step"))
     if logger is not None:
         callbacks.append(WandbAttemptInfo(logger, cfg, attempt=opts.attempt, restarts=opts.restarts))
+    if cfg.callbacks.log_samples:
+        if logger is None:
+            _log("callbacks.log_samples needs W&B and W&B is disabled: not logging samples")
+        else:
+            from trainer.callbacks.log_samples import LogSamples
+
+            callbacks.append(LogSamples(logger, count=int(cfg.callbacks.log_samples_count)))
     callbacks.extend(spec.build() for spec in job.callbacks)
     return callbacks
 

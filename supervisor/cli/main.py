@@ -4,6 +4,8 @@
     ml-supervisor serve [--config daemon.yaml] [key=value]   the daemon (what systemd runs)
     ml-supervisor validate CONFIG [key=value ...]            check a config without running it
     ml-supervisor install-systemd [--user]                   write the systemd unit, print how to start it
+    ml-supervisor inspect data|model CONFIG [key=value ...] [options]   look at the data / the model
+    ml-supervisor tune lr CONFIG [key=value ...] [options]               Lightning's learning-rate finder
 
 Exit status of ``run``: 0 completed (finished or budget spent), 1 failed, 2 bad
 config, 130 stopped.
@@ -62,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a job config (schema and imports) without running it")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+
+    # Run by the job's interpreter as `python -m trainer inspect|tune ...` (the daemon side never imports torch);
+    # options and overrides after CONFIG pass through (python -m trainer inspect data -h lists them).
+    p = sub.add_parser("inspect", help="look at a config's data (samples, label counts) or model (layers, FLOPs)")
+    p.add_argument("what", choices=("data", "model"))
+    p.add_argument("config")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="[key=value | option] ...")
+    p = sub.add_parser("tune", help="find a learning rate for a config (Lightning's Tuner.lr_find)")
+    p.add_argument("what", choices=("lr",))
+    p.add_argument("config")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="[key=value | option] ...")
     return parser
 
 
@@ -81,6 +94,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _install_systemd(args)
     if args.command == "validate":
         return _validate(args)
+    if args.command in ("inspect", "tune"):
+        return _inspect(args)
     return _run(args)
 
 
@@ -110,6 +125,20 @@ def _validate(args: argparse.Namespace) -> int:
                            "--check", *args.overrides], stdin=subprocess.DEVNULL)
     if proc.returncode == 0:
         print(f"{args.config}: ok")
+    return proc.returncode
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """``inspect``/``tune``: validate the config here (one-line errors), then run it under the job's python."""
+    import subprocess
+
+    from supervisor.submit import load_request_config
+
+    overrides = [a for a in args.args if "=" in a and not a.startswith("-")]
+    cfg = load_request_config(submit_request(args.config, overrides, None))
+    settings = load_settings(state_dir=args.state_dir)
+    proc = subprocess.run([cfg.python or sys.executable, "-m", settings.trainer_module, args.command, args.what,
+                           args.config, *args.args], stdin=subprocess.DEVNULL)
     return proc.returncode
 
 

@@ -278,6 +278,7 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
     at_least("checkpoint.every_n_epochs", 1, allow_none=True)
     at_least("callbacks.early_stopping.patience", 0)
     at_least("logger.wandb.watch_log_freq", 1)
+    at_least("callbacks.log_samples_count", 1)
     triggers = [k for k in ("every_n_train_steps", "train_time_interval", "every_n_epochs")
                 if cfg.checkpoint[k] is not None]
     if len(triggers) > 1:

@@ -83,6 +83,9 @@ class EarlyStoppingConfig:
 class CallbacksConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     lr_monitor: bool = False
+    # a W&B table of validation inputs, predictions and targets each validation epoch (trainer/callbacks/log_samples.py)
+    log_samples: bool = False
+    log_samples_count: int = 16
     extra: list[ClassSpec] = field(default_factory=list)
 
 

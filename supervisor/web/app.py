@@ -13,12 +13,14 @@ no route that accepts a config, a ``class_path`` or an interpreter.
     GET  /api/ping                          daemon pid, version, state dir
     GET  /api/templates                     the templates and their knobs
     POST /api/launch                        {template, values: {key: value}, name?} -> the new job (201)
+    POST /api/inspect                       {template, values, what: data|model} -> samples image / model table
     GET  /api/jobs                          every job's status object
     GET  /api/jobs/{job}                    one job's status object
     GET  /api/jobs/{job}/history            its attempts
     GET  /api/jobs/{job}/events?after=N     its events after id N
     GET  /api/jobs/{job}/logs?attempt=&stdout=&stderr=&tail=   a chunk of an attempt's output
     GET  /api/jobs/{job}/metrics?attempt=&offset=              new curve points (see ``curves.py``)
+    GET  /api/jobs/{job}/profile?attempt=   the profiler's report of an attempt (``trainer.profiler``)
     POST /api/jobs/{job}/stop               stop it
     POST /api/jobs/{job}/restart            relaunch it from its best checkpoint
     GET  /api/events?after=N                every job's events after id N
@@ -37,7 +39,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,7 +59,9 @@ from supervisor.errors import (
 )
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.web.curves import Cursor, read_points
+from supervisor.web.inspect import InspectFailed, Inspector
 from supervisor.web.metrics import CONTENT_TYPE, render_metrics
+from supervisor.web.profile import read_profile
 from supervisor.web.templates import Template, field_for_error, find_template, find_templates, plan_launch
 
 log = logging.getLogger("ml_supervisor.web")
@@ -68,7 +72,7 @@ _CLI_HINT = " (set on the command line)"
 GpuSource = Callable[[], list[dict[str, Any]] | None]
 
 _STATUS_BY_ERROR: dict[type[SupervisorError], int] = {
-    JobNotFound: 404, InvalidTransition: 409, ConfigError: 422, ResourceUnavailable: 409,
+    JobNotFound: 404, InvalidTransition: 409, ConfigError: 422, ResourceUnavailable: 409, InspectFailed: 500,
 }
 
 # The page loads nothing from elsewhere and is never framed: a strict policy costs nothing.
@@ -92,6 +96,16 @@ class LaunchRequest(BaseModel):
     name: str | None = Field(default=None, max_length=64)
 
 
+class InspectRequest(BaseModel):
+    """What the page sends to look at a template's data or model for some knob values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    template: str = Field(min_length=1, max_length=64)
+    values: dict[str, Any] = Field(default_factory=dict)
+    what: Literal["data", "model"]
+
+
 class SafeJSONResponse(JSONResponse):
     """JSON without NaN or infinities (not JSON; a browser's parser rejects them): they become null."""
 
@@ -108,7 +122,7 @@ class ApiError(Exception):
 
 
 def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: GpuSource | None = None,
-               workdir: str | Path | None = None) -> FastAPI:
+               workdir: str | Path | None = None, inspector: Inspector | None = None) -> FastAPI:
     """The web app over ``ops``.
 
     ``token``: the secret every API request must carry. ``templates_dir``: the
@@ -116,13 +130,15 @@ def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: 
     once). ``gpus``: returns ``supervisorctl gpus --json`` entries, or None when
     NVML is not available. ``workdir``: the directory a launched job is
     submitted from (its ``workdir`` when the template sets none); default: the
-    template folder's parent, the repository for the bundled ``configs/``.
+    template folder's parent, the repository for the bundled ``configs/``. ``inspector``:
+    runs the launch page's Inspect actions (default: ``python -m trainer``, cached).
     """
     if len(token) < 16:
         raise ValueError("the web token is too short to be a secret")
     expected = token.encode()
     templates_path = Path(templates_dir).resolve()
     submit_cwd = Path(workdir).resolve() if workdir is not None else templates_path.parent
+    inspections = inspector or Inspector()
 
     def require_token(request: Request) -> None:
         """Every API request carries the token in a header (constant-time compare)."""
@@ -179,6 +195,18 @@ def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: 
             raise ApiError(409, "template_invalid", template.error)
         return _launch(ops, template, body, submit_cwd)
 
+    @api_post("/inspect")
+    def inspect(body: InspectRequest) -> dict[str, Any]:
+        template = find_template(templates_path, body.template)
+        if template is None:
+            raise ApiError(404, "template_not_found", f"no template {body.template!r} in {templates_path}")
+        if template.error:
+            raise ApiError(409, "template_invalid", template.error)
+        plan = plan_launch(template, body.values)
+        if plan.errors:
+            raise ApiError(422, "config_invalid", "some values are not accepted", plan.errors)
+        return inspections.inspect(template.path, plan.overrides, body.what, submit_cwd)
+
     @api_get("/jobs")
     def jobs() -> list[dict[str, Any]]:
         return ops.op_list(all=True)
@@ -214,6 +242,15 @@ def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: 
         status = ops.op_status(job)
         numbers = [a["n"] for a in status["attempts"]]
         return read_points(status["job_dir"], numbers, Cursor(attempt, offset))
+
+    @api_get("/jobs/{job}/profile")
+    def profile(job: str, attempt: int | None = Query(None, ge=1)) -> dict[str, Any]:
+        status = ops.op_status(job)
+        numbers = [a["n"] for a in status["attempts"]]
+        n = attempt if attempt is not None else (numbers[-1] if numbers else None)
+        if n is None or n not in numbers:
+            return {"attempt": n, "files": []}
+        return {"attempt": n, "files": read_profile(JobLayout(Path(status["job_dir"])).attempt(n).dir)}
 
     @api_post("/jobs/{job}/stop")
     def stop(job: str) -> dict[str, Any]:

@@ -90,8 +90,11 @@ class DigitsDataModule(pl.LightningDataModule):
     """The 1,797 scikit-learn digits, split once into train and validation sets.
 
     The split is fixed by ``seed`` so every attempt of a job (and a resumed run)
-    validates on the same images.
+    validates on the same images. Items are flattened 8×8 images; ``image_shape``
+    says so, and ``ml-supervisor inspect data`` shows them as images.
     """
+
+    image_shape = (1, 8, 8)  # (C, H, W) of one flattened item: 64 values
 
     def __init__(
         self,

@@ -259,7 +259,84 @@ async function launchView(chosen) {
   h("div", { class: "actions" }, start,
     h("span", { class: "muted" }, " The config is validated (schema and imports) before the job is queued.")));
   section.append(form);
+  section.append(inspectPanel(current, () => {
+    const values = {};
+    let bad = false;
+    errors.forEach((el) => { el.textContent = ""; });
+    for (const [key, { knob, input }] of inputs) {
+      try { values[key] = readKnob(knob, input); } catch (err) { errors.get(key).textContent = err.message; bad = true; }
+    }
+    return bad ? null : values;
+  }, errors));
   main.append(gpuPanel());
+}
+
+// -- "Inspect" on the launch page: the data samples and the model table for the chosen values, before Start
+function inspectPanel(template, readValues, errors) {
+  const out = h("div", { class: "inspect-out", "data-testid": "inspect-out", "aria-live": "polite" });
+  const buttons = [];
+  const run = async (what) => {
+    const values = readValues();
+    if (values === null) return;
+    buttons.forEach((b) => { b.disabled = true; });
+    out.replaceChildren(h("p", { class: "muted" }, `Inspecting the ${what} (a child process on the CPU; the first look loads torch)…`));
+    try {
+      const result = await api("POST", "/api/inspect", { template: template.name, values, what });
+      out.replaceChildren(what === "data" ? dataView(result) : modelView(result));
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      for (const [key, message] of Object.entries(err.fields || {})) {
+        const el = errors.get(key);
+        if (el) el.textContent = message;
+      }
+      out.replaceChildren(h("p", { class: "error", role: "alert" }, err.message));
+    } finally {
+      buttons.forEach((b) => { b.disabled = false; });
+    }
+  };
+  buttons.push(h("button", { type: "button", id: "inspect-data", onclick: () => run("data") }, "Inspect data"),
+    h("button", { type: "button", id: "inspect-model", onclick: () => run("model") }, "Inspect model"));
+  return h("div", { class: "inspect" }, h("h2", {}, "Look before you train"),
+    h("div", { class: "actions" }, ...buttons,
+      h("span", { class: "muted" }, " Samples of the training data, or the layers, parameters and FLOPs of one batch, for the values above.")),
+    out);
+}
+
+function dataView(result) {
+  const r = result.report;
+  const facts = [
+    `items per split: ${Object.entries(r.num_items).map(([k, v]) => `${k} ${v ?? "?"}`).join(", ")}`,
+    ...Object.entries(r.batch_shapes).map(([k, shape]) => `${k}: batch shape [${(shape || []).join(", ")}], ${r.dtypes[k]}, shown as ${r.kinds[k]}`),
+    r.label_counts ? `label counts (${r.label_counts_items} items): ${Object.entries(r.label_counts).map(([k, v]) => `${k}: ${v}`).join(", ")}`
+      : "no class labels in the batches",
+  ];
+  return h("div", {},
+    h("p", { class: "muted" }, `${r.n} ${r.split} samples${result.cached ? " (cached)" : ""}`),
+    result.image ? h("img", { src: result.image, alt: `${r.n} samples of the ${r.split} split`, class: "samples", "data-testid": "samples-image" }) : null,
+    h("ul", { class: "facts" }, facts.map((f) => h("li", {}, f))));
+}
+
+function modelView(result) {
+  const r = result.report;
+  const shape = (x) => (x === null || x === undefined ? "?" : JSON.stringify(x));
+  return h("div", {},
+    h("table", { class: "layers", "data-testid": "model-table" },
+      h("thead", {}, h("tr", {}, ["Name", "Type", "Params", "Trainable", "Out sizes", "FLOPs"].map((t) =>
+        h("th", { class: ["Params", "Trainable", "FLOPs"].includes(t) ? "num" : null }, t)))),
+      h("tbody", {}, r.layers.map((l) => h("tr", {},
+        h("td", {}, l.name), h("td", {}, l.type), h("td", { class: "num" }, fmtCount(l.params)),
+        h("td", { class: "num" }, fmtCount(l.trainable)), h("td", {}, shape(l.output_shape)), h("td", { class: "num" }, fmtCount(l.flops)))))),
+    h("p", { "data-testid": "model-totals" },
+      `${fmtCount(r.total_params)} parameters (${fmtCount(r.trainable_params)} trainable) · `,
+      `${fmtCount(r.flops)}FLOPs for one forward of a batch of ${r.batch_size} · input ${shape(r.input_shape)} → output ${shape(r.output_shape)}`,
+      result.cached ? " (cached)" : ""));
+}
+
+function fmtCount(n) {
+  for (const [unit, scale] of [["T", 1e12], ["G", 1e9], ["M", 1e6], ["K", 1e3]]) {
+    if (Math.abs(n) >= scale) return `${(n / scale).toFixed(1)} ${unit}`;
+  }
+  return String(n);
 }
 
 function knobInput(knob, id) {
@@ -359,6 +436,9 @@ function jobView(jobId) {
   const logAll = h("input", { type: "checkbox", id: "log-all" });
   const logHidden = h("span", { class: "muted small", id: "log-hidden" });
   const eventsList = h("ol", { class: "events" });
+  // the profiler's report (trainer.profiler), shown once an attempt has written one
+  const profileBox = h("section", { class: "card", id: "profile", hidden: true });
+  let profileShown = null;
   main.replaceChildren(
     h("section", { class: "card" }, head, summary),
     h("section", { class: "card" }, h("div", { class: "row" }, h("h2", {}, "Curve"), metricPicker), chart),
@@ -369,6 +449,7 @@ function jobView(jobId) {
       attemptsBody)),
     h("section", { class: "card" }, h("div", { class: "row" }, h("h2", {}, "Log tail"), logHidden, h("span", { class: "spacer" }),
       h("label", { class: "muted small", for: "log-all" }, logAll, " show everything")), logBox),
+    profileBox,
     h("section", { class: "card" }, h("h2", {}, "Events"), eventsList));
 
   let status = null;
@@ -582,6 +663,19 @@ function jobView(jobId) {
     return [...kinds].sort((a, b) => (a === "last") - (b === "last")).map((k) => label[k] || k).join(", ");
   }
 
+  async function pollProfile() {
+    const latest = status && status.attempts.length ? status.attempts[status.attempts.length - 1] : null;
+    // reports are written when a fit ends: look again only until the attempt's report is shown
+    if (!latest || (profileShown === latest.n && latest.ended_at)) return;
+    const answer = await api("GET", `/api/jobs/${encodeURIComponent(jobId)}/profile?attempt=${latest.n}`);
+    if (!answer.files.length) return;
+    profileShown = latest.n;
+    profileBox.hidden = false;
+    profileBox.replaceChildren(h("h2", {}, `Profiler report · attempt ${answer.attempt}`),
+      ...answer.files.map((f) => h("div", {}, h("p", { class: "muted" }, `${f.name} (${fmtCount(f.size)}B${f.truncated ? ", cut" : ""})`),
+        f.text !== null ? h("pre", { class: "log profile", "data-testid": "profile-text" }, f.text) : null)));
+  }
+
   async function pollEvents() {
     const events = await api("GET", `/api/jobs/${encodeURIComponent(jobId)}/events?after=${lastEvent}`);
     for (const e of events) {
@@ -613,7 +707,7 @@ function jobView(jobId) {
       }
       throw err;
     }
-    await Promise.all([pollCurve(), pollLog(), pollEvents()]);
+    await Promise.all([pollCurve(), pollLog(), pollEvents(), pollProfile()]);
   });
 }
 
