@@ -11,6 +11,7 @@ import pytest
 
 from supervisor.errorline import MAX_CHARS, exception_line, raised_at
 from supervisor.jobfiles.exitrecord import ExitRecord
+from supervisor.jobfiles.monitorfiles import MonitorExit
 from supervisor.outcome import classify_end
 from trainer.cli import describe_exception
 
@@ -102,5 +103,5 @@ def test_without_a_traceback_it_is_type_and_message() -> None:
 def test_the_attempts_detail_uses_it(model: object) -> None:
     record = ExitRecord(status="exception", time=0.0, pid=1,
                         exception=described(lambda: model.empty_assert(3.0)))  # type: ignore[attr-defined]
-    outcome = classify_end(record, {"exit_code": 1}, None)
+    outcome = classify_end(record, MonitorExit(exit_code=1, signal=None, ended_at=0.0), None)
     assert (outcome.cause, outcome.detail) == ("crash", "AssertionError at my_model.py:3: assert loss < 1.0")
