@@ -123,7 +123,7 @@ def _batch_input(module: pl.LightningModule, batch: Any) -> Any:
     """Forward's input taken from the batch itself (never ``example_input_array``: we want these items)."""
     saved = getattr(module, "_example_input_array", None)
     try:
-        module._example_input_array = None  # type: ignore[assignment]
+        module._example_input_array = None
         return model_input(module, batch)[0]
     except ConfigError:
         return None
