@@ -22,6 +22,9 @@ from supervisor.sdnotify import Notifier
 from supervisor.settings import DaemonSettings
 from supervisor.states import JobState
 from supervisor.store import JobRow
+from supervisor.sweep.alerts import sweep_alert
+from supervisor.sweep.files import SweepDir
+from supervisor.sweep.manager import SweepManager
 
 log = logging.getLogger("ml_supervisor")
 
@@ -43,6 +46,8 @@ class Daemon:
             self.supervisor.loop_wait = min(self.supervisor.loop_wait, 1.0)  # STATUS= stays current
         self.ops = Operations(self.supervisor)
         self.api: ApiServer | None = None
+        self.sweeps = SweepManager(Path(str(settings.state_dir)), on_finished=self._sweep_finished)
+        self.ops.sweeps = self.sweeps
         self.web: Any = None  # supervisor.web.service.WebService, imported only when the page is on
         self._status = ""
 
@@ -53,6 +58,7 @@ class Daemon:
         self.api = ApiServer(self.ops, self.supervisor.state_dir)
         self.api.start()
         self.supervisor.start_thread()
+        self.sweeps.start()  # after the API: workers talk to the daemon through it
         log.info("ml-supervisor serving %s (socket %s)", self.supervisor.state_dir, self.api.path)
         if self.settings.web.enabled:
             self._start_web()
@@ -64,6 +70,7 @@ class Daemon:
         if self.web is not None:
             self.web.stop()
             self.web = None
+        self.sweeps.stop()
         if self.api is not None:
             self.api.stop()
             self.api = None
@@ -89,6 +96,11 @@ class Daemon:
                               cfg=self.supervisor.job_config(job), details=details)
         if alert is not None:
             self.alerts.send(alert)  # the dispatcher also writes it to the daemon's log
+
+    def _sweep_finished(self, sweep: SweepDir, state: dict[str, Any]) -> None:
+        alert = sweep_alert(sweep, state)
+        if alert is not None:
+            self.alerts.send(alert)
 
     def _on_loop(self) -> None:
         """Every turn of the supervisor loop (its thread): the systemd watchdog ping, and STATUS= on change.
