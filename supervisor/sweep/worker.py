@@ -52,11 +52,23 @@ class SweepWorker:
 
     # -- daemon calls, patient across a daemon restart -------------------------------------------
     def call(self, op: str, **args: Any) -> Any:
+        """``op`` on the daemon, waiting for it while it is away (it restarts, or the node reboots)."""
         while True:
             try:
                 return self.client.call(op, **args)
             except DaemonUnavailable:
-                time.sleep(1.0)  # the daemon restarts (or the node reboots): our trials wait for it too
+                time.sleep(1.0)
+
+    def submit_once(self, name: str, **args: Any) -> dict[str, Any]:
+        """Submit the job ``name`` exactly once: a daemon lost mid-call may have created it before dying."""
+        while True:
+            try:
+                return dict(self.client.call("submit", name=name, **args))
+            except DaemonUnavailable:
+                time.sleep(1.0)
+            existing = [j for j in self.call("list") if j["name"] == name]
+            if existing:
+                return dict(existing[0])
 
     # -- the run ---------------------------------------------------------------------------------
     def run(self) -> str:
@@ -121,8 +133,8 @@ class SweepWorker:
         overrides = [*self.spec.overrides, *(override_for(k, v) for k, v in params.items()),
                      f"logger.wandb.group={self.sweep.id}"]
         try:
-            job = self.call("submit", config_path=self.spec.config, cwd=self.meta["cwd"],
-                            config_text=self.meta["config_text"], overrides=overrides, name=name)
+            job = self.submit_once(name, config_path=self.spec.config, cwd=self.meta["cwd"],
+                                   config_text=self.meta["config_text"], overrides=overrides)
         except SupervisorError as exc:
             # validated like any submit: this point's config is refused; the trial fails, the sweep goes on
             search.tell(self.study, trial.number, "fail", None)
