@@ -121,7 +121,7 @@ def test_a_crashing_trial_restarts_from_best_like_any_job(daemon: DaemonProc) ->
 
 def test_daemon_and_worker_sigkilled_mid_sweep_finish_with_exactly_run_cap_trials(daemon: DaemonProc) -> None:
     params = {"model.init_args.x": {"min": 0.0, "max": 1.0}}
-    path = _sweep_file(daemon, "killed", params, method="random", run_cap=6, parallel=2, seed=3)
+    path = _sweep_file(daemon, "killed", params, method="random", run_cap=8, parallel=2, seed=3)
     sweep = _create(daemon, path, "model.init_args.steps=40", "model.init_args.step_time=0.05")
     sweep_dir = daemon.state_dir / "sweeps" / sweep
     wait_for(lambda: len(_status(daemon, sweep)["trials"]) >= 3, timeout=60, what="3 trials started")
@@ -139,18 +139,25 @@ def test_daemon_and_worker_sigkilled_mid_sweep_finish_with_exactly_run_cap_trial
                             "job_name": f"{sweep}-{n}", "time": time.time()}) + "\n")
     time.sleep(1.0)
     daemon.start()
+    # then the daemon alone, later: its new worker lives on, waits for the socket, and is not doubled
+    wait_for(lambda: len(_status(daemon, sweep)["trials"]) >= 6, timeout=60, what="6 trials started")
+    worker_pid = int((sweep_dir / "worker.pid").read_text())
+    daemon.kill(signal.SIGKILL)
+    time.sleep(2.0)
+    daemon.start()
     final = _wait_done(daemon, sweep)
     assert final["state"] == "completed"
+    assert int((sweep_dir / "worker.pid").read_text()) == worker_pid
     trials = final["trials"]
     job_ids = [t["job_id"] for t in trials]
-    assert len(trials) == 6 and len(set(job_ids)) == 6 and None not in job_ids
+    assert len(trials) == 8 and len(set(job_ids)) == 8 and None not in job_ids
     assert n not in [t["n"] for t in trials]  # the orphan is not counted
     jobs = [j for j in daemon.client().call("list") if j["name"].startswith(f"{sweep}-")]
     assert sorted(j["id"] for j in jobs) == sorted(job_ids)  # no duplicate job for any trial
     assert all(t["state"] == "completed" and t["value"] is not None for t in trials)
     study = optuna.load_study(study_name=sweep, storage=f"sqlite:///{sweep_dir / 'optuna.db'}")
     states = [t.state.name for t in study.trials]
-    assert states.count("COMPLETE") == 6 and states[orphan.number] == "FAIL" and "RUNNING" not in states
+    assert states.count("COMPLETE") == 8 and states[orphan.number] == "FAIL" and "RUNNING" not in states
 
 
 def test_hyperband_prunes_a_clearly_bad_trial(daemon: DaemonProc) -> None:
