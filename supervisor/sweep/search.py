@@ -88,13 +88,17 @@ def search_space(spec: SweepSpec) -> dict[str, BaseDistribution]:
     return space
 
 
-def open_study(spec: SweepSpec, *, study_name: str, storage: str) -> optuna.Study:
-    """Create the study, or load it after a restart (the sampler reseeded past the trials already drawn)."""
-    try:
-        existing = optuna.load_study(study_name=study_name, storage=storage)
-        offset = len(existing.trials)
-    except KeyError:
-        offset = 0
+def open_study(spec: SweepSpec, *, study_name: str, storage: str | None) -> optuna.Study:
+    """Create the study, or load it after a restart (the sampler reseeded past the trials already drawn).
+
+    ``storage`` None: in memory (tests of the search alone).
+    """
+    offset = 0
+    if storage is not None:
+        try:
+            offset = len(optuna.load_study(study_name=study_name, storage=storage).trials)
+        except KeyError:
+            pass
     return optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
                                direction=spec.goal, sampler=make_sampler(spec, seed_offset=offset),
                                pruner=make_pruner(spec))

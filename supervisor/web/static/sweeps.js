@@ -76,6 +76,9 @@ function scatter(sweep, key) {
     s("text", { x: W / 2, y: H - 6, "text-anchor": "middle", class: "label" }, key),
     s("text", { x: 4, y: P - 8, class: "label" }, done.length ? fmtNumber(y1) : ""),
     s("text", { x: 4, y: H - P + 4, class: "label" }, done.length ? fmtNumber(y0) : ""),
+    ...(numeric && done.length ? [s("text", { x: P, y: H - P + 12, class: "label" }, fmtNumber(x0)),
+      s("text", { x: W - P, y: H - P + 12, "text-anchor": "end", class: "label" }, fmtNumber(x1))]
+      : cats.map((c, i) => s("text", { x: sx(i), y: H - P + 12, "text-anchor": "middle", class: "label" }, c))),
     ...done.map((t) => s("circle", { cx: sx(xOf(t)), cy: sy(t.value), r: 4,
       class: sweep.best && t.job_id === sweep.best.job_id ? "dot best" : "dot" }, s("title", {}, `trial ${t.n}: ${t.value}`))));
   return h("figure", {}, svg);
