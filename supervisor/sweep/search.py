@@ -22,7 +22,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.distributions import (
@@ -99,8 +99,9 @@ def open_study(spec: SweepSpec, *, study_name: str, storage: str | None) -> optu
             offset = len(optuna.load_study(study_name=study_name, storage=storage).trials)
         except KeyError:
             pass
+    direction: Literal["minimize", "maximize"] = "maximize" if spec.goal == "maximize" else "minimize"
     return optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
-                               direction=spec.goal, sampler=make_sampler(spec, seed_offset=offset),
+                               direction=direction, sampler=make_sampler(spec, seed_offset=offset),
                                pruner=make_pruner(spec))
 
 

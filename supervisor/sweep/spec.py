@@ -260,7 +260,7 @@ def _param(key: str, spec: dict[str, Any], where: str, err: Any) -> Param:
     dist = spec.get("distribution")
     if dist is not None and dist not in DISTRIBUTIONS:
         raise err(f"{where}.distribution", f"expected one of {', '.join(DISTRIBUTIONS)}, got {dist!r}")
-    present = {k for k in ("value", "values", "min", "max") if k in spec}
+    present: set[str] = {k for k in ("value", "values", "min", "max") if k in spec}
     if dist is None:
         if present == {"value"}:
             dist = "constant"
