@@ -114,6 +114,18 @@ def ask(study: optuna.Study, spec: SweepSpec) -> tuple[optuna.Trial, dict[str, A
     return trial, ordered
 
 
+def abandon(study: optuna.Study, spec: SweepSpec, number: int, params: dict[str, Any]) -> None:
+    """Fail a trial that never got a job, and (grid) queue its point again.
+
+    Optuna's grid counts a failed trial's point as visited: without the replay that point
+    would never run, and the last ask would repeat another one instead.
+    """
+    tell(study, number, "fail", None)
+    if spec.method == "grid":
+        sampled = set(search_space(spec))
+        study.enqueue_trial({k: v for k, v in params.items() if k in sampled})
+
+
 def trial_by_number(study: optuna.Study, number: int) -> optuna.Trial:
     """A live handle on trial ``number`` (after a restart), to report to and prune."""
     frozen = study.trials[number]

@@ -104,7 +104,7 @@ class SweepWorker:
                 self.sweep.record("job", trial.n, job_id=job_id)
                 log.info("trial %d: adopted job %s", trial.n, job_id)
             else:
-                search.tell(self.study, trial.number, "fail", None)
+                search.abandon(self.study, self.spec, trial.number, trial.params)
                 self.sweep.record("abandoned", trial.n, detail="the worker stopped before its job was created")
                 log.info("trial %d: never got a job; told FAIL, not counted", trial.n)
         for number in search.running_numbers(self.study):

@@ -38,6 +38,20 @@ def test_grid_asks_every_combination_once_and_the_last_tell_does_not_raise(tmp_p
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
 
 
+def test_a_grid_point_whose_trial_never_got_a_job_is_asked_again(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, "grid", {"a": {"values": [1, 2]}, "b": {"values": [3, 4]}, "c": {"value": 0}}, seed=0)
+    study = _study(tmp_path, spec, "g")
+    trial, lost = search.ask(study, spec)
+    search.abandon(study, spec, trial.number, lost)  # the worker crashed before its job existed
+    ran = []
+    for _ in range(spec.grid_size or 0):
+        trial, params = search.ask(study, spec)
+        search.tell(study, trial.number, "complete", 0.0)
+        ran.append((params["a"], params["b"], params["c"]))
+    assert sorted(ran) == [(1, 3, 0), (1, 4, 0), (2, 3, 0), (2, 4, 0)]
+    assert (lost["a"], lost["b"], 0) in ran
+
+
 def test_a_reopened_study_keeps_its_trials_and_settles_running_ones(tmp_path: Path) -> None:
     spec = _spec(tmp_path, "random", {"x": {"min": 0.0, "max": 1.0}}, run_cap=5, seed=0)
     study = _study(tmp_path, spec, "r")
