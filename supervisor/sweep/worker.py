@@ -34,7 +34,9 @@ from supervisor.sweep.summary import build_summary
 from supervisor.sweep.values import trial_value, validation_values
 
 log = logging.getLogger("ml_supervisor.sweep")
-POLL_INTERVAL = 0.5
+# A turn costs the daemon one cheap `job_states` call (the full status of each trial only when it
+# ends); 1 s keeps the hyperband decisions close to the validations.
+POLL_INTERVAL = float(os.environ.get("ML_SUPERVISOR_SWEEP_POLL_S", "1.0"))
 TERMINAL = ("completed", "failed", "stopped")
 
 
@@ -78,9 +80,10 @@ class SweepWorker:
             trials = self.sweep.trials()
             if self.sweep.stop_request.exists():
                 return self.finish_stopped(trials)
-            for trial in trials:
-                if trial.active:
-                    self.follow(trial)
+            active = [t for t in trials if t.active]
+            states = self.call("job_states", jobs=[t.job_id for t in active]) if active else {}
+            for trial in active:
+                self.follow(trial, states.get(trial.job_id))
             trials = self.sweep.trials()
             self.start_trials(trials)
             trials = self.sweep.trials()
@@ -144,20 +147,19 @@ class SweepWorker:
         self.sweep.record("job", n, job_id=job["id"])
         log.info("trial %d: job %s %s", n, job["id"], params)
 
-    def follow(self, trial: TrialRecord) -> None:
-        """Feed the pruner, and settle the trial once its job has ended."""
+    def follow(self, trial: TrialRecord, job: dict[str, Any] | None) -> None:
+        """Feed the pruner, and settle the trial once its job has ended (``job``: its state and dir)."""
         assert trial.job_id is not None
-        status = self.call("status", job=trial.job_id)
-        if status["state"] not in TERMINAL:
-            if self.spec.hyperband is not None and not trial.prune_requested:
-                values = validation_values(status["job_dir"], self.spec.metric_name)
-                handle = search.trial_by_number(self.study, trial.number)
-                if search.report(handle, values):
-                    self.sweep.record("prune", trial.n, iteration=len(values))
-                    log.info("trial %d: pruned after %d validations", trial.n, len(values))
-                    self.call("stop", job=trial.job_id)
+        if job is None or job["state"] in TERMINAL:  # None: gone from the store; status says how
+            self.settle(trial, self.call("status", job=trial.job_id))
             return
-        self.settle(trial, status)
+        if self.spec.hyperband is not None and not trial.prune_requested:
+            values = validation_values(job["job_dir"], self.spec.metric_name)
+            handle = search.trial_by_number(self.study, trial.number)
+            if search.report(handle, values):
+                self.sweep.record("prune", trial.n, iteration=len(values))
+                log.info("trial %d: pruned after %d validations", trial.n, len(values))
+                self.call("stop", job=trial.job_id)
 
     def settle(self, trial: TrialRecord, status: dict[str, Any]) -> None:
         cfg = OmegaConf.load(Path(status["job_dir"]) / "config.yaml")

@@ -73,6 +73,7 @@ def test_start_a_sweep_from_the_page_and_read_its_trials(web_daemon: dict[str, A
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 1000})
             page.goto(f"{web_daemon['url']}/#token={web_daemon['token']}")
+            page.wait_for_selector("#template")  # the launch view has rendered: it cannot overwrite ours later
             page.goto(f"{web_daemon['url']}/#/sweeps/new")
             page.select_option("#sweep-method", "random")
             page.fill("#sweep-run-cap", "4")

@@ -85,7 +85,9 @@ function scatter(sweep, key) {
 }
 
 async function sweepLaunchView() {
+  const mine = viewId;
   const templates = (await api("GET", "/api/templates")).filter((t) => !t.error);
+  if (mine !== viewId) return; // navigated away while the templates loaded
   const section = h("section", { class: "card" }, h("h1", {}, "Start a sweep"));
   main.replaceChildren(section);
   if (!templates.length) { section.append(h("p", {}, "No usable templates.")); return; }
