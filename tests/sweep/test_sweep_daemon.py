@@ -14,6 +14,9 @@ import psutil
 import pytest
 import yaml
 
+from supervisor.alerts import read_alerts
+from tests.alerts.wandb_offline_log import read_alerts as read_wandb_alerts
+from tests.alerts.wandb_offline_log import read_run_record
 from tests.support.fake_trainer import objective
 from tests.support.harness import DaemonProc, wait_for, write_config
 
@@ -86,11 +89,33 @@ def test_grid_2x2_runs_exactly_4_trials_and_best_is_the_lowest(daemon: DaemonPro
     assert [s["id"] for s in listed] == [sweep]
     table = daemon.ctl("sweep", "status", sweep).stdout
     assert "best: trial" in table and final["best"]["job_id"] in table
-    alerts = [json.loads(line) for line in (daemon.state_dir / "alerts.jsonl").read_text().splitlines()]
-    wait_for(lambda: any(a.get("event") == "sweep_finished" for a in
-                         (json.loads(x) for x in (daemon.state_dir / "alerts.jsonl").read_text().splitlines())),
-             what="the sweep_finished alert")
-    del alerts
+    finished = wait_for(lambda: read_alerts(daemon.state_dir, job_id=sweep), what="the sweep's alert")
+    assert [a["event"] for a in finished] == ["sweep_finished"]
+    text = finished[0]["text"]
+    assert f"val_loss = {final['best']['value']}" in text and "model.init_args.x=0.3" in text
+
+
+def test_a_sweep_whose_trials_never_log_the_metric_fails_and_alerts_into_wandb(daemon: DaemonProc) -> None:
+    path = _sweep_file(daemon, "nometric", {"model.init_args.x": {"values": [0.1]}})
+    data = yaml.safe_load(path.read_text())
+    data["metric"] = {"name": "val_acc", "goal": "maximize"}
+    path.write_text(yaml.safe_dump(data))
+    sweep = _create(daemon, path, "logger.wandb.mode=offline", "logger.wandb.project=sweep-alerts")
+    final = _wait_done(daemon, sweep)
+    assert final["state"] == "failed" and final["best"] is None
+    [trial] = final["trials"]
+    assert trial["state"] == "completed" and trial["value"] is None  # the job completed; the trial failed
+    assert trial["outcome"] == "fail" and trial["detail"] == "the trial never logged val_acc"
+    delivered = wait_for(lambda: [a for a in read_alerts(daemon.state_dir, job_id=sweep)
+                                  if a["status"] not in ("pending",)], timeout=90, interval=0.5,
+                         what="the sweep_failed alert delivered")
+    assert delivered[0]["event"] == "sweep_failed" and delivered[0]["level"] == "ERROR"
+    # into W&B (offline), as the run <sweep>-supervisor in the sweep's group, beside its trials' runs
+    wandb_dir = daemon.state_dir / "sweeps" / sweep / "wandb"
+    files = sorted(wandb_dir.glob(f"wandb/offline-run-*-{sweep}-supervisor/*.wandb"))
+    assert files, "no offline W&B run for the sweep's alerts"
+    assert read_run_record(files[0]).run_group == sweep
+    assert [a["title"] for a in read_wandb_alerts(files[0])] == ["nometric: sweep failed"]
 
 
 def test_random_with_a_seed_is_reproducible(daemon: DaemonProc) -> None:
