@@ -223,3 +223,18 @@ def test_bad_sweep_files_are_refused_and_nothing_is_created(daemon: DaemonProc) 
     assert proc.returncode == 2 and "supervision.budget" in proc.stderr and "bad-base.yaml" not in proc.stderr
     assert "badkey-base.yaml: supervision.budget:" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert daemon.client().call("sweep_list") == [] and daemon.client().call("list") == []
+
+
+def test_a_trial_whose_config_is_refused_fails_and_the_sweep_goes_on(daemon: DaemonProc) -> None:
+    # create checks one sample point (the first value); the second is refused when its trial is submitted
+    path = _sweep_file(daemon, "refused", {"supervision.budget": {"values": ["1h", "soon"]}}, seed=0)
+    sweep = _create(daemon, path)
+    final = _wait_done(daemon, sweep)
+    by_budget = {t["params"]["supervision.budget"]: t for t in final["trials"]}
+    assert final["state"] == "completed" and len(final["trials"]) == 2
+    assert by_budget["1h"]["state"] == "completed" and by_budget["1h"]["value"] is not None
+    refused = by_budget["soon"]
+    assert refused["job_id"] is None and refused["state"] == "failed"
+    assert refused["detail"].startswith("submit refused: ")
+    assert "supervision.budget: expected a duration" in refused["detail"]
+    assert len(daemon.client().call("list")) == 1 and final["note"] == "failed grid points are not retried"
