@@ -58,11 +58,12 @@ class Daemon:
         self.api = ApiServer(self.ops, self.supervisor.state_dir)
         self.api.start()
         self.supervisor.start_thread()
-        self.sweeps.start()  # after the API: workers talk to the daemon through it
         log.info("ml-supervisor serving %s (socket %s)", self.supervisor.state_dir, self.api.path)
         if self.settings.web.enabled:
             self._start_web()
         self.notifier.ready()
+        # Last: sweep workers talk to the daemon through the API; starting them never delays READY=1.
+        self.sweeps.start()
 
     def stop(self) -> None:
         """Stop serving; running trainers keep running (they are adopted on the next start)."""
