@@ -101,6 +101,11 @@ class SweepWorker:
             if trial.job_id is not None or trial.outcome is not None:
                 if trial.outcome is not None and search.state_of(self.study, trial.number).name == "RUNNING":
                     search.tell(self.study, trial.number, trial.outcome, trial.value)  # told on disk, not in Optuna
+                if trial.active and trial.prune_requested:  # the crash may have come before the stop call
+                    try:
+                        self.call("stop", job=trial.job_id)
+                    except SupervisorError:
+                        pass  # already stopping or ended
                 continue
             job_id = jobs_by_name.get(trial.job_name)
             if job_id is not None:
