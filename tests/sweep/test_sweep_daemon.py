@@ -238,3 +238,28 @@ def test_a_trial_whose_config_is_refused_fails_and_the_sweep_goes_on(daemon: Dae
     assert refused["detail"].startswith("submit refused: ")
     assert "supervision.budget: expected a duration" in refused["detail"]
     assert len(daemon.client().call("list")) == 1 and final["note"] == "failed grid points are not retried"
+
+
+def test_a_reboot_mid_sweep_relaunches_its_trials_from_best_and_finishes_it(daemon: DaemonProc) -> None:
+    daemon.kill(signal.SIGTERM)
+    daemon.start(ML_SUPERVISOR_BOOT_ID="boot-A")
+    path = _sweep_file(daemon, "reboot", {"model.init_args.x": {"values": [0.1, 0.3]}}, parallel=2)
+    sweep = _create(daemon, path, "model.init_args.steps=60", "model.init_args.step_time=0.05")
+
+    def both_progressed() -> bool:
+        trials = _status(daemon, sweep)["trials"]
+        return len(trials) == 2 and all(daemon.status(t["job_id"])["global_step"] >= 12 for t in trials)
+
+    wait_for(both_progressed, timeout=60, what="both trials past a checkpoint")
+    # a "reboot": the daemon, the sweep worker and every trainer die at once; a new boot id after
+    daemon.kill(signal.SIGKILL)
+    daemon.kill_leftovers()
+    time.sleep(0.5)
+    daemon.start(ML_SUPERVISOR_BOOT_ID="boot-B")
+    final = _wait_done(daemon, sweep)
+    assert final["state"] == "completed" and len(final["trials"]) == 2
+    for t in final["trials"]:
+        job = daemon.status(t["job_id"])
+        assert job["attempts"][0]["reason"] == "reboot" and job["attempts"][1]["resumed_from"] is not None
+        assert t["value"] == pytest.approx(objective(t["params"]["model.init_args.x"], 0.0) + 1 / 12)
+    assert len([j for j in daemon.client().call("list") if j["name"].startswith(f"{sweep}-")]) == 2
