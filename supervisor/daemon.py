@@ -23,6 +23,9 @@ from supervisor.sdnotify import Notifier
 from supervisor.settings import DaemonSettings
 from supervisor.states import JobState
 from supervisor.store import JobRow
+from supervisor.sweep.alerts import sweep_alert
+from supervisor.sweep.files import SweepDir
+from supervisor.sweep.manager import SweepManager
 
 log = logging.getLogger("ml_supervisor")
 
@@ -44,6 +47,8 @@ class Daemon:
             self.supervisor.loop_wait = min(self.supervisor.loop_wait, 1.0)  # STATUS= stays current
         self.ops = Operations(self.supervisor)
         self.api: ApiServer | None = None
+        self.sweeps = SweepManager(Path(str(settings.state_dir)), on_finished=self._sweep_finished)
+        self.ops.sweeps = self.sweeps
         self.web: Any = None  # supervisor.web.service.WebService, imported only when the page is on
         self._status = ""
         self._ready = threading.Event()  # STATUS= only after READY=1 (systemd shows both; order them)
@@ -60,6 +65,8 @@ class Daemon:
             self._start_web()
         self.notifier.ready()
         self._ready.set()
+        # Last: sweep workers talk to the daemon through the API; starting them never delays READY=1.
+        self.sweeps.start()
 
     def stop(self) -> None:
         """Stop serving; running trainers keep running (they are adopted on the next start)."""
@@ -67,6 +74,7 @@ class Daemon:
         if self.web is not None:
             self.web.stop()
             self.web = None
+        self.sweeps.stop()
         if self.api is not None:
             self.api.stop()
             self.api = None
@@ -92,6 +100,11 @@ class Daemon:
                               cfg=self.supervisor.job_config(job), details=event.details())
         if alert is not None:
             self.alerts.send(alert)  # the dispatcher also writes it to the daemon's log
+
+    def _sweep_finished(self, sweep: SweepDir, state: dict[str, Any]) -> None:
+        alert = sweep_alert(sweep, state)
+        if alert is not None:
+            self.alerts.send(alert)
 
     def _on_loop(self) -> None:
         """Every turn of the supervisor loop (its thread): the systemd watchdog ping, and STATUS= on change.

@@ -12,10 +12,12 @@ from typing import Any
 
 from supervisor import __version__
 from supervisor.core import Supervisor
-from supervisor.errors import SupervisorError
+from supervisor.errors import JobNotFound, SupervisorError
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.store import Store
 from supervisor.submit import SubmitRequest
+from supervisor.sweep import ops as sweep_ops
+from supervisor.sweep.manager import SweepManager
 from supervisor.views import attempt_view, job_status
 
 LOG_CHUNK = 256 * 1024
@@ -26,6 +28,7 @@ class Operations:
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
+        self.sweeps: SweepManager | None = None  # set by the daemon: starts workers for new sweeps
 
     @property
     def store(self) -> Store:
@@ -122,3 +125,40 @@ class Operations:
         out["done"] = not chosen.live or latest.state.terminal
         out["latest_attempt"] = attempts[-1].n
         return out
+
+    # -- sweeps (files under <state>/sweeps; a worker process per sweep runs Optuna) ---------------
+    def op_sweep_create(self, sweep_path: str, cwd: str, sweep_text: str | None = None,
+                        overrides: list[str] | None = None) -> dict[str, Any]:
+        sweep = sweep_ops.create_sweep(self.sup.state_dir, sweep_path=sweep_path, cwd=cwd, sweep_text=sweep_text,
+                                       overrides=overrides)
+        if self.sweeps is not None:
+            self.sweeps.check()  # its worker starts now, not at the next check
+        return sweep_ops.sweep_status(sweep, self._job_state)
+
+    def op_sweep_status(self, sweep: str) -> dict[str, Any]:
+        return sweep_ops.sweep_status(sweep_ops.find_sweep(self.sup.state_dir, sweep), self._job_state)
+
+    def op_sweep_list(self) -> list[dict[str, Any]]:
+        return sweep_ops.list_status(self.sup.state_dir, self._job_state)
+
+    def op_sweep_stop(self, sweep: str) -> dict[str, Any]:
+        found = sweep_ops.find_sweep(self.sup.state_dir, sweep)
+        sweep_ops.request_stop(found)
+        return sweep_ops.sweep_status(found, self._job_state)
+
+    def op_job_states(self, jobs: list[str]) -> dict[str, dict[str, Any]]:
+        """State and directory of each job (a cheap poll for sweep workers; the full status costs ~8 ms)."""
+        out = {}
+        for job_id in jobs:
+            try:
+                row = self.store.get_job(job_id)
+            except JobNotFound:
+                continue
+            out[job_id] = {"state": row.state.value, "job_dir": row.job_dir}
+        return out
+
+    def _job_state(self, job_id: str) -> str | None:
+        try:
+            return self.store.get_job(job_id).state.value
+        except JobNotFound:
+            return None

@@ -7,6 +7,7 @@
     supervisorctl stop JOB                   supervisorctl restart JOB
     supervisorctl gpus [--json]              supervisorctl gpus clear N
     supervisorctl web-url
+    supervisorctl sweep create|status|list|stop ...   (see supervisor/cli/sweep.py)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rich.console import Console
 from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
 from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table, make_console
+from supervisor.cli.sweep import add_sweep_parser, run_sweep_command
 from supervisor.errors import SupervisorError
 from supervisor.states import TERMINAL_STATES
 from supervisor.web.token import read_web_url
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sub.add_parser("web-url", help="the web page's address, with its token")
+    add_sweep_parser(sub)
 
     for name, text in (("stop", "stop a job gracefully (SIGTERM, grace period, SIGKILL)"),
                        ("restart", "relaunch a job from its best checkpoint")):
@@ -122,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
         return _logs(client, args)
     if cmd == "gpus":
         return _gpus(client, console, args)
+    if cmd == "sweep":
+        return run_sweep_command(client, console, args)
     if cmd == "web-url":
         print(read_web_url(state_dir_of(args)))
         return 0

@@ -26,6 +26,7 @@ no route that accepts a config, a ``class_path`` or an interpreter.
     GET  /api/events?after=N                every job's events after id N
     GET  /api/gpus                          {"nvml": bool, "gpus": [...]}
     GET  /metrics                           Prometheus text exposition
+    /api/sweeps...                          sweeps: list, status, stop, start from a template (``sweeps.py``)
 
 Errors are ``{"error": {"code", "message", "fields"?}}`` with the HTTP status
 of the error's kind; a launch that fails validation answers 422 with
@@ -58,10 +59,12 @@ from supervisor.errors import (
     SupervisorError,
 )
 from supervisor.jobfiles.layout import JobLayout
+from supervisor.sweep.ops import SweepNotFound
 from supervisor.web.curves import Cursor, read_points
 from supervisor.web.inspect import InspectFailed, Inspector
 from supervisor.web.metrics import CONTENT_TYPE, render_metrics
 from supervisor.web.profile import read_profile
+from supervisor.web.sweeps import add_sweep_routes
 from supervisor.web.templates import Template, field_for_error, find_template, find_templates, plan_launch
 
 log = logging.getLogger("ml_supervisor.web")
@@ -72,7 +75,8 @@ _CLI_HINT = " (set on the command line)"
 GpuSource = Callable[[], list[dict[str, Any]] | None]
 
 _STATUS_BY_ERROR: dict[type[SupervisorError], int] = {
-    JobNotFound: 404, InvalidTransition: 409, ConfigError: 422, ResourceUnavailable: 409, InspectFailed: 500,
+    JobNotFound: 404, SweepNotFound: 404, InvalidTransition: 409, ConfigError: 422, ResourceUnavailable: 409,
+    InspectFailed: 422,  # the user's code failed or timed out: not the server's error
 }
 
 # The page loads nothing from elsewhere and is never framed: a strict policy costs nothing.
@@ -259,6 +263,8 @@ def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: 
     @api_post("/jobs/{job}/restart")
     def restart(job: str) -> dict[str, Any]:
         return ops.op_restart(job)
+
+    add_sweep_routes(api_get, api_post, ops, templates_path=templates_path, cwd=submit_cwd, error=ApiError)
 
     @api_get("/gpus")
     def gpu_list() -> dict[str, Any]:

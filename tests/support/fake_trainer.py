@@ -18,12 +18,15 @@ job config's ``model.init_args``:
     spawn_child: false   start a child process in our group (an orphan-to-be, like a DataLoader worker)
     check_error: null    make --check fail with this message
     heartbeat_every: 0   seconds between heartbeats (the real trainer: 2 s; 0 = every step)
+    val_every: 0         a "validation" every N steps: a metrics.jsonl line with val_loss = objective(x, y) + 1/k
+    x: 0.0, y: 0.0       the hyperparameters val_loss is a known function of (optimum x=0.3, y=0.7; see objective)
 """
 
 from __future__ import annotations
 
 import argparse
 import faulthandler
+import json
 import os
 import signal
 import subprocess
@@ -52,6 +55,19 @@ def _on_term(signum: int, frame: object) -> None:
 def _on_usr1(signum: int, frame: object) -> None:
     global _checkpoint_requested
     _checkpoint_requested = True
+
+
+def objective(x: float, y: float) -> float:
+    """The fake's final-ish validation loss: a bowl with its minimum 0 at x=0.3, y=0.7 (sweep tests know it)."""
+    return (x - 0.3) ** 2 + (y - 0.7) ** 2
+
+
+def _validate(layout: AttemptLayout, step: int, every: int, x: float, y: float) -> None:
+    """Log val_loss like the real trainer's metrics.jsonl: it falls as 1/k towards objective(x, y)."""
+    k = step // every
+    line = {"time": time.time(), "step": step, "epoch": k, "metrics": {"val_loss": objective(x, y) + 1.0 / k}}
+    with open(layout.metrics, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _save(ckpt_dir: Path, step: int, attempt: int, kind: str = "topk") -> str:
@@ -87,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = OmegaConf.load(args.config)
     opts: dict[str, Any] = {"steps": 20, "step_time": 0.02, "ckpt_every": 5, "faults_on": [1], "crash_at": None,
                             "die_at": None, "hang_at": None, "ignore_sigterm": False, "ignore_deadline": False,
-                            "spawn_child": False, "check_error": None, "heartbeat_every": 0.0}
+                            "spawn_child": False, "check_error": None, "heartbeat_every": 0.0,
+                            "val_every": 0, "x": 0.0, "y": 0.0}
     opts.update(OmegaConf.to_container(cfg.model.init_args) or {})
     if args.check:
         if opts["check_error"]:
@@ -143,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         if _checkpoint_requested:
             _checkpoint_requested = False
             _save(ckpt_dir, step, args.attempt, kind="last")
+        if opts["val_every"] and step % opts["val_every"] == 0:
+            _validate(layout, step, int(opts["val_every"]), float(opts["x"]), float(opts["y"]))
         if step % opts["ckpt_every"] == 0:
             _save(ckpt_dir, step, args.attempt)
         if time.time() - beat.time >= opts["heartbeat_every"]:

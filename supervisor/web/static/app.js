@@ -160,7 +160,10 @@ function route() {
   main.replaceChildren();
   if (!sessionStorage.getItem(TOKEN_KEY)) { showTokenPrompt(); return; }
   try {
-    if (parts[0] === "jobs" && parts[1]) jobView(parts[1]);
+    if (parts[0] === "sweeps" && parts[1] === "new") sweepLaunchView().catch(showError);
+    else if (parts[0] === "sweeps" && parts[1]) sweepView(parts[1]);
+    else if (parts[0] === "sweeps") sweepsView();
+    else if (parts[0] === "jobs" && parts[1]) jobView(parts[1]);
     else if (parts[0] === "jobs") jobsView();
     else launchView(parts[1]).catch(showError);
   } catch (err) { showError(err); }
@@ -720,5 +723,5 @@ async function showDaemon() {
 }
 
 window.addEventListener("hashchange", route);
-route();
+window.addEventListener("DOMContentLoaded", route); // after every script (sweeps.js) has loaded
 if (sessionStorage.getItem(TOKEN_KEY)) showDaemon();
