@@ -6,6 +6,7 @@ nothing here raises a traceback at a user.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import fields
@@ -24,6 +25,7 @@ from omegaconf.errors import (
 
 from supervisor.config import schema as _schema
 from supervisor.config.durations import parse_duration
+from supervisor.config.safe_yaml import MAX_DEPTH, limit_problem, load_yaml, read_config_text
 from supervisor.config.schema import (
     ALERT_EVENTS,
     MODE_CHOICES,
@@ -41,44 +43,6 @@ _SECTION_TYPES: dict[str, type] = {
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with the fixes OmegaConf's own loader makes.
-
-    YAML 1.2 floats: ``lr: 1e-3`` is a number (YAML 1.1 reads it as a string, and
-    a learning rate written that way would reach the optimizer as text). No
-    timestamps: ``2024-01-01`` stays a string (OmegaConf cannot hold a date). A
-    key given twice in one mapping is an error, not a silent override.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = self.construct_object(key_node, deep=True)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                            key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:
-         [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
-    list("-+0123456789."),
-)
-
-
 def load_job_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """Read ``path``, merge ``overrides`` (OmegaConf dotlist) and validate.
 
@@ -86,25 +50,13 @@ def load_job_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConf
     ``ConfigError`` naming the file and the key on any problem.
     """
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, None, f"cannot read the file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, None, f"cannot read the file: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
-                          f"at offset {exc.start})") from None
+    text = read_config_text(path)
     return parse_job_config(text, source=source, overrides=overrides)
 
 
 def parse_job_config(text: str, *, source: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Like ``load_job_config`` for YAML already in memory (``source`` names it in errors)."""
-    try:
-        raw = yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: builds no objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(source, None, f"invalid YAML{where}: {problem}") from None
+    raw = load_yaml(text, source=source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -114,6 +66,15 @@ def parse_job_config(text: str, *, source: str, overrides: Sequence[str] = ()) -
 
 def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Validate a plain mapping (already parsed) plus overrides into a resolved ``JobConfig``."""
+    try:
+        return _build_job_config(raw, source=source, overrides=overrides)
+    except RecursionError:
+        # OmegaConf recurses per level of nesting (and per nested interpolation): the YAML limits
+        # keep files far from Python's stack limit; this keeps the one-line contract for anything else.
+        raise ConfigError(source, None, "nested too deeply") from None
+
+
+def _build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[str]) -> DictConfig:
     override_keys = _override_keys(overrides, source)
     _check_sections(raw, JobConfig, "", source)
     cfg = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(raw), source, override_keys, False)
@@ -123,10 +84,14 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
         items = [item[1:] if item.startswith("+") else item for item in overrides]
         layers = []
         for item in items:  # one at a time, to name the key whose value does not parse
+            _check_override_limits(item, source)
+            key, value = item.split("=", 1)
             try:
-                layers.append(OmegaConf.from_dotlist([item]))
+                parsed = OmegaConf.from_dotlist([item])
+                if _declared_str(key) and OmegaConf.is_config(OmegaConf.select(parsed, key)):
+                    raise ValidationError("a mapping or list for a string field")  # "{step:_}" is YAML too
+                layers.append(parsed)
             except (OmegaConfBaseException, yaml.YAMLError) as exc:  # the value is parsed as YAML
-                key, value = item.split("=", 1)
                 if _declared_str(key):
                     # A string field takes the text as typed: Lightning's filename patterns
                     # ("{epoch}-{step}") are not valid YAML, and nobody should have to quote them.
@@ -150,7 +115,14 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
         raise ConfigError(source, _key_of(exc), _first_line(exc)) from None
     # Resolving turned an escaped "\\${...}" into a literal "${...}": escape it again, or the
     # resolved config would read it as an interpolation a second time.
-    container = _escape_interpolations(container)
+    unresolved = OmegaConf.to_container(cfg, resolve=False)
+    if _mentions_env(unresolved):
+        # ${oc.env:...} is resolved only where it is used (the trainer; the daemon in memory), never
+        # written down: the frozen config.yaml and the W&B run would otherwise hold the secret. Which
+        # other interpolations read an env one is not knowable from the text alone, so all stay live.
+        container = _keep_interpolations(unresolved, container)
+    else:
+        container = _escape_interpolations(container)
     resolved = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(container), source, override_keys, False)
     _check_values(resolved, source, override_keys)
     OmegaConf.set_readonly(resolved, False)
@@ -161,9 +133,36 @@ def to_yaml(cfg: DictConfig) -> str:
     """The YAML text of a resolved config, as frozen into a job directory.
 
     Not re-resolved: every interpolation is already resolved, and what remains are
-    escaped literals that must stay escaped when the file is read again.
+    escaped literals that must stay escaped when the file is read again, except
+    in a config that reads the environment (``${oc.env:...}``): there the
+    interpolations stay as written, for the trainer to resolve in its own process.
     """
     return OmegaConf.to_yaml(cfg, resolve=False)
+
+
+_LIVE_INTERPOLATION = re.compile(r"(?<!\\)\$\{")
+
+
+def _mentions_env(node: Any) -> bool:
+    if isinstance(node, str):
+        return "oc.env" in node and bool(_LIVE_INTERPOLATION.search(node))
+    if isinstance(node, dict):
+        return any(_mentions_env(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions_env(v) for v in node)
+    return False
+
+
+def _keep_interpolations(unresolved: Any, resolved: Any) -> Any:
+    """``resolved``, except that every value written as an interpolation keeps its ``${...}`` text."""
+    if isinstance(unresolved, str) and _LIVE_INTERPOLATION.search(unresolved):
+        return unresolved
+    if isinstance(unresolved, dict) and isinstance(resolved, dict):
+        return {k: _keep_interpolations(unresolved[k], v) if k in unresolved else _escape_interpolations(v)
+                for k, v in resolved.items()}
+    if isinstance(unresolved, list) and isinstance(resolved, list) and len(unresolved) == len(resolved):
+        return [_keep_interpolations(u, v) for u, v in zip(unresolved, resolved, strict=True)]
+    return _escape_interpolations(resolved)
 
 
 def _escape_interpolations(node: Any) -> Any:
@@ -174,6 +173,29 @@ def _escape_interpolations(node: Any) -> Any:
     if isinstance(node, list):
         return [_escape_interpolations(v) for v in node]
     return node
+
+
+def name_override(name: str, source: str) -> str:
+    """The override that sets the job's name to exactly ``name``, a literal (``--name``, the web page's name).
+
+    Checked before it reaches OmegaConf: a name is never an interpolation
+    (``${oc.env:...}`` would read the daemon's environment), and an error shows
+    the text as given, never resolved.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(source, "name", f"must be 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+                          f"or digit; got {str(name)[:80]!r} (set on the command line)")
+    return f"name={json.dumps(name)}"  # quoted: a name like 1e3 stays text
+
+
+def _check_override_limits(item: str, source: str) -> None:
+    """An override's value is YAML too: the same limits as a file (an alias bomb fits on one line)."""
+    key, value = item.split("=", 1)
+    if key.count(".") + key.count("[") >= MAX_DEPTH:
+        raise ConfigError(source, key[:80], f"a key nested more than {MAX_DEPTH} levels deep (set on the command line)")
+    problem = limit_problem(value)
+    if problem is not None:
+        raise ConfigError(source, key, f"cannot parse the value: {problem} (set on the command line)")
 
 
 def _override_keys(overrides: Sequence[str], source: str) -> set[str]:
@@ -284,6 +306,9 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
         other = next(t for t in triggers if t != blamed)
         fail(f"checkpoint.{blamed}", f"set only one of every_n_train_steps, train_time_interval, "
              f"every_n_epochs (also set: {other})")
+    filename_problem = checkpoint_filename_problem(get("checkpoint.filename"))
+    if filename_problem is not None:
+        fail("checkpoint.filename", filename_problem)
     for key, value in cfg.env.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(key)):
             fail(f"env.{key}", "is not a valid environment variable name")
@@ -293,6 +318,43 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
     for i, tag in enumerate(cfg.logger.wandb.tags):
         if isinstance(tag, (DictConfig, ListConfig)):
             fail(f"logger.wandb.tags[{i}]", f"must be a single value, got a {_kind(tag)}")
+
+
+# Lightning formats checkpoint.filename with str.format over the logged metrics. A field may name a
+# metric and carry a plain format spec, nothing more: "{epoch].__repr__.__globals__[os]...}" would walk
+# into the trainer's objects, and "{epoch:099999999999}" would ask for a string of 100 GB.
+_FILENAME_FIELD = re.compile(r"\{(?P<name>[^{}:]*)(?::(?P<spec>[^{}]*))?\}")
+_METRIC_NAME = re.compile(r"^[A-Za-z0-9_./]{1,100}$")
+_FORMAT_SPEC = re.compile(r"^(?:[^{}]?[<>=^])?[-+ ]?#?0?(?:[0-9]{1,2})?[,_]?(?:\.[0-9]{1,2})?[bcdeEfFgGnosxX%]?$")
+MAX_FILENAME = 200
+
+
+def checkpoint_filename_problem(pattern: Any) -> str | None:
+    """What is wrong with a ``checkpoint.filename`` pattern, or None.
+
+    Allowed: text without braces, and ``{metric}`` / ``{metric:spec}`` fields where
+    ``metric`` is a metric name (letters, digits, ``_``, ``.``, ``/``) and ``spec`` a
+    plain format spec of at most two digits of width and precision.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        return "must be a non-empty text like {epoch}-{step}"
+    if len(pattern) > MAX_FILENAME:
+        return f"at most {MAX_FILENAME} characters"
+    position = 0
+    for match in _FILENAME_FIELD.finditer(pattern):
+        if "{" in pattern[position:match.start()] or "}" in pattern[position:match.start()]:
+            break
+        name, spec = match.group("name"), match.group("spec")
+        if not _METRIC_NAME.match(name):
+            return (f"{{{name}...}}: a field must name a metric (letters, digits, '_', '.', '/'), "
+                    "without attribute or index access")
+        if spec is not None and not _FORMAT_SPEC.match(spec):
+            return f"{{{name}:{spec}}}: the format spec must be a plain one like 03d or .4f (width at most 99)"
+        position = match.end()
+    rest = pattern[position:]
+    if "{" in rest or "}" in rest:
+        return "braces only around a field like {epoch} or {val_loss:.4f}"
+    return None
 
 
 def _key_of(exc: OmegaConfBaseException) -> str | None:
