@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +92,36 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
+# Out of file descriptors (this process: EMFILE; the system: ENFILE) says nothing about the file.
+_FD_SHORTAGE = (errno.EMFILE, errno.ENFILE)
+FD_RETRIES = 3
+FD_RETRY_DELAY_S = 0.05
+
+
 def read_json(path: str | Path) -> Any | None:
-    """The JSON in ``path``, or ``None`` when it is missing or unreadable."""
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return None
+    """The JSON in ``path``, or ``None`` when it is missing or unreadable.
+
+    A shortage of file descriptors is not "missing": a finished attempt's exit
+    record read as absent would look like a vanished trainer. It is retried
+    briefly, then raised as ``OSError`` for the caller to retry later (the
+    daemon's tick polls the job again).
+    """
+    for attempt in range(FD_RETRIES):
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            if exc.errno not in _FD_SHORTAGE:
+                return None
+            if attempt == FD_RETRIES - 1:
+                raise
+            time.sleep(FD_RETRY_DELAY_S * (attempt + 1))
+            continue
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):  # RecursionError: a file of 100 000 nested brackets
+            return None
+    return None
 
 
 def read_json_lines(path: str | Path) -> list[Any]:
@@ -123,7 +148,7 @@ def read_json_lines_from(path: str | Path, offset: int) -> tuple[list[Any], int]
             continue
         try:
             out.append(json.loads(raw))
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
     return out, offset + end
 
@@ -132,7 +157,7 @@ def finite_or_none(value: Any) -> float | None:
     """``value`` as a float when it is a finite number, else ``None`` (JSON has no NaN)."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int of 400 digits
         return None
     if number != number or number in (float("inf"), float("-inf")):
         return None
