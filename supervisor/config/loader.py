@@ -72,6 +72,8 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
         # OmegaConf recurses per level of nesting (and per nested interpolation): the YAML limits
         # keep files far from Python's stack limit; this keeps the one-line contract for anything else.
         raise ConfigError(source, None, "nested too deeply") from None
+    except OmegaConfBaseException as exc:  # what the steps above do not name more precisely (a bad "${")
+        raise ConfigError(source, _key_of(exc), _first_line(exc)) from None
 
 
 def _build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[str]) -> DictConfig:

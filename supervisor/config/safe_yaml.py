@@ -108,8 +108,9 @@ def load_yaml(text: str, *, source: str, key: str | None = None, what: str = "in
     """Parse ``text`` within the limits. Raises ``ConfigError(source, key, ...)``; never anything else."""
     if len(text) > MAX_BYTES:
         raise ConfigError(source, key, f"larger than {MAX_BYTES // 1024} KiB")
-    loader = ConfigYamlLoader(text)
+    loader: ConfigYamlLoader | None = None
     try:
+        loader = ConfigYamlLoader(text)  # its reader refuses control characters at once
         node = loader.get_single_node()
         if node is None:
             return None
@@ -125,15 +126,17 @@ def load_yaml(text: str, *, source: str, key: str | None = None, what: str = "in
     except RecursionError:  # the depth limit should come first; this is the last line of defence
         raise ConfigError(source, key, f"{what}: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def limit_problem(text: str) -> str | None:
     """What limit ``text`` breaks (None: none, or it is not valid YAML: its parser will say so)."""
     if len(text) > MAX_BYTES:
         return f"larger than {MAX_BYTES // 1024} KiB"
-    loader = ConfigYamlLoader(text)
+    loader: ConfigYamlLoader | None = None
     try:
+        loader = ConfigYamlLoader(text)
         node = loader.get_single_node()
         if node is not None:
             check_expanded_size(node)
@@ -144,7 +147,8 @@ def limit_problem(text: str) -> str | None:
     except RecursionError:
         return "nested too deeply"
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return None
 
 
