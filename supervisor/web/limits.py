@@ -5,7 +5,8 @@ on the host (or further, with ``web.host``). Two layers:
 
 - ``RequestGate`` (ASGI middleware, outermost in the app): the token is checked
   from the headers *before* any byte of the body is read, so an anonymous
-  client never costs more than its headers; a body is read to at most
+  client never costs more than its headers (a refused body is drained, never
+  kept, at most ``MAX_BODY`` bytes, so the 401 reaches the client); a body is read to at most
   ``MAX_BODY`` bytes (413 past that) within ``BODY_TIMEOUT_S`` (408), and only
   then handed to the app.
 - ``guarded_protocol`` (uvicorn's HTTP protocol, per connection): at most
@@ -63,11 +64,16 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        declared = headers.get("content-length", "").strip()
+        too_large = declared.isdigit() and int(declared) > self.max_body
         if needs_token(str(scope.get("path", ""))) and not self.authorized(headers):
+            if not too_large:
+                # Decided from the headers alone; a small body is drained (discarded, never kept), or closing
+                # with it unread would reset the connection and the client would never see its 401.
+                await self._drain(receive)
             await self._answer(send, 401, self.unauthorized, {"WWW-Authenticate": "Bearer"})
             return
-        declared = headers.get("content-length", "")
-        if declared.strip().isdigit() and int(declared) > self.max_body:
+        if too_large:
             await self._answer(send, 413, _error("too_large", f"the body is over {self.max_body} bytes"))
             return
         try:
@@ -90,6 +96,22 @@ class RequestGate:
             return await receive()  # after the body: only http.disconnect is left to come
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop a refused request's body: at most ``max_body`` bytes, within the body timeout."""
+
+        async def drop() -> None:
+            size = 0
+            while size <= self.max_body:
+                message = await receive()
+                if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                    return
+                size += len(message.get("body", b""))
+
+        try:
+            await asyncio.wait_for(drop(), self.body_timeout_s)
+        except TimeoutError:
+            pass
 
     async def _read_body(self, receive: Receive) -> bytes | None:
         chunks: list[bytes] = []

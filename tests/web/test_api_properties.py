@@ -12,6 +12,7 @@ import re
 import socket
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.routing import APIRoute
@@ -106,7 +107,7 @@ QUERY_VALUES = st.one_of(st.integers(min_value=-(2**70), max_value=2**70).map(st
                          st.sampled_from(["1e400", "NaN", "-0", "", "true", "0x10", "9" * 40]), st.text(max_size=10))
 HEADERS = st.dictionaries(
     st.sampled_from(["Content-Type", "Authorization", "X-Auth-Token", "Accept", "X-Other"]),
-    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40), max_size=3)
+    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.strip), max_size=3)
 BODIES = st.one_of(st.none(), st.binary(max_size=300),
                    JSON.map(lambda value: json.dumps(value).encode()),
                    st.fixed_dictionaries({"template": st.one_of(st.just("fake"), st.text(max_size=70)),
@@ -128,7 +129,7 @@ def test_any_http_request_is_answered_without_a_500(web_with_a_job: tuple[WebEnv
         alphabet=st.characters(min_codepoint=48, max_codepoint=122), min_size=1, max_size=20)))
     if method == "POST" and job_param == job["id"]:
         job_param += "-other"  # a valid stop or restart of the watched job would be a legitimate change
-    url = re.sub(r"\{[^}]+\}", job_param, path)
+    url = re.sub(r"\{[^}]+\}", lambda _: quote(job_param, safe=""), path)
     if with_token:
         headers["Authorization"] = f"Bearer {TOKEN}"
     client = web.anon
