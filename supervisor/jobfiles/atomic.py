@@ -106,21 +106,28 @@ def read_json(path: str | Path) -> Any | None:
     briefly, then raised as ``OSError`` for the caller to retry later (the
     daemon's tick polls the job again).
     """
+    data = _read_bytes(path, 0)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: a file of 100 000 nested brackets
+        return None
+
+
+def _read_bytes(path: str | Path, offset: int) -> bytes | None:
+    """The bytes of ``path`` from ``offset``; ``None`` when it cannot be read; raises on a descriptor shortage."""
     for attempt in range(FD_RETRIES):
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                f.seek(offset)
+                return f.read()
         except OSError as exc:
             if exc.errno not in _FD_SHORTAGE:
                 return None
             if attempt == FD_RETRIES - 1:
                 raise
             time.sleep(FD_RETRY_DELAY_S * (attempt + 1))
-            continue
-        try:
-            return json.loads(data)
-        except (ValueError, RecursionError):  # RecursionError: a file of 100 000 nested brackets
-            return None
     return None
 
 
@@ -135,11 +142,8 @@ def read_json_lines_from(path: str | Path, offset: int) -> tuple[list[Any], int]
     For following an append-only file without re-reading it: the returned
     offset stops at the last newline, so a line being written is read whole later.
     """
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except OSError:
+    data = _read_bytes(path, offset)  # a descriptor shortage raises: no checkpoint may look gone
+    if data is None:
         return [], offset
     end = data.rfind(b"\n") + 1  # the part after the last newline is incomplete
     out = []

@@ -124,6 +124,7 @@ SHORTAGE = r"""
 import json, os, resource, sys
 from supervisor.jobfiles.atomic import read_json
 from supervisor.jobfiles.exitrecord import read_exit_record
+from supervisor.jobfiles.manifest import live_checkpoints
 path = sys.argv[1]
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
@@ -134,7 +135,8 @@ try:
 except OSError:
     pass
 outcome = {}
-for name, reader in (("read_json", read_json), ("read_exit_record", read_exit_record)):
+for name, reader in (("read_json", read_json), ("read_exit_record", read_exit_record),
+                     ("live_checkpoints", lambda p: live_checkpoints(p + ".manifest", require_file=False))):
     try:
         outcome[name] = ["value", repr(reader(path))]
     except OSError as exc:
@@ -151,10 +153,12 @@ def test_out_of_file_descriptors_is_an_error_to_retry_not_a_missing_file(tmp_pat
     import errno
 
     path = write(tmp_path / "exit.json", '{"status": "completed", "time": 5, "pid": 7}')
+    write(tmp_path / "exit.json.manifest", '{"event": "save", "path": "/c/a.ckpt", "step": 3}\n')
     proc = subprocess.run([sys.executable, "-c", SHORTAGE, str(path)], cwd=REPO, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     outcome = json.loads(proc.stdout)
     assert outcome["read_json"] == ["raised", errno.EMFILE]
     assert outcome["read_exit_record"] == ["raised", errno.EMFILE]
+    assert outcome["live_checkpoints"] == ["raised", errno.EMFILE]  # not "no checkpoints": a resume would abandon
     assert outcome["after"] == {"status": "completed", "time": 5, "pid": 7}
