@@ -25,7 +25,15 @@ from omegaconf.errors import (
 
 from supervisor.config import schema as _schema
 from supervisor.config.durations import parse_duration
-from supervisor.config.safe_yaml import MAX_DEPTH, limit_problem, load_yaml, read_config_text
+from supervisor.config.safe_yaml import (
+    MAX_DEPTH,
+    MAX_INTERPOLATION_DEPTH,
+    deepest_interpolation,
+    interpolation_depth,
+    limit_problem,
+    load_yaml,
+    read_config_text,
+)
 from supervisor.config.schema import (
     ALERT_EVENTS,
     MODE_CHOICES,
@@ -78,6 +86,9 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
 
 def _build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[str]) -> DictConfig:
     override_keys = _override_keys(overrides, source)
+    where, depth = deepest_interpolation(raw)
+    if depth > MAX_INTERPOLATION_DEPTH:
+        raise ConfigError(source, where or None, f"interpolations nested more than {MAX_INTERPOLATION_DEPTH} deep")
     _check_sections(raw, JobConfig, "", source)
     cfg = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(raw), source, override_keys, False)
     if overrides:
@@ -196,6 +207,8 @@ def _check_override_limits(item: str, source: str) -> None:
     if key.count(".") + key.count("[") >= MAX_DEPTH:
         raise ConfigError(source, key[:80], f"a key nested more than {MAX_DEPTH} levels deep (set on the command line)")
     problem = limit_problem(value)
+    if problem is None and interpolation_depth(value) > MAX_INTERPOLATION_DEPTH:
+        problem = f"interpolations nested more than {MAX_INTERPOLATION_DEPTH} deep"
     if problem is not None:
         raise ConfigError(source, key, f"cannot parse the value: {problem} (set on the command line)")
 
