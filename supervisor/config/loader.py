@@ -6,7 +6,6 @@ nothing here raises a traceback at a user.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import fields
@@ -25,6 +24,7 @@ from omegaconf.errors import (
 
 from supervisor.config import schema as _schema
 from supervisor.config.durations import parse_duration
+from supervisor.config.patterns import JOB_NAME, checkpoint_filename_problem
 from supervisor.config.safe_yaml import (
     MAX_DEPTH,
     MAX_INTERPOLATION_DEPTH,
@@ -48,7 +48,6 @@ _CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 _SECTION_TYPES: dict[str, type] = {
     name: obj for name, obj in vars(_schema).items() if isinstance(obj, type) and hasattr(obj, "__dataclass_fields__")
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def load_job_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -188,19 +187,6 @@ def _escape_interpolations(node: Any) -> Any:
     return node
 
 
-def name_override(name: str, source: str) -> str:
-    """The override that sets the job's name to exactly ``name``, a literal (``--name``, the web page's name).
-
-    Checked before it reaches OmegaConf: a name is never an interpolation
-    (``${oc.env:...}`` would read the daemon's environment), and an error shows
-    the text as given, never resolved.
-    """
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(source, "name", f"must be 1-64 letters, digits, '.', '_' or '-', starting with a letter "
-                          f"or digit; got {str(name)[:80]!r} (set on the command line)")
-    return f"name={json.dumps(name)}"  # quoted: a name like 1e3 stays text
-
-
 def _check_override_limits(item: str, source: str) -> None:
     """An override's value is YAML too: the same limits as a file (an alias bomb fits on one line)."""
     key, value = item.split("=", 1)
@@ -251,7 +237,7 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
             fail(key, "is required")
 
     name = get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not JOB_NAME.match(name):
         fail("name", "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     for section in ("model", "data"):
         class_path = get(f"{section}.class_path")
@@ -333,43 +319,6 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
     for i, tag in enumerate(cfg.logger.wandb.tags):
         if isinstance(tag, (DictConfig, ListConfig)):
             fail(f"logger.wandb.tags[{i}]", f"must be a single value, got a {_kind(tag)}")
-
-
-# Lightning formats checkpoint.filename with str.format over the logged metrics. A field may name a
-# metric and carry a plain format spec, nothing more: "{epoch].__repr__.__globals__[os]...}" would walk
-# into the trainer's objects, and "{epoch:099999999999}" would ask for a string of 100 GB.
-_FILENAME_FIELD = re.compile(r"\{(?P<name>[^{}:]*)(?::(?P<spec>[^{}]*))?\}")
-_METRIC_NAME = re.compile(r"^[A-Za-z0-9_./]{1,100}$")
-_FORMAT_SPEC = re.compile(r"^(?:[^{}]?[<>=^])?[-+ ]?#?0?(?:[0-9]{1,2})?[,_]?(?:\.[0-9]{1,2})?[bcdeEfFgGnosxX%]?$")
-MAX_FILENAME = 200
-
-
-def checkpoint_filename_problem(pattern: Any) -> str | None:
-    """What is wrong with a ``checkpoint.filename`` pattern, or None.
-
-    Allowed: text without braces, and ``{metric}`` / ``{metric:spec}`` fields where
-    ``metric`` is a metric name (letters, digits, ``_``, ``.``, ``/``) and ``spec`` a
-    plain format spec of at most two digits of width and precision.
-    """
-    if not isinstance(pattern, str) or not pattern:
-        return "must be a non-empty text like {epoch}-{step}"
-    if len(pattern) > MAX_FILENAME:
-        return f"at most {MAX_FILENAME} characters"
-    position = 0
-    for match in _FILENAME_FIELD.finditer(pattern):
-        if "{" in pattern[position:match.start()] or "}" in pattern[position:match.start()]:
-            break
-        name, spec = match.group("name"), match.group("spec")
-        if not _METRIC_NAME.match(name):
-            return (f"{{{name}...}}: a field must name a metric (letters, digits, '_', '.', '/'), "
-                    "without attribute or index access")
-        if spec is not None and not _FORMAT_SPEC.match(spec):
-            return f"{{{name}:{spec}}}: the format spec must be a plain one like 03d or .4f (width at most 99)"
-        position = match.end()
-    rest = pattern[position:]
-    if "{" in rest or "}" in rest:
-        return "braces only around a field like {epoch} or {val_loss:.4f}"
-    return None
 
 
 def _key_of(exc: OmegaConfBaseException) -> str | None:

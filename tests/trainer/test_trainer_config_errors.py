@@ -220,7 +220,7 @@ def test_filename_patterns_the_schema_allows_are_safe_in_lightnings_formatting()
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from supervisor.config.loader import checkpoint_filename_problem
+    from supervisor.config.patterns import checkpoint_filename_problem
 
     def formatted(pattern: str) -> str:
         metrics = {"epoch": torch.tensor(3), "step": torch.tensor(120), "val_loss": torch.tensor(0.25)}
