@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, Timer
 
 from supervisor.config import parse_duration
+from supervisor.errors import ConfigError
 from supervisor.jobfiles.layout import manifest_path
 from supervisor.jobfiles.manifest import abandon_after, abandon_all
 from trainer.build import ResolvedJob, resolve_job
@@ -95,7 +96,13 @@ def run_fit(
     callbacks = build_callbacks(cfg, job, opts, signals, heartbeat, state, logger)
     trainer_args = profiler_into_attempt_dir(dict(job.trainer_args), opts.attempt_dir)
     trainer_args.setdefault("default_root_dir", str(opts.attempt_dir))
-    trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
+    try:
+        trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
+    except Exception as exc:
+        # Only the config reaches Trainer(...): a failure here fails every attempt alike, so it is a
+        # config error (exit 2, no retry), not a crash to restart.
+        raise ConfigError(source, "trainer", f"Trainer(...) failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                          ) from None
     state.trainer = trainer
     watch = str(cfg.logger.wandb.watch)
     if logger is not None and watch != "none":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
+from supervisor.jobfiles.bounds import MAX_PID, bounded_int, clamped_count, unix_time
 
 STATUSES = ("completed", "exception", "signal", "config_error")
 
@@ -54,10 +55,10 @@ def read_exit_record(path: str | Path) -> ExitRecord | None:
     try:
         return ExitRecord(
             status=str(data["status"]),
-            time=float(data.get("time", 0.0)),
-            pid=int(data.get("pid", 0)),
-            global_step=int(data.get("global_step", 0)),
-            epoch=int(data.get("epoch", 0)),
+            time=unix_time(data.get("time", 0.0)),
+            pid=bounded_int(data.get("pid", 0), high=MAX_PID),
+            global_step=clamped_count(data.get("global_step", 0)),
+            epoch=clamped_count(data.get("epoch", 0)),
             reason=data.get("reason"),
             signal=data.get("signal"),
             checkpoint=data.get("checkpoint"),
