@@ -6,7 +6,10 @@
 Exit codes: 0 completed (or ``--check`` passed), 1 exception, 2 config error,
 128 + signal number after a stop signal (143 for SIGTERM, 130 for SIGINT).
 Whatever the exit code, ``<attempt-dir>/exit.json`` says how the attempt
-ended; it is written on every path but SIGKILL.
+ended; it is written on every path but SIGKILL. Started as one rank of several
+(``RANK``/``WORLD_SIZE`` set by the attempt monitor), the process writes its own
+files (``exit.rank1.json``, ``heartbeat.rank1.json``, ``stacks.rank1.txt``; see
+``supervisor/jobfiles/layout.py``); rank 0 keeps the plain names.
 
 This module stays torch-free at import: signal handlers and the first
 heartbeat are in place before the slow torch import starts.
@@ -29,6 +32,7 @@ from supervisor.errors import ConfigError
 from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
 from supervisor.jobfiles.layout import EXIT_COMPLETED, EXIT_CONFIG_ERROR, EXIT_EXCEPTION, AttemptLayout
 from trainer.progress import HeartbeatWriter, interval_from_env
+from trainer.ranks import RankInfo, rank_from_env
 from trainer.signals import SignalState, Terminated, exit_code_for
 
 TRACEBACK_TAIL = 4000
@@ -89,11 +93,14 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
     attempt_dir = Path(args.attempt_dir).absolute()
     attempt_dir.mkdir(parents=True, exist_ok=True)
     layout = AttemptLayout(attempt_dir)
+    rank = rank_from_env()
     checkpoint_dir = Path(args.checkpoint_dir).absolute() if args.checkpoint_dir else attempt_dir / "checkpoints"
-    signals = SignalState(layout.stacks)
+    signals = SignalState(layout.stacks_of(rank.rank))
     signals.install()
-    heartbeat = HeartbeatWriter(layout.heartbeat, layout.metrics, attempt=args.attempt, started_at=started_at,
-                                interval=interval_from_env())
+    # Live curves come from rank 0 alone: the other ranks' metrics are their shard's.
+    heartbeat = HeartbeatWriter(layout.heartbeat_of(rank.rank), layout.metrics if rank.rank == 0 else None,
+                                attempt=args.attempt, started_at=started_at, interval=interval_from_env(),
+                                rank=rank.rank)
     heartbeat.write()  # "setup": the process is alive before the slow imports
     os.environ.update({
         ATTEMPT_ENV: str(args.attempt),
@@ -103,7 +110,7 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
     })
 
     state = None
-    record = ExitRecord(status="completed", time=0.0, pid=os.getpid())
+    record = ExitRecord(status="completed", time=0.0, pid=os.getpid(), rank=rank.rank)
     try:
         cfg = load_job_config(args.config, args.overrides)
         apply_environment(cfg, args.config)
@@ -113,7 +120,7 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
 
         state = RunState()
         opts = FitOptions(attempt_dir=attempt_dir, checkpoint_dir=checkpoint_dir, ckpt=args.ckpt,
-                          attempt=args.attempt, restarts=args.restarts, deadline=args.deadline)
+                          attempt=args.attempt, restarts=args.restarts, deadline=args.deadline, rank=rank)
         record.reason = run_fit(cfg, args.config, opts, signals, heartbeat, state)
         code = EXIT_COMPLETED
     except ConfigError as exc:
@@ -142,11 +149,11 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
             record.exception = describe_exception(exc)
             code = EXIT_EXCEPTION
     signals.finishing = True  # from here on a late signal only records
-    return finish(record, code, state, heartbeat, layout)
+    return finish(record, code, state, heartbeat, layout, rank)
 
 
 def finish(record: ExitRecord, code: int, state: object | None, heartbeat: HeartbeatWriter,
-           layout: AttemptLayout) -> int:
+           layout: AttemptLayout, rank: RankInfo | None = None) -> int:
     """Close W&B, mark the heartbeat done and write the exit record durably (the last thing before exit)."""
     if "wandb" in sys.modules:
         from trainer.wandb_run import finish_wandb
@@ -159,7 +166,7 @@ def finish(record: ExitRecord, code: int, state: object | None, heartbeat: Heart
     except OSError:
         pass  # the exit record matters more than the last beat
     record.time, record.pid = time.time(), os.getpid()
-    write_exit_record(layout.exit_record, record)
+    write_exit_record(layout.exit_record_of(rank.rank if rank is not None else 0), record)
     sys.stdout.flush()
     sys.stderr.flush()
     return code
