@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import traceback
@@ -129,6 +130,9 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
         code = EXIT_CONFIG_ERROR
     except BaseException as exc:
         signals.finishing = True
+        if signals.stop_signal is None and type(exc).__name__ == "SIGTERMException":
+            # A multi-rank stop agreed on because another rank got SIGTERM: this rank stops for the same signal.
+            signals.stop_signal = signal.SIGTERM
         if signals.stop_signal is not None:
             # Stopped by a signal, whatever it raised on the way: Lightning's SIGTERMException,
             # our Terminated, KeyboardInterrupt, or an error the signal caused elsewhere (a
