@@ -21,6 +21,7 @@ import pytest
 
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import MonitorExit, MonitorStart, read_monitor_exit, read_monitor_start
+from supervisor.stacks import dump_stacks
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_RANK = REPO / "tests" / "support" / "fake_rank.py"
@@ -177,3 +178,22 @@ def test_one_rank_is_started_as_before_without_a_rank_environment(tmp_path: Path
     assert (raw["exit_code"], raw["signal"], raw["trainer_pid"]) == (3, None, start.trainer_pid)
     assert end.ranks[0].exit_code == 3
     assert (m.layout.dir / "stdout.log").exists() and not (m.layout.dir / "stdout.rank1.log").exists()
+
+
+def test_stacks_of_every_rank_through_the_monitor_or_one_rank_at_a_time(
+        tmp_path: Path, monitors: list[Monitor]) -> None:
+    m = start_monitor(monitors, tmp_path / "a")
+    start = m.started()
+    os.kill(m.proc.pid, signal.SIGUSR2)  # forwarded to both ranks
+    for rank in (0, 1):
+        path = m.layout.stacks_of(rank)
+        deadline = time.monotonic() + 10
+        while "fake_rank.py" not in (path.read_text() if path.exists() else ""):
+            assert time.monotonic() < deadline, f"no stacks from rank {rank}"
+            time.sleep(0.02)
+    before = m.layout.stacks_of(1).stat().st_size
+    written = dump_stacks(start.pids()[1], m.layout.dir, timeout_s=5, rank=1)
+    assert m.layout.stacks_of(1) in written and m.layout.stacks_of(1).stat().st_size > before
+    assert read_monitor_exit(m.layout.monitor_exit) is None  # SIGUSR2 stopped nothing
+    os.kill(m.proc.pid, signal.SIGTERM)
+    assert all(e.exit_code == 143 for e in m.ended().ranks)

@@ -3,8 +3,8 @@
     python tests/support/fake_rank.py OUT_DIR [--on-term exit|ignore|slow-exit] [--exit-after S [--code N]
                                               [--only-rank R]]
 
-Writes ``OUT_DIR/env.rank<R>.json`` (R from ``RANK``, 0 without one) with the
-launcher's variables, its pid and process group. On SIGTERM: ``exit`` writes
+SIGUSR2 dumps its stack to its stacks file. Writes ``OUT_DIR/env.rank<R>.json``
+(R from ``RANK``, 0 without one) with the launcher's variables, its pid and process group. On SIGTERM: ``exit`` writes
 ``term.rank<R>`` and exits 143, ``slow-exit`` does so after 1.5 s (a final save),
 ``ignore`` keeps running. ``--exit-after`` exits with ``--code`` after S seconds
 (only rank R with ``--only-rank``; the others run until stopped).
@@ -13,6 +13,7 @@ launcher's variables, its pid and process group. On SIGTERM: ``exit`` writes
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import signal
@@ -44,6 +45,9 @@ def main() -> int:
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    # As the trainer does: SIGUSR2 dumps the stacks into this rank's file (stacks.txt, stacks.rank1.txt, ...).
+    stacks = open(args.out / ("stacks.txt" if rank == 0 else f"stacks.rank{rank}.txt"), "a", buffering=1)  # noqa: SIM115
+    faulthandler.register(signal.SIGUSR2, file=stacks, all_threads=True)
     info = {k: os.environ.get(k) for k in KEYS} | {"pid": os.getpid(), "pgid": os.getpgid(0), "ppid": os.getppid()}
     tmp = args.out / f".env.rank{rank}.tmp"
     tmp.write_text(json.dumps(info))
