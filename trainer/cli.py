@@ -25,6 +25,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
@@ -122,6 +123,8 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
         state = RunState()
         opts = FitOptions(attempt_dir=attempt_dir, checkpoint_dir=checkpoint_dir, ckpt=args.ckpt,
                           attempt=args.attempt, restarts=args.restarts, deadline=args.deadline, rank=rank)
+        if rank.multi:
+            opts.on_failure = lambda exc: write_early_record(exc, signals, state, layout, rank)
         record.reason = run_fit(cfg, args.config, opts, signals, heartbeat, state)
         code = EXIT_COMPLETED
     except ConfigError as exc:
@@ -130,30 +133,54 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
         code = EXIT_CONFIG_ERROR
     except BaseException as exc:
         signals.finishing = True
-        if signals.stop_signal is None and type(exc).__name__ == "SIGTERMException":
-            # A multi-rank stop agreed on because another rank got SIGTERM: this rank stops for the same signal.
-            signals.stop_signal = signal.SIGTERM
-        if signals.stop_signal is not None:
-            # Stopped by a signal, whatever it raised on the way: Lightning's SIGTERMException,
-            # our Terminated, KeyboardInterrupt, or an error the signal caused elsewhere (a
-            # DataLoader worker killed by the same process-group SIGTERM).
-            record.status, record.signal = "signal", signals.stop_signal_name
-            if state is not None and state.checkpoint is not None:
-                record.checkpoint = state.checkpoint.signal_checkpoint
-            if not isinstance(exc, (Terminated, KeyboardInterrupt, SystemExit)):
-                record.message = f"{type(exc).__name__}: {exc}".strip()
-                traceback.print_exception(exc)
-            code = exit_code_for(signals.stop_signal)
-            print(f"[trainer] stopped by {record.signal}"
-                  + (f"; saved {record.checkpoint}" if record.checkpoint else "; no checkpoint saved"),
-                  file=sys.stderr, flush=True)
-        else:
-            traceback.print_exception(exc)
-            record.status = "exception"
-            record.exception = describe_exception(exc)
-            code = EXIT_EXCEPTION
+        code = describe_failure(exc, signals, state, record, report=True)
     signals.finishing = True  # from here on a late signal only records
     return finish(record, code, state, heartbeat, layout, rank)
+
+
+def describe_failure(exc: BaseException, signals: SignalState, state: Any, record: ExitRecord, *,
+                     report: bool = False) -> int:
+    """Fill ``record`` for a fit that raised ``exc``; returns the exit code (``report``: tell stderr too)."""
+    if signals.stop_signal is None and type(exc).__name__ == "SIGTERMException":
+        # A multi-rank stop agreed on because another rank got SIGTERM: this rank stops for the same signal.
+        signals.stop_signal = signal.SIGTERM
+    if signals.stop_signal is None:
+        if report:
+            traceback.print_exception(exc)
+        record.status = "exception"
+        record.exception = describe_exception(exc)
+        return EXIT_EXCEPTION
+    # Stopped by a signal, whatever it raised on the way: Lightning's SIGTERMException,
+    # our Terminated, KeyboardInterrupt, or an error the signal caused elsewhere (a
+    # DataLoader worker killed by the same process-group SIGTERM).
+    record.status, record.signal = "signal", signals.stop_signal_name
+    if state is not None and state.checkpoint is not None:
+        record.checkpoint = state.checkpoint.signal_checkpoint
+    if not isinstance(exc, (Terminated, KeyboardInterrupt, SystemExit)):
+        record.message = f"{type(exc).__name__}: {exc}".strip()
+        if report:
+            traceback.print_exception(exc)
+    if report:
+        print(f"[trainer] stopped by {record.signal}"
+              + (f"; saved {record.checkpoint}" if record.checkpoint else "; no checkpoint saved"),
+              file=sys.stderr, flush=True)
+    return exit_code_for(signals.stop_signal)
+
+
+def write_early_record(exc: BaseException, signals: SignalState, state: Any, layout: AttemptLayout,
+                       rank: RankInfo) -> None:
+    """One of several ranks failed: its exit record now, before Lightning's teardown.
+
+    When a rank dies the monitor stops the others within a second; a rank busy
+    in teardown then would leave no record. ``finish`` rewrites it at the end
+    (atomically: a reader sees one or the other).
+    """
+    if type(exc).__name__ == "SIGTERMException":
+        return  # an agreed stop: every rank saves and ends its own way, nobody is rushed
+    record = ExitRecord(status="exception", time=time.time(), pid=os.getpid(), rank=rank.rank)
+    describe_failure(exc, signals, state, record)
+    record.global_step, record.epoch = state.progress() if state is not None else (0, 0)
+    write_exit_record(layout.exit_record_of(rank.rank), record)
 
 
 def finish(record: ExitRecord, code: int, state: object | None, heartbeat: HeartbeatWriter,

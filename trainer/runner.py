@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -52,6 +53,8 @@ class FitOptions:
     restarts: int = 0
     deadline: float | None = None  # unix time the job's budget ends
     rank: RankInfo = field(default_factory=RankInfo)
+    # Multi-rank: called with the exception the moment the fit fails, before Lightning's teardown.
+    on_failure: Callable[[BaseException], None] | None = None
 
 
 @dataclass
@@ -100,7 +103,7 @@ def run_fit(
     state.trainer = trainer
     if trainer.world_size > 1:
         # First: it decides, for every rank at once, what the callbacks after it act on.
-        trainer.callbacks.insert(0, RankAgreement(signals))
+        trainer.callbacks.insert(0, RankAgreement(signals, on_failure=opts.on_failure))
     watch = str(cfg.logger.wandb.watch)
     if logger is not None and watch != "none":
         logger.watch(model, log=watch, log_freq=int(cfg.logger.wandb.watch_log_freq))

@@ -18,6 +18,9 @@ callback takes SIGTERM over:
   and ``ManifestCheckpoint`` saves once, collectively (one complete
   checkpoint, or none when the fit is killed before it is recorded).
 - An agreed save becomes ``SignalState.agreed_save`` for ``ManifestCheckpoint``.
+- Any other exception (a peer died: gloo/NCCL errors in the next collective)
+  calls ``on_failure`` first thing, so the rank's exit record is written
+  before Lightning's teardown: the monitor SIGKILLs survivors within a second.
 
 It is the first callback (``runner.run_fit`` inserts it), so its decision is
 made before the checkpoint callback's batch-end hook reads it. The cost is one
@@ -26,6 +29,8 @@ two-element all-reduce per step (Lightning 2.6 already does a broadcast per step
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
@@ -41,9 +46,19 @@ from trainer.signals import SignalState
 class RankAgreement(Callback):
     """Agree across ranks, once per train step, on stopping (SIGTERM) and saving (SIGUSR1)."""
 
-    def __init__(self, signals: SignalState) -> None:
+    def __init__(self, signals: SignalState, on_failure: Callable[[BaseException], None] | None = None) -> None:
         super().__init__()
         self.signals = signals
+        self.on_failure = on_failure
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self.on_failure is None:
+            return
+        try:
+            self.on_failure(exception)
+        except Exception as exc:  # the final exit record is still written on the way out
+            print(f"[trainer] could not write the early exit record: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == TrainerFn.FITTING:
