@@ -153,7 +153,8 @@ class ManifestCheckpoint(ModelCheckpoint):
             return
         self._validated_step = trainer.global_step
         self._validated_value = self._monitor_value(trainer)
-        if (self._topk_pending or self._defer_save_until_validation) and not trainer.fast_dev_run:
+        # (Lightning < 2.5 has no deferred save.)
+        if (self._topk_pending or getattr(self, "_defer_save_until_validation", False)) and not trainer.fast_dev_run:
             # Lightning drops a deferred save when it saves on train epoch end; do it here, scored fresh.
             self._topk_pending = self._defer_save_until_validation = False
             candidates = self._monitor_candidates(trainer)
