@@ -137,8 +137,9 @@ def prepare_resume_for_rank(opts: FitOptions) -> str | None:
     ready = AttemptLayout(opts.attempt_dir).resume_ready
     if opts.rank.rank == 0:
         ckpt_path = prepare_resume(opts)
-        if opts.rank.multi:
-            write_resume_ready(ready, ckpt_path)
+        # Always: when Lightning launches the other ranks itself (devices > 1 without the monitor's rank
+        # environment), rank 0 cannot know yet that it has peers, and they would wait for this file forever.
+        write_resume_ready(ready, ckpt_path)
         return ckpt_path
     return wait_resume_ready(ready, RESUME_READY_TIMEOUT_S)
 
