@@ -5,6 +5,7 @@ on CPU with gloo; the script plays the daemon's part (it is not wired to the dae
 has written ``monitor-exit.json`` it picks the best checkpoint and starts the next attempt at once. Each
 round kills rank 1 of the running attempt once it has trained a little. Stages per restart:
 
+    record      SIGKILL of rank 1 -> rank 0's exit record written (it fails in its next collective)
     stop        SIGKILL of rank 1 -> every rank gone (the monitor stops rank 0; monitor-exit.json written)
     launch      -> both ranks' imports done (monitor spawn, interpreters, torch + Lightning), slower rank
     setup+load  -> the resume checkpoint restored on both ranks (process group, model, data, restore)
@@ -29,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
@@ -40,7 +42,7 @@ RANKS = 2
 OVERRIDES = ["trainer.devices=2", "trainer.strategy=ddp", "logger.wandb.mode=disabled", "trainer.max_epochs=1000",
              "checkpoint.every_n_train_steps=10", "data.init_args.batch_size=32",
              "model.class_path=trainer.examples.faulty.FaultyDigitsClassifier", "model.init_args.step_delay=0.01"]
-STAGES = ("stop", "launch", "setup+load", "first step")
+STAGES = ("record", "stop", "launch", "setup+load", "first step")
 
 
 def launch(job: JobLayout, n: int, ckpt: str | None) -> subprocess.Popen[bytes]:
@@ -91,12 +93,14 @@ def main() -> int:
                 while (end := read_monitor_exit(job.attempt(n).monitor_exit)) is None:
                     time.sleep(0.005)
                 gone = time.time()
+                rank0 = read_exit_record(job.attempt(n).exit_record)
                 choice = choose_resume(live_checkpoints(job.manifest), "best")
                 procs.append(launch(job, n + 1, choice.path))
                 imports = marks(job, n + 1, "imports_done")
                 loaded = marks(job, n + 1, "checkpoint_loaded")
                 first = marks(job, n + 1, "first_step")
-                rows.append({"stop": gone - killed, "launch": imports - gone, "setup+load": loaded - imports,
+                rows.append({"record": (rank0.time - killed) if rank0 else float("nan"),
+                             "stop": gone - killed, "launch": imports - gone, "setup+load": loaded - imports,
                              "first step": first - loaded, "total": first - killed,
                              "rank 0 after rank 1": max(e.ended_at for e in end.ranks) - min(
                                  e.ended_at for e in end.ranks)})

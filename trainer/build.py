@@ -51,6 +51,10 @@ class ResolvedJob:
     trainer_args: dict[str, Any]
 
 
+# Strategies whose checkpoints are directories of shards (refused, see trainer_args).
+SHARDED_STRATEGIES = ("fsdp", "deepspeed")
+
+
 def resolve_job(cfg: DictConfig, source: str) -> ResolvedJob:
     """Import and check the model, data and extra callback classes and the Trainer arguments.
 
@@ -83,6 +87,13 @@ def trainer_args(cfg: DictConfig, source: str) -> dict[str, Any]:
             raise ConfigError(source, "trainer.enable_checkpointing",
                               "must stay true: the supervisor resumes from checkpoints "
                               "(set checkpoint.save_top_k: 0 to keep only last.ckpt)")
+    strategy = args.get("strategy")
+    if isinstance(strategy, str) and any(word in strategy.lower() for word in SHARDED_STRATEGIES):
+        # Their checkpoints are directories of shards: the atomic save, the manifest and the zip check
+        # handle single files only, so a resume could pick a half-written checkpoint.
+        raise ConfigError(source, "trainer.strategy",
+                          f"{strategy!r} is not supported: its sharded checkpoints are directories, which the "
+                          "supervisor cannot save atomically or verify yet; use ddp")
     if args.get("max_time") is not None:
         try:
             args["max_time"] = parse_max_time(args["max_time"])
