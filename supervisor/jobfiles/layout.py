@@ -72,7 +72,7 @@ class AttemptLayout:
 
     @property
     def resume_ready(self) -> Path:
-        """Written by rank 0 of a multi-rank attempt once the manifest is rewound; the other ranks wait for it."""
+        """Written by the trainer's rank 0 once the manifest is rewound for the resume; other ranks wait for it."""
         return self.dir / "resume-ready.json"
 
     def heartbeat_of(self, rank: int) -> Path:
