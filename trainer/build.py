@@ -55,6 +55,10 @@ class ResolvedJob:
     trainer_args: dict[str, Any]
 
 
+# Strategies whose checkpoints are directories of shards (refused, see trainer_args).
+SHARDED_STRATEGIES = ("fsdp", "deepspeed")
+
+
 def resolve_job(cfg: DictConfig, source: str) -> ResolvedJob:
     """Import and check the model, data and extra callback classes and the Trainer arguments.
 
@@ -87,6 +91,13 @@ def trainer_args(cfg: DictConfig, source: str) -> dict[str, Any]:
             raise ConfigError(source, "trainer.enable_checkpointing",
                               "must stay true: the supervisor resumes from checkpoints "
                               "(set checkpoint.save_top_k: 0 to keep only last.ckpt)")
+    strategy = args.get("strategy")
+    if isinstance(strategy, str) and any(word in strategy.lower() for word in SHARDED_STRATEGIES):
+        # Their checkpoints are directories of shards: the atomic save, the manifest and the zip check
+        # handle single files only, so a resume could pick a half-written checkpoint.
+        raise ConfigError(source, "trainer.strategy",
+                          f"{strategy!r} is not supported: its sharded checkpoints are directories, which the "
+                          "supervisor cannot save atomically or verify yet; use ddp")
     # Values against Trainer's type hints: a bad one would fail every attempt inside Trainer(...).
     check_argument_types(Trainer, args, key="trainer", source=source, skip=set(RESERVED_TRAINER_ARGS))
     if args.get("max_time") is not None:

@@ -10,6 +10,8 @@ of completion; a missing file means the process died without a word.
     {"status": "config_error", "message": "configs/x.yaml: model.class_path: ...", ...}
 
 ``reason`` (completed only): max_epochs, max_steps, early_stopping, max_time, stopped.
+``rank`` is the writer's global rank (0 for a single process; records of
+ranks >= 1 are ``exit.rank<N>.json``, see ``layout.py``); a record without it is rank 0's.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class ExitRecord:
     checkpoint: str | None = None
     message: str | None = None
     exception: dict[str, str] | None = None
+    rank: int = 0
 
     @property
     def completed(self) -> bool:
@@ -64,6 +67,7 @@ def read_exit_record(path: str | Path) -> ExitRecord | None:
             checkpoint=data.get("checkpoint"),
             message=data.get("message"),
             exception=data.get("exception"),
+            rank=int(data.get("rank", 0)),
         )
     except (TypeError, ValueError):
         return None

@@ -15,6 +15,8 @@ start-up milestones, each set once: ``imports_done`` (torch and Lightning
 imported), ``checkpoint_loaded`` (the resume checkpoint
 restored), ``train_start`` (fit loop starting, after the sanity check) and
 ``first_step`` (the first optimizer step of this attempt ended).
+``rank`` is the writer's global rank (ranks >= 1 write ``heartbeat.rank<N>.json``);
+a beat without it is rank 0's.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Heartbeat:
     max_step_time: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
 
 
 def write_heartbeat(path: str | Path, beat: Heartbeat) -> None:
@@ -75,6 +78,7 @@ def read_heartbeat(path: str | Path) -> Heartbeat | None:
             max_step_time=optional_duration(data.get("max_step_time")),
             metrics=_metrics(data.get("metrics")),
             marks=_metrics(data.get("marks")),
+            rank=int(data.get("rank", 0)),
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -90,6 +90,10 @@ BAD_CONFIGS = [
                  "trainer.enable_checkpointing: must stay true: the supervisor resumes from checkpoints "
                  "(set checkpoint.save_top_k: 0 to keep only last.ckpt)",
                  id="checkpointing-off"),
+    pytest.param(with_change("trainer.strategy", "fsdp"),
+                 "trainer.strategy: 'fsdp' is not supported: its sharded checkpoints are directories, which the "
+                 "supervisor cannot save atomically or verify yet; use ddp",
+                 id="sharded-strategy"),
     pytest.param(with_change("trainer.max_time", "soon"),
                  "trainer.max_time: expected DD:HH:MM:SS, a duration like 12h, or a mapping; got 'soon'",
                  id="bad-max-time"),
@@ -234,3 +238,15 @@ def test_filename_patterns_the_schema_allows_are_safe_in_lightnings_formatting()
         assert checkpoint_filename_problem(pattern) is None
         text = formatted(pattern)
         assert "globals" not in text.split("=")[-1] and len(text) < 120, text
+def test_ranks_started_must_match_the_devices() -> None:
+    """With externally started ranks, a devices count that disagrees is a config error naming the key."""
+    from supervisor.errors import ConfigError
+    from trainer.ranks import RankInfo
+    from trainer.runner import check_world_size
+
+    check_world_size({"devices": 2}, RankInfo(1, 1, 2), "job.yaml")  # agrees: nothing to say
+    check_world_size({"devices": "auto"}, RankInfo(0, 0, 2), "job.yaml")  # Lightning checks that itself
+    with pytest.raises(ConfigError) as caught:
+        check_world_size({"devices": 1}, RankInfo(0, 0, 2), "job.yaml")
+    assert caught.value.message == ("job.yaml: trainer.devices: 1 device(s) x 1 node(s) = 1 process(es), but the "
+                                    "supervisor started 2 ranks (one per device)")
