@@ -42,14 +42,14 @@ from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
 from supervisor.gpu_actions import GpuActions
 from supervisor.hang import check_hang, update_slowest_step
 from supervisor.jobfiles.atomic import read_json_lines, read_json_lines_from
-from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
 from supervisor.launch import Launching
 from supervisor.loop import Loop
-from supervisor.outcome import classify_end
 from supervisor.process import try_lock
+from supervisor.rank_files import attempt_heartbeat, job_world_size, rank_exit_records
+from supervisor.rank_outcome import classify_ranks_end
 from supervisor.reconcile import Reconciling
 from supervisor.resume import choose_resume
 from supervisor.runners.base import AttemptExit, AttemptRunner, Phase, RunnerNotice
@@ -283,7 +283,9 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         """Hang detection: no progress in the heartbeat for longer than the attempt's timeout."""
         layout = JobLayout(Path(job.job_dir)).attempt(attempt.n)
         tracked = self.tracker.get_or_track(job.id, attempt.n)
-        beat = read_heartbeat(layout.heartbeat)
+        if tracked.world_size is None:
+            tracked.world_size = job_world_size(self.job_config(job))
+        beat = attempt_heartbeat(layout, tracked.world_size)  # several ranks: the slowest one's
         tracked.slowest_step = update_slowest_step(tracked.slowest_step, beat)
         if tracked.hang_setting is None:  # OmegaConf access is slow; read the setting once per attempt
             tracked.hang_setting = str(self.job_config(job).supervision.hang_timeout)
@@ -300,10 +302,13 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         store = self._store()
         jl = JobLayout(Path(job.job_dir))
         al = jl.attempt(attempt.n)
-        record = read_exit_record(al.exit_record)
+        world_size = process_exit.world_size if process_exit is not None else job_world_size(self.job_config(job))
+        records = rank_exit_records(al, world_size)
+        record = records.get(0)
         if intent is None and job.stop_intent:
             intent, intent_detail = Cause(job.stop_intent), job.detail
-        outcome = classify_end(record, process_exit, intent, intent_detail)
+        # several ranks: the first rank that failed is the cause (the others died of its loss)
+        outcome = classify_ranks_end(process_exit, records, intent, intent_detail)
         ended_at = process_exit.ended_at if process_exit and process_exit.ended_at else now
         saves = [e for e in read_json_lines(jl.manifest) if e.get("event") == "save" and e.get("attempt") == attempt.n]
         beat = read_heartbeat(al.heartbeat)

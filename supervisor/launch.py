@@ -20,6 +20,7 @@ from supervisor.corebase import CoreBase
 from supervisor.gpu import allocate, cuda_environment
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
+from supervisor.rank_files import job_world_size
 from supervisor.resume import ResumeChoice, choose_resume
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RankLayout
 from supervisor.states import LIVE_STATES, JobState
@@ -53,9 +54,10 @@ def attempt_spec(job: JobRow, cfg: DictConfig, n: int, resume: ResumeChoice, *, 
     env[OWN_ENV_KEY] = str(state_dir)  # also marks our processes for the GPU pre-flight
     # CUDA numbers GPUs like NVML only in PCI order; an empty list keeps a CPU job off every GPU.
     env.update(cuda_environment(list(gpus)))
+    ranks = job_world_size(cfg)  # DDP: one process per device, started by the runner
     return AttemptSpec(job_id=job.id, attempt=n, command=tuple(command), env=env, workdir=job.workdir,
                        attempt_dir=jl.attempt(n).dir, lock_path=jl.lock, gpus=tuple(gpus), resume_from=resume.path,
-                       deadline=deadline, ranks=RankLayout())
+                       deadline=deadline, ranks=RankLayout(ranks, tuple(range(ranks))))
 
 
 class Launching(CoreBase):

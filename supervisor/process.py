@@ -36,12 +36,13 @@ def try_lock(path: Path) -> int | None:
 
 
 def spawn_attempt_monitor(attempt: AttemptLayout, command: Sequence[str], *, cwd: str, env: Mapping[str, str],
-                          lock_fd: int | None) -> tuple[int, float]:
+                          lock_fd: int | None, monitor_args: Sequence[str] = ()) -> tuple[int, float]:
     """Start ``python -m supervisor.attempt_monitor`` for ``command``; return its pid and start time.
 
     The monitor gets a session of its own (``start_new_session``): a daemon
     killed by a terminal, by systemd (``KillMode=process``) or by SIGKILL leaves
-    it and its trainer running.
+    it and its trainer running. ``monitor_args`` are the monitor's own options
+    (``--nproc-per-node N`` for a multi-rank attempt).
     """
     attempt.dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "supervisor.attempt_monitor", "--attempt-dir", str(attempt.dir), "--cwd", cwd]
@@ -49,7 +50,7 @@ def spawn_attempt_monitor(attempt: AttemptLayout, command: Sequence[str], *, cwd
     if lock_fd is not None:
         argv += ["--lock-fd", str(lock_fd)]
         pass_fds = (lock_fd,)
-    argv += ["--", *command]
+    argv += [*monitor_args, "--", *command]
     with open(attempt.dir / "monitor.log", "ab") as log:
         proc = subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                 start_new_session=True, pass_fds=pass_fds, close_fds=True)

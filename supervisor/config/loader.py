@@ -25,6 +25,7 @@ from omegaconf.errors import (
 from supervisor.config import schema as _schema
 from supervisor.config.durations import parse_duration
 from supervisor.config.patterns import JOB_NAME, checkpoint_filename_problem
+from supervisor.config.ranks import check_ranks
 from supervisor.config.safe_yaml import (
     MAX_DEPTH,
     MAX_INTERPOLATION_DEPTH,
@@ -139,7 +140,10 @@ def _build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[s
         container = _escape_interpolations(container)
     resolved = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(container), source, override_keys, False)
     _check_values(resolved, source, override_keys)
+    trainer_args = OmegaConf.to_container(resolved.trainer, resolve=False)
+    assert isinstance(trainer_args, dict)
     OmegaConf.set_readonly(resolved, False)
+    resolved.supervision.gpus = check_ranks(trainer_args, resolved.supervision.gpus, source)
     return resolved
 
 
@@ -294,7 +298,7 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
 
     at_least("supervision.max_restarts", 0)
     at_least("supervision.no_progress_attempts", 1)
-    at_least("supervision.gpus", 0)
+    at_least("supervision.gpus", 0, allow_none=True)
     at_least("supervision.backoff.factor", 1.0)
     at_least("checkpoint.save_top_k", -1)
     at_least("checkpoint.every_n_train_steps", 1, allow_none=True)

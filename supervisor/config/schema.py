@@ -114,7 +114,7 @@ class SupervisionConfig:
     # give up after this many consecutive attempts that saved no new checkpoint
     no_progress_attempts: int = 3
     stop_grace: str = "60s"  # SIGTERM -> SIGKILL
-    gpus: int = 0
+    gpus: int | None = None  # None: trainer.devices on a GPU accelerator, else 0 (config/ranks.py)
     alerts: list[str] = field(default_factory=lambda: list(DEFAULT_ALERTS))
 
 

@@ -9,7 +9,16 @@ hears of a crash the instant it happens, with no polling.
 Runner state (``attempts.runner_state``)::
 
     {"monitor_pid": int, "monitor_started": float, "trainer_pid": int | null, "pgid": int | null,
+     "world_size": int, "rank_pids": [int, ...] (index: rank; once monitor.json is read),
      "boot_id": str (once monitor.json is read)}
+
+A multi-rank attempt (DDP, ``AttemptSpec.ranks``) is one monitor started with
+``--nproc-per-node N``: it starts every rank as its own child, ends the attempt
+when any rank dies, and forwards SIGTERM / SIGUSR1 / SIGUSR2 to every rank.
+So the stop and the checkpoint request go to the monitor; the stacks are asked
+of each rank directly (in parallel), to know which ranks answered; the kill
+takes rank 0's process group (every rank is in it) and the monitor's
+descendants, as for one rank.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -73,19 +83,22 @@ class LocalRunner:
     # -- launch and adoption ------------------------------------------------------------------------
     def launch(self, spec: AttemptSpec) -> RunnerState:
         """Start the attempt's monitor (which starts the trainer); its state."""
-        if spec.ranks.world_size != 1:
-            raise LaunchRefused(f"the local runner runs one rank; {spec.ranks.world_size} were asked for", retry=False)
+        if spec.ranks.nodes != 1:
+            raise LaunchRefused(f"the local runner runs one node; {spec.ranks.nodes} were asked for", retry=False)
+        world_size = spec.ranks.world_size
+        monitor_args = ["--nproc-per-node", str(world_size)] if world_size > 1 else []
         lock_fd = try_lock(spec.lock_path)
         if lock_fd is None:
             # A trainer of this job is still alive somewhere (its monitor holds the lock): never start a second.
             raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
         try:
             monitor_pid, monitor_started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), spec.command,
-                                                                 cwd=spec.workdir, env=spec.env, lock_fd=lock_fd)
+                                                                 cwd=spec.workdir, env=spec.env, lock_fd=lock_fd,
+                                                                 monitor_args=monitor_args)
         finally:
             os.close(lock_fd)
         state: RunnerState = {"monitor_pid": monitor_pid, "monitor_started": monitor_started,
-                              "trainer_pid": None, "pgid": None}
+                              "trainer_pid": None, "pgid": None, "world_size": world_size}
         self._watch(spec.job_id, monitor_pid, monitor_started)
         return state
 
@@ -109,7 +122,9 @@ class LocalRunner:
         if not state.get("trainer_pid") or "boot_id" not in state:  # read monitor.json until it is known
             started = read_monitor_start(layout.monitor_start)
             if started is not None:
-                state.update(trainer_pid=started.trainer_pid, pgid=started.pgid, boot_id=started.boot_id)
+                pids = started.pids()
+                state.update(trainer_pid=started.trainer_pid, pgid=started.pgid, boot_id=started.boot_id,
+                             world_size=started.world_size, rank_pids=[pids[r] for r in sorted(pids)])
         boot_id = state.get("boot_id")
         ended = read_monitor_exit(layout.monitor_exit)
         if ended is None and not self._monitor_alive(ref):
@@ -143,18 +158,31 @@ class LocalRunner:
         # SIGTERM to the trainer alone: DataLoader workers die at once on SIGTERM, and the
         # trainer, killed by their loss mid-step, could save nothing. The group gets SIGKILL
         # at escalation (and the monitor clears what is left when the trainer exits).
-        signal_process(self._trainer_pid(ref), signal.SIGTERM)
+        # Several ranks: to the monitor, which forwards it to every rank (and, told to stop,
+        # gives ranks that end on it time to agree on the last save rather than killing them).
+        if self._world_size(ref) > 1:
+            signal_process(self._live_monitor(ref), signal.SIGTERM)
+        else:
+            signal_process(self._trainer_pid(ref), signal.SIGTERM)
 
     def request_checkpoint(self, ref: AttemptRef) -> bool:
-        # SIGUSR1: the trainer saves a checkpoint at its next step and goes on.
+        # SIGUSR1: the trainer saves a checkpoint at its next step and goes on (every rank: a save is a collective).
+        if self._world_size(ref) > 1:
+            return signal_process(self._live_monitor(ref), signal.SIGUSR1)
         return signal_process(self._trainer_pid(ref), signal.SIGUSR1)
 
     def dump_stacks(self, ref: AttemptRef, timeout_s: float) -> list[Path]:
-        pid = self._trainer_pid(ref)
-        if not pid:
+        pids = self._rank_pids(ref)
+        if not pids:
             return []
-        # SIGUSR2 -> faulthandler (and py-spy when present), to the trainer, never to its monitor.
-        return dump_stacks(pid, ref.attempt_dir, timeout_s=timeout_s)
+        # SIGUSR2 -> faulthandler (and py-spy when present), to each rank, never to the monitor: each
+        # rank's file is waited for on its own, at the same time, so the loop waits for one timeout at most.
+        if len(pids) == 1:
+            return dump_stacks(pids[0], ref.attempt_dir, timeout_s=timeout_s)
+        with ThreadPoolExecutor(max_workers=len(pids)) as pool:
+            dumps = pool.map(lambda rank: dump_stacks(pids[rank], ref.attempt_dir, timeout_s=timeout_s, rank=rank),
+                             range(len(pids)))
+            return [path for files in dumps for path in files]
 
     def kill(self, ref: AttemptRef) -> list[int]:
         """SIGKILL the trainer's group and every descendant of the monitor (which lives on to report)."""
@@ -187,6 +215,26 @@ class LocalRunner:
         if self._exits is not None:
             self._exits.stop()
             self._exits = None
+
+    def _world_size(self, ref: AttemptRef) -> int:
+        return int(ref.state.get("world_size") or 1)
+
+    def _live_monitor(self, ref: AttemptRef) -> int | None:
+        pid = ref.state.get("monitor_pid")
+        return int(pid) if pid and is_alive(pid, ref.state.get("monitor_started")) else None
+
+    def _rank_pids(self, ref: AttemptRef) -> list[int]:
+        """Every rank's pid, index = rank (rank 0 alone for one rank); [] while the monitor has not said yet."""
+        pids: Any = ref.state.get("rank_pids")
+        if not pids:
+            started = read_monitor_start(AttemptLayout(ref.attempt_dir).monitor_start)
+            if started is not None:
+                by_rank = started.pids()
+                pids = [by_rank[r] for r in sorted(by_rank)]
+        if not pids:
+            pid = self._trainer_pid(ref)
+            return [pid] if pid else []
+        return [int(p) for p in pids]
 
     def _trainer_pid(self, ref: AttemptRef) -> int | None:
         pid: Any = ref.state.get("trainer_pid")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from supervisor.jobfiles.monitorfiles import MonitorExit
+from supervisor.jobfiles.monitorfiles import MonitorExit, RankEnding
 from supervisor.runners.base import (
     AttemptRef,
     AttemptSpec,
@@ -68,11 +68,16 @@ class FakeRunner:
         attempt.phase, attempt.pid = Phase.RUNNING, self.next_pid
 
     def end(self, job_id: str, n: int, *, exit_code: int | None = 0, signal: str | None = None,
-            ended_at: float = 0.0, vanished: bool = False) -> None:
-        """The attempt's processes ended (``vanished``: without any exit status)."""
+            ended_at: float = 0.0, vanished: bool = False, ranks: Sequence[RankEnding] = ()) -> None:
+        """The attempt's processes ended (``vanished``: without any exit status); ``ranks``: every rank's
+        ending, the first one listed first (a multi-rank attempt's ``monitor-exit.json``)."""
         attempt = self.attempts[(job_id, n)]
         attempt.phase = Phase.ENDED
-        attempt.exit = None if vanished else MonitorExit(exit_code=exit_code, signal=signal, ended_at=ended_at)
+        first = ranks[0] if ranks else None
+        attempt.exit = None if vanished else MonitorExit(
+            exit_code=first.exit_code if first else exit_code, signal=first.signal if first else signal,
+            ended_at=ended_at, world_size=max(1, len(ranks)), first_rank=first.rank if first else None,
+            ranks=list(ranks))
         if callable(self.notify):
             self.notify(RunnerNotice(job_id, "ended"))
 

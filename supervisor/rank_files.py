@@ -1,0 +1,35 @@
+"""Read a multi-rank attempt's per-rank files as the core needs them: exit records, one heartbeat.
+
+The pure decisions live in ``rank_outcome``; this module only reads every
+rank's file (``layout.py`` names them) and hands them over. With one rank it
+reads exactly the files a single-process attempt has.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from supervisor.config.ranks import local_ranks
+from supervisor.jobfiles.exitrecord import ExitRecord, read_exit_record
+from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat
+from supervisor.jobfiles.layout import AttemptLayout
+from supervisor.rank_outcome import slowest_rank_heartbeat
+
+
+def job_world_size(cfg: DictConfig) -> int:
+    """The ranks every attempt of a job runs (from its frozen config; the same rule the launch uses)."""
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=False)
+    return local_ranks(trainer_args) if isinstance(trainer_args, dict) else 1
+
+
+def rank_exit_records(layout: AttemptLayout, world_size: int) -> dict[int, ExitRecord | None]:
+    """Rank -> its exit record (None: it wrote none)."""
+    return {rank: read_exit_record(layout.exit_record_of(rank)) for rank in range(max(1, world_size))}
+
+
+def attempt_heartbeat(layout: AttemptLayout, world_size: int) -> Heartbeat | None:
+    """The heartbeat the hang clock reads: rank 0's for one rank, the slowest rank's for several."""
+    if world_size <= 1:
+        return read_heartbeat(layout.heartbeat)
+    beats = {rank: read_heartbeat(layout.heartbeat_of(rank)) for rank in range(world_size)}
+    return slowest_rank_heartbeat(beats, world_size)
