@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
+from supervisor.rank_files import job_world_size
 from supervisor.store import AttemptRow, JobRow, Store
 
 
@@ -55,6 +56,8 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         "workdir": job.workdir,
         "job_dir": job.job_dir,
         "gpus_requested": job.gpus_requested,
+        # ranks every attempt runs (DDP: one process per device; per-rank files in the attempt dir)
+        "world_size": _world_size(frozen),
         "attempts": [attempt_view(a) for a in attempts],
         "checkpoints": [checkpoint_view(e) for e in ranked],
         "best_checkpoint": checkpoint_view(ranked[0]) if ranked else _stored_best(job),
@@ -82,6 +85,13 @@ def checkpoint_view(e: CheckpointEntry) -> dict[str, Any]:
 
 def _stored_best(job: JobRow) -> dict[str, Any] | None:
     return {"path": job.best_checkpoint, "step": None, "score": None} if job.best_checkpoint else None
+
+
+def _world_size(cfg: Any | None) -> int:
+    try:
+        return job_world_size(cfg) if cfg is not None else 1
+    except Exception:  # a frozen config of an older version without a trainer section
+        return 1
 
 
 def _frozen_config(layout: JobLayout) -> Any | None:

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from supervisor.jobfiles.layout import JobLayout
+from supervisor.jobfiles.monitorfiles import read_monitor_start
 from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
 
 pytestmark = pytest.mark.e2e
@@ -119,3 +122,44 @@ def test_a_degrading_gpu_gets_the_trainer_to_checkpoint_and_go_on(gpu_daemon: Da
     assert saved[0]["data"]["kind"] == "last"
     final = d.wait_state(job, "completed", timeout=60)
     assert len(final["attempts"]) == 1  # degraded is not failed: the attempt went on
+
+
+def test_a_gpu_fault_stops_every_rank_of_a_ddp_job_relaunches_them_on_healthy_gpus_or_waits(tmp_path: Path) -> None:
+    """A 2-rank job (one fake-trainer process per rank, started by the monitor) on a 3-GPU node."""
+    nvml = tmp_path / "nvml.json"
+    nvml.write_text(json.dumps({"gpus": [_gpu(0), _gpu(1), _gpu(2)]}))
+    state, work = tmp_path / "state", tmp_path / "work"
+    work.mkdir()
+    d = DaemonProc(state, work, fake_env(state, ML_SUPERVISOR_NVML=f"fake:{nvml}"))
+    d.start("gpu.poll_interval=0.2")
+    try:
+        cfg = write_config(work, "ddp", steps=400, step_time=0.05, ckpt_every=5)
+        text = cfg.read_text() + "trainer: {accelerator: gpu, devices: 2, strategy: ddp}\n"
+        cfg.write_text(text)  # supervision.gpus left unset: it takes trainer.devices
+        job = d.submit(cfg)
+        status = wait_for(lambda: (s := d.status(job))["global_step"] >= 8 and s, what="progress on 2 GPUs")
+        assert (status["gpus_requested"], status["world_size"], status["attempts"][0]["gpus"]) == (2, 2, [0, 1])
+        jl = JobLayout(Path(status["job_dir"]))
+        first = read_monitor_start(jl.attempt(1).monitor_start)
+        assert first is not None and sorted(first.pids()) == [0, 1]
+
+        _set_gpu(nvml, 1, xid=[79])  # a fault on the job's second GPU stops both ranks
+        wait_for(lambda: len(d.status(job)["attempts"]) >= 2 and d.status(job)["global_step"] > 0,
+                 timeout=60, what="attempt 2 running")
+        status = d.status(job)
+        assert status["attempts"][0]["reason"] == "gpu_fault" and status["attempts"][1]["gpus"] == [0, 2]
+        second = wait_for(lambda: read_monitor_start(jl.attempt(2).monitor_start), what="attempt 2's ranks")
+        assert sorted(second.pids()) == [0, 1]
+        assert not [p for p in first.pids().values() if psutil.pid_exists(p)
+                    and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        rank1_out = jl.attempt(2).stdout_of(1)
+        wait_for(lambda: "CUDA_VISIBLE_DEVICES=0,2" in rank1_out.read_text(), what="rank 1 on GPUs 0,2")
+
+        _set_gpu(nvml, 2, xid=[79])  # one healthy GPU left: the job waits for two
+        waiting = wait_for(lambda: (s := d.status(job))["wait_reason"] and s, timeout=60, what="the job to wait")
+        assert waiting["state"] == "queued" and "waiting for 2 free healthy GPUs" in waiting["wait_reason"]
+        assert waiting["attempts"][1]["reason"] == "gpu_fault"
+        d.ctl("stop", job)
+    finally:
+        d.kill()
+        d.kill_leftovers()

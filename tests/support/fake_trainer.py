@@ -113,16 +113,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     layout = AttemptLayout(Path(args.attempt_dir))
     layout.dir.mkdir(parents=True, exist_ok=True)
+    # Started as one of several ranks (the monitor's RANK): its own files, and rank 0 alone saves.
+    rank = int(os.environ.get("RANK", "0"))
+    heartbeat_path, exit_path = layout.heartbeat_of(rank), layout.exit_record_of(rank)
     ckpt_dir = Path(args.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGTERM, signal.SIG_IGN if opts["ignore_sigterm"] else _on_term)
     signal.signal(signal.SIGUSR1, _on_usr1)  # like the real trainer: a checkpoint now, and go on
-    stacks = open(layout.stacks, "a")  # noqa: SIM115 - faulthandler writes to it until we exit
+    stacks = open(layout.stacks_of(rank), "a")  # noqa: SIM115 - faulthandler writes to it until we exit
     faulthandler.register(signal.SIGUSR2, file=stacks, all_threads=True, chain=False)
     faulty = args.attempt in list(opts["faults_on"])
     step = 0
     if args.ckpt:
-        abandon_after(manifest_path(ckpt_dir), args.ckpt, args.attempt)
+        if rank == 0:
+            abandon_after(manifest_path(ckpt_dir), args.ckpt, args.attempt)
         step = _read_step(args.ckpt)
     print(f"fake trainer attempt {args.attempt} from step {step}", flush=True)
     print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
@@ -131,17 +135,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     beat = Heartbeat(pid=os.getpid(), attempt=args.attempt, time=started, started_at=started, phase="train",
                      step=step)
-    write_heartbeat(layout.heartbeat, beat)
+    write_heartbeat(heartbeat_path, beat)
     while step < opts["steps"]:
         if _stop_signal is not None:
-            path = _save(ckpt_dir, step, args.attempt, kind="signal") if step else None
-            write_exit_record(layout.exit_record, ExitRecord(
+            path = _save(ckpt_dir, step, args.attempt, kind="signal") if step and rank == 0 else None
+            write_exit_record(exit_path, ExitRecord(
                 status="signal", time=time.time(), pid=os.getpid(), global_step=step,
                 signal=signal.Signals(_stop_signal).name, checkpoint=path))
             return 128 + _stop_signal
         if args.deadline and not opts["ignore_deadline"] and time.time() >= args.deadline - 0.2:
-            _save(ckpt_dir, step, args.attempt, kind="last")
-            write_exit_record(layout.exit_record, ExitRecord(
+            if rank == 0:
+                _save(ckpt_dir, step, args.attempt, kind="last")
+            write_exit_record(exit_path, ExitRecord(
                 status="completed", time=time.time(), pid=os.getpid(), global_step=step, reason="deadline"))
             return 0
         time.sleep(opts["step_time"])
@@ -152,23 +157,24 @@ def main(argv: list[str] | None = None) -> int:
         if faulty and step == opts["die_at"]:
             os.kill(os.getpid(), signal.SIGKILL)
         if faulty and step == opts["crash_at"]:
-            write_exit_record(layout.exit_record, ExitRecord(
+            write_exit_record(exit_path, ExitRecord(
                 status="exception", time=time.time(), pid=os.getpid(), global_step=step,
                 exception={"type": "RuntimeError", "message": f"boom at step {step}", "traceback": ""}))
             print(f"RuntimeError: boom at step {step}", file=sys.stderr, flush=True)
             return 1
         if _checkpoint_requested:
             _checkpoint_requested = False
-            _save(ckpt_dir, step, args.attempt, kind="last")
+            if rank == 0:
+                _save(ckpt_dir, step, args.attempt, kind="last")
         if opts["val_every"] and step % opts["val_every"] == 0:
             _validate(layout, step, int(opts["val_every"]), float(opts["x"]), float(opts["y"]))
-        if step % opts["ckpt_every"] == 0:
+        if step % opts["ckpt_every"] == 0 and rank == 0:
             _save(ckpt_dir, step, args.attempt)
         if time.time() - beat.time >= opts["heartbeat_every"]:
             beat.time, beat.step = time.time(), step
             beat.step_time = beat.max_step_time = opts["step_time"]
-            write_heartbeat(layout.heartbeat, beat)
-    write_exit_record(layout.exit_record, ExitRecord(status="completed", time=time.time(), pid=os.getpid(),
+            write_heartbeat(heartbeat_path, beat)
+    write_exit_record(exit_path, ExitRecord(status="completed", time=time.time(), pid=os.getpid(),
                                                      global_step=step, reason="max_steps"))
     return 0
 
