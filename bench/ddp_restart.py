@@ -1,17 +1,19 @@
-"""2-rank DDP restart time on the digits example: SIGKILL of rank 1 -> first optimizer step of the next attempt.
+"""2-rank DDP restart time under the real daemon: SIGKILL of rank 1 -> first optimizer step of the next attempt.
 
-The attempt monitor (``python -m supervisor.attempt_monitor --nproc-per-node 2``) runs the real trainer
-on CPU with gloo; the script plays the daemon's part (it is not wired to the daemon yet): when the monitor
-has written ``monitor-exit.json`` it picks the best checkpoint and starts the next attempt at once. Each
-round kills rank 1 of the running attempt once it has trained a little. Stages per restart:
+A real daemon (``ml-supervisor serve``) runs the digits example with ``trainer.devices=2``,
+``trainer.strategy=ddp`` on CPU (gloo): every attempt is one attempt monitor starting two real
+``python -m trainer`` ranks. Once an attempt has trained a little, rank 1 is SIGKILLed; this repeats
+for ``--kills`` attempts. Stages per restart, from ``monitor-exit.json``, the daemon's events and the
+new attempt's heartbeat marks (the slower rank's):
 
-    record      SIGKILL of rank 1 -> rank 0's exit record written (it fails in its next collective)
-    stop        SIGKILL of rank 1 -> every rank gone (the monitor stops rank 0; monitor-exit.json written)
-    launch      -> both ranks' imports done (monitor spawn, interpreters, torch + Lightning), slower rank
+    stop        SIGKILL of rank 1 -> every rank of the attempt gone (the monitor stops rank 0)
+    detection   -> the daemon's restart decision (its pidfd saw the monitor exit)
+    launch      decision -> both trainer processes running (monitor spawn, interpreters)
+    imports     -> torch and Lightning imported on both ranks
     setup+load  -> the resume checkpoint restored on both ranks (process group, model, data, restore)
     first step  -> the first optimizer step ended on both ranks (sanity-check validation included)
 
-Baseline, in the same script: attempt 1's cold start (launch -> first step on both ranks).
+Baseline, in the same script: attempt 1's cold start (its launch event -> first step on both ranks).
 
     .venv/bin/python bench/ddp_restart.py [--kills 3]
 """
@@ -22,52 +24,36 @@ import argparse
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from supervisor.jobfiles.exitrecord import read_exit_record
-from supervisor.jobfiles.heartbeat import read_heartbeat
+from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
 from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_start
-from supervisor.resume import choose_resume
+from tests.support.harness import REPO, DaemonProc, real_env, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 RANKS = 2
 OVERRIDES = ["trainer.devices=2", "trainer.strategy=ddp", "logger.wandb.mode=disabled", "trainer.max_epochs=1000",
              "checkpoint.every_n_train_steps=10", "data.init_args.batch_size=32",
              "model.class_path=trainer.examples.faulty.FaultyDigitsClassifier", "model.init_args.step_delay=0.01"]
-STAGES = ("record", "stop", "launch", "setup+load", "first step")
+STAGES = ("stop", "detection", "launch", "imports", "setup+load", "first step")
 
 
-def launch(job: JobLayout, n: int, ckpt: str | None) -> subprocess.Popen[bytes]:
-    attempt = job.attempt(n).dir
-    attempt.mkdir(parents=True, exist_ok=True)
-    trainer = [sys.executable, "-m", "trainer", "--config", str(REPO / "configs" / "digits.yaml"),
-               "--attempt-dir", str(attempt), "--checkpoint-dir", str(job.checkpoints), "--attempt", str(n)]
-    if ckpt:
-        trainer += ["--ckpt", ckpt]
-    env = dict(os.environ, WANDB_MODE="offline", OMP_NUM_THREADS="1")
-    with open(attempt / "monitor.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "supervisor.attempt_monitor", "--attempt-dir", str(attempt),
-                                 "--cwd", str(REPO), "--nproc-per-node", str(RANKS), "--", *trainer, *OVERRIDES],
-                                cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True)
+def _beats(job: JobLayout, n: int, mark: str) -> list[Heartbeat] | None:
+    """Both ranks' heartbeats once each has ``mark``; None before."""
+    beats = [read_heartbeat(job.attempt(n).heartbeat_of(r)) for r in range(RANKS)]
+    ready = [b for b in beats if b is not None and mark in b.marks]
+    return ready if len(ready) == RANKS else None
 
 
-def marks(job: JobLayout, n: int, name: str, timeout: float = 300.0) -> float:
-    """When the slower rank reached start-up mark ``name`` (wall clock)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        beats = [read_heartbeat(job.attempt(n).heartbeat_of(r)) for r in range(RANKS)]
-        if all(b is not None and name in b.marks for b in beats):
-            return max(b.marks[name] for b in beats if b is not None)
-        time.sleep(0.02)
-    raise TimeoutError(f"attempt {n}: no {name} mark on every rank")
+def _slower(beats: list[Heartbeat], mark: str) -> float:
+    return max(b.marks[mark] for b in beats)
 
 
 def main() -> int:
@@ -75,50 +61,52 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=3)
     args = parser.parse_args()
     rows: list[dict[str, float]] = []
-    procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
-        job = JobLayout(Path(tmp) / "job")
+        state = Path(tmp) / "state"
+        daemon = DaemonProc(state, REPO, real_env(state, OMP_NUM_THREADS="1"))
+        daemon.start()
         try:
-            started = time.time()
-            procs.append(launch(job, 1, None))
-            cold = marks(job, 1, "first_step") - started
+            job_id = daemon.submit(REPO / "configs" / "digits.yaml", *OVERRIDES)
+            client = daemon.client()
+            job = JobLayout(state / "jobs" / job_id)
+            first = wait_for(lambda: _beats(job, 1, "first_step"), timeout=400, interval=0.1)
+            launch1 = next(e for e in client.call("events", job=job_id) if e["kind"] == "launch")
+            cold = _slower(first, "first_step") - launch1["time"]
             for n in range(1, args.kills + 1):
-                while not live_checkpoints(job.manifest):
-                    time.sleep(0.1)
+                wait_for(lambda n=n: _beats(job, n, "first_step"), timeout=400, interval=0.1)
+                wait_for(lambda: live_checkpoints(job.manifest), timeout=120, interval=0.1)
                 time.sleep(1.0)  # train a little past the start
                 start = read_monitor_start(job.attempt(n).monitor_start)
-                assert start is not None
-                killed = time.time()
+                assert start is not None and start.world_size == RANKS
+                after = client.call("events", job=job_id)[-1]["id"]
+                killed_at = time.time()
                 os.kill(start.pids()[1], signal.SIGKILL)
-                while (end := read_monitor_exit(job.attempt(n).monitor_exit)) is None:
-                    time.sleep(0.005)
-                gone = time.time()
-                rank0 = read_exit_record(job.attempt(n).exit_record)
-                choice = choose_resume(live_checkpoints(job.manifest), "best")
-                procs.append(launch(job, n + 1, choice.path))
-                imports = marks(job, n + 1, "imports_done")
-                loaded = marks(job, n + 1, "checkpoint_loaded")
-                first = marks(job, n + 1, "first_step")
-                rows.append({"record": (rank0.time - killed) if rank0 else float("nan"),
-                             "stop": gone - killed, "launch": imports - gone, "setup+load": loaded - imports,
-                             "first step": first - loaded, "total": first - killed,
-                             "rank 0 after rank 1": max(e.ended_at for e in end.ranks) - min(
-                                 e.ended_at for e in end.ranks)})
+                nxt: Any = wait_for(lambda n=n: _beats(job, n + 1, "first_step"), timeout=400, interval=0.05)
+                end = read_monitor_exit(job.attempt(n).monitor_exit)
+                assert end is not None
+                decision = next(e for e in client.call("events", job=job_id, after=after) if e["kind"] == "restart")
+                rows.append({
+                    "stop": end.ended_at - killed_at,
+                    "detection": decision["time"] - end.ended_at,
+                    "launch": max(b.started_at for b in nxt) - decision["time"],
+                    "imports": _slower(nxt, "imports_done") - max(b.started_at for b in nxt),
+                    "setup+load": _slower(nxt, "checkpoint_loaded") - _slower(nxt, "imports_done"),
+                    "first step": _slower(nxt, "first_step") - _slower(nxt, "checkpoint_loaded"),
+                    "total": _slower(nxt, "first_step") - killed_at,
+                })
                 print(f"restart {n}: " + ", ".join(f"{k} {v:.2f}s" for k, v in rows[-1].items()), flush=True)
+            daemon.ctl("stop", job_id)
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-    median = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    print(f"\n2-rank DDP (CPU, gloo) SIGKILL of rank 1 -> first step of the next attempt, median of {len(rows)}: "
-          f"{median['total']:.1f} s")
-    print("  " + ", ".join(f"{k} {median[k]:.2f} s" for k in (*STAGES, "rank 0 after rank 1")))
-    print(f"baseline: cold start of attempt 1 (launch -> first step on both ranks): {cold:.1f} s")
+            daemon.kill(signal.SIGTERM)
+            daemon.kill_leftovers()
+    print(f"\n2-rank DDP (CPU, gloo, {os.cpu_count()} cores) under the daemon: SIGKILL of rank 1 -> first step of "
+          f"the next attempt on both ranks, median of {len(rows)} restarts")
+    total = statistics.median(r["total"] for r in rows)
+    for stage in (*STAGES, "total"):
+        value = statistics.median(r[stage] for r in rows)
+        share = "" if stage == "total" else f"  ({100 * value / total:4.1f} %)"
+        print(f"  {stage:12s} {value * 1000:8.0f} ms{share}")
+    print(f"  baseline: cold start of attempt 1, launch -> first step on both ranks: {cold * 1000:.0f} ms")
     return 0
 
 

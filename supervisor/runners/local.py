@@ -63,6 +63,11 @@ log = logging.getLogger("ml_supervisor")
 
 
 
+# After one rank died, the others get SIGTERM and SIGKILL this much later: they cannot save (a save
+# is a collective), only write their exit records (~0.1 s), and the attempt must end within a second.
+RANK_STOP_GRACE_S = 0.5
+
+
 class LocalRunner:
     """Attempts as attempt-monitor processes on this node (see the module docstring)."""
 
@@ -86,7 +91,8 @@ class LocalRunner:
         if spec.ranks.nodes != 1:
             raise LaunchRefused(f"the local runner runs one node; {spec.ranks.nodes} were asked for", retry=False)
         world_size = spec.ranks.world_size
-        monitor_args = ["--nproc-per-node", str(world_size)] if world_size > 1 else []
+        monitor_args = ["--nproc-per-node", str(world_size), "--rank-stop-grace", str(RANK_STOP_GRACE_S)] \
+            if world_size > 1 else []
         lock_fd = try_lock(spec.lock_path)
         if lock_fd is None:
             # A trainer of this job is still alive somewhere (its monitor holds the lock): never start a second.
@@ -189,7 +195,8 @@ class LocalRunner:
         monitor_pid = ref.state.get("monitor_pid")
         monitor_alive = is_alive(monitor_pid, ref.state.get("monitor_started"))
         pgid = ref.state.get("pgid")
-        trainer_alive = is_alive(ref.state.get("trainer_pid"), None)
+        # rank 0 leads the group: with several ranks, any live rank keeps the group (and its id) ours
+        trainer_alive = any(is_alive(pid, None) for pid in self._rank_pids(ref))
         return kill_tree(monitor_pid if monitor_alive else None, pgid if pgid and trainer_alive else None)
 
     def clean_orphans(self, gpus: Sequence[int], known_pids: Sequence[int]) -> OrphanCheck:

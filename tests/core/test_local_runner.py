@@ -117,3 +117,41 @@ def test_forget_closes_the_pidfds_of_a_job_whose_attempt_still_runs(tmp_path: Pa
     finally:
         runner.kill(ref)
         runner.close()
+
+
+def test_two_ranks_started_stacks_from_each_stop_through_the_monitor_and_kill(tmp_path: Path) -> None:
+    """A 2-rank attempt of stand-in ranks (tests/support/fake_rank.py): what the daemon asks of every rank."""
+    from dataclasses import replace
+
+    from supervisor.jobfiles.monitorfiles import read_monitor_exit
+    from supervisor.runners.base import RankLayout
+
+    runner = LocalRunner(tmp_path, lambda notice: None, watch_exits=False)
+    attempt_dir = tmp_path / "attempts" / "1"
+    spec = replace(_spec(tmp_path, ""), ranks=RankLayout(2, (0, 1)),
+                   command=(sys.executable, str(REPO / "tests" / "support" / "fake_rank.py"), str(attempt_dir)))
+    try:
+        state = runner.launch(spec)
+        assert state["world_size"] == 2
+        ref = AttemptRef("job-1", 1, spec.attempt_dir, state)
+        deadline = time.monotonic() + 30
+        while not all((attempt_dir / f"env.rank{r}.json").exists() for r in (0, 1)):
+            assert time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.02)
+        seen = runner.observe(ref)
+        assert seen.phase is Phase.RUNNING and len(seen.state["rank_pids"]) == 2
+        assert seen.state["rank_pids"][0] == seen.trainer_pid
+        ref = AttemptRef("job-1", 1, spec.attempt_dir, seen.state)
+
+        files = runner.dump_stacks(ref, timeout_s=10)
+        assert sorted(f.name for f in files if f.name.startswith("stacks")) == ["stacks.rank1.txt", "stacks.txt"]
+
+        runner.graceful_stop(ref)  # to the monitor, which forwards it to both ranks
+        ended = _until(runner, ref, Phase.ENDED, timeout=30)
+        assert ended.exit is not None and [(e.rank, e.exit_code) for e in ended.exit.ranks] == [(0, 143), (1, 143)]
+        assert all((attempt_dir / f"term.rank{r}").exists() for r in (0, 1))
+        end = read_monitor_exit(attempt_dir / "monitor-exit.json")
+        assert end is not None and end.world_size == 2
+        assert runner.kill(ref) == []  # nothing of it is left to kill
+    finally:
+        runner.close()
