@@ -4,7 +4,8 @@ Written by ``supervisor.attempt_monitor``; read by the local runner. Typed
 readers like the exit record's: a missing, torn or foreign file reads as
 ``None``, never as an exception.
 
-    monitor.json       {"monitor_pid", "trainer_pid", "pgid", "started_at", "boot_id", "subreaper", "command"}
+    monitor.json       {"monitor_pid", "trainer_pid", "pgid", "started_at", "trainer_started", "boot_id", "subreaper",
+                        "command"}   (trainer_started: the trainer's psutil create_time, its identity with the pid)
     monitor-exit.json  {"exit_code", "signal", "ended_at", "trainer_pid", "leftovers_killed"[, "error"]}
 """
 
@@ -26,6 +27,7 @@ class MonitorStart:
     pgid: int
     started_at: float
     boot_id: str | None = None
+    trainer_started: float | None = None
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,11 @@ def read_monitor_start(path: str | Path) -> MonitorStart | None:
         return None
     try:
         boot = data.get("boot_id")
+        trainer_started = data.get("trainer_started")
         return MonitorStart(monitor_pid=int(data["monitor_pid"]), trainer_pid=int(data["trainer_pid"]),
                             pgid=int(data["pgid"]), started_at=float(data.get("started_at", 0.0)),
-                            boot_id=None if boot is None else str(boot))
+                            boot_id=None if boot is None else str(boot),
+                            trainer_started=None if trainer_started is None else float(trainer_started))
     except (KeyError, TypeError, ValueError):
         return None
 
