@@ -35,6 +35,7 @@ from typing import Any, Literal
 from supervisor.attempt_monitor import current_boot_id
 from supervisor.gpu.backend import GpuBackend, GpuLost, GpuReading, XidEvent
 from supervisor.gpu.health import DEGRADED, FAILED, HEALTHY, GpuThresholds, Health, classify, classify_xid
+from supervisor.gpu.types import GpuReadError
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class GpuMonitor:
         self._threads: list[threading.Thread] = []
         self._gpus: dict[int, _GpuState] = {}
         self._quarantine: list[_Quarantine] = self._load_quarantine()
+        self.read_errors: dict[int, int] = {}  # gpu index -> transient read errors (never a reason to quarantine)
 
     # ----------------------------------------------------------------------------------------- threads
 
@@ -192,6 +194,10 @@ class GpuMonitor:
                     readings[index] = self.backend.read(index)
                 except GpuLost as lost:
                     readings[index] = lost
+                except GpuReadError as failed:  # transient: keep the last health, count it, read again next poll
+                    self.read_errors[index] = self.read_errors.get(index, 0) + 1
+                    log.warning("GPU monitor: %s (%d so far); health unchanged", failed, self.read_errors[index])
+                    continue
                 except IndexError:
                     continue  # the GPU vanished between count and read
             events: list[GpuEvent] = []

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from supervisor.gpu.backend import GpuBackend, GpuLost, GpuProcess
+from supervisor.gpu.types import GpuReadError
 from supervisor.process import is_same_process
 
 
@@ -59,8 +60,8 @@ def preflight(indices: Sequence[int], backend: GpuBackend, own: Mapping[int, flo
     for index in indices:
         try:
             reading = backend.read(index)
-        except GpuLost as lost:
-            reasons.append(f"gpu {index}: {lost.reason}")
+        except (GpuLost, GpuReadError) as failed:  # lost, or unreadable just now: wait either way
+            reasons.append(f"gpu {index}: {failed.reason}")
             continue
         for proc in reading.processes:
             if _is_ours(proc.pid, own, own_env_key, own_env_value):
@@ -127,7 +128,7 @@ def _wait_released(orphans: dict[int, set[int]], backend: GpuBackend, wait_s: fl
         for index, pids in orphans.items():
             try:
                 listed = {p.pid for p in backend.read(index).processes}
-            except GpuLost as exc:
+            except (GpuLost, GpuReadError) as exc:
                 lost.append(f"gpu {index}: {exc.reason}")
                 continue
             if listed & pids:
