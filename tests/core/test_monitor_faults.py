@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import pytest
 
 from supervisor.runners.base import AttemptRef, AttemptSpec, LaunchRefused, Phase
 from supervisor.runners.local import LocalRunner
+from tests.support.full_disk import fill, small_tmpfs
 from tests.support.harness import REPO
 
 SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
@@ -27,23 +27,11 @@ SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid()));
 
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 KiB tmpfs, filled until a write fails with ENOSPC."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here to fill ({done.stderr.decode().strip()}); needs root")
-    try:
+    """A 256 KiB tmpfs with the attempt dir made, filled until a write fails with ENOSPC."""
+    with small_tmpfs(tmp_path / "small") as mount:
         (mount / "attempts" / "1").mkdir(parents=True)
-        with open(mount / "filler", "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-            except OSError as exc:
-                assert exc.errno == 28  # ENOSPC: the disk is full for real
+        fill(mount)
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _spec(job_dir: Path, pid_file: Path, attempt: int = 1) -> AttemptSpec:
