@@ -78,6 +78,7 @@ class GpuStatus:
     memory_total_mib: int | None
     processes: list[tuple[int, int | None]] = field(default_factory=list)
     quarantined_since: float | None = None
+    read_errors: int = 0  # transient NVML read errors so far (retried; never a reason to quarantine)
 
     def as_dict(self, jobs: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
         """The ``supervisorctl gpus --json`` entry; ``jobs``: ids of the jobs the daemon placed on it."""
@@ -86,7 +87,7 @@ class GpuStatus:
             "reasons": list(self.reasons), "jobs": list(jobs), "temperature_c": self.temperature_c,
             "memory_used_mib": self.memory_used_mib, "memory_total_mib": self.memory_total_mib,
             "processes": [{"pid": pid, "used_mib": used} for pid, used in self.processes],
-            "quarantined_since": self.quarantined_since,
+            "quarantined_since": self.quarantined_since, "read_errors": self.read_errors,
         }
 
 
@@ -299,6 +300,7 @@ class GpuMonitor:
                     memory_total_mib=reading.memory_total_mib if reading else None,
                     processes=[(p.pid, p.used_mib) for p in reading.processes] if reading else [],
                     quarantined_since=record.since if record else None,
+                    read_errors=self.read_errors.get(index, 0),
                 ))
         return out
 

@@ -111,4 +111,5 @@ def test_the_monitor_does_not_quarantine_a_gpu_on_a_transient_error(driver: Scri
     assert monitor.quarantined() == {}
     assert monitor.allocatable() == [0]
     assert monitor.read_errors == {0: 1}
+    assert monitor.snapshot()[0].as_dict()["read_errors"] == 1  # supervisorctl gpus --json shows the count
     assert [e for e in events if e.health == "failed"] == []
