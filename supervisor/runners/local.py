@@ -9,16 +9,24 @@ hears of a crash the instant it happens, with no polling.
 Runner state (``attempts.runner_state``)::
 
     {"monitor_pid": int, "monitor_started": float, "trainer_pid": int | null, "pgid": int | null,
-     "world_size": int, "rank_pids": [int, ...] (index: rank; once monitor.json is read),
-     "boot_id": str (once monitor.json is read)}
+     "boot_id": str, "trainer_started": float (both once monitor.json is read),
+     "world_size": int, "rank_pids": [int, ...] (index: rank; once monitor.json is read)}
+
+Nothing is signalled on a pid alone: the monitor is proven by (pid, start time,
+boot id) and the trainer by its own (pid, start time, boot id) from
+``monitor.json``. A trainer that cannot be proven ours (its record predates
+start times, or its pid now belongs to someone else) is never signalled; what
+is left of its group is killed member by member, each carrying our
+environment marker.
 
 A multi-rank attempt (DDP, ``AttemptSpec.ranks``) is one monitor started with
 ``--nproc-per-node N``: it starts every rank as its own child, ends the attempt
 when any rank dies, and forwards SIGTERM / SIGUSR1 / SIGUSR2 to every rank.
-So the stop and the checkpoint request go to the monitor; the stacks are asked
-of each rank directly (in parallel), to know which ranks answered; the kill
-takes rank 0's process group (every rank is in it) and the monitor's
-descendants, as for one rank.
+So the stop and the checkpoint request go to the (proven) monitor; the stacks
+are asked of each rank directly (in parallel; a rank other than 0 only while it
+is a child of the proven monitor), to know which ranks answered; the kill takes
+rank 0's process group (every rank is in it) and the monitor's descendants, as
+for one rank.
 """
 
 from __future__ import annotations
@@ -31,13 +39,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from supervisor.attempt_monitor import current_boot_id
 from supervisor.gpu.backend import GpuBackend
 from supervisor.gpu.preflight import preflight
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_start
 from supervisor.process import (
     ProcessHandle,
-    is_alive,
+    group_members,
+    has_env_marker,
+    is_same_process,
     kill_tree,
     reap_monitors,
     signal_process,
@@ -130,7 +143,8 @@ class LocalRunner:
             if started is not None:
                 pids = started.pids()
                 state.update(trainer_pid=started.trainer_pid, pgid=started.pgid, boot_id=started.boot_id,
-                             world_size=started.world_size, rank_pids=[pids[r] for r in sorted(pids)])
+                             trainer_started=started.trainer_started, world_size=started.world_size,
+                             rank_pids=[pids[r] for r in sorted(pids)])
         boot_id = state.get("boot_id")
         ended = read_monitor_exit(layout.monitor_exit)
         if ended is None and not self._monitor_alive(ref):
@@ -183,27 +197,37 @@ class LocalRunner:
             return []
         # SIGUSR2 -> faulthandler (and py-spy when present), to each rank, never to the monitor: each
         # rank's file is waited for on its own, at the same time, so the loop waits for one timeout at most.
-        if len(pids) == 1:
+        if list(pids) == [0]:
             return dump_stacks(pids[0], ref.attempt_dir, timeout_s=timeout_s)
         with ThreadPoolExecutor(max_workers=len(pids)) as pool:
             dumps = pool.map(lambda rank: dump_stacks(pids[rank], ref.attempt_dir, timeout_s=timeout_s, rank=rank),
-                             range(len(pids)))
+                             sorted(pids))
             return [path for files in dumps for path in files]
 
     def kill(self, ref: AttemptRef) -> list[int]:
-        """SIGKILL the trainer's group and every descendant of the monitor (which lives on to report)."""
-        monitor_pid = ref.state.get("monitor_pid")
-        monitor_alive = is_alive(monitor_pid, ref.state.get("monitor_started"))
-        pgid = ref.state.get("pgid")
-        # rank 0 leads the group: with several ranks, any live rank keeps the group (and its id) ours
-        trainer_alive = any(is_alive(pid, None) for pid in self._rank_pids(ref))
-        return kill_tree(monitor_pid if monitor_alive else None, pgid if pgid and trainer_alive else None)
+        """SIGKILL the trainer's group and every descendant of the monitor (which lives on to report).
 
-    def clean_orphans(self, gpus: Sequence[int], known_pids: Sequence[int]) -> OrphanCheck:
+        Only what is proven ours: the monitor and the trainer by (pid, start time,
+        boot id); without a proven trainer, only the group's members that carry
+        our environment marker.
+        """
+        boot_id = ref.state.get("boot_id")
+        monitor_pid = ref.state.get("monitor_pid")
+        monitor_ours = is_same_process(monitor_pid, ref.state.get("monitor_started"), boot_id)
+        pgid = ref.state.get("pgid")
+        trainer_ours = bool(pgid) and pgid == ref.state.get("trainer_pid") and is_same_process(
+            ref.state.get("trainer_pid"), ref.state.get("trainer_started"), boot_id)
+        extra: set[int] = set()
+        if pgid and not trainer_ours and (boot_id is None or boot_id == current_boot_id()):
+            # The leader is gone or unproven: its pid may be a stranger's group now. Members one by one.
+            extra = {p for p in group_members(pgid) if has_env_marker(p, OWN_ENV_KEY, str(self._state_dir))}
+        return kill_tree(monitor_pid if monitor_ours else None, pgid if trainer_ours else None, extra)
+
+    def clean_orphans(self, gpus: Sequence[int], earlier: Sequence[AttemptRef]) -> OrphanCheck:
         backend = self._gpu_backend()
         if backend is None or not gpus:
             return OrphanCheck(ok=True)
-        check = preflight(gpus, backend, set(known_pids), kill_own=True, wait_s=self._preflight_wait_s,
+        check = preflight(gpus, backend, _known_processes(earlier), kill_own=True, wait_s=self._preflight_wait_s,
                           own_env_key=OWN_ENV_KEY, own_env_value=str(self._state_dir))
         return OrphanCheck(ok=check.ok, reason=check.reason, killed=tuple(check.killed))
 
@@ -227,25 +251,60 @@ class LocalRunner:
         return int(ref.state.get("world_size") or 1)
 
     def _live_monitor(self, ref: AttemptRef) -> int | None:
-        pid = ref.state.get("monitor_pid")
-        return int(pid) if pid and is_alive(pid, ref.state.get("monitor_started")) else None
+        """The attempt's monitor when it is provably ours still (pid, start time, boot id), else ``None``."""
+        pid: Any = ref.state.get("monitor_pid")
+        ours = is_same_process(pid, ref.state.get("monitor_started"), ref.state.get("boot_id"))
+        return int(pid) if pid and ours else None
 
-    def _rank_pids(self, ref: AttemptRef) -> list[int]:
-        """Every rank's pid, index = rank (rank 0 alone for one rank); [] while the monitor has not said yet."""
+    def _rank_pids(self, ref: AttemptRef) -> dict[int, int]:
+        """Rank -> pid of every rank provably ours: rank 0 by its identity, the others while they are
+        children of the proven monitor (``monitor.json`` keeps no start time for them)."""
+        ranks: dict[int, int] = {}
+        rank0 = self._trainer_pid(ref)
+        if rank0:
+            ranks[0] = rank0
         pids: Any = ref.state.get("rank_pids")
         if not pids:
             started = read_monitor_start(AttemptLayout(ref.attempt_dir).monitor_start)
-            if started is not None:
-                by_rank = started.pids()
-                pids = [by_rank[r] for r in sorted(by_rank)]
-        if not pids:
-            pid = self._trainer_pid(ref)
-            return [pid] if pid else []
-        return [int(p) for p in pids]
+            pids = [started.pids()[r] for r in sorted(started.pids())] if started is not None else []
+        monitor = self._live_monitor(ref) if len(pids) > 1 else None
+        if monitor is not None:
+            children = _children(monitor)
+            ranks.update({rank: int(pid) for rank, pid in enumerate(pids) if rank and int(pid) in children})
+        return ranks
 
     def _trainer_pid(self, ref: AttemptRef) -> int | None:
+        """The trainer's pid when it is provably the trainer still (pid, start time, boot id), else ``None``."""
         pid: Any = ref.state.get("trainer_pid")
-        if not pid:  # still starting: the monitor may have reported the trainer by now
-            started = read_monitor_start(AttemptLayout(ref.attempt_dir).monitor_start)
-            pid = started.trainer_pid if started is not None else None
-        return int(pid) if pid else None
+        started: Any = ref.state.get("trainer_started")
+        boot_id: Any = ref.state.get("boot_id")
+        if not pid or not started:  # still starting: the monitor may have reported the trainer by now
+            record = read_monitor_start(AttemptLayout(ref.attempt_dir).monitor_start)
+            if record is not None:
+                pid, started, boot_id = record.trainer_pid, record.trainer_started, record.boot_id
+        if not pid or not is_same_process(int(pid), started, boot_id):
+            return None
+        return int(pid)
+
+
+def _children(pid: int) -> set[int]:
+    """The direct children of ``pid`` (empty when it is gone)."""
+    try:
+        return {child.pid for child in psutil.Process(pid).children()}
+    except psutil.Error:
+        return set()
+
+
+def _known_processes(earlier: Sequence[AttemptRef]) -> dict[int, float]:
+    """pid -> start time of the monitors and trainers of ``earlier`` attempts of this boot (their identities)."""
+    boot = current_boot_id()
+    known: dict[int, float] = {}
+    for ref in earlier:
+        state = ref.state
+        if state.get("boot_id") not in (None, boot):
+            continue  # an earlier boot's processes are gone; their pids are strangers' now
+        for pid_key, started_key in (("monitor_pid", "monitor_started"), ("trainer_pid", "trainer_started")):
+            pid, started = state.get(pid_key), state.get(started_key)
+            if pid and started:
+                known[int(pid)] = float(started)
+    return known

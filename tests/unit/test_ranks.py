@@ -171,7 +171,7 @@ def test_one_rank_gives_what_classify_end_gives(exit_code: int | None, signal_na
                                                rec: ExitRecord | None) -> None:
     end = MonitorExit(exit_code=exit_code, signal=signal_name, ended_at=T, trainer_pid=11,
                       ranks=[RankEnding(0, 11, exit_code, signal_name, T)], first_rank=0)
-    plain = MonitorExit(exit_code=exit_code, signal=signal_name, ended_at=T)
+    plain = MonitorExit(exit_code=exit_code, signal=signal_name, ended_at=T, trainer_pid=11)
     assert classify_ranks_end(end, {0: rec}, None) == classify_end(rec, plain, None)
 
 
