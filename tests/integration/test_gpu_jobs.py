@@ -73,12 +73,15 @@ def test_a_job_waits_queued_for_busy_gpus_and_oversized_jobs_are_refused(gpu_dae
     refused = d.ctl("submit", str(big), check=False)
     assert refused.returncode == 7
     assert "supervision.gpus: the job asks for 3 GPUs; this node has 2 GPUs" in refused.stderr
-    first = d.submit(write_config(d.workdir, "first", steps=40, step_time=0.05, supervision={"gpus": 2}))
+    # The first job runs until stopped: on a loaded machine a short one could end before the second is submitted.
+    first = d.submit(write_config(d.workdir, "first", steps=10**6, step_time=0.05, supervision={"gpus": 2}))
     wait_for(lambda: d.status(first)["state"] == "running", what="first job running")
     second = d.submit(write_config(d.workdir, "second", steps=5, step_time=0.01, supervision={"gpus": 1}))
     waiting = wait_for(lambda: (s := d.status(second))["wait_reason"] and s, what="second job to wait")
     assert waiting["state"] == "queued" and "waiting for 1 free healthy GPU" in waiting["wait_reason"]
-    d.wait_state(first, "completed")
+    assert d.status(first)["state"] == "running"
+    d.ctl("stop", first)
+    d.wait_state(first, "stopped")
     assert d.wait_state(second, "completed")["attempts"][0]["gpus"] in ([0], [1])
 
 
