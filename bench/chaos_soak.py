@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
+    # a SIGTERM (timeout, Ctrl-C's sibling) unwinds like Ctrl-C: each soak kills its daemon and trainers
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
     results: list[SoakResult] = []

@@ -104,6 +104,8 @@ class Soak:
         plan = [(k, real) for k in kinds if k not in self.result.skipped for _ in range(per_kind)]
         self.rng.shuffle(plan)
         self.plan = plan
+        self.planned = len(plan)
+        self.replans = 0
         self.state = root / "state"
         self.work = root / "work"
         self.work.mkdir(parents=True, exist_ok=True)
@@ -112,6 +114,10 @@ class Soak:
         env = (real_env if real else fake_env)(self.state, ML_SUPERVISOR_NVML=f"fake:{self.nvml}",
                                                ML_SUPERVISOR_BOOT_ID="boot-0")
         self.daemon = DaemonProc(self.state, self.work, env)
+        # Lightning jobs: hang_timeout auto, with allowances that fit a soak (start-up on a loaded
+        # box can take minutes of imports: a fixed timeout would call that a hang)
+        self.settings = ["gpu.poll_interval=0.2"] + (
+            ["hang.min_timeout=10", "hang.startup_allowance=300", "hang.phase_allowance=120"] if real else [])
         self.sampler = checks.TrainerSampler(self.state)
         self.active: list[JobRun] = []
         self.n = 0
@@ -120,7 +126,7 @@ class Soak:
     # -- driving ------------------------------------------------------------------------------
     def run(self) -> SoakResult:
         started = time.monotonic()
-        self.daemon.start("gpu.poll_interval=0.2")
+        self.daemon.start(*self.settings)
         self.sampler.start()
         try:
             while self.plan or self.active:
@@ -212,6 +218,8 @@ class Soak:
         kind = run.kind
         if kind in faults.CONFIG_FAULTS:
             run.injected_at = self._config_fault_time(job_dir, 1)
+            if len(status["attempts"]) > 1:  # already relaunched by the time the soak looked
+                run.restart_s = max(0.0, float(status["attempts"][1]["started_at"]) - run.injected_at)
         elif kind == "trainer_sigkill":
             faults.kill_trainer(pid)
         elif kind == "corrupt_ckpt":
@@ -228,7 +236,7 @@ class Soak:
             self.daemon.kill(signal.SIGKILL)
             time.sleep(self.rng.uniform(0.0, 2.0))
             restarted = time.time()
-            self.daemon.start("gpu.poll_interval=0.2")
+            self.daemon.start(*self.settings)
             # the trainer goes on (adopted): the figure is how long the new daemon took to answer
             run.restart_s = time.time() - restarted
         elif kind == "reboot":
@@ -239,7 +247,7 @@ class Soak:
                     other.ballast.unlink(missing_ok=True)
                     other.ballast = None
             self.boots += 1
-            self.daemon.start("gpu.poll_interval=0.2", ML_SUPERVISOR_BOOT_ID=f"boot-{self.boots}")
+            self.daemon.start(*self.settings, ML_SUPERVISOR_BOOT_ID=f"boot-{self.boots}")
         self.result.injections[kind] = self.result.injections.get(kind, 0) + 1
         if run.real:
             self.result.real_injections[kind] = self.result.real_injections.get(kind, 0) + 1
@@ -277,8 +285,11 @@ class Soak:
             if run.kind in faults.CONFIG_FAULTS and len(status["attempts"]) > 1:
                 run.injected_at = self._config_fault_time(self._job_dir(run), 1)
                 self.result.injections[run.kind] = self.result.injections.get(run.kind, 0) + 1
-            else:
-                self.log(f"  {run.job_id}: ended before its {run.kind} fault was due; not counted")
+            else:  # not counted; planned again so that every kind gets its number of injections
+                self.log(f"  {run.job_id}: ended before its {run.kind} fault was due; planned again")
+                if self.replans < self.planned:  # bounded: a kind that can never be injected must not loop
+                    self.replans += 1
+                    self.plan.append((run.kind, run.real))
         job_dir = self._job_dir(run)
         run.violations += checks.check_final(status, run.target, run.budget_s)
         run.violations += checks.check_alerts(self.state, status)
@@ -323,6 +334,8 @@ def summary(result: SoakResult) -> str:
     text += (f"\n\n{sum(result.injections.values())} injections, {result.total_violations()} violations, "
              f"{result.samples} process-table samples, {result.wall_s / 60:.1f} min"
              + (f", restart median {statistics.median(every):.1f} s" if every else ""))
+    for history in result.histories:
+        text += f"\nVIOLATION {history['job']} ({history['kind']}): " + "; ".join(history["violations"])
     for history in result.histories:
         text += "\n\n" + json.dumps(history, indent=1, default=str)
     return text

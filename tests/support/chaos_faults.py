@@ -76,8 +76,8 @@ def _supervision(rng: Random, budget_s: float | None, hang_timeout: str) -> dict
 def fake_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float | None) -> tuple[Path, int, int]:
     """A fake-trainer job for ``kind``; returns (config, target steps, the step at which to inject)."""
     steps = rng.randint(60, 120)
-    trigger = rng.randint(8, steps // 2)
-    init: dict[str, Any] = {"steps": 100000 if budget_s else steps, "step_time": 0.04, "ckpt_every": 5,
+    trigger = rng.randint(6, steps // 3)  # early: a loaded box polls slowly, and a job must not end first
+    init: dict[str, Any] = {"steps": 100000 if budget_s else steps, "step_time": 0.05, "ckpt_every": 5,
                             "heartbeat_every": 0.2}
     if kind == "exception":
         init["crash_at"] = trigger
@@ -104,7 +104,7 @@ def real_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float
     elif kind == "hang":
         model["init_args"]["hang_at_step"] = trigger
     cfg.update(name=name, model=model, logger={"wandb": {"mode": "disabled"}},
-               supervision=_supervision(rng, budget_s, "20s"))
+               supervision=_supervision(rng, budget_s, "auto"))
     cfg["trainer"].update(max_steps=steps, max_epochs=1000)
     cfg["checkpoint"].update(every_n_train_steps=5, save_top_k=-1)
     path = directory / f"{name}.yaml"
