@@ -216,19 +216,22 @@ class Soak:
         run.injected_at = time.time()
         job_dir = self._job_dir(run)
         kind = run.kind
+        landed = True  # a signal to a trainer that has just ended lands nowhere: try again at the next poll
         if kind in faults.CONFIG_FAULTS:
             run.injected_at = self._config_fault_time(job_dir, 1)
             if len(status["attempts"]) > 1:  # already relaunched by the time the soak looked
                 run.restart_s = max(0.0, float(status["attempts"][1]["started_at"]) - run.injected_at)
         elif kind == "trainer_sigkill":
-            faults.kill_trainer(pid)
+            landed = faults.kill_trainer(pid)
         elif kind == "corrupt_ckpt":
             broken = faults.corrupt_newest(job_dir, pid)
+            landed = broken is not None
             if broken:
                 run.corrupted[broken] = time.time()
         elif kind == "disk_full":
             run.ballast = faults.fill_checkpoint_dir(job_dir, pid)
-            run.mounted = run.ballast is not None
+            run.mounted = run.mounted or run.ballast is not None
+            landed = run.ballast is not None
         elif kind in ("xid", "gpu_lost") and attempt["gpus"]:
             run.gpu = attempt["gpus"][0]
             faults.set_gpu(self.nvml, run.gpu, **({"xid": 79} if kind == "xid" else {"lost": True}))
@@ -248,6 +251,9 @@ class Soak:
                     other.ballast = None
             self.boots += 1
             self.daemon.start(*self.settings, ML_SUPERVISOR_BOOT_ID=f"boot-{self.boots}")
+        if not landed:
+            run.injected_at = run.injected_attempt = None
+            return
         self.result.injections[kind] = self.result.injections.get(kind, 0) + 1
         if run.real:
             self.result.real_injections[kind] = self.result.real_injections.get(kind, 0) + 1
