@@ -28,6 +28,10 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
     beat = read_heartbeat(layout.attempt(latest.n).heartbeat) if latest else None
     steps = [a.global_step for a in attempts if a.global_step is not None]
     global_step = beat.step if beat else (steps[-1] if steps else 0)
+    if latest is not None and latest.ended_at is not None and latest.global_step is not None:
+        # Once the attempt ended, its exit record's step is the final one; the heartbeat is
+        # throttled (at most every 2 s) and may be some steps behind it (found by the chaos soak).
+        global_step = latest.global_step
     ranked = rank_best(live_checkpoints(layout.manifest))
     started = job.first_started_at
     if started is None:

@@ -170,7 +170,9 @@ def make_alert(
     words, level = _EVENT_TITLES[event]
     facts = normalise(event, details)
     facts.setdefault("host", socket.gethostname())
-    text = TEXT_BUILDERS[event](job_name, job_id, facts)
+    # The text builders consume the facts they word (pop); details must keep them all
+    # (alerts.jsonl had lost the new attempt's number, found by the chaos soak).
+    text = TEXT_BUILDERS[event](job_name, job_id, dict(facts))
     return Alert(
         job_id=job_id,
         job_name=job_name,

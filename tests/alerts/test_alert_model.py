@@ -205,3 +205,11 @@ def test_alert_for_job_follows_the_jobs_alert_list() -> None:
     assert alert.wandb == wandb_target_from_config(cfg, job_id="j1", job_dir="/s/jobs/j1")
     no_config = alert_for_job("restart", cfg=None, **kw)
     assert no_config is not None and no_config.wandb is None
+
+
+def test_details_keep_every_fact_the_text_words() -> None:
+    # alerts.jsonl is read back by scripts (the chaos soak counts restart alerts per attempt)
+    facts = {"cause": "crash", "detail": "exit code 1", "attempt": 3, "restarts": 2, "max_restarts": 10}
+    alert = make_alert("restart", job_id="j1", job_name="digits", details=facts, wandb=None)
+    assert "attempt 3" in alert.text
+    assert {k: alert.details[k] for k in facts} == facts

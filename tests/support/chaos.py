@@ -1,0 +1,347 @@
+"""A chaos soak: many jobs under one live daemon, faults injected at random times from a seed.
+
+Used by ``bench/chaos_soak.py`` (the full soak) and ``tests/chaos/`` (a few injections of
+each kind, the same invariants). Each job carries one planned fault (``chaos_faults.KINDS``);
+several jobs run at once, so faults meet each other (a daemon kill or a reboot hits every
+running job, in whatever state it is: backoff, hang, starting). After every restart and at
+each job's end the invariants of ``chaos_checks`` are checked and violations counted per kind.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from random import Random
+from typing import Any
+
+from supervisor.jobfiles.atomic import read_json
+from tests.support import chaos_checks as checks
+from tests.support import chaos_faults as faults
+from tests.support.harness import DaemonProc, fake_env, real_env
+
+FAKE_JOB_TIMEOUT_S = 180.0
+REAL_JOB_TIMEOUT_S = 600.0
+
+
+@dataclass
+class JobRun:
+    """One job of the soak and what happened to it."""
+
+    kind: str
+    real: bool
+    job_id: str
+    config: Path
+    target: int
+    trigger: int
+    budget_s: float | None
+    resume_from: str
+    submitted: float
+    injected_at: float | None = None
+    injected_attempt: int | None = None
+    gpu: int | None = None
+    ballast: Path | None = None
+    mounted: bool = False
+    corrupted: dict[str, float] = field(default_factory=dict)  # path -> when the soak broke it
+    checked_attempts: int = 1
+    restart_s: float | None = None
+    violations: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SoakResult:
+    """Per kind: injections, violations, restart times; the violating jobs' histories; skipped kinds."""
+
+    injections: dict[str, int] = field(default_factory=dict)
+    violations: dict[str, int] = field(default_factory=dict)
+    restart_times: dict[str, list[float]] = field(default_factory=dict)
+    histories: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    real_injections: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+    wall_s: float = 0.0
+
+    def total_violations(self) -> int:
+        return sum(self.violations.values())
+
+    def table(self) -> str:
+        """The markdown table: kind x injections x violations, restart-time percentiles."""
+        lines = ["| fault kind | injections (real Lightning) | violations | restart p50 s | p90 s | max s |",
+                 "|---|---|---|---|---|---|"]
+        for kind in faults.KINDS:
+            if kind in self.skipped:
+                lines.append(f"| {kind} | skipped: {self.skipped[kind]} | | | | |")
+                continue
+            times = sorted(self.restart_times.get(kind, []))
+
+            def pct(q: float, times: list[float] = times) -> str:
+                return f"{times[min(len(times) - 1, int(q * len(times)))]:.1f}" if times else "-"
+
+            lines.append(f"| {kind} | {self.injections.get(kind, 0)} ({self.real_injections.get(kind, 0)}) | "
+                         f"{self.violations.get(kind, 0)} | {pct(0.5)} | {pct(0.9)} | "
+                         f"{f'{max(times):.1f}' if times else '-'} |")
+        return "\n".join(lines)
+
+
+class Soak:
+    """Runs the plan against one live daemon; see the module docstring."""
+
+    def __init__(self, root: Path, *, seed: int, per_kind: int, real: bool = False, concurrency: int = 3,
+                 budget_every: int = 5, kinds: tuple[str, ...] = faults.KINDS, log: Any = print) -> None:
+        self.root = root
+        self.rng = Random(seed)
+        self.concurrency = concurrency
+        self.budget_every = budget_every
+        self.log = log
+        self.result = SoakResult()
+        self.boots = 0
+        why_not = faults.mount_supported() if "disk_full" in kinds else None
+        if why_not:
+            self.result.skipped["disk_full"] = why_not
+        plan = [(k, real) for k in kinds if k not in self.result.skipped for _ in range(per_kind)]
+        self.rng.shuffle(plan)
+        self.plan = plan
+        self.planned = len(plan)
+        self.replans = 0
+        self.state = root / "state"
+        self.work = root / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.nvml = faults.nvml_file(root / "nvml.json")
+        # The trainer module is the daemon's setting: real Lightning jobs get a daemon of their own.
+        env = (real_env if real else fake_env)(self.state, ML_SUPERVISOR_NVML=f"fake:{self.nvml}",
+                                               ML_SUPERVISOR_BOOT_ID="boot-0")
+        self.daemon = DaemonProc(self.state, self.work, env)
+        # Lightning jobs: hang_timeout auto, with allowances that fit a soak (start-up on a loaded
+        # box can take minutes of imports: a fixed timeout would call that a hang)
+        self.settings = ["gpu.poll_interval=0.2"] + (
+            ["hang.min_timeout=10", "hang.startup_allowance=300", "hang.phase_allowance=120"] if real else [])
+        self.sampler = checks.TrainerSampler(self.state)
+        self.active: list[JobRun] = []
+        self.n = 0
+        self.deadline: float | None = None  # time.monotonic() after which no new job is submitted
+
+    # -- driving ------------------------------------------------------------------------------
+    def run(self) -> SoakResult:
+        started = time.monotonic()
+        self.daemon.start(*self.settings)
+        self.sampler.start()
+        try:
+            while self.plan or self.active:
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    self.plan.clear()
+                while self.plan and len(self.active) < self.concurrency:
+                    self._submit(*self.plan.pop())
+                for run in list(self.active):
+                    self._step(run)
+                time.sleep(0.2)
+        finally:
+            self.sampler.stop()
+            self.result.samples = self.sampler.samples
+            if self.daemon.proc is not None:
+                self.daemon.kill(signal.SIGTERM)
+            self.daemon.kill_leftovers()
+            for run in self.active:
+                if run.mounted:
+                    faults.unmount_checkpoint_dir(self._job_dir(run))
+        self.result.wall_s = time.monotonic() - started
+        return self.result
+
+    def _submit(self, kind: str, real: bool) -> None:
+        self.n += 1
+        name = f"{'real' if real else 'fake'}-{kind.replace('_', '-')}-{self.n}"
+        budget_s = float(self.rng.randint(10, 20)) if self.n % self.budget_every == 0 and not real else None
+        make = faults.real_job if real else faults.fake_job
+        config, target, trigger = make(self.work, name, kind, self.rng, budget_s)
+        cfg_text = config.read_text()
+        resume_from = "best"
+        for value in ("best", "last", "auto"):
+            if f"resume_from: {value}" in cfg_text:
+                resume_from = value
+        job_id = self.daemon.submit(config)
+        # A job whose trigger lies past its budget would never be injected: inject by time then.
+        self.active.append(JobRun(kind, real, job_id, config, target, trigger, budget_s, resume_from, time.time()))
+
+    def _status(self, run: JobRun) -> dict[str, Any] | None:
+        try:
+            return self.daemon.status(run.job_id)
+        except Exception:  # the daemon may be down between a kill and its restart
+            return None
+
+    def _job_dir(self, run: JobRun) -> Path:
+        return self.state / "jobs" / run.job_id
+
+    def _step(self, run: JobRun) -> None:
+        status = self._status(run)
+        if status is None:
+            return
+        attempts = status["attempts"]
+        if run.injected_at is None and self._due(run, status):
+            self._inject(run, status)
+            status = self._status(run) or status
+            attempts = status["attempts"]
+        self._check_new_attempts(run, attempts)
+        if run.ballast is not None and len(attempts) > (run.injected_attempt or 0):
+            run.ballast.unlink(missing_ok=True)  # the save failed and the attempt ended: the space comes back
+            run.ballast = None
+        if run.gpu is not None and len(attempts) > (run.injected_attempt or 0) and attempts[-1]["gpus"] != [run.gpu]:
+            self._heal_gpu(run.gpu)
+            run.gpu = None
+        if status["state"] in checks.TERMINAL:
+            self._finish(run, status)
+        elif time.time() - run.submitted > (REAL_JOB_TIMEOUT_S if run.real else FAKE_JOB_TIMEOUT_S):
+            run.violations.append(f"stuck in {status['state']} after {time.time() - run.submitted:.0f} s")
+            self.daemon.ctl("stop", run.job_id, check=False)
+            try:
+                self._finish(run, self.daemon.wait_state(run.job_id, *checks.TERMINAL, timeout=60))
+            except AssertionError as exc:  # not even a stop ends it: count it, leave it
+                run.violations.append(f"does not stop: {str(exc)[:200]}")
+                self._finish(run, status)
+
+    def _due(self, run: JobRun, status: dict[str, Any]) -> bool:
+        if status["state"] != "running" or not status["attempts"]:
+            return False
+        if run.kind in faults.CONFIG_FAULTS:  # the trainer misbehaves by itself; note when it did
+            return len(status["attempts"]) > 1 or status["attempts"][0].get("ended_at") is not None
+        if run.budget_s and time.time() - run.submitted > run.budget_s * 0.6:
+            return True
+        return int(status.get("global_step") or 0) >= run.trigger
+
+    def _inject(self, run: JobRun, status: dict[str, Any]) -> None:
+        attempt = status["attempts"][-1]
+        pid = attempt["pid"]
+        run.injected_attempt = attempt["n"] if run.kind not in faults.CONFIG_FAULTS else 1
+        run.injected_at = time.time()
+        job_dir = self._job_dir(run)
+        kind = run.kind
+        landed = True  # a signal to a trainer that has just ended lands nowhere: try again at the next poll
+        if kind in faults.CONFIG_FAULTS:
+            run.injected_at = self._config_fault_time(job_dir, 1)
+            if len(status["attempts"]) > 1:  # already relaunched by the time the soak looked
+                run.restart_s = max(0.0, float(status["attempts"][1]["started_at"]) - run.injected_at)
+        elif kind == "trainer_sigkill":
+            landed = faults.kill_trainer(pid)
+        elif kind == "corrupt_ckpt":
+            broken = faults.corrupt_newest(job_dir, pid)
+            landed = broken is not None
+            if broken:
+                run.corrupted[broken] = time.time()
+        elif kind == "disk_full":
+            run.ballast = faults.fill_checkpoint_dir(job_dir, pid)
+            run.mounted = run.mounted or run.ballast is not None
+            landed = run.ballast is not None
+        elif kind in ("xid", "gpu_lost") and attempt["gpus"]:
+            run.gpu = attempt["gpus"][0]
+            faults.set_gpu(self.nvml, run.gpu, **({"xid": 79} if kind == "xid" else {"lost": True}))
+        elif kind == "daemon_kill":
+            self.daemon.kill(signal.SIGKILL)
+            time.sleep(self.rng.uniform(0.0, 2.0))
+            restarted = time.time()
+            self.daemon.start(*self.settings)
+            # the trainer goes on (adopted): the figure is how long the new daemon took to answer
+            run.restart_s = time.time() - restarted
+        elif kind == "reboot":
+            self.daemon.kill(signal.SIGKILL)
+            self.daemon.kill_leftovers()  # every process of the state dir dies with the node
+            for other in self.active:
+                if other.mounted and other.ballast is not None:  # a reboot gives the tmpfs space back
+                    other.ballast.unlink(missing_ok=True)
+                    other.ballast = None
+            self.boots += 1
+            self.daemon.start(*self.settings, ML_SUPERVISOR_BOOT_ID=f"boot-{self.boots}")
+        if not landed:
+            run.injected_at = run.injected_attempt = None
+            return
+        self.result.injections[kind] = self.result.injections.get(kind, 0) + 1
+        if run.real:
+            self.result.real_injections[kind] = self.result.real_injections.get(kind, 0) + 1
+
+    def _config_fault_time(self, job_dir: Path, attempt: int) -> float:
+        """When a config-driven fault fired: the exit record (exception) or the last heartbeat (hang)."""
+        attempt_dir = job_dir / "attempts" / str(attempt)
+        for name in ("exit.json", "heartbeat.json"):
+            data = read_json(attempt_dir / name)
+            if isinstance(data, dict) and data.get("time"):
+                return float(data["time"])
+        return time.time()
+
+    def _heal_gpu(self, gpu: int) -> None:
+        faults.set_gpu(self.nvml, gpu, lost=False)
+        self.daemon.ctl("gpus", "clear", str(gpu), check=False)
+
+    def _check_new_attempts(self, run: JobRun, attempts: list[dict[str, Any]]) -> None:
+        """Each relaunched attempt resumed from a verifying checkpoint, the one the policy names."""
+        while len(attempts) > run.checked_attempts:
+            new = attempts[run.checked_attempts]
+            run.checked_attempts += 1
+            run.violations += checks.check_resume(self._job_dir(run), new["n"], new.get("resumed_from"),
+                                                  run.resume_from, run.corrupted)
+            if run.restart_s is None and run.injected_at is not None and new["n"] > (run.injected_attempt or 0):
+                run.restart_s = max(0.0, float(new["started_at"]) - run.injected_at)
+
+    def _finish(self, run: JobRun, status: dict[str, Any]) -> None:
+        self.active.remove(run)
+        if run.gpu is not None:
+            self._heal_gpu(run.gpu)
+        self._check_new_attempts(run, status["attempts"])
+        if run.injected_at is None:
+            # the fault never met the job (it ended first, e.g. by its budget): not an injection
+            if run.kind in faults.CONFIG_FAULTS and len(status["attempts"]) > 1:
+                run.injected_at = self._config_fault_time(self._job_dir(run), 1)
+                self.result.injections[run.kind] = self.result.injections.get(run.kind, 0) + 1
+            else:  # not counted; planned again so that every kind gets its number of injections
+                self.log(f"  {run.job_id}: ended before its {run.kind} fault was due; planned again")
+                if self.replans < self.planned:  # bounded: a kind that can never be injected must not loop
+                    self.replans += 1
+                    self.plan.append((run.kind, run.real))
+        job_dir = self._job_dir(run)
+        run.violations += checks.check_final(status, run.target, run.budget_s)
+        run.violations += checks.check_alerts(self.state, status)
+        run.violations += checks.check_no_leftovers(self.state, job_dir)
+        run.violations += self.sampler.violations_for(run.job_id)
+        if run.mounted:
+            faults.unmount_checkpoint_dir(job_dir)
+        if run.restart_s is not None:
+            self.result.restart_times.setdefault(run.kind, []).append(run.restart_s)
+        if run.violations:
+            self.result.violations[run.kind] = self.result.violations.get(run.kind, 0) + len(run.violations)
+            events = self.daemon.client().call("events", job=run.job_id)
+            self.result.histories.append({"job": run.job_id, "kind": run.kind, "violations": run.violations,
+                                          "attempts": status["attempts"], "events": events})
+            self.log(f"  VIOLATION {run.job_id} ({run.kind}): " + "; ".join(run.violations))
+        done = sum(self.result.injections.values())
+        self.log(f"  {run.job_id}: {status['state']}/{status.get('end_reason')} restarts={status['restarts']} "
+                 f"step={status.get('global_step')} ({done} injections so far)")
+
+
+def merge(results: list[SoakResult]) -> SoakResult:
+    """One result from several soaks (the fake-trainer one and the real-Lightning one)."""
+    out = SoakResult()
+    for r in results:
+        for mine, theirs in ((out.injections, r.injections), (out.violations, r.violations),
+                             (out.real_injections, r.real_injections)):
+            for kind, count in theirs.items():
+                mine[kind] = mine.get(kind, 0) + count
+        for kind, times in r.restart_times.items():
+            out.restart_times.setdefault(kind, []).extend(times)
+        out.histories += r.histories
+        out.skipped.update(r.skipped)
+        out.samples += r.samples
+        out.wall_s += r.wall_s
+    return out
+
+
+def summary(result: SoakResult) -> str:
+    """The table plus the restart-time median over every kind, and each violation's history as JSON."""
+    every = [t for times in result.restart_times.values() for t in times]
+    text = result.table()
+    text += (f"\n\n{sum(result.injections.values())} injections, {result.total_violations()} violations, "
+             f"{result.samples} process-table samples, {result.wall_s / 60:.1f} min"
+             + (f", restart median {statistics.median(every):.1f} s" if every else ""))
+    for history in result.histories:
+        text += f"\nVIOLATION {history['job']} ({history['kind']}): " + "; ".join(history["violations"])
+    for history in result.histories:
+        text += "\n\n" + json.dumps(history, indent=1, default=str)
+    return text

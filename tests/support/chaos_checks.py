@@ -1,0 +1,244 @@
+"""The chaos soak's invariants: what must hold after every injected fault (see tests/support/chaos.py).
+
+Each check returns a list of violation messages (empty: the invariant held), so the
+soak can count them per fault kind and print the job's history for each one.
+``TrainerSampler`` checks "never two trainers of one job alive" continuously, in its
+own thread, from the process table (psutil), independently of what the daemon says.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from supervisor.alerts.store import read_alerts
+from supervisor.jobfiles.atomic import read_json_lines
+from supervisor.jobfiles.manifest import CheckpointEntry, _entry_from_event
+from supervisor.resume import choose_resume, verify_checkpoint
+
+TERMINAL = ("completed", "failed", "stopped")
+BUDGET_OVERRUN_LIMIT_S = 15.0
+# The alert events a restart decision sends (core.on_attempt_end): exactly one per restart.
+RESTART_ALERT_EVENTS = ("restart", "hang")
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except (psutil.Error, OSError):
+        return []
+
+
+def state_dir_processes(state_dir: Path, needle: str | None = None) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose command line names ``needle`` (default: the state dir)."""
+    text = needle or str(state_dir)
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        cmd = _cmdline(proc)
+        if not any(text in arg for arg in cmd):
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        found.append(proc)
+    return found
+
+
+def trainer_job(cmd: list[str], state_dir: Path) -> str | None:
+    """The job id a trainer command line belongs to (its ``--attempt-dir``), or None for anything else.
+
+    The attempt monitor's own command line carries the trainer's after it, so it is excluded by name.
+    """
+    if "--attempt-dir" not in cmd or any("attempt_monitor" in arg for arg in cmd):
+        return None
+    try:
+        attempt_dir = Path(cmd[cmd.index("--attempt-dir") + 1])
+    except IndexError:
+        return None
+    jobs = state_dir / "jobs"
+    if attempt_dir.parent.parent.parent != jobs:
+        return None
+    return attempt_dir.parent.parent.name
+
+
+class TrainerSampler(threading.Thread):
+    """Samples the process table every ``interval`` s: two live trainers of one job is a violation."""
+
+    def __init__(self, state_dir: Path, interval: float = 0.1) -> None:
+        super().__init__(name="chaos-trainer-sampler", daemon=True)
+        self.state_dir = state_dir
+        self.interval = interval
+        self.samples = 0
+        self.doubles: dict[str, list[str]] = {}  # job -> messages (one per distinct pid pair)
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample_once()
+            self._stop_event.wait(self.interval)
+
+    def sample_once(self) -> None:
+        """One look at every process: group the trainers by job."""
+        by_job: dict[str, list[int]] = {}
+        for proc in psutil.process_iter():
+            job = trainer_job(_cmdline(proc), self.state_dir)
+            if job is None:
+                continue
+            try:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+            except psutil.Error:
+                continue
+            by_job.setdefault(job, []).append(proc.pid)
+        with self._lock:
+            self.samples += 1
+            for job, pids in by_job.items():
+                if len(pids) > 1:
+                    message = f"two trainers of {job} alive at once: pids {sorted(pids)}"
+                    if message not in self.doubles.setdefault(job, []):
+                        self.doubles[job].append(message)
+
+    def violations_for(self, job: str) -> list[str]:
+        with self._lock:
+            return list(self.doubles.get(job, []))
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def manifest_before(manifest: Path, attempt: int) -> list[CheckpointEntry]:
+    """The live checkpoints as the daemon saw them when it launched ``attempt``.
+
+    Replays the manifest without the lines that attempt (or a later one) wrote: its own
+    rewind (``abandon``) and saves happen after the daemon chose where it resumes from.
+    """
+    live: dict[str, CheckpointEntry] = {}
+    for event in read_json_lines(manifest):
+        if not isinstance(event, dict) or int(event.get("attempt", 0)) >= attempt:
+            continue
+        kind = event.get("event")
+        if kind == "save":
+            entry = _entry_from_event(event)
+            live.pop(entry.path, None)
+            live[entry.path] = entry
+        elif kind == "remove":
+            live.pop(str(event.get("path")), None)
+        elif kind == "abandon":
+            for path in event.get("paths") or []:
+                live.pop(str(path), None)
+    return list(live.values())
+
+
+def _where_now(entry: CheckpointEntry, attempt: int) -> CheckpointEntry:
+    """The entry at its current place: the relaunched attempt may have moved it to ``abandoned/<attempt>/``."""
+    if os.path.exists(entry.path):
+        return entry
+    moved = Path(entry.path).parent / "abandoned" / str(attempt) / Path(entry.path).name
+    if moved.exists():
+        return CheckpointEntry(**{**entry.__dict__, "path": str(moved)})
+    return entry
+
+
+def check_resume(job_dir: Path, attempt: int, resumed_from: str | None, resume_from: str,
+                 corrupted: Mapping[str, float]) -> list[str]:
+    """The relaunched ``attempt`` resumed from a checkpoint that verifies, the one the policy names.
+
+    ``corrupted``: files the soak broke on purpose, with when (a save of the same name
+    after that is a new, whole file).
+    """
+    manifest = job_dir / "checkpoints" / "manifest.jsonl"
+    entries = manifest_before(manifest, attempt)
+    newer_than_entry: dict[str, float] = {e.path: e.time for e in entries}
+    broken = {e.path for e in entries if e.path in corrupted and e.time <= corrupted[e.path]}
+
+    def verify(entry: CheckpointEntry) -> str | None:
+        if entry.path in broken:
+            return "corrupted by the soak"
+        now = _where_now(entry, attempt)
+        try:
+            if now.path == entry.path and os.stat(now.path).st_mtime > newer_than_entry[entry.path] + 1.0:
+                return None  # replaced by a later save of the same name; it was whole when written
+        except OSError:
+            pass
+        return verify_checkpoint(now)
+
+    expected = choose_resume(entries, resume_from, verify=verify)
+    problems = []
+    if resumed_from is not None:
+        if resumed_from in broken:
+            problems.append(f"attempt {attempt} resumed from {resumed_from}, a checkpoint the soak corrupted")
+        else:
+            entry = next((e for e in entries if e.path == resumed_from), None)
+            if entry is None:
+                problems.append(f"attempt {attempt} resumed from {resumed_from}, not a live checkpoint")
+            else:
+                why = verify(entry)
+                if why is not None:
+                    problems.append(f"attempt {attempt} resumed from {resumed_from}, which does not verify: {why}")
+    if (expected.path or None) != (resumed_from or None):
+        problems.append(f"attempt {attempt} resumed from {resumed_from}; resume_from={resume_from} names "
+                        f"{expected.path} ({expected.rule})")
+    return problems
+
+
+def check_final(status: dict[str, Any], target_steps: int | None, budget_s: float | None) -> list[str]:
+    """A finished job: terminal, completed, at its target step; within its budget."""
+    problems = []
+    state, reason = status["state"], status.get("end_reason")
+    if state not in TERMINAL:
+        return [f"stuck in {state}"]
+    if state != "completed":
+        problems.append(f"ended {state} ({reason}): every injected fault is recoverable")
+    elif reason == "finished" and target_steps is not None and status.get("global_step") != target_steps:
+        problems.append(f"completed at global step {status.get('global_step')}, the target is {target_steps}")
+    if budget_s is not None:
+        overrun = float(status["budget"]["used"]) - budget_s
+        if overrun > BUDGET_OVERRUN_LIMIT_S:
+            problems.append(f"budget overrun {overrun:.1f} s > {BUDGET_OVERRUN_LIMIT_S:.0f} s")
+    return problems
+
+
+def check_alerts(state_dir: Path, status: dict[str, Any]) -> list[str]:
+    """Every restart produced exactly one restart alert record (``alerts.jsonl``)."""
+    records = [r for r in read_alerts(state_dir, job_id=status["id"])
+               if r.get("event") in RESTART_ALERT_EVENTS]
+    by_attempt: dict[Any, int] = {}
+    for record in records:
+        key = (record.get("details") or {}).get("attempt")
+        by_attempt[key] = by_attempt.get(key, 0) + 1
+    problems = []
+    restarts = int(status.get("restarts") or 0)
+    if len(records) != restarts:
+        problems.append(f"{restarts} restart(s) but {len(records)} restart alert record(s)")
+    problems += [f"{count} restart alerts for attempt {n}" for n, count in by_attempt.items() if count > 1]
+    return problems
+
+
+def check_no_leftovers(state_dir: Path, job_dir: Path, grace_s: float = 5.0) -> list[str]:
+    """No process of the job is left once it ended (monitor, trainer, their children); kills any found."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = state_dir_processes(state_dir, str(job_dir) + os.sep)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    problems = []
+    for proc in left:
+        problems.append(f"process {proc.pid} left behind: {' '.join(_cmdline(proc))[:160]}")
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    return problems

@@ -1,0 +1,197 @@
+"""The chaos soak's faults: job configs that carry a fault, and injectors for the rest.
+
+Fault kinds (``KINDS``):
+
+- ``trainer_sigkill``: SIGKILL the trainer at a random step.
+- ``exception``: the trainer raises at a random step (fake: ``crash_at``; Lightning:
+  ``FaultyDigitsClassifier(crash_at_step=...)``).
+- ``daemon_kill``: SIGKILL the daemon, start a new one after a random pause (0-2 s).
+- ``reboot``: SIGKILL the daemon and every process of the state dir, start a new daemon
+  with a new boot id (``ML_SUPERVISOR_BOOT_ID``), as tests/integration does.
+- ``hang``: the trainer stops making progress (fake: ``hang_at``; Lightning: ``hang_at_step``).
+- ``corrupt_ckpt``: the trainer is frozen (SIGSTOP), its newest checkpoint has bytes
+  overwritten in the middle (same size, bad CRC), then it is SIGKILLed.
+- ``disk_full``: the job's checkpoint dir becomes a small tmpfs (contents copied in)
+  filled to the last byte, so the next save fails with ENOSPC; the space comes back once
+  the attempt has ended. Needs ``mount`` (root); otherwise skipped, with the reason.
+- ``xid``: a fatal Xid (79) on the job's GPU of the simulated NVML.
+- ``gpu_lost``: the job's GPU reads as lost (``NVML_ERROR_GPU_IS_LOST``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from random import Random
+from typing import Any
+
+import yaml
+
+from supervisor.jobfiles.manifest import live_checkpoints, rank_newest
+
+KINDS = ("trainer_sigkill", "exception", "daemon_kill", "reboot", "hang", "corrupt_ckpt", "disk_full", "xid",
+         "gpu_lost")
+# Faults that the job's own config carries: the trainer misbehaves by itself at a step.
+CONFIG_FAULTS = ("exception", "hang")
+REPO = Path(__file__).resolve().parents[2]
+FAKE_GPUS = 4
+
+
+def nvml_file(path: Path, gpus: int = FAKE_GPUS) -> Path:
+    """A simulated NVML with ``gpus`` healthy GPUs."""
+    path.write_text(json.dumps({"gpus": [{"index": i, "uuid": f"GPU-chaos-{i}", "name": "Fake H100",
+                                          "memory_total_mib": 81559, "lost": False, "xid": []}
+                                         for i in range(gpus)]}))
+    return path
+
+
+def set_gpu(nvml: Path, index: int, **fields: Any) -> None:
+    """Change one simulated GPU (the backend re-reads the file when it changes); atomic."""
+    data = json.loads(nvml.read_text())
+    gpu = data["gpus"][index]
+    for key, value in fields.items():
+        gpu[key] = [*gpu.get("xid", []), value] if key == "xid" else value
+    tmp = nvml.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, nvml)
+
+
+def _supervision(rng: Random, budget_s: float | None, hang_timeout: str) -> dict[str, Any]:
+    sup: dict[str, Any] = {
+        "gpus": 1, "resume_from": rng.choice(["best", "last", "auto"]), "hang_timeout": hang_timeout,
+        "stop_grace": "3s", "backoff": {"initial": "1s", "max": "2s"},
+        # every injected fault is recoverable: a soak must not end jobs through the give-up guards
+        "max_restarts": 30, "no_progress_attempts": 10,
+    }
+    if budget_s is not None:
+        sup["budget"] = f"{int(budget_s)}s"
+    return sup
+
+
+def fake_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float | None) -> tuple[Path, int, int]:
+    """A fake-trainer job for ``kind``; returns (config, target steps, the step at which to inject)."""
+    steps = rng.randint(60, 120)
+    trigger = rng.randint(6, steps // 3)  # early: a loaded box polls slowly, and a job must not end first
+    init: dict[str, Any] = {"steps": 100000 if budget_s else steps, "step_time": 0.05, "ckpt_every": 5,
+                            "heartbeat_every": 0.2}
+    if kind == "exception":
+        init["crash_at"] = trigger
+    elif kind == "hang":
+        init["hang_at"] = trigger
+    cfg = {"name": name, "model": {"class_path": "fake.Model", "init_args": init},
+           "data": {"class_path": "fake.Data"}, "logger": {"wandb": {"mode": "disabled"}},
+           "supervision": _supervision(rng, budget_s, "3s")}
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, steps, trigger
+
+
+def real_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float | None) -> tuple[Path, int, int]:
+    """A real Lightning job (the digits example on the CPU) for ``kind``: a fixed ``max_steps`` target."""
+    cfg = yaml.safe_load((REPO / "configs" / "digits.yaml").read_text())
+    cfg.pop("ui", None)
+    steps = 60
+    trigger = rng.randint(12, 40)
+    model = {"class_path": "trainer.examples.faulty.FaultyDigitsClassifier",
+             "init_args": {**cfg["model"]["init_args"], "step_delay": 0.05}}
+    if kind == "exception":
+        model["init_args"]["crash_at_step"] = trigger
+    elif kind == "hang":
+        model["init_args"]["hang_at_step"] = trigger
+    cfg.update(name=name, model=model, logger={"wandb": {"mode": "disabled"}},
+               supervision=_supervision(rng, budget_s, "auto"))
+    cfg["trainer"].update(max_steps=steps, max_epochs=1000)
+    cfg["checkpoint"].update(every_n_train_steps=5, save_top_k=-1)
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, steps, trigger
+
+
+def _signal(pid: int | None, sig: int) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def kill_trainer(pid: int | None) -> bool:
+    return _signal(pid, signal.SIGKILL)
+
+
+def corrupt_newest(job_dir: Path, pid: int | None) -> str | None:
+    """Freeze the trainer, break its newest checkpoint (same size, bad bytes), kill it. Returns the path."""
+    if not _signal(pid, signal.SIGSTOP):
+        return None
+    entries = rank_newest(live_checkpoints(job_dir / "checkpoints" / "manifest.jsonl"))
+    broken = None
+    if entries:
+        path = Path(entries[0].path)
+        data = bytearray(path.read_bytes())
+        middle = len(data) // 2
+        for i in range(middle, min(middle + 64, len(data))):
+            data[i] ^= 0xFF
+        with open(path, "r+b") as f:  # in place: same inode, same size, as a bad disk block would leave it
+            f.write(data)
+        broken = str(path)
+    _signal(pid, signal.SIGKILL)
+    return broken
+
+
+def mount_supported() -> str | None:
+    """None when a tmpfs can be mounted here, else why not (the disk_full kind is then skipped)."""
+    probe = Path(tempfile.mkdtemp(prefix="chaos-mount-"))
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(probe)],
+                              capture_output=True, text=True, timeout=10)
+        if done.returncode != 0:
+            return f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root"
+        subprocess.run(["umount", str(probe)], capture_output=True, timeout=10)
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot mount a tmpfs here ({exc})"
+    finally:
+        shutil.rmtree(probe, ignore_errors=True)
+
+
+def fill_checkpoint_dir(job_dir: Path, pid: int | None) -> Path | None:
+    """Make the checkpoint dir a full tmpfs under the running trainer. Returns the ballast file to delete."""
+    ckpt = job_dir / "checkpoints"
+    if not _signal(pid, signal.SIGSTOP):
+        return None
+    try:
+        stash = Path(tempfile.mkdtemp(prefix="chaos-ckpt-"))
+        shutil.copytree(ckpt, stash / "c", symlinks=True)
+        used = sum(f.stat().st_size for f in (stash / "c").rglob("*") if f.is_file())
+        # room for the files (a page each) and 16 MiB that the ballast takes and gives back later
+        size_kib = used // 1024 + 4 * sum(1 for _ in (stash / "c").rglob("*")) + 16 * 1024
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(ckpt)], check=True,
+                       capture_output=True, timeout=10)
+        shutil.copytree(stash / "c", ckpt, symlinks=True, dirs_exist_ok=True)
+        shutil.rmtree(stash, ignore_errors=True)
+        ballast = ckpt / ".chaos-ballast"
+        fd = os.open(ballast, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            for chunk in (65536, 4096, 1):  # to the last byte
+                try:
+                    while os.write(fd, b"\0" * chunk):
+                        pass
+                except OSError:
+                    pass  # ENOSPC: the disk is full, as wanted
+        finally:
+            os.close(fd)
+        return ballast
+    finally:
+        _signal(pid, signal.SIGCONT)
+
+
+def unmount_checkpoint_dir(job_dir: Path) -> None:
+    """Undo ``fill_checkpoint_dir`` (lazy: nothing may hold the tmpfs open by then, but do not hang)."""
+    subprocess.run(["umount", "-l", str(job_dir / "checkpoints")], capture_output=True, timeout=10)
