@@ -54,6 +54,7 @@ from supervisor.reconcile import Reconciling
 from supervisor.resume import choose_resume
 from supervisor.runners.base import AttemptExit, AttemptRunner, Phase, RunnerNotice
 from supervisor.runners.local import LocalRunner
+from supervisor.runners.slurm import SlurmRunner
 from supervisor.settings import DaemonSettings
 from supervisor.states import JobState
 from supervisor.stopping import Stopping
@@ -132,6 +133,8 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         self.store = Store(self.state_dir / "supervisor.db")
         self.runner = self._runner_factory(self)
         self.runners = {self.runner.kind: self.runner}
+        # Slurm attempts are always followable (nothing runs until a job asks for it: no thread, no poll).
+        self.runners.setdefault(SlurmRunner.kind, SlurmRunner(self.on_runner_notice))
         if self.settings.watch_files:
             self._checkpoints = CheckpointWatcher(lambda job_id: self.loop.put("checkpoints", job_id))
             self._checkpoints.start()
