@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,8 +128,9 @@ def start(root: Path, *, timeout_s: float = 60.0) -> Cluster:
         raise RuntimeError(reason)
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    munge_dir = root / "munge"
-    munge_dir.mkdir(exist_ok=True)
+    # munged runs as the munge user and must reach its directory: not under a root-only (0700) temp dir.
+    munge_dir = Path(tempfile.mkdtemp(prefix="mlsup-munge-"))
+    (root / "munge-dir").write_text(str(munge_dir))
     munge = pwd.getpwnam("munge")
     os.chown(munge_dir, munge.pw_uid, munge.pw_gid)
     os.chmod(munge_dir, 0o755)
@@ -191,7 +193,12 @@ def stop(root: Path) -> None:
     for name in NODES:
         _kill_pidfile(root / f"slurmd-{name}.pid")
     _kill_pidfile(root / "slurmctld.pid")
-    _kill_pidfile(root / "munge" / "munged.pid")
+    try:
+        munge_dir = Path((root / "munge-dir").read_text().strip())
+    except OSError:
+        return
+    _kill_pidfile(munge_dir / "munged.pid")
+    shutil.rmtree(munge_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
