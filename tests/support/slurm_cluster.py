@@ -80,7 +80,7 @@ def render_slurm_conf(root: Path, munge_socket: Path, ports: list[int], *, cpus:
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_CPU",
         "SlurmdParameters=config_overrides",  # both "nodes" share this machine's cores
-        "ReturnToService=2",
+        "ReturnToService=1",  # a node set DOWN by hand stays down until `scontrol update ... state=resume`
         f"MinJobAge={min_job_age}",
         "KillWait=10",
         "InactiveLimit=0",
