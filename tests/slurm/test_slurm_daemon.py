@@ -156,17 +156,17 @@ def test_time_limit_checkpoints_first_and_continues_in_a_new_allocation(slurm_da
                                                                          slurm_cluster: Cluster) -> None:
     # One minute per allocation, SIGUSR1 30 s before it: the fake saves a "last" checkpoint on SIGUSR1.
     cfg = write_config(slurm_daemon.workdir, "limit", supervision={"backend": "slurm"},
-                       steps=1500, step_time=0.05, ckpt_every=100000)
+                       steps=3000, step_time=0.05, ckpt_every=100000)
     cfg.write_text(cfg.read_text() + 'slurm:\n  time: "00:01:00"\n  signal: "USR1@30"\n')
     job = slurm_daemon.submit(cfg)
-    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=240)
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=400)
     assert final["state"] == "completed"
     first, second = final["attempts"][:2]
     assert first["slurm_state"] == "TIMEOUT" and "time limit" in first["detail"], first
     saves = [e for e in read_json_lines(JobLayout(Path(final["job_dir"])).manifest) if e.get("event") == "save"]
     usr1 = [e for e in saves if e["attempt"] == 1 and e["kind"] == "last"]
     assert usr1, saves  # the checkpoint SIGUSR1 asked for, before the limit
-    assert second["resumed_from"] is not None and second["global_step"] == 1500
+    assert second["resumed_from"] is not None and second["global_step"] == 3000
 
 
 def test_a_slurm_section_that_contradicts_the_trainer_is_refused_at_submit(slurm_daemon: DaemonProc) -> None:
