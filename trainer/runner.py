@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,17 +21,23 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, Timer
 
 from supervisor.config import parse_duration
-from supervisor.jobfiles.layout import manifest_path
+from supervisor.errors import ConfigError
+from supervisor.jobfiles.layout import AttemptLayout, manifest_path
 from supervisor.jobfiles.manifest import abandon_after, abandon_all
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
 from trainer.callbacks.progress import ProgressCallback
+from trainer.callbacks.rank_sync import RankAgreement
 from trainer.callbacks.run_info import WandbAttemptInfo
 from trainer.deadline import Deadline
 from trainer.profiling import profiler_into_attempt_dir
 from trainer.progress import HeartbeatWriter
+from trainer.ranks import RankInfo, wait_resume_ready, write_resume_ready
 from trainer.signals import SignalState
 from trainer.wandb_run import build_wandb_logger
+
+# Ranks >= 1 wait this long for rank 0 to rewind the manifest (rank 0's own start-up included).
+RESUME_READY_TIMEOUT_S = 900.0
 
 # Every resume finds the checkpoint directory non-empty; that is the point, not a problem.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -46,6 +53,9 @@ class FitOptions:
     attempt: int = 1
     restarts: int = 0
     deadline: float | None = None  # unix time the job's budget ends
+    rank: RankInfo = field(default_factory=RankInfo)
+    # Multi-rank: called with the exception the moment the fit fails, before Lightning's teardown.
+    on_failure: Callable[[BaseException], None] | None = None
 
 
 @dataclass
@@ -98,9 +108,10 @@ def run_fit(
 ) -> str:
     """Fit the job; returns the completion reason (raises on anything but completion)."""
     job = resolve_job(cfg, source)
+    check_world_size(job.trainer_args, opts.rank, source)
     if cfg.seed is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    ckpt_path = prepare_resume(opts)
+    ckpt_path = prepare_resume_for_rank(opts)
 
     model = job.model.build()
     datamodule = job.data.build()
@@ -110,8 +121,17 @@ def run_fit(
     trainer_args.setdefault("default_root_dir", str(opts.attempt_dir))
     if str(cfg.supervision.backend) == "slurm":
         trainer_args["plugins"] = slurm_plugins(trainer_args.get("plugins"))
-    trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
+    try:
+        trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
+    except Exception as exc:
+        # Only the config reaches Trainer(...): a failure here fails every attempt alike, so it is a
+        # config error (exit 2, no retry), not a crash to restart.
+        raise ConfigError(source, "trainer", f"Trainer(...) failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                          ) from None
     state.trainer = trainer
+    if trainer.world_size > 1:
+        # First: it decides, for every rank at once, what the callbacks after it act on.
+        trainer.callbacks.insert(0, RankAgreement(signals, on_failure=opts.on_failure))  # type: ignore[attr-defined]
     watch = str(cfg.logger.wandb.watch)
     if logger is not None and watch != "none":
         logger.watch(model, log=watch, log_freq=int(cfg.logger.wandb.watch_log_freq))
@@ -123,6 +143,33 @@ def run_fit(
         signals.deferred = False
         signals.register_stack_dump()  # Lightning's teardown reset SIGUSR2 to SIG_DFL
     return stop_reason(trainer, state)
+
+
+def check_world_size(trainer_args: dict[str, Any], rank: RankInfo, source: str) -> None:
+    """With externally started ranks, ``trainer.devices`` x ``num_nodes`` must be the number started."""
+    if not rank.multi:
+        return
+    devices, nodes = trainer_args.get("devices", "auto"), trainer_args.get("num_nodes", 1)
+    try:
+        expected = int(devices) * int(nodes)
+    except (TypeError, ValueError):
+        return  # "auto" or a device list: Lightning checks it against WORLD_SIZE itself
+    if expected != rank.world_size:
+        raise ConfigError(source, "trainer.devices",
+                          f"{devices} device(s) x {nodes} node(s) = {expected} process(es), but the supervisor "
+                          f"started {rank.world_size} ranks (one per device)")
+
+
+def prepare_resume_for_rank(opts: FitOptions) -> str | None:
+    """Rank 0 rewinds the manifest and says so; the other ranks wait for that, then resume from the same file."""
+    ready = AttemptLayout(opts.attempt_dir).resume_ready
+    if opts.rank.rank == 0:
+        ckpt_path = prepare_resume(opts)
+        # Always: when Lightning launches the other ranks itself (devices > 1 without the monitor's rank
+        # environment), rank 0 cannot know yet that it has peers, and they would wait for this file forever.
+        write_resume_ready(ready, ckpt_path)
+        return ckpt_path
+    return wait_resume_ready(ready, RESUME_READY_TIMEOUT_S)
 
 
 def prepare_resume(opts: FitOptions) -> str | None:
