@@ -32,6 +32,10 @@ PROBE_DIR = "probe"
 JOB_NAME_PREFIX = "mlsup-"
 
 
+_RANK_EXPORTS = ('export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" WORLD_SIZE="$SLURM_NTASKS" '
+                 'NODE_RANK="$SLURM_NODEID"; exec "$@"')
+
+
 def slurm_job_name(job_id: str) -> str:
     """The Slurm job name of every allocation of ``job_id`` (how a duplicate is found in ``squeue``)."""
     return f"{JOB_NAME_PREFIX}{job_id}"
@@ -91,7 +95,8 @@ def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command
         "    write_end 2 probe",
         "    exit 2",
         "fi",
-        "srun --kill-on-bad-exit=1 " + " ".join(q(c) for c in command) + " &",
+        # The rank variables the trainer's rank awareness reads (Lightning's SLURM environment reads SLURM_*).
+        "srun --kill-on-bad-exit=1 bash -c " + q(_RANK_EXPORTS) + " rank " + " ".join(q(c) for c in command) + " &",
         "step=$!",
         "# Signals interrupt `wait`: wait again until the step has really ended.",
         "wait $step; rc=$?",
