@@ -269,6 +269,7 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         if job.state is JobState.STARTING:
             if seen.phase is not Phase.RUNNING:
                 return
+            self.tracker.get_or_track(job.id, attempt.n).running_since = now
             job = store.transition(job.id, JobState.RUNNING, now=now, attempt=attempt.n,
                                    message=f"attempt {attempt.n} running (pid {seen.trainer_pid})",
                                    data={"pid": seen.trainer_pid})
@@ -290,7 +291,8 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         tracked.slowest_step = update_slowest_step(tracked.slowest_step, beat)
         if tracked.hang_setting is None:  # OmegaConf access is slow; read the setting once per attempt
             tracked.hang_setting = str(self.job_config(job).supervision.hang_timeout)
-        verdict = check_hang(now=now, attempt_started_at=attempt.started_at, heartbeat=beat,
+        started = max(attempt.started_at, tracked.running_since or attempt.started_at)
+        verdict = check_hang(now=now, attempt_started_at=started, heartbeat=beat,
                              slowest_step_s=tracked.slowest_step, setting=tracked.hang_setting,
                              settings=self.settings.hang)
         if verdict.hung:

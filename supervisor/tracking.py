@@ -24,6 +24,9 @@ class TrackedAttempt:
     slowest_step: float | None = None
     manifest_offset: int = 0  # bytes of the manifest already turned into events
     hang_setting: str | None = None
+    # When the runner first reported it running: a Slurm attempt may wait in the queue for hours,
+    # and the start-up allowance counts from here, not from the submission.
+    running_since: float | None = None
 
 
 class AttemptTracker:
