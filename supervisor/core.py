@@ -268,6 +268,9 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
             return
         if job.state is JobState.STARTING:
             if seen.phase is not Phase.RUNNING:
+                if seen.phase is Phase.PENDING and self.budget_spent(job, now):
+                    # Queue wait counts against the budget: a Slurm job still queued at the deadline is cancelled.
+                    self.begin_stop(job, Cause.BUDGET, "the time budget was spent while the attempt was queued", now)
                 return
             self.tracker.get_or_track(job.id, attempt.n).running_since = now
             job = store.transition(job.id, JobState.RUNNING, now=now, attempt=attempt.n,

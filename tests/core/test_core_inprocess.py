@@ -227,3 +227,17 @@ def test_queue_wait_does_not_eat_the_start_up_allowance(make_core: MakeCore) -> 
     core.tick()
     job = core.job(job_id)
     assert (job.state, job.stop_intent) == (JobState.STOPPING, Cause.HANG)
+
+
+def test_a_queued_attempt_is_stopped_when_the_budget_is_spent(make_core: MakeCore) -> None:
+    # Queue wait counts against the budget: an attempt still pending at the deadline is cancelled.
+    core = make_core()
+    job_id = core.submit(supervision={"budget": "10m"})
+    core.clock.advance(9 * 60)
+    core.tick()
+    assert core.state(job_id) is JobState.STARTING and core.runner.ops("graceful_stop") == []
+    core.clock.advance(61)
+    core.tick()
+    job = core.job(job_id)
+    assert (job.state, job.stop_intent) == (JobState.STOPPING, Cause.BUDGET)
+    assert core.runner.ops("graceful_stop") == [(job_id, 1)]
