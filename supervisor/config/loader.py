@@ -202,12 +202,17 @@ def _check_override_limits(item: str, source: str) -> None:
         raise ConfigError(source, key, f"cannot parse the value: {problem} (set on the command line)")
 
 
+_OVERRIDE_KEY = re.compile(r"[A-Za-z_][\w-]*(?:\.[\w-]+)*")
+
+
 def _override_keys(overrides: Sequence[str], source: str) -> set[str]:
     keys = set()
     for item in overrides:
         key = item.split("=", 1)[0].lstrip("+~")
         if "=" not in item or not key:
             raise ConfigError(source, None, f"override {item!r} must look like key=value")
+        if not _OVERRIDE_KEY.fullmatch(key):  # OmegaConf's dotlist parser fails with an IndexError on "["
+            raise ConfigError(source, None, f"override {item!r}: the key must be a dotted name like trainer.max_epochs")
         keys.add(key)
     return keys
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 from trainer_testkit import DIGITS_CONFIG, REPO, is_complete_zip, trainer_env
 
-from supervisor.hang import HangSettings, check_hang
+from supervisor.hang import check_hang
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.exitrecord import ExitRecord, read_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat
@@ -29,6 +29,7 @@ from supervisor.jobfiles.manifest import live_checkpoints
 from supervisor.jobfiles.monitorfiles import MonitorExit, MonitorStart, read_monitor_exit, read_monitor_start
 from supervisor.rank_outcome import classify_ranks_end, slowest_rank_heartbeat
 from supervisor.resume import choose_resume
+from supervisor.settings import HangConfig
 
 pytestmark = pytest.mark.lightning
 
@@ -262,7 +263,7 @@ def test_a_rank_hanging_in_training_step_stops_every_rank_and_both_stacks_are_sa
     combined = slowest_rank_heartbeat(beats, 2)
     assert combined is not None and 10 <= combined.step <= 20
     verdict = check_hang(now=time.time(), attempt_started_at=start.started_at, heartbeat=combined,
-                         slowest_step_s=None, setting="4s", settings=HangSettings())
+                         slowest_step_s=None, setting="4s", settings=HangConfig())
     assert verdict.hung, verdict.reason
 
     os.kill(attempt.proc.pid, signal.SIGUSR2)  # the monitor passes it to every rank: faulthandler dumps

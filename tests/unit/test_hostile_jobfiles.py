@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.hang import FUTURE_SKEW_S, HangSettings, check_hang
+from supervisor.hang import FUTURE_SKEW_S, check_hang
 from supervisor.jobfiles.bounds import MAX_COUNT, bounded_int, clamped_count, finite_float
 from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat
 from supervisor.jobfiles.manifest import live_checkpoints
+from supervisor.settings import HangConfig
 from tests.support.harness import REPO
 
 T = 1_700_000_000.0
@@ -55,7 +56,7 @@ def test_an_infinite_step_time_is_not_accepted(tmp_path: Path, value: str) -> No
 
 
 def test_a_heartbeat_far_in_the_future_does_not_stop_the_hang_clock() -> None:
-    settings = HangSettings(startup_allowance_s=900.0, phase_allowance_s=600.0, multiple=5.0, minimum_s=60.0)
+    settings = HangConfig(startup_allowance=900.0, phase_allowance=600.0, multiple=5.0, min_timeout=60.0)
     beat = read_heartbeat_from({"pid": 42, "attempt": 1, "time": 1e12, "started_at": T, "phase": "train", "step": 5,
                                 "max_step_time": 1.0})
     now = T + 2000

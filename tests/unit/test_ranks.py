@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.attempt_monitor import choose_master_port, port_is_free, rank_environment, wait_port_free
-from supervisor.hang import HangSettings, check_hang
+from supervisor.hang import check_hang
 from supervisor.jobfiles.exitrecord import ExitRecord, read_exit_record, write_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat, write_heartbeat
 from supervisor.jobfiles.layout import AttemptLayout, per_rank_name
@@ -26,6 +26,7 @@ from supervisor.jobfiles.monitorfiles import (
 )
 from supervisor.outcome import classify_end
 from supervisor.rank_outcome import classify_ranks_end, slowest_rank_heartbeat
+from supervisor.settings import HangConfig
 
 T = 1_700_000_000.0
 
@@ -170,7 +171,7 @@ def test_one_rank_gives_what_classify_end_gives(exit_code: int | None, signal_na
                                                rec: ExitRecord | None) -> None:
     end = MonitorExit(exit_code=exit_code, signal=signal_name, ended_at=T, trainer_pid=11,
                       ranks=[RankEnding(0, 11, exit_code, signal_name, T)], first_rank=0)
-    plain = {"exit_code": exit_code, "signal": signal_name, "ended_at": T}
+    plain = MonitorExit(exit_code=exit_code, signal=signal_name, ended_at=T, trainer_pid=11)
     assert classify_ranks_end(end, {0: rec}, None) == classify_end(rec, plain, None)
 
 
@@ -194,7 +195,7 @@ def test_the_slowest_rank_sets_the_progress() -> None:
 
 
 def test_a_stuck_rank_is_a_hang_even_while_another_rank_beats() -> None:
-    settings = HangSettings(minimum_s=60.0)
+    settings = HangConfig(min_timeout=60.0)
     beats = {0: beat(0, T + 200), 1: beat(1, T + 100)}
     one_rank = check_hang(now=T + 200.5, attempt_started_at=T, heartbeat=beats[0], slowest_step_s=0.1,
                           setting="auto", settings=settings)
