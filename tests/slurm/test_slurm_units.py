@@ -115,3 +115,18 @@ def test_bad_slurm_settings_are_one_line_errors(override: str, key: str, words: 
         load_job_config(DIGITS, ["supervision.backend=slurm", override])
     message = str(err.value)
     assert message.startswith(f"{DIGITS}: {key}: ") and words in message and "\n" not in message
+
+
+def test_the_trainer_runs_lightnings_slurm_environment_without_auto_requeue() -> None:
+    # auto_requeue would `scontrol requeue` on SIGUSR1 and run a second copy beside the daemon's resubmission.
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    from trainer.runner import slurm_plugins
+
+    given = SLURMEnvironment(auto_requeue=True)
+    other = object()
+    plugins = slurm_plugins([given, other])
+    envs = [p for p in plugins if isinstance(p, SLURMEnvironment)]
+    assert other in plugins and given not in plugins
+    assert len(envs) == 1 and envs[0].auto_requeue is False
+    assert [type(p) for p in slurm_plugins(None)] == [SLURMEnvironment]
