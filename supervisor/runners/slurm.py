@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.jobfiles.atomic import read_json
+from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
 from supervisor.runners.base import (
+    AttemptExit,
     AttemptRef,
     AttemptSpec,
     LaunchRefused,
@@ -42,13 +44,22 @@ from supervisor.runners.base import (
     RunnerNotice,
     RunnerState,
 )
-from supervisor.runners.slurm_script import END_RECORD, JOB_NAME_PREFIX, render_batch_script, slurm_job_name
+from supervisor.runners.slurm_script import (
+    END_RECORD,
+    JOB_NAME_PREFIX,
+    PROBE_DIR,
+    render_batch_script,
+    slurm_job_name,
+)
 from supervisor.runners.slurm_states import SQUEUE_FORMAT, QueueEntry, end_exit, parse_sbatch, parse_squeue, phase_of
 
 log = logging.getLogger("ml_supervisor")
 
 BATCH_SCRIPT = "slurm-batch.sh"
 COMMAND_TIMEOUT_S = 30.0
+# How long a running allocation may take to show the daemon every node's probe file (written by the batch
+# script's first step, seconds after the start; generous for a slow shared filesystem's attribute caching).
+PROBE_WAIT_S = float(os.environ.get("ML_SUPERVISOR_SLURM_PROBE_WAIT", "60"))
 MAX_POLL_BACKOFF_S = 120.0
 # Environment the daemon may itself carry (run inside an allocation) that must not leak into a new one.
 _DROPPED_ENV = ("CUDA_VISIBLE_DEVICES",)
@@ -69,8 +80,10 @@ class SlurmRunner:
 
     kind = "slurm"
 
-    def __init__(self, notify: Notify, *, poll_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, notify: Notify, *, poll_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 probe_wait_s: float = PROBE_WAIT_S) -> None:
         self._notify = notify
+        self._probe_wait_s = probe_wait_s
         self._poll_s = poll_s
         self._clock = clock
         self._queue: dict[str, QueueEntry] = {}
@@ -149,7 +162,7 @@ class SlurmRunner:
         log.info("job %s: attempt %d submitted as Slurm job %s", spec.job_id, spec.attempt, slurm_job_id)
         self._followed[spec.job_id] = (slurm_job_id, "PENDING")
         self._next_poll = 0.0  # look at the new job at the next observe
-        return {"slurm_job_id": slurm_job_id, "state": "PENDING", "nodes": ""}
+        return {"slurm_job_id": slurm_job_id, "state": "PENDING", "nodes": "", "nodes_expected": spec.ranks.nodes}
 
     def adopt(self, ref: AttemptRef) -> Observation:
         """Follow a Slurm job an earlier daemon submitted (by its id in the runner state)."""
@@ -178,6 +191,10 @@ class SlurmRunner:
             if forgotten is not None:
                 state["state"] = forgotten
             phase = phase_of(forgotten) or Phase.ENDED  # forgotten by everything: ended
+        if phase is Phase.RUNNING and not state.get("probed"):
+            unshared = self._check_probes(ref, state)
+            if unshared is not None:
+                return Observation(Phase.ENDED, state, unshared)
         if phase is not Phase.ENDED:
             return Observation(phase, state)
         record = read_json(ref.attempt_dir / END_RECORD)
@@ -185,6 +202,33 @@ class SlurmRunner:
         ended = end_exit(record if isinstance(record, dict) else None, slurm_state, now=time.time())
         self._followed.pop(ref.job_id, None)
         return Observation(Phase.ENDED, state, ended)
+
+    def _check_probes(self, ref: AttemptRef, state: RunnerState) -> AttemptExit | None:
+        """The daemon must see every node's probe file: else the state dir is not shared, and the job fails.
+
+        Sets ``state["probed"]`` once they are all seen; after ``PROBE_WAIT_S`` of running without them,
+        records a config error (the exit record, here, where the daemon reads it), kills the allocation
+        and returns how the attempt ended.
+        """
+        expected = int(state.get("nodes_expected") or 1)
+        probe_dir = ref.attempt_dir / PROBE_DIR
+        seen = sorted(p.name for p in probe_dir.iterdir()) if probe_dir.is_dir() else []
+        if len(seen) >= expected:
+            state["probed"] = True
+            return None
+        now = time.time()
+        first = float(state.setdefault("running_seen_at", now))
+        if now - first < self._probe_wait_s:
+            return None
+        message = (f"the state dir is not on a filesystem this daemon shares with the Slurm nodes: it sees "
+                   f"{len(seen)} of {expected} nodes' probe files in {probe_dir} (put --state-dir on the "
+                   "cluster's shared filesystem)")
+        write_exit_record(ref.attempt_dir / "exit.json", ExitRecord(status="config_error", time=now,
+                                                                    pid=os.getpid(), message=message))
+        self.kill(ref)
+        log.error("job %s: %s", ref.job_id, message)
+        self._followed.pop(ref.job_id, None)
+        return AttemptExit(exit_code=None, signal=None, ended_at=now, error=message)
 
     # -- operations --------------------------------------------------------------------------------
     def _scancel(self, ref: AttemptRef, *args: str) -> bool:

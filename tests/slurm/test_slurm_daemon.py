@@ -169,6 +169,27 @@ def test_time_limit_checkpoints_first_and_continues_in_a_new_allocation(slurm_da
     assert second["resumed_from"] is not None and second["global_step"] == 3000
 
 
+def test_a_state_dir_the_daemon_does_not_share_with_the_nodes_fails_the_job(slurm_daemon: DaemonProc,
+                                                                           slurm_cluster: Cluster,
+                                                                           tmp_path: Path) -> None:
+    # The nodes write their probe files where this daemon does not look (as if the state dir were node-local):
+    # the batch node is satisfied, the daemon is not, and says so instead of restarting forever.
+    slurm_daemon.kill(signal.SIGTERM)
+    slurm_daemon.start(ML_SUPERVISOR_SLURM_PROBE_WAIT="5")
+    elsewhere = tmp_path / "node-local"
+    cfg = write_config(slurm_daemon.workdir, "unshared", supervision={"backend": "slurm"},
+                       steps=2000, step_time=0.05, ckpt_every=10)
+    cfg.write_text(cfg.read_text() + f"slurm:\n  setup: ['PROBE_DIR={elsewhere}']\n")
+    job = slurm_daemon.submit(cfg)
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=90)
+    assert (final["state"], final["end_reason"]) == ("failed", "config_error")
+    (attempt,) = final["attempts"]
+    assert attempt["reason"] == "config_error"
+    assert "not on a filesystem this daemon shares with the Slurm nodes: it sees 0 of 1" in attempt["detail"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["n1"]  # the node did write its probe
+    wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation cancelled")
+
+
 def test_a_slurm_section_that_contradicts_the_trainer_is_refused_at_submit(slurm_daemon: DaemonProc) -> None:
     cfg = write_config(slurm_daemon.workdir, "bad", supervision={"backend": "slurm"})
     cfg.write_text(cfg.read_text() + "trainer:\n  devices: 2\nslurm:\n  ntasks_per_node: 1\n")
