@@ -161,12 +161,13 @@ def test_time_limit_checkpoints_first_and_continues_in_a_new_allocation(slurm_da
     job = slurm_daemon.submit(cfg)
     final = slurm_daemon.wait_state(job, "completed", "failed", timeout=400)
     assert final["state"] == "completed"
-    first, second = final["attempts"][:2]
-    assert first["slurm_state"] == "TIMEOUT" and "time limit" in first["detail"], first
+    *limited, last = final["attempts"]
+    first = limited[0]  # (on a loaded box a second allocation may reach its limit too)
+    assert limited and all(a["slurm_state"] == "TIMEOUT" and "time limit" in a["detail"] for a in limited), limited
     saves = [e for e in read_json_lines(JobLayout(Path(final["job_dir"])).manifest) if e.get("event") == "save"]
-    usr1 = [e for e in saves if e["attempt"] == 1 and e["kind"] == "last"]
+    usr1 = [e for e in saves if e["attempt"] == first["n"] and e["kind"] == "last"]
     assert usr1, saves  # the checkpoint SIGUSR1 asked for, before the limit
-    assert second["resumed_from"] is not None and second["global_step"] == 3000
+    assert last["reason"] == "completed" and last["resumed_from"] is not None and last["global_step"] == 3000
 
 
 def test_a_state_dir_the_daemon_does_not_share_with_the_nodes_fails_the_job(slurm_daemon: DaemonProc,
