@@ -20,7 +20,11 @@ collective for half an hour. A rank that ends gracefully gives the others
 to the monitor are forwarded to every live rank (stop, save, stacks).
 
 It holds the job's lock (an flock the daemon passes as an inherited fd) for
-its whole life, so two live trainers of one job cannot exist.
+its whole life, and so does every rank (they inherit the same fd): the lock is
+free only when none of them lives, so two live trainers of one job cannot exist
+even when the monitor itself is killed. A monitor that cannot record its
+trainer (``monitor.json`` unwritable: disk full) kills every rank before it
+exits: nobody could find and stop an unrecorded trainer.
 
     python -m supervisor.attempt_monitor --attempt-dir DIR --cwd DIR [--lock-fd N]
         [--nproc-per-node N [--master-port P] [--master-addr A] [--rank-stop-grace S] [--rank-exit-grace S]]
@@ -43,6 +47,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+
+import psutil
 
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import (
@@ -300,7 +306,7 @@ def _on_sigchld(signum: int, frame: FrameType | None) -> None:
 
 
 def start_ranks(command: list[str], cwd: str, layout: AttemptLayout, *, nproc: int, node_rank: int, nnodes: int,
-                master_addr: str, master_port: int | None, group: RankGroup) -> None:
+                master_addr: str, master_port: int | None, group: RankGroup, lock_fd: int | None = None) -> None:
     """Start one trainer per local rank (rank 0 first: it leads the process group every rank joins)."""
     world_size = nproc * nnodes
     for local_rank in range(nproc):
@@ -316,7 +322,9 @@ def start_ranks(command: list[str], cwd: str, layout: AttemptLayout, *, nproc: i
                 open(layout.stderr_of(rank), "ab", buffering=0) as err:
             group.procs[rank] = subprocess.Popen(
                 command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                process_group=group.pgid if group.procs else 0, close_fds=True)
+                process_group=group.pgid if group.procs else 0, close_fds=True,
+                # every rank holds the job lock too (the same open file): taken while any of them lives
+                pass_fds=(lock_fd,) if lock_fd is not None else ())
         group.local_ranks[rank] = local_rank
 
 
@@ -369,18 +377,22 @@ def main(argv: list[str] | None = None) -> int:
                                     f"MASTER_PORT {master_port} is still in use after {args.port_wait:.0f}s")
     try:
         start_ranks(command, args.cwd, layout, nproc=nproc, node_rank=args.node_rank, nnodes=nnodes,
-                    master_addr=args.master_addr, master_port=master_port, group=group)
+                    master_addr=args.master_addr, master_port=master_port, group=group, lock_fd=args.lock_fd)
     except OSError as exc:
         if group.procs:  # a later rank failed to start: the earlier ones must not wait for it
             group.signal_live(signal.SIGKILL, by_monitor=True)
             _kill_leftovers(group.pgid)
         return _failed_to_start(layout, args.lock_fd, f"cannot start the trainer: {exc}")
     rank0 = group.procs[min(group.procs)]
-    write_monitor_start(layout.monitor_start, MonitorStart(
-        monitor_pid=os.getpid(), trainer_pid=rank0.pid, pgid=group.pgid, started_at=started_at,
-        boot_id=current_boot_id(), subreaper=subreaper, command=command, world_size=world_size,
-        master_addr=args.master_addr if world_size > 1 else None, master_port=master_port,
-        ranks=[RankProcess(rank=r, local_rank=group.local_ranks[r], pid=p.pid) for r, p in group.procs.items()]))
+    try:
+        write_monitor_start(layout.monitor_start, MonitorStart(
+            monitor_pid=os.getpid(), trainer_pid=rank0.pid, pgid=group.pgid, started_at=started_at,
+            boot_id=current_boot_id(), subreaper=subreaper, command=command, world_size=world_size,
+            master_addr=args.master_addr if world_size > 1 else None, master_port=master_port,
+            ranks=[RankProcess(rank=r, local_rank=group.local_ranks[r], pid=p.pid) for r, p in group.procs.items()],
+            trainer_started=_start_time(rank0.pid)))
+    except OSError as exc:
+        return _abandon_unrecorded(group, layout, args.lock_fd, exc)
     supervise_ranks(group, wake_r, stop_grace_s=args.rank_stop_grace, exit_grace_s=args.rank_exit_grace)
     ended_at = max(e.ended_at for e in group.endings.values())
     leftovers = _kill_leftovers(group.pgid)
@@ -391,6 +403,34 @@ def main(argv: list[str] | None = None) -> int:
         ranks=[group.endings[r] for r in sorted(group.endings)]))
     _release_lock(args.lock_fd)
     return 0
+
+
+def _abandon_unrecorded(group: RankGroup, layout: AttemptLayout, lock_fd: int | None, exc: OSError) -> int:
+    """``monitor.json`` could not be written: kill every rank's tree, try to say why, exit non-zero.
+
+    An unrecorded trainer is one the daemon can neither stop nor tell apart from a
+    stranger; it would run on beside the next attempt. Better no trainer than that.
+    """
+    reason = f"cannot record the trainer in {layout.monitor_start}: {exc.strerror or exc}; trainer killed"
+    group.signal_live(signal.SIGKILL, by_monitor=True)
+    leftovers = _kill_leftovers(group.pgid)
+    try:  # disk full may let these small writes through (or not: the daemon then sees the monitor vanish)
+        print(f"ml-supervisor: attempt monitor: {reason}", file=sys.stderr, flush=True)
+        write_monitor_exit(layout.monitor_exit, MonitorExit(
+            exit_code=None, signal="SIGKILL", ended_at=time.time(), trainer_pid=group.pgid, error=reason,
+            leftovers_killed=leftovers))
+    except OSError:
+        pass
+    _release_lock(lock_fd)
+    return 1
+
+
+def _start_time(pid: int) -> float | None:
+    """A rank's start time as psutil reads it: with the pid and boot id, its identity."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def _failed_to_start(layout: AttemptLayout, lock_fd: int | None, error: str) -> int:

@@ -48,7 +48,7 @@ from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
 from supervisor.launch import Launching
 from supervisor.loop import Loop
-from supervisor.outcome import classify_end
+from supervisor.outcome import classify_end, is_disk_full
 from supervisor.process import try_lock
 from supervisor.reconcile import Reconciling
 from supervisor.resume import choose_resume
@@ -324,12 +324,13 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         self.timers.cancel(job.id, TimerKind.ESCALATE)
         self.timers.cancel(job.id, TimerKind.STARTED)
         history = [restart_policy.PastAttempt(n=a.n, started_at=a.started_at, ended_at=a.ended_at, cause=a.cause,
-                                              new_checkpoints=a.new_checkpoints)
+                                              new_checkpoints=a.new_checkpoints, disk_full=is_disk_full(a.detail))
                    for a in store.attempts(job.id) if a.n != attempt.n]
         supervision = self.job_config(job).supervision
         decision = restart_policy.decide(
             restart_policy.AttemptEnd(cause=outcome.cause, ended_at=ended_at, new_checkpoints=len(saves),
-                                      completion_reason=outcome.completion_reason),
+                                      completion_reason=outcome.completion_reason,
+                                      disk_full=is_disk_full(outcome.detail)),
             history, now=now, first_started_at=job.first_started_at or attempt.started_at,
             policy=restart_policy.RestartPolicy.from_config(supervision),
             counting_since=store.last_event_time(job.id, EventKind.REQUEUED))

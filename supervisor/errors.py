@@ -69,8 +69,22 @@ class ResourceUnavailable(SupervisorError):
     exit_status = 7
 
 
+class CallTimedOut(SupervisorError):
+    """The daemon's loop did not get to a request in time; it was cancelled and will not run later."""
+
+    code = "timed_out"
+    exit_status = 8
+
+
+class CallPending(SupervisorError):
+    """The daemon's loop started a request but did not finish it in time; it finishes on its own."""
+
+    code = "pending"
+    exit_status = 9
+
+
 ERRORS_BY_CODE: dict[str, type[SupervisorError]] = {
     cls.code: cls
     for cls in (SupervisorError, ConfigError, JobNotFound, InvalidTransition, DaemonUnavailable,
-                AlreadyRunning, ResourceUnavailable)
+                AlreadyRunning, ResourceUnavailable, CallTimedOut, CallPending)
 }

@@ -156,9 +156,9 @@ class Launching(CoreBase):
             self.wait(job, now, f"waiting for {n} free healthy GPU{'s' if n > 1 else ''} "
                                 f"({len(free)} of {self.gpus.count()} free)")
             return None
-        own = [a.pid for a in self._store().attempts(job.id) if a.pid]
+        earlier = [self.attempt_ref(job, a) for a in self._store().attempts(job.id)]
         # Short wait inside the loop; a job still blocked is retried at the next tick.
-        check = self.runner.clean_orphans(gpus, own)
+        check = self.runner.clean_orphans(gpus, earlier)
         if check.killed:
             self._store().add_event(job.id, EventKind.PREFLIGHT, f"killed {len(check.killed)} orphan(s) of earlier "
                                     f"attempts on GPU {','.join(map(str, gpus))}", now=now,

@@ -13,8 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
+from supervisor.errors import CallPending, CallTimedOut
 from supervisor.timers import Timers
 
 log = logging.getLogger("ml_supervisor")
@@ -59,12 +61,27 @@ class Loop:
         self._queue.put(("job", job_id))
 
     def call(self, fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
-        """Run ``fn(*args)`` on the loop thread and return its result (or raise its error)."""
+        """Run ``fn(*args)`` on the loop thread and return its result (or raise its error).
+
+        A call the loop has not started within ``timeout`` is cancelled (``CallTimedOut``):
+        a stop or restart the caller gave up on must not happen minutes later. One the
+        loop is already running cannot be taken back: ``CallPending`` says it will finish.
+        """
         if threading.current_thread() is self.thread or self.thread is None:
             return fn(*args)
         future: Future[T] = Future()
         self._queue.put(("call", (fn, args, future)))
-        return future.result(timeout=timeout)
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout:
+            name = getattr(fn, "__name__", "request")
+            if future.cancel():
+                raise CallTimedOut(f"the daemon was busy for {timeout:.0f}s and did not start {name}; "
+                                   "it was cancelled and will not run: try again") from None
+            if future.done():  # finished in the instant between the timeout and cancel()
+                return future.result()
+            raise CallPending(f"{name} was still running after {timeout:.0f}s; it will finish on its own "
+                              "(check with status)") from None
 
     def start_thread(self) -> threading.Thread:
         self.thread = threading.Thread(target=self.run, name="supervisor-loop", daemon=True)

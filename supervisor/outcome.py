@@ -54,3 +54,16 @@ def classify_end(record: ExitRecord | None, process_exit: MonitorExit | None, in
     if exit_code is None:
         return Outcome(Cause.VANISHED, "the attempt's monitor vanished without an exit status", None, None)
     return Outcome(Cause.CRASH, f"exited with code {exit_code}", exit_code, signal_name)
+
+
+_DISK_FULL_MARKS = ("disk full", "No space left on device", "[Errno 28]")
+
+
+def is_disk_full(detail: str | None) -> bool:
+    """Whether an attempt's detail says it failed because the disk was full (pure).
+
+    The trainer says "cannot save checkpoint X: disk full (...)" and the attempt
+    monitor quotes ``strerror`` ("No space left on device"); the policy then waits
+    instead of counting a failure the job did not cause.
+    """
+    return bool(detail) and any(mark in str(detail) for mark in _DISK_FULL_MARKS)

@@ -35,6 +35,12 @@ Rules, in the order they are applied:
    job ``completed``/``budget`` instead (relaunching only to be stopped at once
    would waste the node).
 
+A failure on a full disk (``disk_full``: the checkpoint or the monitor's record
+could not be written) is the node's, not the job's: it never counts toward
+``max_restarts`` or the no-progress streak (and breaks the streak), and the job
+waits with the backoff of its disk-full streak (never at once: the disk is still
+full) instead of burning its restarts. Rule 5 still applies.
+
 A user restart starts a fresh failure window and no-progress streak: rules 4 and 5
 count only the attempts after the latest ``user_restart`` attempt and, for a job the
 user queued again after it ended, the attempts started at or after ``counting_since``
@@ -81,6 +87,7 @@ class AttemptEnd:
     ended_at: float  # wall clock, seconds
     new_checkpoints: int  # checkpoints this attempt saved
     completion_reason: str | None = None
+    disk_full: bool = False  # a failure because the disk was full (outcome.is_disk_full)
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class PastAttempt:
     ended_at: float | None  # None: its end was never recorded
     cause: Cause | str | None  # None: its cause was never recorded
     new_checkpoints: int
+    disk_full: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,11 +177,23 @@ def no_progress_streak(end: AttemptEnd, history: Sequence[PastAttempt]) -> int:
     never recorded breaks it (none of them says the job cannot make progress,
     and wrongly failing a job costs more than one more restart).
     """
-    if end.cause not in FAILURE_CAUSES or end.new_checkpoints > 0:
+    if end.cause not in FAILURE_CAUSES or end.new_checkpoints > 0 or end.disk_full:
         return 0
     streak = 1
     for past in reversed(_ordered(history)):
-        if past.cause not in FAILURE_CAUSES or past.new_checkpoints > 0:
+        if past.cause not in FAILURE_CAUSES or past.new_checkpoints > 0 or past.disk_full:
+            break
+        streak += 1
+    return streak
+
+
+def disk_full_streak(end: AttemptEnd, history: Sequence[PastAttempt]) -> int:
+    """How many attempts in a row, ending with ``end``, failed on a full disk (0 when ``end`` did not)."""
+    if not end.disk_full:
+        return 0
+    streak = 1
+    for past in reversed(_ordered(history)):
+        if not past.disk_full:
             break
         streak += 1
     return streak
@@ -188,9 +208,10 @@ def failures_in_window(end: AttemptEnd, history: Sequence[PastAttempt], *, now: 
     decided on. Past attempts with no recorded end never count. An end later
     than ``now`` (clock steps) counts as inside the window.
     """
-    count = 1 if end.cause in FAILURE_CAUSES else 0
+    count = 1 if end.cause in FAILURE_CAUSES and not end.disk_full else 0
     for past in history:
-        if past.cause in FAILURE_CAUSES and past.ended_at is not None and now - past.ended_at <= window:
+        if (past.cause in FAILURE_CAUSES and not past.disk_full and past.ended_at is not None
+                and now - past.ended_at <= window):
             count += 1
     return count
 
@@ -256,6 +277,8 @@ def decide(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, first
         return Decision("restart", 0.0, message=f"{label}; restarting now")
 
     history = since_user_restart(history, counting_since)
+    if end.disk_full and cause in FAILURE_CAUSES:
+        return _wait_for_disk(end, history, now=now, deadline=deadline, policy=policy, label=label)
     streak = no_progress_streak(end, history)
     if streak >= policy.no_progress_attempts:
         return _finish(JobState.FAILED, EndReason.NO_PROGRESS,
@@ -276,6 +299,19 @@ def decide(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, first
     when = f"retrying in {format_duration(delay)}" if delay > 0 else "retrying now"
     return Decision("restart", delay,
                     message=f"{label}; restart {failures} of {policy.max_restarts} in {window_text} window; {when}")
+
+
+def _wait_for_disk(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, deadline: float | None,
+                   policy: RestartPolicy, label: str) -> Decision:
+    """A failure on a full disk: wait (the streak's backoff, never zero) and try again, counting nothing."""
+    backoff = backoff_delay(disk_full_streak(end, history) + 1, policy)
+    delay = min(backoff, max(0.0, end.ended_at + backoff - now))
+    if deadline is not None and now + delay >= deadline:
+        return _finish(JobState.COMPLETED, EndReason.BUDGET,
+                       f"{label} (disk full); the {format_duration(delay)} wait would outlast the time budget; "
+                       "not restarting")
+    return Decision("restart", delay, message=f"{label} (disk full); not counted toward max_restarts; "
+                                              f"retrying in {format_duration(delay)}")
 
 
 def decide_terminal(cause: Cause, policy: RestartPolicy, *, completion_reason: str | None = None) -> Decision:

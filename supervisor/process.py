@@ -3,6 +3,12 @@
 One stop routine for everything: SIGTERM to the trainer's process group, a
 grace deadline, then SIGKILL to the group and to every descendant of the
 attempt monitor, so no DataLoader or DDP worker survives holding GPU memory.
+
+A pid alone names nobody: after a reboot or a long uptime it is some other
+process. Every process is identified by (pid, start time, boot id) before it
+is signalled (``is_same_process``); a group is signalled only through a
+leader proven to be ours, or member by member, each proven by our
+environment marker.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from pathlib import Path
 
 import psutil
 
+from supervisor.attempt_monitor import current_boot_id
 from supervisor.jobfiles.layout import AttemptLayout
 
 # psutil's create_time has a resolution of a clock tick; allow for rounding.
@@ -85,7 +92,11 @@ def reap_monitors() -> None:
 
 
 def is_alive(pid: int | None, create_time: float | None) -> bool:
-    """Whether ``pid`` is still the process we started (guards against pid reuse)."""
+    """Whether ``pid`` is still the process we started (guards against pid reuse).
+
+    Without a ``create_time`` this only says that *some* process has the pid:
+    never signal on that alone (``is_same_process`` is the check for that).
+    """
     if not pid:
         return False
     try:
@@ -95,6 +106,35 @@ def is_alive(pid: int | None, create_time: float | None) -> bool:
         if create_time and abs(proc.create_time() - create_time) > _CREATE_TIME_SLACK_S:
             return False
         return True
+    except psutil.Error:
+        return False
+
+
+def is_same_process(pid: int | None, started: float | None, boot_id: str | None = None) -> bool:
+    """Whether ``pid`` is provably the process that started at ``started`` in boot ``boot_id``.
+
+    ``False`` when anything is unknown: an unproven process is not ours to signal.
+    ``boot_id`` ``None`` means "recorded in this boot" (the caller knows it).
+    """
+    if not pid or not started:
+        return False
+    if boot_id is not None and boot_id != current_boot_id():
+        return False  # a process of an earlier boot is gone, whatever has its pid now
+    return is_alive(pid, started)
+
+
+def start_time(pid: int) -> float | None:
+    """The start time of ``pid`` (psutil's create_time), ``None`` when it is gone or unreadable."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def has_env_marker(pid: int, key: str, value: str) -> bool:
+    """Whether ``pid`` carries ``key=value`` in its environment (our trainers do; others, or unreadable, do not)."""
+    try:
+        return psutil.Process(pid).environ().get(key) == value
     except psutil.Error:
         return False
 
@@ -172,10 +212,18 @@ def _not_zombie(pid: int) -> bool:
         return False
 
 
-def kill_tree(monitor_pid: int | None, pgid: int | None) -> list[int]:
-    """SIGKILL the trainer's group and every descendant of the monitor (the monitor itself lives on to report)."""
+def group_members(pgid: int) -> set[int]:
+    """The live processes of process group ``pgid``."""
+    return {p for p in tree_pids(None, pgid)}
+
+
+def kill_tree(monitor_pid: int | None, pgid: int | None, extra: set[int] | None = None) -> list[int]:
+    """SIGKILL the trainer's group, every descendant of the monitor and ``extra`` (the monitor lives on to report).
+
+    The caller proves each argument is ours first (``is_same_process``): this signals what it is given.
+    """
     # Listed before the group's SIGKILL, so the answer names the trainer too (dead, it is no longer listed).
-    victims = sorted(tree_pids(monitor_pid, pgid))
+    victims = sorted(tree_pids(monitor_pid, pgid) | (extra or set()))
     signal_group(pgid, signal.SIGKILL)
     for pid in victims:
         signal_process(pid, signal.SIGKILL)

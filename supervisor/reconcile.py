@@ -59,7 +59,7 @@ class Reconciling(CoreBase):
                 attempt = store.last_attempt(job.id) or attempt
                 ref = self.attempt_ref(job, attempt)
             if verdict is Verdict.REBOOTED:
-                runner.kill(ref)  # (if a test faked the reboot, make sure that trainer is gone)
+                runner.kill(ref)  # signals only what it proves ours: after a real reboot, nothing
                 store.add_event(job.id, EventKind.REBOOT, "the node rebooted while the job ran", now=now,
                                 attempt=attempt.n)
                 self.on_attempt_end(job, attempt, seen.exit, now, intent=Cause.REBOOT,

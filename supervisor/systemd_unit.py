@@ -93,12 +93,47 @@ def render_unit(*, user: bool, python: str = sys.executable, state_dir: str | No
         "OOMPolicy=continue",
         "StateDirectory=ml-supervisor",
         "StateDirectoryMode=0750",
+        *([] if user else SYSTEM_HARDENING),
         "",
         "[Install]",
         "WantedBy=default.target" if user else "WantedBy=multi-user.target",
         "",
     ]
     return "\n".join(unit)
+
+
+# The system unit's sandbox (see docs/shared-server.md for `systemd-analyze security` before and after).
+# Trainers inherit it: nothing here may take what training needs — the GPU device nodes (no
+# PrivateDevices/DevicePolicy), writable workdirs under /home and /srv (no ProtectHome, ProtectSystem=full
+# not strict), JIT pages (no MemoryDenyWriteExecute), pinned memory (CAP_IPC_LOCK).
+SYSTEM_HARDENING = [
+    "# Hardening: setuid binaries (sudo) gain nothing, in the daemon or in any trainer.",
+    "NoNewPrivileges=yes",
+    "# /usr, /boot, /etc read-only; the state dir (and /var, /home, /srv for workdirs) stays writable.",
+    "ProtectSystem=full",
+    "PrivateTmp=yes",
+    "# DataLoader workers sharing tensors through file descriptors need many.",
+    "LimitNOFILE=1048576",
+    "ProtectKernelTunables=yes",
+    "# The NVIDIA modules are loaded at boot (udev, nvidia-persistenced), never by a trainer.",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "PrivateMounts=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "SystemCallArchitectures=native",
+    "# Never needed by training (ptrace stays: py-spy dumps a hung trainer's stacks).",
+    "SystemCallFilter=~@clock @cpu-emulation @module @mount @obsolete @raw-io @reboot @swap",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    "# What root keeps: signal and inspect trainers of any user (py-spy, /proc/<pid>/environ), become the",
+    "# submitting user, hand them their job dirs, pin memory for CUDA/NCCL, raise limits for workers.",
+    "CapabilityBoundingSet=CAP_KILL CAP_SETUID CAP_SETGID CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE "
+    "CAP_DAC_READ_SEARCH CAP_SYS_PTRACE CAP_IPC_LOCK CAP_SYS_RESOURCE",
+]
 
 
 def default_unit_dir(*, user: bool) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -75,6 +76,7 @@ class HeartbeatWriter:
         self._last_write = float("-inf")
         self._last_metrics_line: tuple[int, dict[str, float]] | None = None
         self.marks: dict[str, float] = {}
+        self.failed_writes = 0  # heartbeats lost to a full (or failing) disk; training went on
 
     def mark(self, name: str) -> None:
         """Note a start-up milestone (first time only); it goes out with the next beat."""
@@ -145,8 +147,16 @@ class HeartbeatWriter:
             marks=self.marks,
             rank=self.rank,
         )
-        write_heartbeat(self.path, beat)
-        self._append_metrics_line(beat)
+        try:
+            write_heartbeat(self.path, beat)
+            self._append_metrics_line(beat)
+        except OSError as exc:
+            # Disk full: a lost heartbeat costs nothing, a crash here would cost the run. The next
+            # beat tries again; if none gets through, the daemon's hang clock says so.
+            self.failed_writes += 1
+            if self.failed_writes == 1 or self.failed_writes % 100 == 0:
+                print(f"ml-supervisor trainer: cannot write the heartbeat {self.path}: {exc.strerror or exc} "
+                      f"({self.failed_writes} lost so far); training goes on", file=sys.stderr, flush=True)
 
     def _append_metrics_line(self, beat: Heartbeat) -> None:
         if self.metrics_path is None or not beat.metrics:

@@ -131,6 +131,7 @@ class Operations:
                                        overrides=overrides)
         if self.sweeps is not None:
             self.sweeps.check()  # its worker starts now, not at the next check
+            self.sweeps.wake()  # and the manager watches it from now on
         return sweep_ops.sweep_status(sweep, self._job_state)
 
     def op_sweep_status(self, sweep: str) -> dict[str, Any]:

@@ -13,11 +13,27 @@ from supervisor.errors import SupervisorError
 from supervisor.settings import STATE_DIR_ENV, resolve_state_dir
 from supervisor.submit import SubmitRequest, load_request_config
 
+_STATE_DIR_HELP = (f"state directory (default: ${STATE_DIR_ENV}, else /var/lib/ml-supervisor for root, "
+                   "else ~/.local/state/ml-supervisor)")
+
 
 def add_state_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", default=None,
-                        help=f"state directory (default: ${STATE_DIR_ENV}, else /var/lib/ml-supervisor for root, "
-                             "else ~/.local/state/ml-supervisor)")
+    """The global ``--state-dir`` flag (call ``share_global_flags`` once the subcommands are added)."""
+    parser.add_argument("--state-dir", default=None, help=_STATE_DIR_HELP)
+
+
+def share_global_flags(parser: argparse.ArgumentParser) -> None:
+    """Accept the global flags after the subcommand too (``serve --state-dir X``, as unit files and people write it).
+
+    Each subcommand gets its own ``--state-dir`` whose default is ``SUPPRESS``, so a
+    flag given before the subcommand is not overwritten by the subcommand's absent one.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                if not any("--state-dir" in a.option_strings for a in sub._actions):
+                    sub.add_argument("--state-dir", default=argparse.SUPPRESS, help=_STATE_DIR_HELP)
+                share_global_flags(sub)
 
 
 def state_dir_of(args: argparse.Namespace) -> Path:

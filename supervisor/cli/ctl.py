@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 
 from supervisor.api.client import Client
-from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
+from supervisor.cli.common import add_state_dir, run_guarded, share_global_flags, state_dir_of, submit_request
 from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table, make_console
 from supervisor.cli.sweep import add_sweep_parser, run_sweep_command
 from supervisor.errors import SupervisorError
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                        ("restart", "relaunch a job from its best checkpoint")):
         p = sub.add_parser(name, help=text)
         p.add_argument("job")
+    share_global_flags(parser)
     return parser
 
 

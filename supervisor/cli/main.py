@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from supervisor.api.client import Client
-from supervisor.cli.common import add_state_dir, run_guarded, state_dir_of, submit_request
+from supervisor.cli.common import add_state_dir, run_guarded, share_global_flags, state_dir_of, submit_request
 from supervisor.cli.render import STATE_STYLE, event_line, job_detail, make_console
 from supervisor.config import format_duration
 from supervisor.daemon import Daemon
@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=("lr",))
     p.add_argument("config")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="[key=value | option] ...")
+    share_global_flags(parser)
     return parser
 
 

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from supervisor.attempt_monitor import current_boot_id
 from supervisor.gpu.backend import GpuBackend, GpuLost, GpuReading, XidEvent
 from supervisor.gpu.health import DEGRADED, FAILED, HEALTHY, GpuThresholds, Health, classify, classify_xid
+from supervisor.gpu.types import GpuReadError
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class GpuStatus:
     memory_total_mib: int | None
     processes: list[tuple[int, int | None]] = field(default_factory=list)
     quarantined_since: float | None = None
+    read_errors: int = 0  # transient NVML read errors so far (retried; never a reason to quarantine)
 
     def as_dict(self, jobs: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
         """The ``supervisorctl gpus --json`` entry; ``jobs``: ids of the jobs the daemon placed on it."""
@@ -85,7 +87,7 @@ class GpuStatus:
             "reasons": list(self.reasons), "jobs": list(jobs), "temperature_c": self.temperature_c,
             "memory_used_mib": self.memory_used_mib, "memory_total_mib": self.memory_total_mib,
             "processes": [{"pid": pid, "used_mib": used} for pid, used in self.processes],
-            "quarantined_since": self.quarantined_since,
+            "quarantined_since": self.quarantined_since, "read_errors": self.read_errors,
         }
 
 
@@ -131,6 +133,7 @@ class GpuMonitor:
         self._threads: list[threading.Thread] = []
         self._gpus: dict[int, _GpuState] = {}
         self._quarantine: list[_Quarantine] = self._load_quarantine()
+        self.read_errors: dict[int, int] = {}  # gpu index -> transient read errors (never a reason to quarantine)
 
     # ----------------------------------------------------------------------------------------- threads
 
@@ -192,6 +195,10 @@ class GpuMonitor:
                     readings[index] = self.backend.read(index)
                 except GpuLost as lost:
                     readings[index] = lost
+                except GpuReadError as failed:  # transient: keep the last health, count it, read again next poll
+                    self.read_errors[index] = self.read_errors.get(index, 0) + 1
+                    log.warning("GPU monitor: %s (%d so far); health unchanged", failed, self.read_errors[index])
+                    continue
                 except IndexError:
                     continue  # the GPU vanished between count and read
             events: list[GpuEvent] = []
@@ -293,6 +300,7 @@ class GpuMonitor:
                     memory_total_mib=reading.memory_total_mib if reading else None,
                     processes=[(p.pid, p.used_mib) for p in reading.processes] if reading else [],
                     quarantined_since=record.since if record else None,
+                    read_errors=self.read_errors.get(index, 0),
                 ))
         return out
 

@@ -6,11 +6,26 @@ import ctypes
 import logging
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-from supervisor.gpu.types import GpuBackendError, GpuLost, GpuProcess, GpuReading, XidEvent, decode_throttle_reasons
+from supervisor.gpu.types import (
+    GpuBackendError,
+    GpuLost,
+    GpuProcess,
+    GpuReadError,
+    GpuReading,
+    XidEvent,
+    decode_throttle_reasons,
+)
 
 log = logging.getLogger("supervisor.gpu.backend")
+
+# A GPU's identity reads (handle, UUID, name) that fail with anything but "lost" / "reset
+# required" are retried this many times, this far apart, before the read gives up for now.
+IDENTITY_TRIES = 3
+IDENTITY_RETRY_S = 0.05
 
 
 class NvmlBackend:
@@ -34,6 +49,8 @@ class NvmlBackend:
             pynvml.nvmlShutdown()
             raise GpuBackendError(f"NVML cannot count the GPUs ({_nvml_text(exc)})") from None
         self._event_set: Any = None
+        # NVML errors by name ("NVML_ERROR_UNKNOWN": 3): transient ones are retried and counted, never "lost"
+        self.error_counts: Counter[str] = Counter()
         self._handle_index: dict[int | None, int] = {}
         self._no_events_logged = False
         self._setup_events()
@@ -47,13 +64,10 @@ class NvmlBackend:
         nv = self._nvml
         if not 0 <= index < self._count:
             raise IndexError(f"gpu {index}: no such GPU (the node has {self._count})")
-        try:
-            handle = nv.nvmlDeviceGetHandleByIndex(index)
-            uuid = _text(nv.nvmlDeviceGetUUID(handle))
-            name = _text(nv.nvmlDeviceGetName(handle))
-        except nv.NVMLError as exc:
-            raise self._lost_or_error(index, exc) from None
-        opt = _Optional(nv, index, self._lost_or_error)
+        handle = self._identity(index, lambda: nv.nvmlDeviceGetHandleByIndex(index))
+        uuid = _text(self._identity(index, lambda: nv.nvmlDeviceGetUUID(handle)))
+        name = _text(self._identity(index, lambda: nv.nvmlDeviceGetName(handle)))
+        opt = _Optional(nv, index, self._lost_or_error, self.error_counts)
         temperature = opt(lambda: float(nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU)))
         memory = opt(lambda: nv.nvmlDeviceGetMemoryInfo(handle))
         mask = opt(lambda: int(nv.nvmlDeviceGetCurrentClocksEventReasons(handle)))
@@ -154,6 +168,29 @@ class NvmlBackend:
         except self._nvml.NVMLError:
             return None
 
+    def _identity(self, index: int, getter: Callable[[], Any]) -> Any:
+        """One identity read, retried on transient errors; ``GpuLost`` only for lost / reset required.
+
+        A timeout or an unknown error from a busy driver is not a lost GPU: quarantining it
+        and stopping the attempt on it would cost a run for nothing. It is counted, and the
+        read fails with ``GpuReadError`` (the monitor keeps the last health) if it persists.
+        """
+        nv = self._nvml
+        for attempt in range(IDENTITY_TRIES):
+            try:
+                return getter()
+            except nv.NVMLError as exc:
+                error = self._lost_or_error(index, exc)
+                if isinstance(error, GpuLost):
+                    raise error from None
+                self.error_counts[_nvml_name(nv, exc)] += 1
+                log.warning("NVML: gpu %d: transient error (%s), try %d of %d", index, _nvml_text(exc),
+                            attempt + 1, IDENTITY_TRIES)
+                last: Exception = error
+            if attempt + 1 < IDENTITY_TRIES:
+                time.sleep(IDENTITY_RETRY_S)
+        raise last
+
     def _lost_or_error(self, index: int, exc: Exception) -> Exception:
         nv = self._nvml
         value = getattr(exc, "value", None)
@@ -161,22 +198,23 @@ class NvmlBackend:
             return GpuLost(index, "GPU is lost")
         if value == nv.NVML_ERROR_RESET_REQUIRED:
             return GpuLost(index, "GPU requires a reset")
-        return GpuLost(index, f"NVML cannot read the GPU ({_nvml_text(exc)})")
+        return GpuReadError(index, f"NVML cannot read the GPU now ({_nvml_text(exc)})")
 
 
 class _Optional:
     """Call one NVML getter; "not supported"-like errors give ``None``, a lost GPU raises ``GpuLost``."""
 
-    def __init__(self, nv: Any, index: int, lost: Any) -> None:
+    def __init__(self, nv: Any, index: int, lost: Any, error_counts: Counter[str]) -> None:
         self._nv = nv
         self._index = index
         self._lost = lost
+        self._error_counts = error_counts
         self.last_missing_function = False
         # Errors that mean "this field is not available here", not "this GPU is broken".
         self._absent = {
             nv.NVML_ERROR_NOT_SUPPORTED, nv.NVML_ERROR_NO_PERMISSION, nv.NVML_ERROR_FUNCTION_NOT_FOUND,
             nv.NVML_ERROR_INVALID_ARGUMENT, nv.NVML_ERROR_NOT_FOUND, nv.NVML_ERROR_INSUFFICIENT_SIZE,
-            nv.NVML_ERROR_UNKNOWN, nv.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
+            nv.NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
         }
 
     def __call__(self, getter: Any) -> Any:
@@ -190,7 +228,9 @@ class _Optional:
                 raise self._lost(self._index, exc) from None
             self.last_missing_function = value == nv.NVML_ERROR_FUNCTION_NOT_FOUND
             if value not in self._absent:
-                log.debug("NVML: gpu %d: a reading failed: %s", self._index, _nvml_text(exc))
+                # NVML_ERROR_UNKNOWN and the like: the field is missing this time, for a reason worth seeing
+                self._error_counts[_nvml_name(nv, exc)] += 1
+                log.warning("NVML: gpu %d: a reading failed: %s", self._index, _nvml_text(exc))
             return None
         except AttributeError:
             # an older pynvml without this function
@@ -203,6 +243,15 @@ def _nvml_text(exc: Exception) -> str:
         return str(exc)
     except Exception:  # pynvml's __str__ itself calls into the library
         return type(exc).__name__
+
+
+def _nvml_name(nv: Any, exc: Exception) -> str:
+    """``NVML_ERROR_UNKNOWN`` for an error of that value (its pynvml constant's name), for the counts."""
+    value = getattr(exc, "value", None)
+    for name in dir(nv):
+        if name.startswith("NVML_ERROR_") and getattr(nv, name) == value:
+            return str(name)
+    return f"NVML_ERROR_{value}"
 
 
 def _text(value: Any) -> str:

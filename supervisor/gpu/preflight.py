@@ -1,7 +1,8 @@
 """Pre-flight before a launch: the GPUs we are about to hand over must hold no process.
 
-A process of ours (a pid the daemon knows from an earlier attempt, one of its
-descendants, or one carrying our environment marker) is an orphan: it is
+A process of ours (a process the daemon knows from an earlier attempt, by pid
+*and* start time, one of its descendants, or one carrying our environment
+marker) is an orphan: it is
 killed and its memory is waited for. Anything else is a foreign process: the
 launch waits, with a reason that names it.
 """
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import psutil
 
 from supervisor.gpu.backend import GpuBackend, GpuLost, GpuProcess
+from supervisor.gpu.types import GpuReadError
+from supervisor.process import is_same_process
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class PreflightResult:
         return "; ".join(self.reasons)
 
 
-def preflight(indices: Sequence[int], backend: GpuBackend, own_pids: Collection[int] = (), *,
+def preflight(indices: Sequence[int], backend: GpuBackend, own: Mapping[int, float] | None = None, *,
               kill_own: bool = True, wait_s: float = 30.0, own_env_key: str | None = None,
               own_env_value: str | None = None, poll_s: float = 0.2,
               clock: Callable[[], float] = time.monotonic) -> PreflightResult:
@@ -50,15 +53,15 @@ def preflight(indices: Sequence[int], backend: GpuBackend, own_pids: Collection[
     chain no longer leads to a pid we know. Another user's environment cannot
     be read, so such a process counts as foreign.
     """
-    own = set(own_pids)
+    own = dict(own or {})
     reasons: list[str] = []
     killed: list[int] = []
     orphans: dict[int, set[int]] = {}  # gpu index -> pids of our orphans on it
     for index in indices:
         try:
             reading = backend.read(index)
-        except GpuLost as lost:
-            reasons.append(f"gpu {index}: {lost.reason}")
+        except (GpuLost, GpuReadError) as failed:  # lost, or unreadable just now: wait either way
+            reasons.append(f"gpu {index}: {failed.reason}")
             continue
         for proc in reading.processes:
             if _is_ours(proc.pid, own, own_env_key, own_env_value):
@@ -80,14 +83,15 @@ def preflight(indices: Sequence[int], backend: GpuBackend, own_pids: Collection[
     return PreflightResult(ok=not reasons, reasons=reasons, killed=sorted(set(killed)))
 
 
-def _is_ours(pid: int, own: set[int], env_key: str | None, env_value: str | None) -> bool:
-    if pid in own:
+def _is_ours(pid: int, own: dict[int, float], env_key: str | None, env_value: str | None) -> bool:
+    if pid in own and is_same_process(pid, own[pid]):
         return True
     # init and the daemon itself are ancestors of everything (or of every live attempt): never a reason
-    ancestors_of_ours = own - {0, 1, os.getpid()}
+    ancestors_of_ours = {p: t for p, t in own.items() if p not in (0, 1, os.getpid())}
     try:
         proc = psutil.Process(pid)
-        if any(parent.pid in ancestors_of_ours for parent in proc.parents()):
+        if any(parent.pid in ancestors_of_ours and is_same_process(parent.pid, ancestors_of_ours[parent.pid])
+               for parent in proc.parents()):
             return True
         if env_key is not None:
             environ = proc.environ()
@@ -124,7 +128,7 @@ def _wait_released(orphans: dict[int, set[int]], backend: GpuBackend, wait_s: fl
         for index, pids in orphans.items():
             try:
                 listed = {p.pid for p in backend.read(index).processes}
-            except GpuLost as exc:
+            except (GpuLost, GpuReadError) as exc:
                 lost.append(f"gpu {index}: {exc.reason}")
                 continue
             if listed & pids:

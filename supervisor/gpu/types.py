@@ -69,6 +69,15 @@ class GpuBackendError(Exception):
     """NVML (or the fake file) cannot be used at all."""
 
 
+class GpuReadError(Exception):
+    """NVML answered a GPU's read with a transient error (not "lost", not "reset required"): try again later."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"gpu {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
 class GpuLost(Exception):
     """A GPU no longer answers: NVML's "GPU is lost" or "GPU requires reset"."""
 

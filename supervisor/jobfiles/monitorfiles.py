@@ -10,6 +10,7 @@ ended first (the attempt's culprit), ``ended_at`` is when the last rank ended.
 A multi-rank attempt adds ``world_size`` and a ``ranks`` list:
 
     monitor.json       {"monitor_pid": 10, "trainer_pid": 11, "pgid": 11, "started_at": 1.7e9, "boot_id": "...",
+                        "trainer_started": 1.7e9,
                         "world_size": 2, "master_addr": "127.0.0.1", "master_port": 29517,
                         "ranks": [{"rank": 0, "local_rank": 0, "pid": 11}, {"rank": 1, "local_rank": 1, "pid": 12}]}
     monitor-exit.json  {"exit_code": null, "signal": "SIGKILL", "ended_at": 1.7e9, "trainer_pid": 11,
@@ -19,7 +20,9 @@ A multi-rank attempt adds ``world_size`` and a ``ranks`` list:
                                   {"rank": 1, "pid": 12, "exit_code": null, "signal": "SIGKILL", "ended_at": 1.7e9,
                                    "stopped_by": null}]}
 
-``stopped_by`` is the signal the monitor itself last sent that rank after
+``trainer_started`` is rank 0's start time as psutil reads it (``create_time``):
+with its pid and the boot id, the trainer's identity (nothing is signalled on a pid
+alone). ``stopped_by`` is the signal the monitor itself last sent that rank after
 another rank ended (``null``: it ended on its own). Files written before ranks
 existed read as one rank 0.
 """
@@ -69,6 +72,7 @@ class MonitorStart:
     master_addr: str | None = None
     master_port: int | None = None
     ranks: list[RankProcess] = field(default_factory=list)
+    trainer_started: float | None = None  # rank 0's psutil create_time (None: a file from before it was kept)
 
     def pids(self) -> dict[int, int]:
         """Global rank -> pid."""
@@ -103,6 +107,10 @@ def write_monitor_exit(path: str | Path, end: MonitorExit) -> None:
     write_json_atomic(path, data)
 
 
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
 def read_monitor_start(path: str | Path) -> MonitorStart | None:
     """``monitor.json``, or ``None`` when missing or unreadable; an old file reads as one rank 0."""
     data: Any = read_json(path)
@@ -124,6 +132,7 @@ def read_monitor_start(path: str | Path) -> MonitorStart | None:
             master_addr=data.get("master_addr"),
             master_port=_opt_int(data.get("master_port")),
             ranks=ranks or [RankProcess(rank=0, local_rank=0, pid=trainer_pid)],
+            trainer_started=_opt_float(data.get("trainer_started")),
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -165,8 +165,12 @@ class AttemptRunner(Protocol):
         """Kill every process of the attempt at once; the pids killed."""
         ...
 
-    def clean_orphans(self, gpus: Sequence[int], known_pids: Sequence[int]) -> OrphanCheck:
-        """Before a launch on ``gpus``: kill our orphans left on them; say whether the GPUs are free."""
+    def clean_orphans(self, gpus: Sequence[int], earlier: Sequence[AttemptRef]) -> OrphanCheck:
+        """Before a launch on ``gpus``: kill our orphans left on them; say whether the GPUs are free.
+
+        ``earlier``: the job's earlier attempts; the runner reads its own state of each
+        to know its processes (never by pid alone: a pid may be a stranger's by now).
+        """
         ...
 
     def forget(self, job_id: str) -> None:

@@ -9,7 +9,14 @@ hears of a crash the instant it happens, with no polling.
 Runner state (``attempts.runner_state``)::
 
     {"monitor_pid": int, "monitor_started": float, "trainer_pid": int | null, "pgid": int | null,
-     "boot_id": str (once monitor.json is read)}
+     "boot_id": str, "trainer_started": float (both once monitor.json is read)}
+
+Nothing is signalled on a pid alone: the monitor is proven by (pid, start time,
+boot id) and the trainer by its own (pid, start time, boot id) from
+``monitor.json``. A trainer that cannot be proven ours (its record predates
+start times, or its pid now belongs to someone else) is never signalled; what
+is left of its group is killed member by member, each carrying our
+environment marker.
 """
 
 from __future__ import annotations
@@ -21,13 +28,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from supervisor.attempt_monitor import current_boot_id
 from supervisor.gpu.backend import GpuBackend
 from supervisor.gpu.preflight import preflight
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_start
 from supervisor.process import (
     ProcessHandle,
-    is_alive,
+    group_members,
+    has_env_marker,
+    is_same_process,
     kill_tree,
     reap_monitors,
     signal_process,
@@ -109,7 +119,8 @@ class LocalRunner:
         if not state.get("trainer_pid") or "boot_id" not in state:  # read monitor.json until it is known
             started = read_monitor_start(layout.monitor_start)
             if started is not None:
-                state.update(trainer_pid=started.trainer_pid, pgid=started.pgid, boot_id=started.boot_id)
+                state.update(trainer_pid=started.trainer_pid, pgid=started.pgid, boot_id=started.boot_id,
+                             trainer_started=started.trainer_started)
         boot_id = state.get("boot_id")
         ended = read_monitor_exit(layout.monitor_exit)
         if ended is None and not self._monitor_alive(ref):
@@ -157,18 +168,29 @@ class LocalRunner:
         return dump_stacks(pid, ref.attempt_dir, timeout_s=timeout_s)
 
     def kill(self, ref: AttemptRef) -> list[int]:
-        """SIGKILL the trainer's group and every descendant of the monitor (which lives on to report)."""
-        monitor_pid = ref.state.get("monitor_pid")
-        monitor_alive = is_alive(monitor_pid, ref.state.get("monitor_started"))
-        pgid = ref.state.get("pgid")
-        trainer_alive = is_alive(ref.state.get("trainer_pid"), None)
-        return kill_tree(monitor_pid if monitor_alive else None, pgid if pgid and trainer_alive else None)
+        """SIGKILL the trainer's group and every descendant of the monitor (which lives on to report).
 
-    def clean_orphans(self, gpus: Sequence[int], known_pids: Sequence[int]) -> OrphanCheck:
+        Only what is proven ours: the monitor and the trainer by (pid, start time,
+        boot id); without a proven trainer, only the group's members that carry
+        our environment marker.
+        """
+        boot_id = ref.state.get("boot_id")
+        monitor_pid = ref.state.get("monitor_pid")
+        monitor_ours = is_same_process(monitor_pid, ref.state.get("monitor_started"), boot_id)
+        pgid = ref.state.get("pgid")
+        trainer_ours = bool(pgid) and pgid == ref.state.get("trainer_pid") and is_same_process(
+            ref.state.get("trainer_pid"), ref.state.get("trainer_started"), boot_id)
+        extra: set[int] = set()
+        if pgid and not trainer_ours and (boot_id is None or boot_id == current_boot_id()):
+            # The leader is gone or unproven: its pid may be a stranger's group now. Members one by one.
+            extra = {p for p in group_members(pgid) if has_env_marker(p, OWN_ENV_KEY, str(self._state_dir))}
+        return kill_tree(monitor_pid if monitor_ours else None, pgid if trainer_ours else None, extra)
+
+    def clean_orphans(self, gpus: Sequence[int], earlier: Sequence[AttemptRef]) -> OrphanCheck:
         backend = self._gpu_backend()
         if backend is None or not gpus:
             return OrphanCheck(ok=True)
-        check = preflight(gpus, backend, set(known_pids), kill_own=True, wait_s=self._preflight_wait_s,
+        check = preflight(gpus, backend, _known_processes(earlier), kill_own=True, wait_s=self._preflight_wait_s,
                           own_env_key=OWN_ENV_KEY, own_env_value=str(self._state_dir))
         return OrphanCheck(ok=check.ok, reason=check.reason, killed=tuple(check.killed))
 
@@ -189,8 +211,29 @@ class LocalRunner:
             self._exits = None
 
     def _trainer_pid(self, ref: AttemptRef) -> int | None:
+        """The trainer's pid when it is provably the trainer still (pid, start time, boot id), else ``None``."""
         pid: Any = ref.state.get("trainer_pid")
-        if not pid:  # still starting: the monitor may have reported the trainer by now
-            started = read_monitor_start(AttemptLayout(ref.attempt_dir).monitor_start)
-            pid = started.trainer_pid if started is not None else None
-        return int(pid) if pid else None
+        started: Any = ref.state.get("trainer_started")
+        boot_id: Any = ref.state.get("boot_id")
+        if not pid or not started:  # still starting: the monitor may have reported the trainer by now
+            record = read_monitor_start(AttemptLayout(ref.attempt_dir).monitor_start)
+            if record is not None:
+                pid, started, boot_id = record.trainer_pid, record.trainer_started, record.boot_id
+        if not pid or not is_same_process(int(pid), started, boot_id):
+            return None
+        return int(pid)
+
+
+def _known_processes(earlier: Sequence[AttemptRef]) -> dict[int, float]:
+    """pid -> start time of the monitors and trainers of ``earlier`` attempts of this boot (their identities)."""
+    boot = current_boot_id()
+    known: dict[int, float] = {}
+    for ref in earlier:
+        state = ref.state
+        if state.get("boot_id") not in (None, boot):
+            continue  # an earlier boot's processes are gone; their pids are strangers' now
+        for pid_key, started_key in (("monitor_pid", "monitor_started"), ("trainer_pid", "trainer_started")):
+            pid, started = state.get(pid_key), state.get(started_key)
+            if pid and started:
+                known[int(pid)] = float(started)
+    return known

@@ -273,7 +273,7 @@ class SlurmRunner:
         self._scancel(ref)
         return []
 
-    def clean_orphans(self, gpus: Sequence[int], known_pids: Sequence[int]) -> OrphanCheck:
+    def clean_orphans(self, gpus: Sequence[int], earlier: Sequence[AttemptRef]) -> OrphanCheck:
         return OrphanCheck(ok=True)  # Slurm's nodes are Slurm's to clean (its epilog), not this node's GPUs
 
     def forget(self, job_id: str) -> None:

@@ -37,27 +37,45 @@ class SweepManager:
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a new sweep: check now, and keep checking while one is unfinished
         self._thread = threading.Thread(target=self._loop, name="sweeps", daemon=True)
 
     def start(self) -> None:
-        self.check()
+        if self.check():
+            self._wake.set()
         self._thread.start()
 
     def stop(self) -> None:
         """Stop watching; workers keep running (the next daemon finds them by their lock)."""
         self._stop.set()
+        self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
+    def wake(self) -> None:
+        """A sweep was created: check at once, then every ``interval`` until no sweep is unfinished."""
+        self._wake.set()
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        # With no unfinished sweep the thread sleeps until woken: an idle daemon has no periodic wake-ups.
+        active = False
+        while True:
+            self._wake.wait(self.interval if active else None)
+            if self._stop.is_set():
+                return
+            self._wake.clear()
             try:
-                self.check()
+                active = self.check()
             except Exception:  # a bad sweep dir must not end the watch over the others
                 log.exception("checking sweeps failed")
+                active = True
 
-    def check(self) -> None:
-        """Start a worker for each unfinished sweep without one; alert on newly finished sweeps."""
+    def check(self) -> bool:
+        """Start a worker for each unfinished sweep without one; alert on newly finished sweeps.
+
+        Returns whether any sweep is still unfinished (the loop keeps checking only then).
+        """
+        unfinished = False
         with self._lock:
             for sweep_id, child in list(self._children.items()):
                 if child.poll() is not None:  # reap: our own children must not stay zombies
@@ -66,8 +84,11 @@ class SweepManager:
                 state = sweep.state()
                 if state.get("state") in FINISHED:
                     self._announce(sweep, state)
-                elif sweep.id not in self._children and _lock_free(sweep):
-                    self._spawn(sweep)
+                else:
+                    unfinished = True
+                    if sweep.id not in self._children and _lock_free(sweep):
+                        self._spawn(sweep)
+        return unfinished
 
     def _spawn(self, sweep: SweepDir) -> None:
         with open(sweep.log, "ab") as out:

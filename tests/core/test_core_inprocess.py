@@ -241,3 +241,30 @@ def test_a_queued_attempt_is_stopped_when_the_budget_is_spent(make_core: MakeCor
     job = core.job(job_id)
     assert (job.state, job.stop_intent) == (JobState.STOPPING, Cause.BUDGET)
     assert core.runner.ops("graceful_stop") == [(job_id, 1)]
+
+
+def test_a_crash_on_a_full_disk_waits_in_backoff_and_is_not_counted(make_core: MakeCore) -> None:
+    # issue 11, item 3: the trainer's exit record says the checkpoint could not be saved for lack of space
+    from pathlib import Path
+
+    from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
+    from supervisor.jobfiles.layout import JobLayout
+
+    core = make_core()
+    job_id = core.submit(supervision={"max_restarts": 0})  # any counted failure would end the job
+    core.runner.start(job_id, 1)
+    core.tick()
+    message = "[Errno 28] cannot save checkpoint last.ckpt: disk full (0 MiB free on /ckpt)"
+    record_path = JobLayout(Path(core.job(job_id).job_dir)).attempt(1).exit_record
+    record_path.parent.mkdir(parents=True, exist_ok=True)  # the fake runner starts no monitor to make it
+    write_exit_record(record_path,
+                      ExitRecord(status="exception", time=core.clock(), pid=1,
+                                 exception={"type": "CheckpointSaveError", "message": message, "traceback": ""}))
+    core.runner.end(job_id, 1, exit_code=1, ended_at=core.clock())
+    core.turn()
+    (first,) = core.store.attempts(job_id)
+    assert first.reason == Cause.CRASH and "disk full" in (first.detail or "")
+    job = core.job(job_id)
+    assert job.state is JobState.BACKOFF  # not failed/max_restarts
+    assert job.next_start_at is not None and job.next_start_at > core.clock()
+    assert any("not counted toward max_restarts" in e.message for e in core.store.events(job_id=job_id))

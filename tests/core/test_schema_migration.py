@@ -98,7 +98,8 @@ def test_an_attempt_of_the_old_schema_is_adopted_and_collected(tmp_path: Path,
             assert attempt.runner_kind == "local"
             assert attempt.runner_state == {"monitor_pid": monitor.pid, "monitor_started": pytest.approx(
                 psutil.Process(monitor.pid).create_time()), "trainer_pid": monitor.pid, "pgid": monitor.pid,
-                "boot_id": "boot-1"}  # the old columns, plus what the runner read from the old monitor.json
+                "boot_id": "boot-1", "trainer_started": None}  # the old columns, plus what the runner read from
+            # the old monitor.json (no trainer start time: that trainer is never signalled by pid alone)
             assert [e.kind for e in sup.store.events(job_id=job_id)] == ["adopted"]
             assert sup.store.get_job(job_id).state is JobState.RUNNING
 

@@ -118,7 +118,7 @@ class FakeRunner:
         attempt = self.attempts.get((ref.job_id, ref.attempt))
         return [attempt.pid] if attempt is not None and attempt.pid else []
 
-    def clean_orphans(self, gpus: Sequence[int], known_pids: Sequence[int]) -> OrphanCheck:
+    def clean_orphans(self, gpus: Sequence[int], earlier: Sequence[AttemptRef]) -> OrphanCheck:
         return OrphanCheck(ok=True)
 
     def forget(self, job_id: str) -> None:

@@ -254,3 +254,22 @@ def test_apply_environment_puts_workdir_first_and_sets_env(tmp_path: Path, monke
     raw["workdir"] = str(tmp_path / "missing")
     with pytest.raises(ConfigError, match=r"^job.yaml: workdir: no such directory: "):
         apply_environment(build_job_config(raw, source="job.yaml"), "job.yaml")
+
+
+def test_a_heartbeat_lost_to_a_full_disk_does_not_stop_training(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # issue 11, item 3: a real ENOSPC (a filled tmpfs); the write returns, the next one after space is freed lands
+    from tests.support.full_disk import fill, small_tmpfs
+
+    with small_tmpfs(tmp_path / "small") as mount:
+        writer = HeartbeatWriter(mount / "heartbeat.json", mount / "metrics.jsonl", attempt=1, started_at=time.time())
+        writer.metrics = {"loss": 0.5}
+        filler = fill(mount)
+        writer.write()  # raised OSError before the fix, ending the fit
+        assert writer.failed_writes == 1
+        assert not (mount / "heartbeat.json").exists()
+        assert "cannot write the heartbeat" in capsys.readouterr().err
+        filler.unlink()
+        writer.set_phase("train", step=7)
+        beat = read_heartbeat(mount / "heartbeat.json")
+        assert beat is not None and beat.phase == "train"

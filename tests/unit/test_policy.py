@@ -309,3 +309,48 @@ def test_delay_grows_along_a_streak_and_never_passes_the_cap() -> None:
         assert delays[0] == delays[1] == 0.0
         assert all(a <= b for a, b in itertools.pairwise(delays))
         assert max(delays) <= pol.backoff_max
+
+
+def _disk_full(attempts: tuple[PastAttempt, ...], *full: int) -> tuple[PastAttempt, ...]:
+    """``attempts`` with the ones numbered ``full`` marked as failed on a full disk."""
+    return tuple(replace(a, disk_full=a.n in full) for a in attempts)
+
+
+def test_a_disk_full_crash_waits_and_is_not_counted_toward_max_restarts() -> None:
+    # issue 11, item 3: three crashes already (max_restarts=3); a fourth on a full disk would give up
+    history = past(("crash", 1), ("crash", 1), ("crash", 1))
+    assert decide(end("crash"), history, now=NOW, first_started_at=T0, policy=POLICY).end_reason == "max_restarts"
+    full = replace(end("crash"), disk_full=True)
+    decision = decide(full, history, now=NOW, first_started_at=T0, policy=POLICY)
+    assert (decision.action, decision.delay) == (RESTART, 10.0)  # backoff_initial, never at once
+    assert "disk full" in decision.message and "not counted" in decision.message
+
+
+def test_disk_full_waits_grow_along_their_own_streak_and_never_count_as_failures() -> None:
+    history = _disk_full(past(("crash", 0), ("crash", 0), ("crash", 0), ("crash", 0), ("crash", 0)), 1, 2, 3, 4, 5)
+    full = replace(end("crash"), disk_full=True)
+    decision = decide(full, history, now=NOW, first_started_at=T0, policy=POLICY)
+    assert (decision.action, decision.delay) == (RESTART, 60.0)  # 10 * 2**5 capped at backoff_max
+    # once the disk has room again, a real crash counts only the real failures (none) and restarts at once
+    assert decide(end("crash"), history, now=NOW, first_started_at=T0, policy=POLICY).delay == 0.0
+    # and disk-full attempts never make a no-progress streak
+    assert decide(end("crash"), history, now=NOW, first_started_at=T0,
+                  policy=policy(no_progress_attempts=2)).action == RESTART
+
+
+def test_a_disk_full_wait_that_would_outlast_the_budget_ends_the_job_as_budget() -> None:
+    full = replace(end("crash"), disk_full=True)
+    decision = decide(full, (), now=NOW, first_started_at=T0, policy=policy(budget=ELAPSED + 5.0))
+    assert (decision.action, decision.end_reason) == (FINISH, "budget")
+
+
+@pytest.mark.parametrize(("detail", "full"), [
+    ("CheckpointSaveError: [Errno 28] cannot save checkpoint last.ckpt: disk full (0 MiB free on /x)", True),
+    ("cannot record the trainer in /x/monitor.json: No space left on device; trainer killed", True),
+    ("RuntimeError: CUDA error: out of memory", False),
+    (None, False),
+])
+def test_is_disk_full_reads_the_details_the_trainer_and_monitor_write(detail: str | None, full: bool) -> None:
+    from supervisor.outcome import is_disk_full
+
+    assert is_disk_full(detail) is full

@@ -20,7 +20,9 @@ What it adds to ``ModelCheckpoint``:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import sys
 import time
@@ -231,10 +233,21 @@ class ManifestCheckpoint(ModelCheckpoint):
             # A leftover temp name may be a hard link to a live checkpoint: never write through it.
             with contextlib.suppress(FileNotFoundError):
                 os.remove(tmp)
-        # Collective in multi-process runs; rank 0 writes the temp file.
-        trainer.save_checkpoint(tmp, self.save_weights_only)
+        try:
+            # Collective in multi-process runs; rank 0 writes the temp file.
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+            if trainer.is_global_zero:
+                _fsync_path(tmp)
+        except BaseException as exc:
+            # Disk full (or any failure) mid-save: drop the partial file, so its space comes back
+            # for the exit record, and say plainly why. The manifest never named it.
+            if trainer.is_global_zero:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+            if isinstance(exc, Exception):
+                raise CheckpointSaveError(filepath, exc) from exc
+            raise
         if trainer.is_global_zero:
-            _fsync_path(tmp)
             os.replace(tmp, filepath)
             _fsync_path(os.path.dirname(filepath))
 
@@ -364,6 +377,24 @@ def _as_float(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else None
     return value
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written; the message says where, why, and how much space is left."""
+
+    def __init__(self, filepath: str, cause: BaseException) -> None:
+        directory = os.path.dirname(filepath) or "."
+        try:
+            free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free on {directory}"
+        except OSError:
+            free = f"free space on {directory} unknown"
+        text = str(cause)
+        # torch's zip writer reports ENOSPC as a RuntimeError "... file write failed"
+        full = ((isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or "No space left" in text
+                or "file write failed" in text)
+        why = "disk full" if full else f"{type(cause).__name__}: {text}"
+        super().__init__(errno.ENOSPC if full else errno.EIO,
+                         f"cannot save checkpoint {os.path.basename(filepath)}: {why} ({free})")
 
 
 def _fsync_path(path: str) -> None:
