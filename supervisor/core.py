@@ -55,6 +55,7 @@ from supervisor.reconcile import Reconciling
 from supervisor.resume import choose_resume
 from supervisor.runners.base import AttemptExit, AttemptRunner, Phase, RunnerNotice
 from supervisor.runners.local import LocalRunner
+from supervisor.runners.slurm import SlurmRunner
 from supervisor.settings import DaemonSettings
 from supervisor.states import JobState
 from supervisor.stopping import Stopping
@@ -133,6 +134,8 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         self.store = Store(self.state_dir / "supervisor.db")
         self.runner = self._runner_factory(self)
         self.runners = {self.runner.kind: self.runner}
+        # Slurm attempts are always followable (nothing runs until a job asks for it: no thread, no poll).
+        self.runners.setdefault(SlurmRunner.kind, SlurmRunner(self.on_runner_notice))
         if self.settings.watch_files:
             self._checkpoints = CheckpointWatcher(lambda job_id: self.loop.put("checkpoints", job_id))
             self._checkpoints.start()
@@ -266,7 +269,11 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
             return
         if job.state is JobState.STARTING:
             if seen.phase is not Phase.RUNNING:
+                if seen.phase is Phase.PENDING and self.budget_spent(job, now):
+                    # Queue wait counts against the budget: a Slurm job still queued at the deadline is cancelled.
+                    self.begin_stop(job, Cause.BUDGET, "the time budget was spent while the attempt was queued", now)
                 return
+            self.tracker.get_or_track(job.id, attempt.n).running_since = now
             job = store.transition(job.id, JobState.RUNNING, now=now, attempt=attempt.n,
                                    message=f"attempt {attempt.n} running (pid {seen.trainer_pid})",
                                    data={"pid": seen.trainer_pid})
@@ -290,7 +297,8 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         tracked.slowest_step = update_slowest_step(tracked.slowest_step, beat)
         if tracked.hang_setting is None:  # OmegaConf access is slow; read the setting once per attempt
             tracked.hang_setting = str(self.job_config(job).supervision.hang_timeout)
-        verdict = check_hang(now=now, attempt_started_at=attempt.started_at, heartbeat=beat,
+        started = max(attempt.started_at, tracked.running_since or attempt.started_at)
+        verdict = check_hang(now=now, attempt_started_at=started, heartbeat=beat,
                              slowest_step_s=tracked.slowest_step, setting=tracked.hang_setting,
                              settings=self.settings.hang)
         if verdict.hung:

@@ -65,6 +65,15 @@ class CoreBase(ABC):
         """The frozen config of a job (cached: it never changes)."""
         return self.tracker.config(job.id, job.job_dir)
 
+    def runner_for_backend(self, backend: str) -> AttemptRunner:
+        """The runner new attempts of a job with ``supervision.backend: backend`` use ("local": the default one)."""
+        if backend == "local":
+            return self.runner
+        runner = self.runners.get(backend)
+        if runner is None:
+            raise SupervisorError(f"this daemon has no {backend!r} runner (it has: {', '.join(sorted(self.runners))})")
+        return runner
+
     def runner_for(self, attempt: AttemptRow) -> AttemptRunner:
         """The runner that started ``attempt`` (by its persisted kind)."""
         runner = self.runners.get(attempt.runner_kind)

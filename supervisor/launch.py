@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from supervisor.causes import EventKind
 from supervisor.corebase import CoreBase
@@ -54,10 +54,18 @@ def attempt_spec(job: JobRow, cfg: DictConfig, n: int, resume: ResumeChoice, *, 
     env[OWN_ENV_KEY] = str(state_dir)  # also marks our processes for the GPU pre-flight
     # CUDA numbers GPUs like NVML only in PCI order; an empty list keeps a CPU job off every GPU.
     env.update(cuda_environment(list(gpus)))
-    ranks = job_world_size(cfg)  # DDP: one process per device, started by the runner
+    # DDP: one process per device, started by the runner; on Slurm, srun starts ntasks_per_node x nodes
+    local = job_world_size(cfg)
+    ranks, options = RankLayout(local, tuple(range(local))), {}
+    if str(cfg.supervision.backend) == "slurm":
+        slurm = OmegaConf.to_container(cfg.slurm, resolve=True)
+        assert isinstance(slurm, dict)
+        per_node = int(slurm["ntasks_per_node"])
+        ranks = RankLayout(world_size=per_node * int(slurm["nodes"]), local_ranks=tuple(range(per_node)))
+        options = {"slurm": slurm}
     return AttemptSpec(job_id=job.id, attempt=n, command=tuple(command), env=env, workdir=job.workdir,
                        attempt_dir=jl.attempt(n).dir, lock_path=jl.lock, gpus=tuple(gpus), resume_from=resume.path,
-                       deadline=deadline, ranks=RankLayout(ranks, tuple(range(ranks))))
+                       deadline=deadline, ranks=ranks, options=options)
 
 
 class Launching(CoreBase):
@@ -80,8 +88,9 @@ class Launching(CoreBase):
         spec = attempt_spec(job, cfg, n, choice, gpus=gpus, first_started_at=first_started_at,
                             trainer_module=self.settings.trainer_module, boot_id=self.boot_id,
                             state_dir=self.state_dir, base_env=os.environ)
+        runner = self.runner_for_backend(str(cfg.supervision.backend))
         try:
-            state = self.runner.launch(spec)
+            state = runner.launch(spec)
         except LaunchRefused as refused:
             if refused.retry:
                 store.update_job(job.id, now=now, wait_reason=refused.reason)
@@ -92,7 +101,7 @@ class Launching(CoreBase):
         except OSError as exc:
             self._launch_failed(job, n, str(exc), now)
             return
-        store.insert_attempt(AttemptRow(job_id=job.id, n=n, started_at=now, runner_kind=self.runner.kind,
+        store.insert_attempt(AttemptRow(job_id=job.id, n=n, started_at=now, runner_kind=runner.kind,
                                         runner_state=state, boot_id=self.boot_id, gpus=list(gpus),
                                         resumed_from=choice.path))
         resumed = f"from {Path(choice.path).name} ({choice.rule})" if choice.path else "from scratch"

@@ -18,6 +18,8 @@ from supervisor.rank_outcome import slowest_rank_heartbeat
 
 def job_world_size(cfg: DictConfig) -> int:
     """The ranks every attempt of a job runs (from its frozen config; the same rule the launch uses)."""
+    if str(cfg.supervision.backend) == "slurm":  # srun starts ntasks_per_node on each node
+        return int(cfg.slurm.ntasks_per_node) * int(cfg.slurm.nodes)
     trainer_args = OmegaConf.to_container(cfg.trainer, resolve=False)
     return local_ranks(trainer_args) if isinstance(trainer_args, dict) else 1
 

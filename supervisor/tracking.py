@@ -25,6 +25,9 @@ class TrackedAttempt:
     manifest_offset: int = 0  # bytes of the manifest already turned into events
     hang_setting: str | None = None
     world_size: int | None = None  # ranks of the attempt (read once from the config)
+    # When the runner first reported it running: a Slurm attempt may wait in the queue for hours,
+    # and the start-up allowance counts from here, not from the submission.
+    running_since: float | None = None
 
 
 class AttemptTracker:

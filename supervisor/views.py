@@ -76,11 +76,15 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
 
 
 def attempt_view(a: AttemptRow) -> dict[str, Any]:
-    return {
+    view = {
         "n": a.n, "pid": a.pid, "gpus": a.gpus, "started_at": a.started_at, "ended_at": a.ended_at,
         "exit_code": a.exit_code, "signal": a.signal, "reason": a.reason, "detail": a.detail,
         "resumed_from": a.resumed_from, "new_checkpoints": a.new_checkpoints, "global_step": a.global_step,
     }
+    if a.runner_kind == "slurm":  # where the attempt ran: its Slurm job and node list
+        view.update(slurm_job_id=a.runner_state.get("slurm_job_id"), slurm_state=a.runner_state.get("state"),
+                    nodes=a.runner_state.get("nodes") or None)
+    return view
 
 
 def checkpoint_view(e: CheckpointEntry) -> dict[str, Any]:

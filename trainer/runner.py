@@ -74,6 +74,19 @@ class RunState:
         return int(self.trainer.global_step), int(self.trainer.current_epoch)
 
 
+def slurm_plugins(plugins: Any) -> list[Any]:
+    """The Trainer's plugins with Lightning's SLURM environment told not to requeue.
+
+    The supervisor owns restarts: ``auto_requeue`` would ``scontrol requeue`` the job on
+    SIGUSR1 (our "save a checkpoint" signal) and run a second copy beside the daemon's.
+    """
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    given = list(plugins) if isinstance(plugins, (list, tuple)) else ([] if plugins is None else [plugins])
+    kept = [p for p in given if not isinstance(p, SLURMEnvironment)]
+    return [*kept, SLURMEnvironment(auto_requeue=False)]
+
+
 def check_job(cfg: DictConfig, source: str) -> ResolvedJob:
     """``--check``: import and check everything the config names; build nothing unless an option needs a look."""
     job = resolve_job(cfg, source)
@@ -106,6 +119,8 @@ def run_fit(
     callbacks = build_callbacks(cfg, job, opts, signals, heartbeat, state, logger)
     trainer_args = profiler_into_attempt_dir(dict(job.trainer_args), opts.attempt_dir)
     trainer_args.setdefault("default_root_dir", str(opts.attempt_dir))
+    if str(cfg.supervision.backend) == "slurm":
+        trainer_args["plugins"] = slurm_plugins(trainer_args.get("plugins"))
     try:
         trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
     except Exception as exc:

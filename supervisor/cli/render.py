@@ -48,9 +48,13 @@ def attempts_table(attempts: list[dict[str, Any]]) -> Table:
         table.add_column(col, overflow="fold")
     for a in attempts:
         exit_text = a["signal"] or ("" if a["exit_code"] is None else str(a["exit_code"]))
-        table.add_row(str(a["n"]), when(a["started_at"]), when(a["ended_at"]), str(a["pid"] or "-"),
-                      ",".join(map(str, a["gpus"])) or "-", exit_text, a["reason"] or "",
-                      a.get("detail") or "", Path(a["resumed_from"]).name if a["resumed_from"] else "scratch")
+        where = str(a["pid"] or "-")
+        gpus = ",".join(map(str, a["gpus"])) or "-"
+        if a.get("slurm_job_id"):  # a Slurm attempt: its job id and nodes instead of a local pid and GPUs
+            where, gpus = f"slurm {a['slurm_job_id']}", a.get("nodes") or "-"
+        table.add_row(str(a["n"]), when(a["started_at"]), when(a["ended_at"]), where, gpus, exit_text,
+                      a["reason"] or "", a.get("detail") or "",
+                      Path(a["resumed_from"]).name if a["resumed_from"] else "scratch")
     return table
 
 

@@ -7,7 +7,7 @@ nothing here raises a traceback at a user.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from supervisor.config.safe_yaml import (
 )
 from supervisor.config.schema import (
     ALERT_EVENTS,
+    BACKENDS,
     MODE_CHOICES,
     RESUME_CHOICES,
     WANDB_MODES,
@@ -143,7 +144,8 @@ def _build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[s
     trainer_args = OmegaConf.to_container(resolved.trainer, resolve=False)
     assert isinstance(trainer_args, dict)
     OmegaConf.set_readonly(resolved, False)
-    resolved.supervision.gpus = check_ranks(trainer_args, resolved.supervision.gpus, source)
+    resolved.supervision.gpus = check_ranks(trainer_args, resolved.supervision.gpus, source,
+                                           str(resolved.supervision.backend))
     return resolved
 
 
@@ -322,6 +324,9 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
     filename_problem = checkpoint_filename_problem(get("checkpoint.filename"))
     if filename_problem is not None:
         fail("checkpoint.filename", filename_problem)
+    choice("supervision.backend", BACKENDS)
+    if cfg.supervision.backend == "slurm":
+        _check_slurm(cfg, fail)
     for key, value in cfg.env.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(key)):
             fail(f"env.{key}", "is not a valid environment variable name")
@@ -331,6 +336,35 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
     for i, tag in enumerate(cfg.logger.wandb.tags):
         if isinstance(tag, (DictConfig, ListConfig)):
             fail(f"logger.wandb.tags[{i}]", f"must be a single value, got a {_kind(tag)}")
+
+
+_SLURM_SIGNAL = re.compile(r"^(B:|R:)?(SIG)?[A-Z0-9]+(@[0-9]+)?$")
+_SLURM_TIME = re.compile(r"^([0-9]+-)?[0-9]+(:[0-9]{1,2}){0,2}$")
+
+
+def _check_slurm(cfg: DictConfig, fail: Callable[[str, str], None]) -> None:
+    """The ``slurm:`` section against itself and the Trainer (fills ``trainer.num_nodes``/``devices`` when unset)."""
+    slurm = cfg.slurm
+    for key in ("nodes", "ntasks_per_node"):
+        if slurm[key] < 1:
+            fail(f"slurm.{key}", f"must be at least 1; got {slurm[key]}")
+    if slurm.gpus_per_node < 0:
+        fail("slurm.gpus_per_node", f"must be at least 0; got {slurm.gpus_per_node}")
+    if slurm.time is not None and not _SLURM_TIME.match(str(slurm.time)):
+        fail("slurm.time", f"expected Slurm's time format like 24:00:00 or 1-00:00:00, got {slurm.time!r}")
+    if slurm.signal is not None and not _SLURM_SIGNAL.match(str(slurm.signal)):
+        fail("slurm.signal", f"expected Slurm's --signal format like USR1@120, got {slurm.signal!r}")
+    if cfg.supervision.gpus:
+        fail("supervision.gpus", "must be 0 with backend: slurm (ask Slurm for GPUs with slurm.gpus_per_node)")
+    # Lightning's SLURMEnvironment checks SLURM_NTASKS against devices x num_nodes and refuses a mismatch
+    # only after the allocation started: say it at submit instead.
+    for trainer_key, slurm_key in (("num_nodes", "nodes"), ("devices", "ntasks_per_node")):
+        value = cfg.trainer.get(trainer_key)
+        if value is None:
+            cfg.trainer[trainer_key] = int(slurm[slurm_key])
+        elif value != slurm[slurm_key]:
+            fail(f"slurm.{slurm_key}", f"is {slurm[slurm_key]} but trainer.{trainer_key} is {value!r}: "
+                 f"they must be equal (Lightning starts {slurm_key.replace('_', ' ')} ranks from Slurm's tasks)")
 
 
 def _key_of(exc: OmegaConfBaseException) -> str | None:

@@ -40,8 +40,11 @@ def local_ranks(trainer_args: Mapping[Any, Any]) -> int:
     return devices
 
 
-def check_ranks(trainer_args: Mapping[Any, Any], gpus: int | None, source: str) -> int:
+def check_ranks(trainer_args: Mapping[Any, Any], gpus: int | None, source: str, backend: str = "local") -> int:
     """Validate the ranks and GPUs of a job; the ``supervision.gpus`` to record (its default resolved).
+
+    On the Slurm backend srun starts the ranks over several nodes and Slurm allocates the GPUs
+    (``slurm.gpus_per_node``): only the strategy rules apply, and the daemon allocates no GPU (0).
 
     Raises ``ConfigError`` naming the key for a combination the supervisor cannot run.
     """
@@ -59,6 +62,8 @@ def check_ranks(trainer_args: Mapping[Any, Any], gpus: int | None, source: str) 
             raise ConfigError(source, "trainer.strategy",
                               f"{strategy!r} starts its ranks itself, out of the supervisor's sight; use ddp "
                               "(the supervisor starts one process per device)")
+    if backend == "slurm":
+        return 0
     nodes = trainer_args.get("num_nodes", 1)
     if nodes not in (None, 1):
         raise ConfigError(source, "trainer.num_nodes", f"must be 1: the supervisor runs jobs on one node; got {nodes}")

@@ -20,6 +20,7 @@ RESUME_CHOICES = ("best", "last", "auto")
 MODE_CHOICES = ("min", "max")
 WANDB_MODES = ("online", "offline", "disabled")
 WATCH_CHOICES = ("gradients", "parameters", "all", "none")
+BACKENDS = ("local", "slurm")
 ALERT_EVENTS = ("restart", "hang", "gpu_fault", "failed", "budget", "completed", "stopped", "reboot")
 DEFAULT_ALERTS = ["restart", "hang", "gpu_fault", "failed", "budget", "completed", "reboot"]
 
@@ -116,6 +117,30 @@ class SupervisionConfig:
     stop_grace: str = "60s"  # SIGTERM -> SIGKILL
     gpus: int | None = None  # None: trainer.devices on a GPU accelerator, else 0 (config/ranks.py)
     alerts: list[str] = field(default_factory=lambda: list(DEFAULT_ALERTS))
+    backend: str = "local"  # local | slurm (the ``slurm:`` section then says how; docs/slurm.md)
+
+
+@dataclass
+class SlurmConfig:
+    """One allocation of a job on a Slurm cluster (``supervision.backend: slurm``); docs/slurm.md.
+
+    ``nodes`` must equal ``trainer.num_nodes`` and ``ntasks_per_node`` ``trainer.devices``
+    (Lightning's SLURM environment refuses otherwise); unset Trainer keys are filled in.
+    """
+
+    partition: str | None = None
+    nodes: int = 1
+    ntasks_per_node: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int | None = None
+    mem: str | None = None  # sbatch --mem ("0": all of each node's memory)
+    time: str | None = None  # one allocation's limit (sbatch --time); the job goes on in a new one
+    signal: str | None = "USR1@120"  # sbatch --signal: SIGUSR1 = save a checkpoint, before the limit
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    extra_args: list[str] = field(default_factory=list)  # more sbatch options, verbatim
+    setup: list[str] = field(default_factory=list)  # shell lines run before srun (module load ..., conda activate ...)
 
 
 @dataclass
@@ -134,5 +159,6 @@ class JobConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
     supervision: SupervisionConfig = field(default_factory=SupervisionConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     # Knobs a web-launcher template offers (see docs); ignored by the trainer.
     ui: dict[str, Any] = field(default_factory=dict)

@@ -83,6 +83,8 @@ class AttemptSpec:
     resume_from: str | None = None
     deadline: float | None = None  # wall clock at which the budget is spent
     ranks: RankLayout = field(default_factory=RankLayout)
+    # Runner-specific sections of the job config, as plain data (the Slurm runner reads "slurm").
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

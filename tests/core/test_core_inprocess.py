@@ -209,6 +209,40 @@ def test_a_trainer_whose_heartbeat_stops_is_stopped_as_hung(make_core: MakeCore)
     assert [type(what).__name__ for _, what in core.alerts] == ["HangAlert"]
 
 
+def test_queue_wait_does_not_eat_the_start_up_allowance(make_core: MakeCore) -> None:
+    # A Slurm attempt may wait in the queue (pending) for longer than the start-up allowance:
+    # the allowance counts from the moment the runner reports it running, not from the submission.
+    core = make_core()
+    job_id = core.submit(supervision={"hang_timeout": "auto"})
+    allowance = core.sup.settings.hang.startup_allowance
+    core.clock.advance(allowance + 60)  # pending all that time: neither hung nor failed
+    core.tick()
+    assert core.state(job_id) is JobState.STARTING
+    core.runner.start(job_id, 1)
+    core.tick()
+    core.clock.advance(allowance - 1)  # running, no heartbeat yet, inside the allowance
+    core.tick()
+    assert core.state(job_id) is JobState.RUNNING
+    core.clock.advance(2)
+    core.tick()
+    job = core.job(job_id)
+    assert (job.state, job.stop_intent) == (JobState.STOPPING, Cause.HANG)
+
+
+def test_a_queued_attempt_is_stopped_when_the_budget_is_spent(make_core: MakeCore) -> None:
+    # Queue wait counts against the budget: an attempt still pending at the deadline is cancelled.
+    core = make_core()
+    job_id = core.submit(supervision={"budget": "10m"})
+    core.clock.advance(9 * 60)
+    core.tick()
+    assert core.state(job_id) is JobState.STARTING and core.runner.ops("graceful_stop") == []
+    core.clock.advance(61)
+    core.tick()
+    job = core.job(job_id)
+    assert (job.state, job.stop_intent) == (JobState.STOPPING, Cause.BUDGET)
+    assert core.runner.ops("graceful_stop") == [(job_id, 1)]
+
+
 def test_a_crash_on_a_full_disk_waits_in_backoff_and_is_not_counted(make_core: MakeCore) -> None:
     # issue 11, item 3: the trainer's exit record says the checkpoint could not be saved for lack of space
     from pathlib import Path

@@ -20,6 +20,10 @@ job config's ``model.init_args``:
     heartbeat_every: 0   seconds between heartbeats (the real trainer: 2 s; 0 = every step)
     val_every: 0         a "validation" every N steps: a metrics.jsonl line with val_loss = objective(x, y) + 1/k
     x: 0.0, y: 0.0       the hyperparameters val_loss is a known function of (optimum x=0.3, y=0.7; see objective)
+
+Under Slurm with several ranks (``SLURM_PROCID`` > 0) a rank other than 0 only
+follows: it waits for rank 0's exit record (then exits 0) or a signal, like a DDP
+rank that does no file work.
 """
 
 from __future__ import annotations
@@ -88,6 +92,18 @@ def _read_step(ckpt: str) -> int:
         return int(zf.read("archive/data.pkl").decode().split("step=")[1])
 
 
+def _follow_rank_zero(layout: AttemptLayout) -> int:
+    """A rank > 0: alive until rank 0 wrote its exit record (exit 0) or a stop signal arrives."""
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    print(f"fake trainer rank {os.environ.get('SLURM_PROCID')} on {os.environ.get('SLURMD_NODENAME')}", flush=True)
+    while not layout.exit_record.exists():
+        if _stop_signal is not None:
+            return 128 + _stop_signal
+        time.sleep(0.05)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     global _checkpoint_requested
     parser = argparse.ArgumentParser()
@@ -113,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     layout = AttemptLayout(Path(args.attempt_dir))
     layout.dir.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("SLURM_PROCID", "0")) != 0:
+        return _follow_rank_zero(layout)
     # Started as one of several ranks (the monitor's RANK): its own files, and rank 0 alone saves.
     rank = int(os.environ.get("RANK", "0"))
     heartbeat_path, exit_path = layout.heartbeat_of(rank), layout.exit_record_of(rank)

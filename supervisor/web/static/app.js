@@ -535,7 +535,9 @@ function jobView(jobId) {
       h("td", {}, fmtTime(a.ended_at)),
       h("td", { class: "num" }, fmtDuration((a.ended_at ?? now) - a.started_at)),
       h("td", {}, a.reason ? h("span", { class: `cause cause-${a.reason}` }, a.reason) : h("span", { class: "muted" }, "running")),
-      h("td", { class: "detail" }, a.detail || ""),
+      h("td", { class: "detail" }, a.detail || "",
+        a.slurm_job_id ? h("div", { class: "muted small", "data-testid": "slurm-attempt" },
+          `Slurm job ${a.slurm_job_id} on ${a.nodes || "–"}`) : null),
       h("td", { title: a.resumed_from || "" }, a.resumed_from ? basename(a.resumed_from) : "from scratch"),
       h("td", { class: "num" }, a.global_step ?? "–"),
       h("td", { class: "num" }, a.new_checkpoints ?? "–"))));

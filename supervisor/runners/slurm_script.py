@@ -1,0 +1,107 @@
+"""The batch script of one Slurm attempt (a pure function of the spec and the ``slurm:`` section).
+
+What the script does, and why:
+
+- ``#SBATCH`` lines from the config; ``--no-requeue`` (the daemon is the one owner
+  of restarts: Slurm's own requeue would run a second copy beside the daemon's
+  resubmission), ``--signal`` so the trainer saves a checkpoint before the time
+  limit (SIGUSR1 = save and go on in this project), ``--open-mode=append`` and the
+  output in the attempt dir.
+- A probe step: every node writes ``probe/<node>`` in the attempt dir and the
+  batch node counts them. A state dir the nodes do not share ends the job at once
+  with a config error naming it, instead of ranks that never see each other's files.
+- ``srun --kill-on-bad-exit=1`` starts the ranks (Lightning's SLURM environment
+  reads ``SLURM_PROCID``...), so a dead rank takes its step down with it.
+- srun runs in the background and the script ``wait``s in a loop with a TERM
+  handler: Slurm sends SIGTERM to the batch shell too at the time limit or on
+  ``scancel``, and the script must outlive it long enough to write the end record.
+- The end record (``slurm-end.json``, written atomically) keeps the step's exit
+  code: ``squeue``/``scontrol`` forget finished jobs after ``MinJobAge`` and
+  ``sacct`` is often disabled.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+END_RECORD = "slurm-end.json"
+PROBE_DIR = "probe"
+JOB_NAME_PREFIX = "mlsup-"
+
+
+_RANK_EXPORTS = ('export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" WORLD_SIZE="$SLURM_NTASKS" '
+                 'NODE_RANK="$SLURM_NODEID"; exec "$@"')
+
+
+def slurm_job_name(job_id: str) -> str:
+    """The Slurm job name of every allocation of ``job_id`` (how a duplicate is found in ``squeue``)."""
+    return f"{JOB_NAME_PREFIX}{job_id}"
+
+
+def sbatch_options(job_id: str, attempt_dir: Path, slurm: Mapping[str, Any]) -> list[str]:
+    """The ``#SBATCH`` options, in order (pure)."""
+    # The attempt's usual log files (``supervisorctl logs -f`` follows them), appended to by every rank.
+    opts = [f"--job-name={slurm_job_name(job_id)}", f"--output={attempt_dir / 'stdout.log'}",
+            f"--error={attempt_dir / 'stderr.log'}", "--open-mode=append",
+            "--no-requeue", f"--nodes={int(slurm['nodes'])}", f"--ntasks-per-node={int(slurm['ntasks_per_node'])}"]
+    if slurm.get("partition"):
+        opts.append(f"--partition={slurm['partition']}")
+    if int(slurm.get("gpus_per_node") or 0):
+        opts.append(f"--gpus-per-node={int(slurm['gpus_per_node'])}")
+    if slurm.get("cpus_per_task") is not None:
+        opts.append(f"--cpus-per-task={int(slurm['cpus_per_task'])}")
+    for key, flag in (("mem", "mem"), ("time", "time"), ("signal", "signal"), ("account", "account"),
+                      ("qos", "qos"), ("constraint", "constraint")):
+        value = slurm.get(key)
+        if value is not None and str(value) != "":
+            opts.append(f"--{flag}={value}")
+    opts.extend(str(a) for a in slurm.get("extra_args") or [])
+    return opts
+
+
+def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command: tuple[str, ...],
+                        slurm: Mapping[str, Any]) -> str:
+    """The whole batch script (pure). Its environment is sbatch's (the attempt's), exported to every step."""
+    q = shlex.quote
+    lines = ["#!/bin/bash"]
+    lines += [f"#SBATCH {opt}" for opt in sbatch_options(job_id, attempt_dir, slurm)]
+    lines += [
+        "# Written by ml-supervisor: one attempt of job " + job_id + ". The daemon resubmits; Slurm never requeues.",
+        f"cd {q(workdir)} || exit 1",
+        f"ATTEMPT_DIR={q(str(attempt_dir))}",
+        f"PROBE_DIR=$ATTEMPT_DIR/{PROBE_DIR}",
+        f"END=$ATTEMPT_DIR/{END_RECORD}",
+        "signals=''",
+        "trap 'signals=\"$signals TERM\"' TERM",
+        "trap 'signals=\"$signals USR1\"' USR1",
+        "write_end() {  # exit code of the training step, what the script saw; atomically",
+        "    printf '{\"slurm_job_id\": \"%s\", \"exit_code\": %s, \"step\": \"%s\", \"nodes\": \"%s\", "
+        "\"signals\": \"%s\", \"ended_at\": %s}\\n' \"$SLURM_JOB_ID\" \"$1\" \"$2\" \"$SLURM_JOB_NODELIST\" "
+        "\"${signals# }\" \"$(date +%s.%N)\" > \"$END.tmp\" && mv -f \"$END.tmp\" \"$END\"",
+        "}",
+        *slurm.get("setup", []),
+        "# Every node writes a probe the batch node must see: the state dir must be on a shared filesystem.",
+        "mkdir -p \"$PROBE_DIR\"",
+        "srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'hostname > \"$0/$SLURMD_NODENAME\"' \"$PROBE_DIR\"",
+        "seen=$(ls \"$PROBE_DIR\" | wc -l)",
+        "if [ \"$seen\" -lt \"$SLURM_NNODES\" ]; then",
+        "    msg=\"the state dir $ATTEMPT_DIR is not on a filesystem every node sees: $seen of $SLURM_NNODES nodes' "
+        "probe files are visible from $(hostname) (put --state-dir on the cluster's shared filesystem)\"",
+        "    printf '{\"status\": \"config_error\", \"message\": \"%s\", \"time\": %s}\\n' \"$msg\" "
+        "\"$(date +%s.%N)\" > \"$ATTEMPT_DIR/exit.json\"",
+        "    write_end 2 probe",
+        "    exit 2",
+        "fi",
+        # The rank variables the trainer's rank awareness reads (Lightning's SLURM environment reads SLURM_*).
+        "srun --kill-on-bad-exit=1 bash -c " + q(_RANK_EXPORTS) + " rank " + " ".join(q(c) for c in command) + " &",
+        "step=$!",
+        "# Signals interrupt `wait`: wait again until the step has really ended.",
+        "wait $step; rc=$?",
+        "while kill -0 $step 2>/dev/null; do wait $step; rc=$?; done",
+        "write_end $rc train",
+        "exit $rc",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,206 @@
+"""The Slurm backend for real: a real daemon submitting to the local two-node cluster (sbatch, srun,
+scancel, squeue), the fake trainer as the ranks (no torch: the file contracts), real signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from supervisor.jobfiles.atomic import read_json_lines
+from supervisor.jobfiles.layout import JobLayout
+from tests.support.harness import DaemonProc, wait_for, write_config
+from tests.support.slurm_cluster import Cluster
+
+pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
+
+
+def _squeue(cluster: Cluster, job: str) -> list[str]:
+    """Our Slurm jobs of ``job`` that Slurm has not finished (pending, running, completing)."""
+    out = cluster.run("squeue", "-h", f"--name=mlsup-{job}", "-o", "%i %T").stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def _ranks(d: DaemonProc, job: str) -> dict[int, psutil.Process]:
+    """The job's live trainer processes by Slurm rank (srun starts them on this machine)."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if "fake_trainer" in cmd and any(job in part for part in cmd):
+                found[int(proc.environ().get("SLURM_PROCID", "-1"))] = proc
+        except (psutil.Error, ValueError):
+            continue
+    return found
+
+
+def _attempt_running(d: DaemonProc, job: str, n: int, step: int = 1) -> dict[str, Any]:
+    def running() -> dict[str, Any] | None:
+        st = d.status(job)
+        ok = st["state"] == "running" and len(st["attempts"]) == n and st["global_step"] >= step
+        return st if ok else None
+
+    return wait_for(running, timeout=90, interval=0.3, what=f"attempt {n} of {job} running at step {step}")
+
+
+def test_two_node_job_completes_and_status_shows_slurm_job_and_nodes(slurm_daemon: DaemonProc,
+                                                                      slurm_cluster: Cluster) -> None:
+    cfg = write_config(slurm_daemon.workdir, "two", supervision={"backend": "slurm"},
+                       steps=30, step_time=0.05, ckpt_every=5)
+    cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n")
+    job = slurm_daemon.submit(cfg)
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=120)
+    assert final["state"] == "completed" and final["end_reason"] == "finished"
+    (attempt,) = final["attempts"]
+    assert attempt["reason"] == "completed" and attempt["slurm_state"] == "COMPLETED"
+    assert attempt["slurm_job_id"].isdigit() and attempt["nodes"] == "n[1-2]"
+    # both nodes ran a rank and saw the state dir (the shared-filesystem probe)
+    attempt_dir = JobLayout(Path(final["job_dir"])).attempt(1).dir
+    assert sorted(p.name for p in (attempt_dir / "probe").iterdir()) == ["n1", "n2"]
+    stdout = (attempt_dir / "stdout.log").read_text()
+    assert "fake trainer rank 1 on n2" in stdout and "fake trainer attempt 1 from step 0" in stdout
+    end = json.loads((attempt_dir / "slurm-end.json").read_text())
+    assert end["exit_code"] == 0 and end["slurm_job_id"] == attempt["slurm_job_id"]
+    # the batch script: one owner of restarts, a checkpoint signal before the time limit
+    script = (attempt_dir / "slurm-batch.sh").read_text()
+    assert "#SBATCH --no-requeue" in script and "#SBATCH --signal=USR1@120" in script
+    assert "srun --kill-on-bad-exit=1" in script
+    table = slurm_daemon.ctl("status", job).stdout
+    assert f"slurm {attempt['slurm_job_id']}" in table and "n[1-2]" in table
+    assert _squeue(slurm_cluster, job) == []
+
+
+def test_sigkill_of_a_rank_resubmits_from_best(slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
+    cfg = write_config(slurm_daemon.workdir, "kill", supervision={"backend": "slurm"},
+                       steps=60, step_time=0.1, ckpt_every=5)
+    cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n")
+    job = slurm_daemon.submit(cfg)
+    _attempt_running(slurm_daemon, job, 1, step=12)
+    ranks = wait_for(lambda: (r := _ranks(slurm_daemon, job)) and len(r) == 2 and r, what="both ranks")
+    ranks[1].send_signal(signal.SIGKILL)  # the rank on n2: srun --kill-on-bad-exit takes rank 0 down with it
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=150)
+    assert final["state"] == "completed"
+    first, second = final["attempts"]
+    assert first["reason"] == "crash" and first["slurm_state"] == "FAILED"
+    assert second["resumed_from"] is not None and second["resumed_from"].endswith(".ckpt")
+    assert second["slurm_job_id"] != first["slurm_job_id"]
+    assert final["global_step"] == 60
+
+
+def test_stop_cancels_the_slurm_job(slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
+    cfg = write_config(slurm_daemon.workdir, "stop", supervision={"backend": "slurm"},
+                       steps=2000, step_time=0.05, ckpt_every=10)
+    job = slurm_daemon.submit(cfg)
+    _attempt_running(slurm_daemon, job, 1, step=5)
+    assert len(_squeue(slurm_cluster, job)) == 1
+    slurm_daemon.ctl("stop", job)
+    final = slurm_daemon.wait_state(job, "stopped", timeout=60)
+    assert final["attempts"][0]["reason"] == "user_stop"
+    wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="nothing of the job left in squeue")
+    assert _ranks(slurm_daemon, job) == {}
+
+
+def test_daemon_restart_adopts_the_slurm_job(slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
+    cfg = write_config(slurm_daemon.workdir, "adopt", supervision={"backend": "slurm"},
+                       steps=120, step_time=0.05, ckpt_every=10)
+    job = slurm_daemon.submit(cfg)
+    first = _attempt_running(slurm_daemon, job, 1, step=3)["attempts"][0]
+    slurm_daemon.kill(signal.SIGKILL)
+    time.sleep(1.0)
+    assert len(_squeue(slurm_cluster, job)) == 1  # the allocation runs on without its daemon
+    slurm_daemon.start()
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=120)
+    assert final["state"] == "completed" and len(final["attempts"]) == 1
+    assert final["attempts"][0]["slurm_job_id"] == first["slurm_job_id"]
+    kinds = [e["kind"] for e in _events(slurm_daemon, job)]
+    assert "adopted" in kinds
+
+
+def test_node_failure_comes_back_from_best_without_a_duplicate(slurm_daemon: DaemonProc,
+                                                               slurm_cluster: Cluster) -> None:
+    cfg = write_config(slurm_daemon.workdir, "node", supervision={"backend": "slurm"},
+                       steps=60, step_time=0.1, ckpt_every=5)
+    cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n")
+    job = slurm_daemon.submit(cfg)
+    _attempt_running(slurm_daemon, job, 1, step=12)
+    down = slurm_cluster.run("scontrol", "update", "nodename=n2", "state=down", "reason=test-node-failure")
+    assert down.returncode == 0, down.stderr
+    # attempt 1 ends with the node, attempt 2 waits in the queue: never two live allocations at once
+    seen_two = False
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        live = _squeue(slurm_cluster, job)
+        assert len(live) <= 1, live
+        st = slurm_daemon.status(job)
+        if len(st["attempts"]) == 2:
+            seen_two = True
+            if live and "PENDING" in live[0]:
+                break
+        time.sleep(0.3)
+    assert seen_two, slurm_daemon.status(job)
+    first = slurm_daemon.status(job)["attempts"][0]
+    assert first["reason"] == "crash" and first["slurm_state"] == "NODE_FAIL", first
+    assert "node" in first["detail"].lower()
+    assert slurm_cluster.run("scontrol", "update", "nodename=n2", "state=resume").returncode == 0
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=150)
+    assert final["state"] == "completed" and len(final["attempts"]) == 2
+    assert final["attempts"][1]["resumed_from"] is not None and final["attempts"][1]["nodes"] == "n[1-2]"
+
+
+def test_time_limit_checkpoints_first_and_continues_in_a_new_allocation(slurm_daemon: DaemonProc,
+                                                                         slurm_cluster: Cluster) -> None:
+    # One minute per allocation, SIGUSR1 30 s before it: the fake saves a "last" checkpoint on SIGUSR1.
+    cfg = write_config(slurm_daemon.workdir, "limit", supervision={"backend": "slurm"},
+                       steps=3000, step_time=0.05, ckpt_every=100000)
+    cfg.write_text(cfg.read_text() + 'slurm:\n  time: "00:01:00"\n  signal: "USR1@30"\n')
+    job = slurm_daemon.submit(cfg)
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=500)
+    assert final["state"] == "completed"
+    *limited, last = final["attempts"]
+    assert limited, last  # (on a loaded box a second allocation may reach its limit too)
+    first = limited[0]
+    assert all(a["slurm_state"] == "TIMEOUT" and "time limit" in a["detail"] for a in limited), limited
+    saves = [e for e in read_json_lines(JobLayout(Path(final["job_dir"])).manifest) if e.get("event") == "save"]
+    usr1 = [e for e in saves if e["attempt"] == first["n"] and e["kind"] == "last"]
+    assert usr1, saves  # the checkpoint SIGUSR1 asked for, before the limit
+    assert last["reason"] == "completed" and last["resumed_from"] is not None and last["global_step"] == 3000
+
+
+def test_a_state_dir_the_daemon_does_not_share_with_the_nodes_fails_the_job(slurm_daemon: DaemonProc,
+                                                                           slurm_cluster: Cluster,
+                                                                           tmp_path: Path) -> None:
+    # The nodes write their probe files where this daemon does not look (as if the state dir were node-local):
+    # the batch node is satisfied, the daemon is not, and says so instead of restarting forever.
+    slurm_daemon.kill(signal.SIGTERM)
+    slurm_daemon.start(ML_SUPERVISOR_SLURM_PROBE_WAIT="5")
+    elsewhere = tmp_path / "node-local"
+    cfg = write_config(slurm_daemon.workdir, "unshared", supervision={"backend": "slurm"},
+                       steps=2000, step_time=0.05, ckpt_every=10)
+    cfg.write_text(cfg.read_text() + f"slurm:\n  setup: ['PROBE_DIR={elsewhere}']\n")
+    job = slurm_daemon.submit(cfg)
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=90)
+    assert (final["state"], final["end_reason"]) == ("failed", "config_error")
+    (attempt,) = final["attempts"]
+    assert attempt["reason"] == "config_error"
+    assert "not on a filesystem this daemon shares with the Slurm nodes: it sees 0 of 1" in attempt["detail"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["n1"]  # the node did write its probe
+    wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation cancelled")
+
+
+def test_a_slurm_section_that_contradicts_the_trainer_is_refused_at_submit(slurm_daemon: DaemonProc) -> None:
+    cfg = write_config(slurm_daemon.workdir, "bad", supervision={"backend": "slurm"})
+    cfg.write_text(cfg.read_text() + "trainer:\n  devices: 2\nslurm:\n  ntasks_per_node: 1\n")
+    done = slurm_daemon.ctl("submit", str(cfg), check=False)
+    assert done.returncode != 0
+    assert f"{cfg}: slurm.ntasks_per_node: is 1 but trainer.devices is 2" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert slurm_daemon.client().call("list") == []
+
+
+def _events(d: DaemonProc, job: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in d.ctl("events", job, "--json").stdout.splitlines() if line.strip()]

@@ -1,0 +1,132 @@
+"""The Slurm backend's pure parts: the state table, squeue/sbatch parsing, the end of an attempt,
+the batch script's options, and the ``slurm:`` section's checks at submit (no cluster needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from supervisor.causes import Cause
+from supervisor.config.loader import load_job_config
+from supervisor.errors import ConfigError
+from supervisor.outcome import classify_end
+from supervisor.runners.base import Phase
+from supervisor.runners.slurm_script import render_batch_script, sbatch_options, slurm_job_name
+from supervisor.runners.slurm_states import end_exit, ending_of, parse_sbatch, parse_squeue, phase_of
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = REPO / "configs" / "digits.yaml"
+
+SLURM = {"nodes": 2, "ntasks_per_node": 8, "gpus_per_node": 8, "cpus_per_task": 8, "mem": "0",
+         "time": "24:00:00", "signal": "USR1@120", "partition": "gpu", "account": None, "qos": None,
+         "constraint": None, "extra_args": ["--exclusive"], "setup": ["module load cuda"]}
+
+
+@pytest.mark.parametrize(("state", "phase"), [
+    ("PENDING", Phase.PENDING), ("CONFIGURING", Phase.PENDING), ("RUNNING", Phase.RUNNING),
+    ("COMPLETING", Phase.RUNNING), ("COMPLETED", Phase.ENDED), ("FAILED", Phase.ENDED),
+    ("CANCELLED by 0", Phase.ENDED), ("TIMEOUT", Phase.ENDED), ("NODE_FAIL", Phase.ENDED),
+    ("PREEMPTED", Phase.ENDED), ("OUT_OF_MEMORY", Phase.ENDED), ("BOOT_FAIL", Phase.ENDED),
+    ("RUNNING+", Phase.RUNNING), ("WHATEVER", None), (None, None),
+])
+def test_phase_of_every_slurm_state(state: str | None, phase: Phase | None) -> None:
+    assert phase_of(state) is phase
+
+
+@pytest.mark.parametrize(("state", "words"), [
+    ("TIMEOUT", "time limit"), ("NODE_FAIL", "node"), ("PREEMPTED", "preempted"),
+    ("OUT_OF_MEMORY", "out of memory"), ("BOOT_FAIL", "boot"), ("CANCELLED", "outside the supervisor"),
+])
+def test_a_slurm_ending_names_itself_in_the_attempts_detail(state: str, words: str) -> None:
+    ended = end_exit({"exit_code": 143, "ended_at": 5.0}, state, now=9.0)
+    assert ended is not None and ended.exit_code == 143 and ended.signal == "SIGTERM" and ended.ended_at == 5.0
+    outcome = classify_end(None, ended, None)
+    assert outcome.cause is Cause.CRASH and words in outcome.detail.lower()
+    assert ending_of(state).failure
+
+
+def test_a_failed_step_keeps_the_trainers_own_exception_as_the_detail() -> None:
+    ended = end_exit({"exit_code": 1, "ended_at": 5.0}, "FAILED", now=9.0)
+    assert ended is not None and ended.error is None and ended.exit_code == 1
+
+
+def test_end_exit_without_record_or_state_is_a_vanished_attempt() -> None:
+    assert end_exit(None, None, now=1.0) is None
+    killed = end_exit(None, "CANCELLED", now=1.0)
+    assert killed is not None and killed.exit_code is None and "cancelled" in (killed.error or "")
+    completed_silently = end_exit(None, "COMPLETED", now=1.0)
+    assert completed_silently is not None and "without an end record" in (completed_silently.error or "")
+
+
+def test_parse_squeue_and_sbatch() -> None:
+    text = "12|RUNNING|n[1-2]|mlsup-a-1\n13|PENDING||mlsup-b-2\ngarbage\n\n"
+    entries = parse_squeue(text)
+    assert sorted(entries) == ["12", "13"]
+    assert entries["12"].nodes == "n[1-2]" and entries["13"].state == "PENDING" and entries["13"].name == "mlsup-b-2"
+    assert parse_sbatch("4711\n") == "4711" and parse_sbatch("4711;cluster\n") == "4711"
+    with pytest.raises(ValueError, match="not a job id"):
+        parse_sbatch("sbatch: error: Batch job submission failed")
+
+
+def test_sbatch_options_come_from_the_slurm_section(tmp_path: Path) -> None:
+    opts = sbatch_options("job-1", tmp_path, SLURM)
+    assert opts[:1] == [f"--job-name={slurm_job_name('job-1')}"]
+    for expected in ("--no-requeue", "--open-mode=append", "--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8",
+                     "--cpus-per-task=8", "--mem=0", "--time=24:00:00", "--signal=USR1@120", "--partition=gpu",
+                     "--exclusive", f"--output={tmp_path / 'stdout.log'}", f"--error={tmp_path / 'stderr.log'}"):
+        assert expected in opts
+    assert not any(o.startswith(("--account", "--qos", "--constraint")) for o in opts)
+
+
+def test_the_batch_script_probes_the_shared_filesystem_then_sruns_the_ranks(tmp_path: Path) -> None:
+    script = render_batch_script(job_id="job-1", attempt_dir=tmp_path / "attempts" / "1", workdir="/w d",
+                                 command=("python", "-m", "trainer", "--config", "c.yaml"), slurm=SLURM)
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash" and "#SBATCH --no-requeue" in lines
+    assert "cd '/w d' || exit 1" in lines and "module load cuda" in lines
+    probe = next(i for i, line in enumerate(lines) if "--ntasks-per-node=1" in line)
+    train = next(i for i, line in enumerate(lines) if line.startswith("srun --kill-on-bad-exit=1 bash -c"))
+    assert lines.index("module load cuda") < probe < train
+    assert lines[train].endswith("rank python -m trainer --config c.yaml &")
+    assert "write_end $rc train" in lines
+
+
+def test_a_slurm_section_must_agree_with_the_trainer() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_job_config(DIGITS, ["supervision.backend=slurm", "slurm.ntasks_per_node=2"])
+    assert str(err.value).startswith(f"{DIGITS}: slurm.ntasks_per_node: is 2 but trainer.devices is 1")
+    with pytest.raises(ConfigError) as err:
+        load_job_config(DIGITS, ["supervision.backend=slurm", "slurm.nodes=2", "trainer.num_nodes=4"])
+    assert f"{DIGITS}: slurm.nodes: is 2 but trainer.num_nodes is 4" in str(err.value)
+    filled = load_job_config(DIGITS, ["supervision.backend=slurm", "slurm.nodes=3"])
+    assert filled.trainer.num_nodes == 3 and filled.trainer.devices == 1
+
+
+@pytest.mark.parametrize(("override", "key", "words"), [
+    ("supervision.backend=kubernetes", "supervision.backend", "must be one of local, slurm"),
+    ("slurm.time=tomorrow", "slurm.time", "Slurm's time format"),
+    ("slurm.signal=USR1 now", "slurm.signal", "--signal format"),
+    ("slurm.nodes=0", "slurm.nodes", "at least 1"),
+    ("supervision.gpus=1", "supervision.gpus", "slurm.gpus_per_node"),
+])
+def test_bad_slurm_settings_are_one_line_errors(override: str, key: str, words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_job_config(DIGITS, ["supervision.backend=slurm", override])
+    message = str(err.value)
+    assert message.startswith(f"{DIGITS}: {key}: ") and words in message and "\n" not in message
+
+
+def test_the_trainer_runs_lightnings_slurm_environment_without_auto_requeue() -> None:
+    # auto_requeue would `scontrol requeue` on SIGUSR1 and run a second copy beside the daemon's resubmission.
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    from trainer.runner import slurm_plugins
+
+    given = SLURMEnvironment(auto_requeue=True)
+    other = object()
+    plugins = slurm_plugins([given, other])
+    envs = [p for p in plugins if isinstance(p, SLURMEnvironment)]
+    assert other in plugins and given not in plugins
+    assert len(envs) == 1 and envs[0].auto_requeue is False
+    assert [type(p) for p in slurm_plugins(None)] == [SLURMEnvironment]
