@@ -21,7 +21,7 @@ from supervisor.gpu import allocate, cuda_environment
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
 from supervisor.resume import ResumeChoice, choose_resume
-from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RankLayout
+from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RankLayout, RunnerState
 from supervisor.states import LIVE_STATES, JobState
 from supervisor.store import AttemptRow, JobRow
 from supervisor.submit import trainer_environment
@@ -79,7 +79,10 @@ class Launching(CoreBase):
                             trainer_module=self.settings.trainer_module, boot_id=self.boot_id,
                             state_dir=self.state_dir, base_env=os.environ)
         try:
-            state = self.runner.launch(spec)
+            # A standby (imports done, model built) takes the attempt when it has one; else a cold start.
+            state = self.promote_standby(spec)
+            if state is None:
+                state = self.runner.launch(spec)
         except LaunchRefused as refused:
             if refused.retry:
                 store.update_job(job.id, now=now, wait_reason=refused.reason)
@@ -103,6 +106,10 @@ class Launching(CoreBase):
         self.timers.schedule(job.id, TimerKind.STARTED, now + STARTED_CHECK_S)
         self.schedule_timers(job)
         log.info("job %s: attempt %d started %s", job.id, n, resumed)
+
+    def promote_standby(self, spec: AttemptSpec) -> RunnerState | None:
+        """Overridden by ``StandbyKeeping``: no standby, a cold start."""
+        return None
 
     def _launch_failed(self, job: JobRow, n: int, why: str, now: float) -> None:
         store = self._store()

@@ -24,6 +24,7 @@ class TrackedAttempt:
     slowest_step: float | None = None
     manifest_offset: int = 0  # bytes of the manifest already turned into events
     hang_setting: str | None = None
+    standby_setting: str | None = None  # supervision.standby, read once per attempt
 
 
 class AttemptTracker:

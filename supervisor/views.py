@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
+from supervisor.runners.standby import standby_view
 from supervisor.store import AttemptRow, JobRow, Store
 
 
@@ -65,6 +66,7 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         },
         "wandb": wandb,
         "checkpointing": _checkpointing_view(frozen),
+        "standby": standby_view(Path(job.job_dir)),
     }
 
 
