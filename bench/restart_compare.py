@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -128,11 +129,17 @@ class Contender:
         raise NotImplementedError
 
     def ready_for_fault(self) -> None:
-        """Wait until a fault now is a fair test: the trainer steps and has saved a checkpoint since."""
+        """Wait until a fault now is a fair test: the trainer steps and has saved ``last.ckpt`` since.
+
+        (Without a checkpoint of its own an attempt counts as no progress, and the
+        supervisor would rightly back off before the next restart.)
+        """
         stamps = wait_for(lambda: [s for s in read_stamps(self.stamps) if s[0] == "step"] or None, timeout=WAIT_S,
                           interval=0.05, what=f"{self.name}: first step")
-        self.pid = stamps[-1][2]
-        time.sleep(max(0.0, stamps[-1][1] + self.args.settle - time.time()))
+        self.pid, first = stamps[-1][2], stamps[-1][1]
+        wait_for(lambda: any(p.stat().st_mtime > first for p in self.root.rglob("last.ckpt")), timeout=WAIT_S,
+                 interval=0.1, what=f"{self.name}: a checkpoint after the first step")
+        time.sleep(max(0.0, first + self.args.settle - time.time()))
 
     def fault(self, kind: str) -> float:
         """Inject one fault; seconds from the fault to the successor's first optimizer step."""
@@ -168,6 +175,16 @@ class PlainLoop(Contender):
                                          stdout=subprocess.DEVNULL, stderr=err)
 
     def stop(self) -> None:
+        # torchrun's workers are not in its process group: kill the whole tree
+        try:
+            tree = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            tree = []
+        for proc in tree:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
