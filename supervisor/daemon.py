@@ -87,13 +87,14 @@ class Daemon:
 
         web = WebService(self.ops, self.settings.web, self.supervisor.state_dir, gpus=self.ops.op_gpus)
         try:
-            url = web.start()
+            web.start()  # returns the URL with the token: not for the log
         except SupervisorError as exc:  # e.g. the port is taken: supervising matters more than the page
             log.error("%s; serving without the web page", exc.message)
             return
         self.web = web
-        # The URL carries the token: it goes to the daemon's own output (the journal), as `supervisorctl web-url`
-        log.info("web page: %s", url)
+        # Never the URL with its token: journals are often readable by other users. The owner gets
+        # the full URL from `supervisorctl web-url` (it reads the owner-only token file).
+        log.info("web page: %s (open the URL `supervisorctl web-url` prints)", web.url)
 
     def _alert(self, job: JobRow, event: AlertEvent) -> None:
         alert = alert_for_job(event.event, job_id=job.id, job_name=job.name, job_dir=job.job_dir,

@@ -72,6 +72,10 @@ def hang_timeout(setting: str, heartbeat: Heartbeat | None, slowest_step_s: floa
     # validate, checkpoint, done, or a phase this daemon does not know yet: be generous
     return max(settings.phase_allowance, step_rule or 0.0)
 
+# The trainer and the daemon read one clock; this much slack covers a clock stepped back under them
+# (a heartbeat up to this far ahead counts as progress "now"), and bounds what a bogus time can hide.
+FUTURE_SKEW_S = 3600.0
+
 
 def check_hang(*, now: float, attempt_started_at: float, heartbeat: Heartbeat | None,
                slowest_step_s: float | None, setting: str, settings: HangConfig) -> HangVerdict:
@@ -79,10 +83,13 @@ def check_hang(*, now: float, attempt_started_at: float, heartbeat: Heartbeat | 
 
     Progress is the later of the attempt's start and the last heartbeat's time,
     so a heartbeat left from before the start (or a clock step back) cannot
-    make a fresh attempt look hung.
+    make a fresh attempt look hung. A heartbeat time more than
+    ``FUTURE_SKEW_S`` ahead of ``now`` is no progress at all: trusted, one
+    written far in the future would stop the clock until that time.
     """
     timeout = hang_timeout(setting, heartbeat, slowest_step_s, settings)
-    last = attempt_started_at if heartbeat is None else max(heartbeat.time, attempt_started_at)
+    beat_time = heartbeat.time if heartbeat is not None and heartbeat.time <= now + FUTURE_SKEW_S else None
+    last = attempt_started_at if beat_time is None else max(beat_time, attempt_started_at)
     silent = max(0.0, now - last)
     where = _where(heartbeat)
     if timeout is None:

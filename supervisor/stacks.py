@@ -10,7 +10,9 @@ Two sources, both optional, neither needing any change to the user's code:
   and ``kernel.yama.ptrace_scope`` 0, or CAP_SYS_PTRACE); its error is saved
   in the file when it fails.
 
-Send it to the TRAINER's pid, not the attempt monitor's (which ignores SIGUSR2).
+Send it to the TRAINER's pid. For a multi-rank attempt, call it once per rank
+(``rank=``): each rank writes its own ``stacks.rank<N>.txt`` (rank 0:
+``stacks.txt``); or signal the attempt monitor, which forwards SIGUSR2 to every rank.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from supervisor.jobfiles.layout import AttemptLayout
+from supervisor.jobfiles.layout import AttemptLayout, per_rank_name
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +34,18 @@ _SETTLE_S = 0.3
 _POLL_S = 0.05
 
 
-def dump_stacks(pid: int, attempt_dir: Path, *, timeout_s: float = 10.0) -> list[Path]:
+def dump_stacks(pid: int, attempt_dir: Path, *, timeout_s: float = 10.0, rank: int = 0) -> list[Path]:
     """Ask ``pid`` for its stacks (SIGUSR2) and run py-spy on it; the files that received a dump.
 
     SIGUSR2 is only sent when the process has a handler for it (read from
     ``/proc/<pid>/status``): its default action would kill the process before
     the daemon's own stop routine, with the wrong exit status. Waits up to
-    ``timeout_s`` for ``stacks.txt`` to grow; py-spy gets the same limit.
+    ``timeout_s`` for ``stacks.txt`` (``stacks.rank<N>.txt`` for ``rank`` N) to
+    grow; py-spy gets the same limit.
     """
     attempt_dir = Path(attempt_dir)
     written: list[Path] = []
-    stacks = AttemptLayout(attempt_dir).stacks
+    stacks = AttemptLayout(attempt_dir).stacks_of(rank)
     if _sigusr2_caught(pid) is False:
         log.warning("pid %d has no SIGUSR2 handler (faulthandler not registered yet): no stacks.txt", pid)
     else:
@@ -56,7 +59,7 @@ def dump_stacks(pid: int, attempt_dir: Path, *, timeout_s: float = 10.0) -> list
                 written.append(stacks)
             else:
                 log.warning("pid %d wrote no stacks to %s within %.0fs", pid, stacks, timeout_s)
-    pyspy = _py_spy(pid, attempt_dir / "py-spy.txt", timeout_s)
+    pyspy = _py_spy(pid, attempt_dir / per_rank_name("py-spy.txt", rank), timeout_s)
     if pyspy is not None:
         written.append(pyspy)
     return written

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from supervisor.config import parse_duration, parse_job_config, to_yaml
+from supervisor.config import name_override, parse_duration, parse_job_config, to_yaml
+from supervisor.config.safe_yaml import read_config_text
 from supervisor.errors import ConfigError, ResourceUnavailable
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.layout import JobLayout
@@ -43,13 +44,10 @@ def load_request_config(req: SubmitRequest) -> DictConfig:
     """Parse and validate the config of ``req`` (schema only; no imports)."""
     text = req.config_text
     if text is None:
-        try:
-            text = Path(req.config_path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(req.config_path, None, f"cannot read the file: {exc.strerror or exc}") from None
+        text = read_config_text(req.config_path)  # bounded: see safe_yaml.MAX_BYTES
     overrides = list(req.overrides)
     if req.name:
-        overrides.append(f"name={req.name}")
+        overrides.append(name_override(req.name, req.config_path))
     return parse_job_config(text, source=req.config_path, overrides=overrides)
 
 

@@ -6,6 +6,9 @@ Used by ``--check`` (at submit time) and before every fit. Each problem is a
     configs/x.yaml: model.class_path: cannot import 'foo.Bar': No module named 'foo'
     configs/x.yaml: model.class_path: 'pkg.mod.Thing' is not a LightningModule
     configs/x.yaml: trainer.max_epoch: not an argument of Trainer
+    configs/x.yaml: trainer.max_epochs: expected int or None; got 'ten'
+
+Names are checked here; values against the type hints by ``signature_check`` (jsonargparse).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from supervisor.config import parse_duration
 from supervisor.errors import ConfigError
+from trainer.signature_check import check_argument_types
 
 # Trainer arguments the supervisor sets itself, with what to use instead.
 RESERVED_TRAINER_ARGS = {
@@ -49,6 +53,10 @@ class ResolvedJob:
     data: ResolvedClass
     callbacks: list[ResolvedClass]
     trainer_args: dict[str, Any]
+
+
+# Strategies whose checkpoints are directories of shards (refused, see trainer_args).
+SHARDED_STRATEGIES = ("fsdp", "deepspeed")
 
 
 def resolve_job(cfg: DictConfig, source: str) -> ResolvedJob:
@@ -83,6 +91,15 @@ def trainer_args(cfg: DictConfig, source: str) -> dict[str, Any]:
             raise ConfigError(source, "trainer.enable_checkpointing",
                               "must stay true: the supervisor resumes from checkpoints "
                               "(set checkpoint.save_top_k: 0 to keep only last.ckpt)")
+    strategy = args.get("strategy")
+    if isinstance(strategy, str) and any(word in strategy.lower() for word in SHARDED_STRATEGIES):
+        # Their checkpoints are directories of shards: the atomic save, the manifest and the zip check
+        # handle single files only, so a resume could pick a half-written checkpoint.
+        raise ConfigError(source, "trainer.strategy",
+                          f"{strategy!r} is not supported: its sharded checkpoints are directories, which the "
+                          "supervisor cannot save atomically or verify yet; use ddp")
+    # Values against Trainer's type hints: a bad one would fail every attempt inside Trainer(...).
+    check_argument_types(Trainer, args, key="trainer", source=source, skip=set(RESERVED_TRAINER_ARGS))
     if args.get("max_time") is not None:
         try:
             args["max_time"] = parse_max_time(args["max_time"])
@@ -151,6 +168,7 @@ def _resolve_spec(spec: DictConfig, key: str, source: str, base: type, base_name
         raise ConfigError(source, f"{key}.class_path", f"{path!r} is not a {base_name}")
     init_args = _plain(spec.init_args)
     _check_init_args(obj, init_args, f"{key}.init_args", source)
+    check_argument_types(obj, init_args, key=f"{key}.init_args", source=source)
     return ResolvedClass(obj, init_args)
 
 

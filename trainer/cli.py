@@ -7,7 +7,10 @@
 Exit codes: 0 completed (or ``--check`` passed), 1 exception, 2 config error,
 128 + signal number after a stop signal (143 for SIGTERM, 130 for SIGINT).
 Whatever the exit code, ``<attempt-dir>/exit.json`` says how the attempt
-ended; it is written on every path but SIGKILL.
+ended; it is written on every path but SIGKILL. Started as one rank of several
+(``RANK``/``WORLD_SIZE`` set by the attempt monitor), the process writes its own
+files (``exit.rank1.json``, ``heartbeat.rank1.json``, ``stacks.rank1.txt``; see
+``supervisor/jobfiles/layout.py``); rank 0 keeps the plain names.
 
 This module stays torch-free at import: signal handlers and the first
 heartbeat are in place before the slow torch import starts.
@@ -17,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -31,6 +35,7 @@ from supervisor.errors import ConfigError
 from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
 from supervisor.jobfiles.layout import EXIT_COMPLETED, EXIT_CONFIG_ERROR, EXIT_EXCEPTION, AttemptLayout
 from trainer.progress import HeartbeatWriter, interval_from_env
+from trainer.ranks import RankInfo, rank_from_env
 from trainer.signals import SignalState, Terminated, exit_code_for
 
 if TYPE_CHECKING:
@@ -108,11 +113,14 @@ def fit(args: argparse.Namespace, started_at: float, prepared: PreparedRun | Non
     attempt_dir = Path(args.attempt_dir).absolute()
     attempt_dir.mkdir(parents=True, exist_ok=True)
     layout = AttemptLayout(attempt_dir)
+    rank = rank_from_env()
     checkpoint_dir = Path(args.checkpoint_dir).absolute() if args.checkpoint_dir else attempt_dir / "checkpoints"
-    signals = SignalState(layout.stacks)
+    signals = SignalState(layout.stacks_of(rank.rank))
     signals.install()
-    heartbeat = HeartbeatWriter(layout.heartbeat, layout.metrics, attempt=args.attempt, started_at=started_at,
-                                interval=interval_from_env())
+    # Live curves come from rank 0 alone: the other ranks' metrics are their shard's.
+    heartbeat = HeartbeatWriter(layout.heartbeat_of(rank.rank), layout.metrics if rank.rank == 0 else None,
+                                attempt=args.attempt, started_at=started_at, interval=interval_from_env(),
+                                rank=rank.rank)
     heartbeat.write()  # "setup": the process is alive before the slow imports
     os.environ.update({
         ATTEMPT_ENV: str(args.attempt),
@@ -122,7 +130,7 @@ def fit(args: argparse.Namespace, started_at: float, prepared: PreparedRun | Non
     })
 
     state = None
-    record = ExitRecord(status="completed", time=0.0, pid=os.getpid())
+    record = ExitRecord(status="completed", time=0.0, pid=os.getpid(), rank=rank.rank)
     try:
         if prepared is None:
             cfg = load_job_config(args.config, args.overrides)
@@ -135,7 +143,9 @@ def fit(args: argparse.Namespace, started_at: float, prepared: PreparedRun | Non
 
         state = RunState()
         opts = FitOptions(attempt_dir=attempt_dir, checkpoint_dir=checkpoint_dir, ckpt=args.ckpt,
-                          attempt=args.attempt, restarts=args.restarts, deadline=args.deadline)
+                          attempt=args.attempt, restarts=args.restarts, deadline=args.deadline, rank=rank)
+        if rank.multi:
+            opts.on_failure = lambda exc: write_early_record(exc, signals, state, layout, rank)
         record.reason = run_fit(cfg, args.config, opts, signals, heartbeat, state, prepared)
         code = EXIT_COMPLETED
     except ConfigError as exc:
@@ -144,31 +154,58 @@ def fit(args: argparse.Namespace, started_at: float, prepared: PreparedRun | Non
         code = EXIT_CONFIG_ERROR
     except BaseException as exc:
         signals.finishing = True
-        if signals.stop_signal is not None:
-            # Stopped by a signal, whatever it raised on the way: Lightning's SIGTERMException,
-            # our Terminated, KeyboardInterrupt, or an error the signal caused elsewhere (a
-            # DataLoader worker killed by the same process-group SIGTERM).
-            record.status, record.signal = "signal", signals.stop_signal_name
-            if state is not None and state.checkpoint is not None:
-                record.checkpoint = state.checkpoint.signal_checkpoint
-            if not isinstance(exc, (Terminated, KeyboardInterrupt, SystemExit)):
-                record.message = f"{type(exc).__name__}: {exc}".strip()
-                traceback.print_exception(exc)
-            code = exit_code_for(signals.stop_signal)
-            print(f"[trainer] stopped by {record.signal}"
-                  + (f"; saved {record.checkpoint}" if record.checkpoint else "; no checkpoint saved"),
-                  file=sys.stderr, flush=True)
-        else:
-            traceback.print_exception(exc)
-            record.status = "exception"
-            record.exception = describe_exception(exc)
-            code = EXIT_EXCEPTION
+        code = describe_failure(exc, signals, state, record, report=True)
     signals.finishing = True  # from here on a late signal only records
-    return finish(record, code, state, heartbeat, layout)
+    return finish(record, code, state, heartbeat, layout, rank)
+
+
+def describe_failure(exc: BaseException, signals: SignalState, state: Any, record: ExitRecord, *,
+                     report: bool = False) -> int:
+    """Fill ``record`` for a fit that raised ``exc``; returns the exit code (``report``: tell stderr too)."""
+    if signals.stop_signal is None and type(exc).__name__ == "SIGTERMException":
+        # A multi-rank stop agreed on because another rank got SIGTERM: this rank stops for the same signal.
+        signals.stop_signal = signal.SIGTERM
+    if signals.stop_signal is None:
+        if report:
+            traceback.print_exception(exc)
+        record.status = "exception"
+        record.exception = describe_exception(exc)
+        return EXIT_EXCEPTION
+    # Stopped by a signal, whatever it raised on the way: Lightning's SIGTERMException,
+    # our Terminated, KeyboardInterrupt, or an error the signal caused elsewhere (a
+    # DataLoader worker killed by the same process-group SIGTERM).
+    record.status, record.signal = "signal", signals.stop_signal_name
+    if state is not None and state.checkpoint is not None:
+        record.checkpoint = state.checkpoint.signal_checkpoint
+    if not isinstance(exc, (Terminated, KeyboardInterrupt, SystemExit)):
+        record.message = f"{type(exc).__name__}: {exc}".strip()
+        if report:
+            traceback.print_exception(exc)
+    if report:
+        print(f"[trainer] stopped by {record.signal}"
+              + (f"; saved {record.checkpoint}" if record.checkpoint else "; no checkpoint saved"),
+              file=sys.stderr, flush=True)
+    return exit_code_for(signals.stop_signal)
+
+
+def write_early_record(exc: BaseException, signals: SignalState, state: Any, layout: AttemptLayout,
+                       rank: RankInfo) -> None:
+    """One of several ranks failed: its exit record now, before Lightning's teardown.
+
+    When a rank dies the monitor stops the others within a second; a rank busy
+    in teardown then would leave no record. ``finish`` rewrites it at the end
+    (atomically: a reader sees one or the other).
+    """
+    if type(exc).__name__ == "SIGTERMException":
+        return  # an agreed stop: every rank saves and ends its own way, nobody is rushed
+    record = ExitRecord(status="exception", time=time.time(), pid=os.getpid(), rank=rank.rank)
+    describe_failure(exc, signals, state, record)
+    record.global_step, record.epoch = state.progress() if state is not None else (0, 0)
+    write_exit_record(layout.exit_record_of(rank.rank), record)
 
 
 def finish(record: ExitRecord, code: int, state: object | None, heartbeat: HeartbeatWriter,
-           layout: AttemptLayout) -> int:
+           layout: AttemptLayout, rank: RankInfo | None = None) -> int:
     """Close W&B, mark the heartbeat done and write the exit record durably (the last thing before exit)."""
     if "wandb" in sys.modules:
         from trainer.wandb_run import finish_wandb
@@ -181,7 +218,7 @@ def finish(record: ExitRecord, code: int, state: object | None, heartbeat: Heart
     except OSError:
         pass  # the exit record matters more than the last beat
     record.time, record.pid = time.time(), os.getpid()
-    write_exit_record(layout.exit_record, record)
+    write_exit_record(layout.exit_record_of(rank.rank if rank is not None else 0), record)
     sys.stdout.flush()
     sys.stderr.flush()
     return code

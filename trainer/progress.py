@@ -54,8 +54,10 @@ class HeartbeatWriter:
         started_at: float,
         interval: float = DEFAULT_INTERVAL,
         pid: int | None = None,
+        rank: int = 0,
     ) -> None:
         self.path = Path(path)
+        self.rank = rank
         self.metrics_path = Path(metrics_path) if metrics_path is not None else None
         self.attempt = attempt
         self.started_at = started_at
@@ -141,6 +143,7 @@ class HeartbeatWriter:
             max_step_time=max(intervals) if intervals else None,
             metrics=self.metrics,
             marks=self.marks,
+            rank=self.rank,
         )
         write_heartbeat(self.path, beat)
         self._append_metrics_line(beat)

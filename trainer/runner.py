@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -20,18 +21,24 @@ from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, Timer
 
 from supervisor.config import parse_duration
-from supervisor.jobfiles.layout import manifest_path
+from supervisor.errors import ConfigError
+from supervisor.jobfiles.layout import AttemptLayout, manifest_path
 from supervisor.jobfiles.manifest import abandon_after, abandon_all
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
 from trainer.callbacks.progress import ProgressCallback
+from trainer.callbacks.rank_sync import RankAgreement
 from trainer.callbacks.run_info import WandbAttemptInfo
 from trainer.deadline import Deadline
 from trainer.profiling import profiler_into_attempt_dir
 from trainer.progress import HeartbeatWriter
+from trainer.ranks import RankInfo, wait_resume_ready, write_resume_ready
 from trainer.signals import SignalState
 from trainer.standby import PreparedRun
 from trainer.wandb_run import build_wandb_logger
+
+# Ranks >= 1 wait this long for rank 0 to rewind the manifest (rank 0's own start-up included).
+RESUME_READY_TIMEOUT_S = 900.0
 
 # Every resume finds the checkpoint directory non-empty; that is the point, not a problem.
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
@@ -47,6 +54,9 @@ class FitOptions:
     attempt: int = 1
     restarts: int = 0
     deadline: float | None = None  # unix time the job's budget ends
+    rank: RankInfo = field(default_factory=RankInfo)
+    # Multi-rank: called with the exception the moment the fit fails, before Lightning's teardown.
+    on_failure: Callable[[BaseException], None] | None = None
 
 
 @dataclass
@@ -93,7 +103,8 @@ def run_fit(
         job, model, datamodule = prepare_run(cfg, source)
     else:
         job, model, datamodule = prepared.job, prepared.model, prepared.datamodule
-    ckpt_path = prepare_resume(opts)
+    check_world_size(job.trainer_args, opts.rank, source)
+    ckpt_path = prepare_resume_for_rank(opts)
     logger = build_wandb_logger(cfg, opts.attempt_dir)
     callbacks = build_callbacks(cfg, job, opts, signals, heartbeat, state, logger)
     trainer_args = profiler_into_attempt_dir(dict(job.trainer_args), opts.attempt_dir)
@@ -102,8 +113,17 @@ def run_fit(
         # The sanity check guards a fresh run's validation code, which a resumed run has already run:
         # on a resume it only delays the first optimizer step.
         trainer_args.setdefault("num_sanity_val_steps", 0)
-    trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
+    try:
+        trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
+    except Exception as exc:
+        # Only the config reaches Trainer(...): a failure here fails every attempt alike, so it is a
+        # config error (exit 2, no retry), not a crash to restart.
+        raise ConfigError(source, "trainer", f"Trainer(...) failed: {type(exc).__name__}: {exc}".splitlines()[0]
+                          ) from None
     state.trainer = trainer
+    if trainer.world_size > 1:
+        # First: it decides, for every rank at once, what the callbacks after it act on.
+        trainer.callbacks.insert(0, RankAgreement(signals, on_failure=opts.on_failure))  # type: ignore[attr-defined]
     watch = str(cfg.logger.wandb.watch)
     if logger is not None and watch != "none":
         logger.watch(model, log=watch, log_freq=int(cfg.logger.wandb.watch_log_freq))
@@ -123,6 +143,33 @@ def prepare_run(cfg: DictConfig, source: str) -> tuple[ResolvedJob, Any, Any]:
     if cfg.seed is not None:
         pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     return job, job.model.build(), job.data.build()
+
+
+def check_world_size(trainer_args: dict[str, Any], rank: RankInfo, source: str) -> None:
+    """With externally started ranks, ``trainer.devices`` x ``num_nodes`` must be the number started."""
+    if not rank.multi:
+        return
+    devices, nodes = trainer_args.get("devices", "auto"), trainer_args.get("num_nodes", 1)
+    try:
+        expected = int(devices) * int(nodes)
+    except (TypeError, ValueError):
+        return  # "auto" or a device list: Lightning checks it against WORLD_SIZE itself
+    if expected != rank.world_size:
+        raise ConfigError(source, "trainer.devices",
+                          f"{devices} device(s) x {nodes} node(s) = {expected} process(es), but the supervisor "
+                          f"started {rank.world_size} ranks (one per device)")
+
+
+def prepare_resume_for_rank(opts: FitOptions) -> str | None:
+    """Rank 0 rewinds the manifest and says so; the other ranks wait for that, then resume from the same file."""
+    ready = AttemptLayout(opts.attempt_dir).resume_ready
+    if opts.rank.rank == 0:
+        ckpt_path = prepare_resume(opts)
+        # Always: when Lightning launches the other ranks itself (devices > 1 without the monitor's rank
+        # environment), rank 0 cannot know yet that it has peers, and they would wait for this file forever.
+        write_resume_ready(ready, ckpt_path)
+        return ckpt_path
+    return wait_resume_ready(ready, RESUME_READY_TIMEOUT_S)
 
 
 def prepare_resume(opts: FitOptions) -> str | None:

@@ -43,6 +43,8 @@ class SignalState:
         self.stacks_path = Path(stacks_path)
         self.stop_signal: int | None = None  # SIGTERM or SIGINT, once received
         self.save_requested = False  # SIGUSR1, until the checkpoint callback takes it
+        # Multi-rank: a save every rank agreed on this step (RankAgreement), until the checkpoint callback takes it.
+        self.agreed_save = False
         # While True a stop signal only records (Lightning acts at the next batch boundary);
         # while False it raises Terminated at once.
         self.deferred = False
@@ -78,6 +80,13 @@ class SignalState:
         if not self.save_requested:
             return False
         self.save_requested = False
+        return True
+
+    def take_agreed_save(self) -> bool:
+        """True once per save all ranks agreed on (multi-rank runs; the caller then saves)."""
+        if not self.agreed_save:
+            return False
+        self.agreed_save = False
         return True
 
     @property

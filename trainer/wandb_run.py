@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from supervisor.config.public import public_config
 
 DEFAULT_HOST = "api.wandb.ai"
 # Values of WANDB_MODE that mean "do not talk to the server" and win over a configured "online".
@@ -115,7 +117,7 @@ def record_attempt(logger: Any, cfg: DictConfig, *, attempt: int, restarts: int,
         {
             "supervisor/attempt": attempt,
             "supervisor/restarts": restarts,
-            "job": OmegaConf.to_container(cfg, resolve=True),
+            "job": public_config(cfg),  # env values as <set>: a W&B run is often shared
         },
         allow_val_change=True,
     )

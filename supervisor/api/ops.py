@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor import __version__
+from supervisor.api.arguments import check_arguments
 from supervisor.core import Supervisor
 from supervisor.errors import JobNotFound, SupervisorError
 from supervisor.jobfiles.layout import JobLayout
@@ -38,11 +39,8 @@ class Operations:
     def dispatch(self, op: str, args: dict[str, Any]) -> Any:
         handler = getattr(self, f"op_{op}", None)
         if handler is None:
-            raise SupervisorError(f"unknown operation {op!r}")
-        try:
-            return handler(**args)
-        except TypeError as exc:
-            raise SupervisorError(f"bad arguments for {op}: {exc}") from None
+            raise SupervisorError(f"unknown operation {op[:60]!r}")
+        return handler(**check_arguments(handler, op, args))
 
     # -- operations ------------------------------------------------------------------------------
     def op_ping(self) -> dict[str, Any]:

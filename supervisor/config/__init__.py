@@ -2,6 +2,7 @@
 
 from supervisor.config.durations import format_duration, parse_duration
 from supervisor.config.loader import build_job_config, load_job_config, parse_job_config, to_yaml
+from supervisor.config.patterns import name_override
 from supervisor.config.schema import JobConfig
 
 __all__ = [
@@ -9,6 +10,7 @@ __all__ = [
     "build_job_config",
     "format_duration",
     "load_job_config",
+    "name_override",
     "parse_duration",
     "parse_job_config",
     "to_yaml",

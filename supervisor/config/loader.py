@@ -24,6 +24,16 @@ from omegaconf.errors import (
 
 from supervisor.config import schema as _schema
 from supervisor.config.durations import parse_duration
+from supervisor.config.patterns import JOB_NAME, checkpoint_filename_problem
+from supervisor.config.safe_yaml import (
+    MAX_DEPTH,
+    MAX_INTERPOLATION_DEPTH,
+    deepest_interpolation,
+    interpolation_depth,
+    limit_problem,
+    load_yaml,
+    read_config_text,
+)
 from supervisor.config.schema import (
     ALERT_EVENTS,
     MODE_CHOICES,
@@ -39,45 +49,6 @@ _CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 _SECTION_TYPES: dict[str, type] = {
     name: obj for name, obj in vars(_schema).items() if isinstance(obj, type) and hasattr(obj, "__dataclass_fields__")
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with the fixes OmegaConf's own loader makes.
-
-    YAML 1.2 floats: ``lr: 1e-3`` is a number (YAML 1.1 reads it as a string, and
-    a learning rate written that way would reach the optimizer as text). No
-    timestamps: ``2024-01-01`` stays a string (OmegaConf cannot hold a date). A
-    key given twice in one mapping is an error, not a silent override.
-    """
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
-                key = self.construct_object(key_node, deep=True)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                            key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:
-         [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+][0-9]+)?
-        |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""", re.VERBOSE),
-    list("-+0123456789."),
-)
 
 
 def load_job_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
@@ -87,25 +58,13 @@ def load_job_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConf
     ``ConfigError`` naming the file and the key on any problem.
     """
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(source, None, f"cannot read the file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, None, f"cannot read the file: not UTF-8 text (byte {exc.object[exc.start]:#04x} "
-                          f"at offset {exc.start})") from None
+    text = read_config_text(path)
     return parse_job_config(text, source=source, overrides=overrides)
 
 
 def parse_job_config(text: str, *, source: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Like ``load_job_config`` for YAML already in memory (``source`` names it in errors)."""
-    try:
-        raw = yaml.load(text, Loader=_YamlLoader)  # a SafeLoader subclass: builds no objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(source, None, f"invalid YAML{where}: {problem}") from None
+    raw = load_yaml(text, source=source)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -115,7 +74,21 @@ def parse_job_config(text: str, *, source: str, overrides: Sequence[str] = ()) -
 
 def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Validate a plain mapping (already parsed) plus overrides into a resolved ``JobConfig``."""
+    try:
+        return _build_job_config(raw, source=source, overrides=overrides)
+    except RecursionError:
+        # OmegaConf recurses per level of nesting (and per nested interpolation): the YAML limits
+        # keep files far from Python's stack limit; this keeps the one-line contract for anything else.
+        raise ConfigError(source, None, "nested too deeply") from None
+    except OmegaConfBaseException as exc:  # what the steps above do not name more precisely (a bad "${")
+        raise ConfigError(source, _key_of(exc), _first_line(exc)) from None
+
+
+def _build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[str]) -> DictConfig:
     override_keys = _override_keys(overrides, source)
+    where, depth = deepest_interpolation(raw)
+    if depth > MAX_INTERPOLATION_DEPTH:
+        raise ConfigError(source, where or None, f"interpolations nested more than {MAX_INTERPOLATION_DEPTH} deep")
     _check_sections(raw, JobConfig, "", source)
     cfg = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(raw), source, override_keys, False)
     if overrides:
@@ -124,10 +97,14 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
         items = [item[1:] if item.startswith("+") else item for item in overrides]
         layers = []
         for item in items:  # one at a time, to name the key whose value does not parse
+            _check_override_limits(item, source)
+            key, value = item.split("=", 1)
             try:
-                layers.append(OmegaConf.from_dotlist([item]))
+                parsed = OmegaConf.from_dotlist([item])
+                if _declared_str(key) and OmegaConf.is_config(OmegaConf.select(parsed, key)):
+                    raise ValidationError("a mapping or list for a string field")  # "{step:_}" is YAML too
+                layers.append(parsed)
             except (OmegaConfBaseException, yaml.YAMLError) as exc:  # the value is parsed as YAML
-                key, value = item.split("=", 1)
                 if _declared_str(key):
                     # A string field takes the text as typed: Lightning's filename patterns
                     # ("{epoch}-{step}") are not valid YAML, and nobody should have to quote them.
@@ -146,14 +123,21 @@ def build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[st
     try:
         container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except InterpolationResolutionError as exc:
-        where = _key_of(exc)
-        raise ConfigError(source, where, f"cannot resolve interpolation: {_first_line(exc)}"
-                          + _cli_hint(where, override_keys, False)) from None
+        failed_key = _key_of(exc)
+        raise ConfigError(source, failed_key, f"cannot resolve interpolation: {_first_line(exc)}"
+                          + _cli_hint(failed_key, override_keys, False)) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(source, _key_of(exc), _first_line(exc)) from None
     # Resolving turned an escaped "\\${...}" into a literal "${...}": escape it again, or the
     # resolved config would read it as an interpolation a second time.
-    container = _escape_interpolations(container)
+    unresolved = OmegaConf.to_container(cfg, resolve=False)
+    if _mentions_env(unresolved):
+        # ${oc.env:...} is resolved only where it is used (the trainer; the daemon in memory), never
+        # written down: the frozen config.yaml and the W&B run would otherwise hold the secret. Which
+        # other interpolations read an env one is not knowable from the text alone, so all stay live.
+        container = _keep_interpolations(unresolved, container)
+    else:
+        container = _escape_interpolations(container)
     resolved = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(container), source, override_keys, False)
     # YAML 1.1 reads a bare on / off as a boolean, which the str field then holds as "True" / "False".
     standby = str(resolved.supervision.standby)
@@ -168,9 +152,36 @@ def to_yaml(cfg: DictConfig) -> str:
     """The YAML text of a resolved config, as frozen into a job directory.
 
     Not re-resolved: every interpolation is already resolved, and what remains are
-    escaped literals that must stay escaped when the file is read again.
+    escaped literals that must stay escaped when the file is read again, except
+    in a config that reads the environment (``${oc.env:...}``): there the
+    interpolations stay as written, for the trainer to resolve in its own process.
     """
     return OmegaConf.to_yaml(cfg, resolve=False)
+
+
+_LIVE_INTERPOLATION = re.compile(r"(?<!\\)\$\{")
+
+
+def _mentions_env(node: Any) -> bool:
+    if isinstance(node, str):
+        return "oc.env" in node and bool(_LIVE_INTERPOLATION.search(node))
+    if isinstance(node, dict):
+        return any(_mentions_env(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_mentions_env(v) for v in node)
+    return False
+
+
+def _keep_interpolations(unresolved: Any, resolved: Any) -> Any:
+    """``resolved``, except that every value written as an interpolation keeps its ``${...}`` text."""
+    if isinstance(unresolved, str) and _LIVE_INTERPOLATION.search(unresolved):
+        return unresolved
+    if isinstance(unresolved, dict) and isinstance(resolved, dict):
+        return {k: _keep_interpolations(unresolved[k], v) if k in unresolved else _escape_interpolations(v)
+                for k, v in resolved.items()}
+    if isinstance(unresolved, list) and isinstance(resolved, list) and len(unresolved) == len(resolved):
+        return [_keep_interpolations(u, v) for u, v in zip(unresolved, resolved, strict=True)]
+    return _escape_interpolations(resolved)
 
 
 def _escape_interpolations(node: Any) -> Any:
@@ -181,6 +192,18 @@ def _escape_interpolations(node: Any) -> Any:
     if isinstance(node, list):
         return [_escape_interpolations(v) for v in node]
     return node
+
+
+def _check_override_limits(item: str, source: str) -> None:
+    """An override's value is YAML too: the same limits as a file (an alias bomb fits on one line)."""
+    key, value = item.split("=", 1)
+    if key.count(".") + key.count("[") >= MAX_DEPTH:
+        raise ConfigError(source, key[:80], f"a key nested more than {MAX_DEPTH} levels deep (set on the command line)")
+    problem = limit_problem(value)
+    if problem is None and interpolation_depth(value) > MAX_INTERPOLATION_DEPTH:
+        problem = f"interpolations nested more than {MAX_INTERPOLATION_DEPTH} deep"
+    if problem is not None:
+        raise ConfigError(source, key, f"cannot parse the value: {problem} (set on the command line)")
 
 
 def _override_keys(overrides: Sequence[str], source: str) -> set[str]:
@@ -221,7 +244,7 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
             fail(key, "is required")
 
     name = get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not JOB_NAME.match(name):
         fail("name", "must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
     for section in ("model", "data"):
         class_path = get(f"{section}.class_path")
@@ -293,6 +316,9 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
         other = next(t for t in triggers if t != blamed)
         fail(f"checkpoint.{blamed}", f"set only one of every_n_train_steps, train_time_interval, "
              f"every_n_epochs (also set: {other})")
+    filename_problem = checkpoint_filename_problem(get("checkpoint.filename"))
+    if filename_problem is not None:
+        fail("checkpoint.filename", filename_problem)
     for key, value in cfg.env.items():
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", str(key)):
             fail(f"env.{key}", "is not a valid environment variable name")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +92,43 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
+# Out of file descriptors (this process: EMFILE; the system: ENFILE) says nothing about the file.
+_FD_SHORTAGE = (errno.EMFILE, errno.ENFILE)
+FD_RETRIES = 3
+FD_RETRY_DELAY_S = 0.05
+
+
 def read_json(path: str | Path) -> Any | None:
-    """The JSON in ``path``, or ``None`` when it is missing or unreadable."""
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
+    """The JSON in ``path``, or ``None`` when it is missing or unreadable.
+
+    A shortage of file descriptors is not "missing": a finished attempt's exit
+    record read as absent would look like a vanished trainer. It is retried
+    briefly, then raised as ``OSError`` for the caller to retry later (the
+    daemon's tick polls the job again).
+    """
+    data = _read_bytes(path, 0)
+    if data is None:
         return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # RecursionError: a file of 100 000 nested brackets
+        return None
+
+
+def _read_bytes(path: str | Path, offset: int) -> bytes | None:
+    """The bytes of ``path`` from ``offset``; ``None`` when it cannot be read; raises on a descriptor shortage."""
+    for attempt in range(FD_RETRIES):
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except OSError as exc:
+            if exc.errno not in _FD_SHORTAGE:
+                return None
+            if attempt == FD_RETRIES - 1:
+                raise
+            time.sleep(FD_RETRY_DELAY_S * (attempt + 1))
+    return None
 
 
 def read_json_lines(path: str | Path) -> list[Any]:
@@ -110,11 +142,8 @@ def read_json_lines_from(path: str | Path, offset: int) -> tuple[list[Any], int]
     For following an append-only file without re-reading it: the returned
     offset stops at the last newline, so a line being written is read whole later.
     """
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except OSError:
+    data = _read_bytes(path, offset)  # a descriptor shortage raises: no checkpoint may look gone
+    if data is None:
         return [], offset
     end = data.rfind(b"\n") + 1  # the part after the last newline is incomplete
     out = []
@@ -123,7 +152,7 @@ def read_json_lines_from(path: str | Path, offset: int) -> tuple[list[Any], int]
             continue
         try:
             out.append(json.loads(raw))
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
     return out, offset + end
 
@@ -132,7 +161,7 @@ def finite_or_none(value: Any) -> float | None:
     """``value`` as a float when it is a finite number, else ``None`` (JSON has no NaN)."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int of 400 digits
         return None
     if number != number or number in (float("inf"), float("-inf")):
         return None

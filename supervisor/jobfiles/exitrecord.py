@@ -10,6 +10,8 @@ of completion; a missing file means the process died without a word.
     {"status": "config_error", "message": "configs/x.yaml: model.class_path: ...", ...}
 
 ``reason`` (completed only): max_epochs, max_steps, early_stopping, max_time, stopped.
+``rank`` is the writer's global rank (0 for a single process; records of
+ranks >= 1 are ``exit.rank<N>.json``, see ``layout.py``); a record without it is rank 0's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
+from supervisor.jobfiles.bounds import MAX_PID, bounded_int, clamped_count, unix_time
 
 STATUSES = ("completed", "exception", "signal", "config_error")
 
@@ -35,6 +38,7 @@ class ExitRecord:
     checkpoint: str | None = None
     message: str | None = None
     exception: dict[str, str] | None = None
+    rank: int = 0
 
     @property
     def completed(self) -> bool:
@@ -54,15 +58,16 @@ def read_exit_record(path: str | Path) -> ExitRecord | None:
     try:
         return ExitRecord(
             status=str(data["status"]),
-            time=float(data.get("time", 0.0)),
-            pid=int(data.get("pid", 0)),
-            global_step=int(data.get("global_step", 0)),
-            epoch=int(data.get("epoch", 0)),
+            time=unix_time(data.get("time", 0.0)),
+            pid=bounded_int(data.get("pid", 0), high=MAX_PID),
+            global_step=clamped_count(data.get("global_step", 0)),
+            epoch=clamped_count(data.get("epoch", 0)),
             reason=data.get("reason"),
             signal=data.get("signal"),
             checkpoint=data.get("checkpoint"),
             message=data.get("message"),
             exception=data.get("exception"),
+            rank=int(data.get("rank", 0)),
         )
     except (TypeError, ValueError):
         return None

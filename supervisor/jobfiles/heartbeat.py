@@ -15,6 +15,8 @@ start-up milestones, each set once: ``imports_done`` (torch and Lightning
 imported), ``checkpoint_loaded`` (the resume checkpoint
 restored), ``train_start`` (fit loop starting, after the sanity check) and
 ``first_step`` (the first optimizer step of this attempt ended).
+``rank`` is the writer's global rank (ranks >= 1 write ``heartbeat.rank<N>.json``);
+a beat without it is rank 0's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.jobfiles.atomic import finite_or_none, read_json, write_json_atomic
+from supervisor.jobfiles.bounds import MAX_PID, bounded_int, clamped_count, optional_duration, unix_time
 
 PHASES = ("setup", "train", "validate", "checkpoint", "done")
 
@@ -41,6 +44,7 @@ class Heartbeat:
     max_step_time: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)
+    rank: int = 0
 
 
 def write_heartbeat(path: str | Path, beat: Heartbeat) -> None:
@@ -60,18 +64,21 @@ def read_heartbeat(path: str | Path) -> Heartbeat | None:
     if not isinstance(data, dict):
         return None
     try:
+        # Every number checked: a trainer's file may hold Infinity or 1e400 (see bounds.py).
+        time = unix_time(data["time"])
         return Heartbeat(
-            pid=int(data["pid"]),
-            attempt=int(data["attempt"]),
-            time=float(data["time"]),
-            started_at=float(data["started_at"] if "started_at" in data else data["time"]),
+            pid=bounded_int(data["pid"], high=MAX_PID),
+            attempt=bounded_int(data["attempt"]),
+            time=time,
+            started_at=unix_time(data.get("started_at", time)),
             phase=str(data.get("phase", "train")),
-            step=int(data.get("step", 0)),
-            epoch=int(data.get("epoch", 0)),
-            step_time=_opt_float(data.get("step_time")),
-            max_step_time=_opt_float(data.get("max_step_time")),
+            step=clamped_count(data.get("step", 0)),
+            epoch=clamped_count(data.get("epoch", 0)),
+            step_time=optional_duration(data.get("step_time")),
+            max_step_time=optional_duration(data.get("max_step_time")),
             metrics=_metrics(data.get("metrics")),
             marks=_metrics(data.get("marks")),
+            rank=int(data.get("rank", 0)),
         )
     except (KeyError, TypeError, ValueError):
         return None
@@ -83,7 +90,3 @@ def _metrics(raw: Any) -> dict[str, float]:
         return {}
     numbers = {str(k): finite_or_none(v) for k, v in raw.items()}
     return {k: v for k, v in numbers.items() if v is not None}
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)

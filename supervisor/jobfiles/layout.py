@@ -7,6 +7,12 @@
     <state>/jobs/<job-id>/checkpoints/abandoned/<n>/   checkpoints of abandoned timelines
     <state>/jobs/<job-id>/wandb/                       W&B files of the job's one run
     <state>/jobs/<job-id>/attempts/<n>/                one directory per attempt (see AttemptLayout)
+
+A multi-rank attempt (DDP, one process per rank) keeps rank 0's files at the
+names a single-process attempt uses and gives every other rank its own copy
+with ``.rank<N>`` before the extension: ``heartbeat.rank1.json``,
+``exit.rank1.json``, ``stacks.rank1.txt``, ``stdout.rank1.log``. Readers that
+know nothing of ranks see rank 0, as before.
 """
 
 from __future__ import annotations
@@ -20,9 +26,19 @@ EXIT_EXCEPTION = 1
 EXIT_CONFIG_ERROR = 2
 
 
+def per_rank_name(name: str, rank: int) -> str:
+    """``name`` for global rank ``rank``: unchanged for rank 0, ``heartbeat.rank1.json`` for rank 1."""
+    if rank < 0:
+        raise ValueError(f"rank must be >= 0, got {rank}")
+    if rank == 0:
+        return name
+    stem, dot, ext = name.partition(".")
+    return f"{stem}.rank{rank}{dot}{ext}"
+
+
 @dataclass(frozen=True)
 class AttemptLayout:
-    """The files of one attempt."""
+    """The files of one attempt (rank 0's, or the single process's; ``*_of(rank)`` for the others)."""
 
     dir: Path
 
@@ -55,13 +71,36 @@ class AttemptLayout:
         return self.dir / "stacks.txt"
 
     @property
+    def resume_ready(self) -> Path:
+        """Written by the trainer's rank 0 once the manifest is rewound for the resume; other ranks wait for it."""
+        return self.dir / "resume-ready.json"
+
+    def heartbeat_of(self, rank: int) -> Path:
+        """Rank ``rank``'s heartbeat (rank 0: ``heartbeat.json``)."""
+        return self.dir / per_rank_name(self.heartbeat.name, rank)
+
+    def exit_record_of(self, rank: int) -> Path:
+        """Rank ``rank``'s exit record (rank 0: ``exit.json``)."""
+        return self.dir / per_rank_name(self.exit_record.name, rank)
+
+    def stacks_of(self, rank: int) -> Path:
+        """Rank ``rank``'s stack dumps (rank 0: ``stacks.txt``)."""
+        return self.dir / per_rank_name(self.stacks.name, rank)
+
+    def stdout_of(self, rank: int) -> Path:
+        return self.dir / per_rank_name(self.stdout.name, rank)
+
+    def stderr_of(self, rank: int) -> Path:
+        return self.dir / per_rank_name(self.stderr.name, rank)
+
+    @property
     def monitor_start(self) -> Path:
-        """Written by the attempt monitor when the trainer started: pids, boot id."""
+        """Written by the attempt monitor when the trainer started: pids (per rank), boot id (``monitorfiles.py``)."""
         return self.dir / "monitor.json"
 
     @property
     def monitor_exit(self) -> Path:
-        """Written by the attempt monitor when the trainer's whole tree is gone: exit status."""
+        """Written by the attempt monitor when the trainer's whole tree is gone: exit status (per rank)."""
         return self.dir / "monitor-exit.json"
 
 

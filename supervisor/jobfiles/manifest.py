@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.jobfiles.atomic import append_json_line, read_json_lines
+from supervisor.jobfiles.bounds import bounded_int, clamped_count, unix_time
 
 
 @dataclass(frozen=True)
@@ -160,14 +161,14 @@ def _entry_from_event(event: dict[str, Any]) -> CheckpointEntry:
     score = event.get("score")
     return CheckpointEntry(
         path=str(event["path"]),
-        step=int(event["step"]),
-        epoch=int(event.get("epoch", 0)),
+        step=bounded_int(event["step"]),  # numbers checked: see bounds.py
+        epoch=clamped_count(event.get("epoch", 0)),
         monitor=event.get("monitor"),
         score=float(score) if score is not None else None,
         mode=str(event.get("mode", "min")),
-        size=int(event.get("size", 0)),
-        time=float(event.get("time", 0.0)),
-        attempt=int(event.get("attempt", 0)),
+        size=clamped_count(event.get("size", 0)),
+        time=unix_time(event.get("time", 0.0)),
+        attempt=bounded_int(event.get("attempt", 0)),
         kind=str(event.get("kind", "topk")),
         finite=bool(event.get("finite", True)),
     )

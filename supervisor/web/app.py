@@ -38,7 +38,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +62,7 @@ from supervisor.jobfiles.layout import JobLayout
 from supervisor.sweep.ops import SweepNotFound
 from supervisor.web.curves import Cursor, read_points
 from supervisor.web.inspect import InspectFailed, Inspector
+from supervisor.web.limits import RequestGate
 from supervisor.web.metrics import CONTENT_TYPE, render_metrics
 from supervisor.web.profile import read_profile
 from supervisor.web.sweeps import add_sweep_routes
@@ -71,6 +72,9 @@ log = logging.getLogger("ml_supervisor.web")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_TAIL = 256 * 1024
 _CLI_HINT = " (set on the command line)"
+_UNAUTHORIZED = "a valid token is required: open the URL that `supervisorctl web-url` prints"
+# Query integers (ids, offsets, attempt numbers) stay where SQLite and seek() take them.
+MAX_QUERY_INT = 2**53
 
 GpuSource = Callable[[], list[dict[str, Any]] | None]
 
@@ -144,15 +148,18 @@ def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: 
     submit_cwd = Path(workdir).resolve() if workdir is not None else templates_path.parent
     inspections = inspector or Inspector()
 
-    def require_token(request: Request) -> None:
-        """Every API request carries the token in a header (constant-time compare)."""
-        supplied = request.headers.get("x-auth-token")
-        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    def authorized(headers: Mapping[str, str]) -> bool:
+        """Whether the headers carry the token (constant-time compare)."""
+        supplied = headers.get("x-auth-token")
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and credentials.strip():
             supplied = credentials.strip()
-        if supplied is None or not hmac.compare_digest(supplied.encode(), expected):
-            raise ApiError(401, "unauthorized", "a valid token is required: open the URL that "
-                           "`supervisorctl web-url` prints")
+        return supplied is not None and hmac.compare_digest(supplied.encode("utf-8", "replace"), expected)
+
+    def require_token(request: Request) -> None:
+        """Every API request carries the token in a header (``RequestGate`` checks it first, before the body)."""
+        if not authorized(request.headers):
+            raise ApiError(401, "unauthorized", _UNAUTHORIZED)
 
     app = FastAPI(title="ml-supervisor", version=__version__, docs_url=None, redoc_url=None, openapi_url=None,
                   default_response_class=SafeJSONResponse)
@@ -164,6 +171,10 @@ def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: 
         for name, value in _SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
         return response
+
+    # Added last, so outermost: the token and the body's size are checked before anything reads the body.
+    app.add_middleware(RequestGate, authorized=authorized, extra_headers=_SECURITY_HEADERS,
+                       unauthorized={"error": {"code": "unauthorized", "message": _UNAUTHORIZED}})
 
     # -- the page (no token: it holds no data; its script asks the API with the token) -----------
     @app.get("/", include_in_schema=False)
@@ -224,17 +235,21 @@ def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: 
         return ops.op_history(job)
 
     @api_get("/jobs/{job}/events")
-    def job_events(job: str, after: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10000)
+    def job_events(job: str, after: int = Query(0, ge=0, le=MAX_QUERY_INT),
+                   limit: int = Query(1000, ge=1, le=10000)
                    ) -> list[dict[str, Any]]:
         return ops.op_events(after=after, job=job, limit=limit)
 
     @api_get("/events")
-    def events(after: int = Query(0, ge=0), limit: int = Query(1000, ge=1, le=10000)) -> list[dict[str, Any]]:
+    def events(after: int = Query(0, ge=0, le=MAX_QUERY_INT), limit: int = Query(1000, ge=1, le=10000)
+               ) -> list[dict[str, Any]]:
         return ops.op_events(after=after, limit=limit)
 
     @api_get("/jobs/{job}/logs")
-    def logs(job: str, attempt: int | None = Query(None, ge=1), stdout: int | None = Query(None, ge=0),
-             stderr: int | None = Query(None, ge=0), tail: int | None = Query(None, ge=1, le=MAX_TAIL)
+    def logs(job: str, attempt: int | None = Query(None, ge=1, le=MAX_QUERY_INT),
+             stdout: int | None = Query(None, ge=0, le=MAX_QUERY_INT),
+             stderr: int | None = Query(None, ge=0, le=MAX_QUERY_INT),
+             tail: int | None = Query(None, ge=1, le=MAX_TAIL)
              ) -> dict[str, Any]:
         offsets = {"stdout": stdout or 0, "stderr": stderr or 0}
         if tail is not None and stdout is None and stderr is None:
@@ -242,7 +257,8 @@ def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: 
         return ops.op_logs(job, attempt=attempt, offsets=offsets)
 
     @api_get("/jobs/{job}/metrics")
-    def curve(job: str, attempt: int = Query(0, ge=0), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+    def curve(job: str, attempt: int = Query(0, ge=0, le=MAX_QUERY_INT),
+              offset: int = Query(0, ge=0, le=MAX_QUERY_INT)) -> dict[str, Any]:
         status = ops.op_status(job)
         numbers = [a["n"] for a in status["attempts"]]
         return read_points(status["job_dir"], numbers, Cursor(attempt, offset))

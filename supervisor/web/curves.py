@@ -14,11 +14,12 @@ own segment.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supervisor.jobfiles.atomic import finite_or_none
+from supervisor.jobfiles.bounds import bounded_int
 from supervisor.jobfiles.layout import JobLayout
 
 MAX_READ = 1024 * 1024  # per poll; the page polls again for the rest
@@ -87,14 +88,14 @@ def _point(line: bytes, attempt: int) -> dict[str, Any] | None:
     """One line as a point, or None when it is not a usable metrics line (never an error for the page)."""
     try:
         raw = json.loads(line)
-        step = int(raw["step"])
+        step = bounded_int(raw["step"])
         metrics = raw.get("metrics") or {}
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
     if not isinstance(metrics, dict):
         return None
-    values = {str(k): float(v) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    values = {str(k): number for k, v in metrics.items() if (number := finite_or_none(v)) is not None
+              and isinstance(v, (int, float)) and not isinstance(v, bool)}
     epoch = raw.get("epoch")
     return {"attempt": attempt, "step": step, "epoch": epoch if isinstance(epoch, int) else None,
             "time": raw.get("time") if isinstance(raw.get("time"), (int, float)) else None, "metrics": values}

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from supervisor.errors import SupervisorError
+from supervisor.web.limits import IDLE_TIMEOUT_S, MAX_CONNECTIONS, guarded_protocol
 from supervisor.web.token import page_url
 
 log = logging.getLogger("ml_supervisor.web")
@@ -37,8 +38,11 @@ class WebServer:
     Port 0 picks a free port; ``"auto"`` takes 8742 when free, else a free port.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | str = AUTO_PORT) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | str = AUTO_PORT, *,
+                 idle_timeout_s: float = IDLE_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
         self.app = app
+        self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
         self.host = host
         self.requested_port = port
         self.port: int | None = None
@@ -67,6 +71,9 @@ class WebServer:
             self.app, log_config=None,  # keep the daemon's logging as it is
             log_level="warning", access_log=False,  # no request lines: the daemon log is for jobs
             lifespan="off", timeout_graceful_shutdown=2, server_header=False,
+            # connection cap and idle deadline (see limits.py); 503 past the cap of requests in flight
+            http=guarded_protocol(idle_timeout_s=self.idle_timeout_s, max_connections=self.max_connections),
+            limit_concurrency=self.max_connections + 1, h11_max_incomplete_event_size=16 * 1024,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="web", daemon=True)

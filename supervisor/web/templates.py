@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from omegaconf import OmegaConf
 
 from supervisor.config import load_job_config
+from supervisor.config.safe_yaml import load_yaml, read_config_text
 from supervisor.errors import ConfigError
 from supervisor.web.knobs import (  # noqa: F401  (re-exported: the app and the tests import them from here)
     DEFAULT_STRING_PATTERN,
@@ -116,7 +116,10 @@ def _cached_template(path: Path) -> Template | None:
         hit = _cache.get(path)
     if hit is not None and hit[0] == stamp:
         return hit[1]
-    template = load_template(path) if _declares_ui(path) and _TEMPLATE_NAME.match(path.stem) else None
+    try:
+        template = load_template(path) if _declares_ui(path) and _TEMPLATE_NAME.match(path.stem) else None
+    except Exception as exc:  # one broken template must never hide the others (or answer 500 for the list)
+        template = Template(name=path.stem, path=path, title=path.stem, error=f"{path}: {type(exc).__name__}: {exc}")
     with _cache_lock:
         _cache[path] = (stamp, template)
     return template
@@ -179,8 +182,8 @@ def field_for_error(template: Template, key: str | None) -> str | None:
 def _declares_ui(path: Path) -> bool:
     """Cheap first look (no schema): does the file have a top-level ``ui`` key?"""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = load_yaml(read_config_text(path), source=str(path))  # bounded: a bomb here would stall the page
+    except ConfigError:
         return False
     return isinstance(raw, dict) and "ui" in raw
 

@@ -90,9 +90,28 @@ BAD_CONFIGS = [
                  "trainer.enable_checkpointing: must stay true: the supervisor resumes from checkpoints "
                  "(set checkpoint.save_top_k: 0 to keep only last.ckpt)",
                  id="checkpointing-off"),
+    pytest.param(with_change("trainer.strategy", "fsdp"),
+                 "trainer.strategy: 'fsdp' is not supported: its sharded checkpoints are directories, which the "
+                 "supervisor cannot save atomically or verify yet; use ddp",
+                 id="sharded-strategy"),
     pytest.param(with_change("trainer.max_time", "soon"),
                  "trainer.max_time: expected DD:HH:MM:SS, a duration like 12h, or a mapping; got 'soon'",
                  id="bad-max-time"),
+    # values against the type hints (jsonargparse, as LightningCLI): refused at submit, not in every attempt
+    pytest.param(with_change("trainer.max_epochs", "ten"),
+                 "trainer.max_epochs: expected int or None; got 'ten'",
+                 id="trainer-value-of-wrong-type"),
+    pytest.param(with_change("trainer.precision", "17"),
+                 "trainer.precision: expected one of 64, 32, 16, 'transformer-engine', "
+                 "'transformer-engine-float16', '16-true', '16-mixed', 'bf16-true', 'bf16-mixed', '32-true', "
+                 "'64-true', '64', '32', '16', 'bf16' or None; got '17'",
+                 id="trainer-value-not-a-choice"),
+    pytest.param(with_change("model.init_args.hidden_size", "wide"),
+                 "model.init_args.hidden_size: expected int; got 'wide'",
+                 id="init-arg-of-wrong-type"),
+    pytest.param(with_change("data.init_args.val_fraction", [0.2]),
+                 "data.init_args.val_fraction: expected float; got '[0.2]'",
+                 id="data-init-arg-of-wrong-type"),
     pytest.param(with_change("workdir", "/nonexistent/workdir"),
                  "workdir: no such directory: /nonexistent/workdir",
                  id="workdir-missing"),
@@ -181,3 +200,53 @@ def test_check_and_fit_processes_print_one_line_and_exit_2(tmp_path: Path) -> No
     assert record is not None
     assert (record.status, record.message) == ("config_error", expected)
 
+
+
+def test_a_trainer_that_cannot_be_built_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    """Values that pass the type check but that Trainer(...) refuses: exit 2 and a config_error record,
+    so the daemon does not retry the attempt as a crash."""
+    path = write_config(tmp_path, with_change("trainer.accelerator", "no-such-accelerator"))
+    attempt_dir = tmp_path / "attempts" / "1"
+    fit = subprocess.run([sys.executable, "-m", "trainer", "--config", str(path), "--attempt-dir", str(attempt_dir)],
+                         cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=180)
+    assert fit.returncode == EXIT_CONFIG_ERROR, fit.stderr[-2000:]
+    assert "Traceback" not in fit.stderr
+    record = read_exit_record(attempt_dir / "exit.json")
+    assert record is not None and record.status == "config_error"
+    assert record.message is not None
+    assert record.message.startswith(f"{path}: trainer: Trainer(...) failed: ")
+    assert "no-such-accelerator" in record.message and "\n" not in record.message
+
+
+def test_filename_patterns_the_schema_allows_are_safe_in_lightnings_formatting() -> None:
+    """Lightning formats checkpoint.filename with str.format over the metrics: the schema's check is what stands
+    between a pattern and the trainer's objects. The refused pattern really walks into them; allowed ones do not."""
+    import torch
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from supervisor.config.patterns import checkpoint_filename_problem
+
+    def formatted(pattern: str) -> str:
+        metrics = {"epoch": torch.tensor(3), "step": torch.tensor(120), "val_loss": torch.tensor(0.25)}
+        return ModelCheckpoint()._format_checkpoint_name(pattern, metrics)
+
+    attack = "{epoch].__repr__.__globals__[__name__}"
+    assert formatted(attack) == "epoch].__repr__.__globals__[__name__=torch._tensor"  # reached a module's globals
+    assert checkpoint_filename_problem(attack) is not None
+    for pattern in ("{epoch}-{step}", "{epoch:02d}-{val_loss:.4f}", "{epoch.__class__.__init__.__globals__}",
+                    "{step:>10}", "{val/acc:.3f}"):
+        assert checkpoint_filename_problem(pattern) is None
+        text = formatted(pattern)
+        assert "globals" not in text.split("=")[-1] and len(text) < 120, text
+def test_ranks_started_must_match_the_devices() -> None:
+    """With externally started ranks, a devices count that disagrees is a config error naming the key."""
+    from supervisor.errors import ConfigError
+    from trainer.ranks import RankInfo
+    from trainer.runner import check_world_size
+
+    check_world_size({"devices": 2}, RankInfo(1, 1, 2), "job.yaml")  # agrees: nothing to say
+    check_world_size({"devices": "auto"}, RankInfo(0, 0, 2), "job.yaml")  # Lightning checks that itself
+    with pytest.raises(ConfigError) as caught:
+        check_world_size({"devices": 1}, RankInfo(0, 0, 2), "job.yaml")
+    assert caught.value.message == ("job.yaml: trainer.devices: 1 device(s) x 1 node(s) = 1 process(es), but the "
+                                    "supervisor started 2 ranks (one per device)")

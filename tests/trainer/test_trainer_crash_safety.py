@@ -37,6 +37,8 @@ class KillResult:
     killed: TrainerRun
     returncode: int
     live_after_kill: list[CheckpointEntry]
+    # Each live file's size and zip check right after the kill (the restart rewrites last.ckpt).
+    files_after_kill: dict[str, tuple[int, bool]]
     tmp_after_kill: list[str]
     restart: TrainerRun
     resumed_from: CheckpointEntry
@@ -63,6 +65,7 @@ def killed_mid_save(tmp_path_factory: pytest.TempPathFactory) -> KillResult:
     run.send(signal.SIGKILL)
     returncode = run.finish(timeout=30)
     live = live_checkpoints(run.job.manifest)
+    files_after_kill = {e.path: (Path(e.path).stat().st_size, is_complete_zip(e.path)) for e in live}
     tmp_after_kill = sorted(p.name for p in ckpt_dir.glob(".*.tmp"))
     # Another stale one, named the way a killed save names its file.
     (ckpt_dir / PLANTED_TMP).write_bytes(b"PK\x03\x04 half a checkpoint")
@@ -70,7 +73,8 @@ def killed_mid_save(tmp_path_factory: pytest.TempPathFactory) -> KillResult:
     newest = rank_newest(live)[0]
     restart = run_trainer(root, [*HEAVY_MODEL, f"trainer.max_steps={newest.step + 3}"],
                           attempt=2, restarts=1, ckpt=newest.path)
-    return KillResult(killed=run, returncode=returncode, live_after_kill=live, tmp_after_kill=tmp_after_kill,
+    return KillResult(killed=run, returncode=returncode, live_after_kill=live, files_after_kill=files_after_kill,
+                      tmp_after_kill=tmp_after_kill,
                       restart=restart, resumed_from=newest)
 
 
@@ -82,8 +86,7 @@ def test_every_manifest_entry_is_a_complete_file_after_sigkill(killed_mid_save: 
     assert killed_mid_save.tmp_after_kill  # the kill did interrupt a write
     for entry in live:
         assert not Path(entry.path).name.startswith("."), entry
-        assert Path(entry.path).stat().st_size == entry.size, entry
-        assert is_complete_zip(entry.path), entry
+        assert killed_mid_save.files_after_kill[entry.path] == (entry.size, True), entry
 
 
 def test_restart_removes_stale_temp_files_and_resumes(killed_mid_save: KillResult) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trainer_testkit import TrainerRun, is_complete_zip, run_trainer, trainer_env
+import yaml
+from trainer_testkit import DIGITS_CONFIG, TrainerRun, is_complete_zip, run_trainer, trainer_env
 
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.exitrecord import ExitRecord
@@ -27,6 +28,8 @@ pytestmark = pytest.mark.lightning
 EPOCHS = 3
 STEPS_PER_EPOCH = 23  # 1,438 training digits in batches of 64
 RUN_ID = "trfit0001"
+SECRET_IN_CONFIG = "hunter2-in-the-config"
+SECRET_FROM_ENV = "hunter2-from-the-environment"
 
 
 @dataclass
@@ -65,10 +68,16 @@ def first_fit(tmp_path_factory: pytest.TempPathFactory) -> FitResult:
     home = root.parent / "home"
     home.mkdir()
     (home / ".netrc").write_text("")  # an empty netrc: no W&B credentials anywhere
-    env = trainer_env(HOME=str(home), NETRC=str(home / ".netrc"))
+    env = trainer_env(HOME=str(home), NETRC=str(home / ".netrc"), ML_SUPERVISOR_TEST_FROM_ENV=SECRET_FROM_ENV)
     env.pop("WANDB_MODE")  # the config says online: the trainer itself must fall back to offline
+    # secrets in the config file (as the daemon freezes it; the command line shows in W&B's metadata)
+    config = yaml.safe_load(DIGITS_CONFIG.read_text())
+    config.setdefault("env", {})["ML_SUPERVISOR_TEST_TOKEN"] = SECRET_IN_CONFIG
+    config.setdefault("ui", {})["note"] = "${oc.env:ML_SUPERVISOR_TEST_FROM_ENV}"
+    config_path = root.parent / "digits-with-secrets.yaml"
+    config_path.write_text(yaml.safe_dump(config))
     run = run_trainer(root, [f"trainer.max_epochs={EPOCHS}", "logger.wandb.mode=online",
-                             f"logger.wandb.run_id={RUN_ID}"], env=env)
+                             f"logger.wandb.run_id={RUN_ID}"], env=env, config=config_path)
     return snapshot(run, run.proc.returncode)
 
 
@@ -157,6 +166,15 @@ def test_wandb_fell_back_to_offline_under_the_fixed_run_id(first_fit: FitResult)
     runs = list(wandb_root.glob(f"wandb/offline-run-*-{RUN_ID}"))
     assert len(runs) == 1, list(wandb_root.rglob("*"))[:20]
     assert recorded_attempt(runs[0]) == 1
+
+
+def test_the_wandb_run_config_shows_env_names_not_values(first_fit: FitResult) -> None:
+    """The job config goes to the W&B run (often shared): env values as <set>, ${oc.env:...} unresolved."""
+    (run_dir,) = first_fit.run.job.wandb_dir.glob(f"wandb/offline-run-*-{RUN_ID}")
+    data = (run_dir / f"run-{RUN_ID}.wandb").read_bytes()
+    assert b"ML_SUPERVISOR_TEST_TOKEN" in data and b"<set>" in data
+    assert b"${oc.env:ML_SUPERVISOR_TEST_FROM_ENV}" in data
+    assert b"hunter2" not in data
 
 
 # --- attempt 2: resume from the oldest top-k checkpoint -------------------------------------------

@@ -242,19 +242,38 @@ def test_yaml_numbers_read_as_researchers_write_them() -> None:
     assert isinstance(cfg.model.init_args.lr, float)
 
 
-def test_interpolation_is_resolved(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ML_SUPERVISOR_TEST_DATA_DIR", "/data/digits")
+def test_interpolation_is_resolved() -> None:
     cfg = parse_job_config(
         BASE + "trainer: {max_epochs: 4}\n"
-        "ui: {epochs: '${trainer.max_epochs}', label: 'run-${name}'}\n"
-        "env: {DATA: '${oc.env:ML_SUPERVISOR_TEST_DATA_DIR}'}\n",
+        "ui: {epochs: '${trainer.max_epochs}', label: 'run-${name}'}\n",
         source="job.yaml", overrides=["trainer.max_epochs=6"])
     assert dict(cfg.ui) == {"epochs": 6, "label": "run-digits"}
-    assert dict(cfg.env) == {"DATA": "/data/digits"}
     assert "${" not in to_yaml(cfg)
     # resolved for good: the value no longer follows the key it came from
     cfg.trainer.max_epochs = 9
     assert cfg.ui.epochs == 6
+
+
+def test_environment_interpolations_are_never_written_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ML_SUPERVISOR_TEST_SECRET", "hunter2-secret")
+    cfg = parse_job_config(
+        BASE + "trainer: {max_epochs: 4}\n"
+        "ui: {epochs: '${trainer.max_epochs}'}\n"
+        "env: {TOKEN: '${oc.env:ML_SUPERVISOR_TEST_SECRET}'}\n"
+        "logger: {wandb: {entity: 'team-${oc.env:ML_SUPERVISOR_TEST_SECRET}'}}\n",
+        source="job.yaml", overrides=["trainer.max_epochs=6"])
+    # usable in memory (the daemon validated it) ...
+    assert cfg.env.TOKEN == "hunter2-secret" and cfg.logger.wandb.entity == "team-hunter2-secret"
+    assert cfg.ui.epochs == 6
+    # ... but the frozen text keeps the interpolations, for the trainer to resolve in its own process
+    frozen = tmp_path / "config.yaml"
+    frozen.write_text(to_yaml(cfg))
+    assert "hunter2" not in frozen.read_text()
+    assert "${oc.env:ML_SUPERVISOR_TEST_SECRET}" in frozen.read_text()
+    monkeypatch.setenv("ML_SUPERVISOR_TEST_SECRET", "in-the-trainer")
+    again = load_job_config(frozen)
+    assert again.env.TOKEN == "in-the-trainer" and again.ui.epochs == 6
+    assert "in-the-trainer" not in to_yaml(again)
 
 
 def test_to_yaml_round_trips(tmp_path: Path) -> None:

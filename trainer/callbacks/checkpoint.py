@@ -120,8 +120,9 @@ class ManifestCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._start_step = trainer.global_step
-        if self.signals is not None and self.signals.stop_signal == signal.SIGTERM:
+        if not self._multi_process and self.signals is not None and self.signals.stop_signal == signal.SIGTERM:
             # SIGTERM came before Lightning's handler was in place: stop the way Lightning would.
+            # (Several ranks stop together through RankAgreement: one rank raising alone would hang the rest.)
             raise SIGTERMException
         # After a resume: the restored step is already saved; top-k forgets files that are gone.
         self._last_global_step_saved = trainer.global_step
@@ -143,7 +144,7 @@ class ManifestCheckpoint(ModelCheckpoint):
                 self.save_last_now(trainer, kind="last")
         else:
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.signals is not None and (self.signals.save_requested or self._multi_process) \
+        if self.signals is not None and (self.signals.save_requested or self.signals.agreed_save) \
                 and self._save_requested(trainer):
             self.save_last_now(trainer, kind="last", scheduled=False)
 
@@ -152,7 +153,8 @@ class ManifestCheckpoint(ModelCheckpoint):
             return
         self._validated_step = trainer.global_step
         self._validated_value = self._monitor_value(trainer)
-        if (self._topk_pending or self._defer_save_until_validation) and not _fast_dev_run(trainer):
+        # (Lightning < 2.5 has no deferred save.)
+        if (self._topk_pending or getattr(self, "_defer_save_until_validation", False)) and not _fast_dev_run(trainer):
             # Lightning drops a deferred save when it saves on train epoch end; do it here, scored fresh.
             self._topk_pending = self._defer_save_until_validation = False
             candidates = self._monitor_candidates(trainer)
@@ -219,6 +221,9 @@ class ManifestCheckpoint(ModelCheckpoint):
             self._record(trainer, filepath, kind)
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+        # No rank leaves a save before rank 0 has recorded it: a rank that then exits (a stop) makes its
+        # peers be stopped, and rank 0 must not be stopped between the rename and the manifest line.
+        trainer.strategy.barrier("manifest_checkpoint_recorded")
 
     def _write_atomically(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = temp_path_for(filepath)
@@ -232,7 +237,6 @@ class ManifestCheckpoint(ModelCheckpoint):
             _fsync_path(tmp)
             os.replace(tmp, filepath)
             _fsync_path(os.path.dirname(filepath))
-        trainer.strategy.barrier("manifest_checkpoint_saved")
 
     def _link_or_copy(self, trainer: pl.Trainer, source: str, filepath: str) -> None:
         """``filepath`` becomes the same bytes as ``source`` (saved at this very step), atomically."""
@@ -246,7 +250,6 @@ class ManifestCheckpoint(ModelCheckpoint):
                 _copy_durably(source, tmp)
             os.replace(tmp, filepath)
             _fsync_path(os.path.dirname(filepath))
-        trainer.strategy.barrier("manifest_checkpoint_linked")
 
     def _same_step_file(self, trainer: pl.Trainer) -> str | None:
         """A complete file this process saved at the current global step, if any."""
@@ -306,10 +309,8 @@ class ManifestCheckpoint(ModelCheckpoint):
     def _save_requested(self, trainer: pl.Trainer) -> bool:
         assert self.signals is not None
         if self._multi_process:
-            # Every rank must take part in a save; decide together, but not on every step.
-            if trainer.global_step % 10:
-                return False
-            return trainer.strategy.reduce_boolean_decision(self.signals.take_save_request(), all=False)
+            # Every rank must take part in a save: act only on what RankAgreement decided for all ranks.
+            return self.signals.take_agreed_save()
         return self.signals.take_save_request()
 
     def _forget_missing_best_k(self) -> None:

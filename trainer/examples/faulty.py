@@ -8,6 +8,7 @@ slow saves inside a real Lightning fit:
       init_args: {hang_at_step: 30}          # blocks forever in training_step at global step 30
       # or {crash_at_step: 30}               # raises RuntimeError there
       # fault_on_attempt: 1 (default)        # only attempt 1 misbehaves; the relaunch completes
+      # fault_on_rank: 1                     # only that global rank misbehaves (default: every rank)
       # step_delay: 0.05                     # seconds of sleep per step (slow the fit down)
       # ballast_mb: 200                      # a big saved buffer, so checkpoint saves take time
 
@@ -36,7 +37,8 @@ class FaultyDigitsClassifier(DigitsClassifier):
     """``DigitsClassifier`` that can hang, crash, run slowly or carry dead weight.
 
     ``fault_on_attempt``: the attempt that hangs or crashes (``None``: every
-    attempt). ``step_delay`` and ``ballast_mb`` apply to every attempt.
+    attempt); ``fault_on_rank``: the global rank that does (``None``: every
+    rank). ``step_delay`` and ``ballast_mb`` apply to every attempt.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class FaultyDigitsClassifier(DigitsClassifier):
         hang_at_step: int | None = None,
         crash_at_step: int | None = None,
         fault_on_attempt: int | None = 1,
+        fault_on_rank: int | None = None,
         step_delay: float = 0.0,
         ballast_mb: int = 0,
         **digits_args: float,
@@ -52,6 +55,7 @@ class FaultyDigitsClassifier(DigitsClassifier):
         self.hang_at_step = hang_at_step
         self.crash_at_step = crash_at_step
         self.fault_on_attempt = fault_on_attempt
+        self.fault_on_rank = fault_on_rank
         self.step_delay = step_delay
         if ballast_mb > 0:
             # A saved buffer, not a parameter: it makes every checkpoint ballast_mb bigger
@@ -70,6 +74,8 @@ class FaultyDigitsClassifier(DigitsClassifier):
         return super().training_step(batch, batch_idx)
 
     def _faulty_attempt(self) -> bool:
+        if self.fault_on_rank is not None and self.global_rank != self.fault_on_rank:
+            return False
         if self.fault_on_attempt is None:
             return True
         return int(os.environ.get(ATTEMPT_ENV, "1")) == self.fault_on_attempt
