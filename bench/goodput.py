@@ -66,12 +66,16 @@ def main() -> int:
     args.settle = 0.0
     results: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-goodput-") as tmp:
-        results["uninterrupted"] = run(PlainLoop(Path(tmp) / "base", args), args.duration, None)
-        print(f"uninterrupted: step {results['uninterrupted']}", flush=True)
+        # The uninterrupted baseline runs first and last (a shared box's load drifts): the mean of the two.
+        before = run(PlainLoop(Path(tmp) / "base1", args), args.duration, None)
+        print(f"uninterrupted (first): step {before}", flush=True)
         for make in (PlainLoop, Torchrun, Supervised, SupervisedStandby, SupervisedStandbyBest):
             contender = make(Path(tmp), args)
             results[contender.name] = run(contender, args.duration, args.kill_every)
             print(f"{contender.name}: step {results[contender.name]}", flush=True)
+        after = run(PlainLoop(Path(tmp) / "base2", args), args.duration, None)
+        print(f"uninterrupted (last): step {after}", flush=True)
+        results = {"uninterrupted": round((before + after) / 2), **results}
     base = results["uninterrupted"]
     print(f"\ngoodput, {args.duration:.0f} s from launch, SIGKILL every {args.kill_every:.0f} s, checkpoint every "
           f"{args.every} steps, digits on CPU ({os.cpu_count()} cores, shared)")
