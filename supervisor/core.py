@@ -54,9 +54,10 @@ from supervisor.rank_outcome import classify_ranks_end
 from supervisor.reconcile import Reconciling
 from supervisor.resume import choose_resume
 from supervisor.runners.base import AttemptExit, AttemptRunner, Phase, RunnerNotice
-from supervisor.runners.local import LocalRunner
 from supervisor.runners.slurm import SlurmRunner
+from supervisor.runners.standby import StandbyLocalRunner
 from supervisor.settings import DaemonSettings
+from supervisor.standby_keeping import StandbyKeeping
 from supervisor.states import JobState
 from supervisor.stopping import Stopping
 from supervisor.store import AttemptRow, JobRow, Store
@@ -75,12 +76,12 @@ RunnerFactory = Callable[["Supervisor"], AttemptRunner]
 
 
 def _local_runner(sup: Supervisor) -> AttemptRunner:
-    return LocalRunner(sup.state_dir, sup.on_runner_notice, watch_exits=sup.settings.watch_files,
-                       gpu_backend=lambda: sup.gpus.backend if sup.gpus is not None else None,
-                       preflight_wait_s=sup.settings.gpu.preflight_wait)
+    return StandbyLocalRunner(sup.state_dir, sup.on_runner_notice, watch_exits=sup.settings.watch_files,
+                              gpu_backend=lambda: sup.gpus.backend if sup.gpus is not None else None,
+                              preflight_wait_s=sup.settings.gpu.preflight_wait)
 
 
-class Supervisor(Launching, Stopping, Reconciling, GpuActions):
+class Supervisor(StandbyKeeping, Launching, Stopping, Reconciling, GpuActions):
     """The core. ``open()`` it, then drive it with ``run()`` (a thread) or ``tick()`` (tests)."""
 
     def __init__(self, settings: DaemonSettings, *, clock: Callable[[], float] = time.time,
@@ -286,6 +287,7 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
             self.begin_stop(job, Cause.BUDGET, "the time budget was spent", now)
             return
         self.check_attempt_health(job, attempt, now)
+        self.keep_standby(job, attempt)
 
     def check_attempt_health(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
         """Hang detection: no progress in the heartbeat for longer than the attempt's timeout."""
@@ -409,6 +411,7 @@ class Supervisor(Launching, Stopping, Reconciling, GpuActions):
         for runner in self.runners.values():
             runner.forget(job_id)
         self.tracker.forget(job_id)
+        self.drop_standby(job_id)
 
     def best_checkpoint(self, job: JobRow) -> CheckpointEntry | None:
         """The best live checkpoint of the job's current timeline (a manifest entry), or None."""

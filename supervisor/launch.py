@@ -22,7 +22,7 @@ from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
 from supervisor.rank_files import job_world_size
 from supervisor.resume import ResumeChoice, choose_resume
-from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RankLayout
+from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RankLayout, RunnerState
 from supervisor.states import LIVE_STATES, JobState
 from supervisor.store import AttemptRow, JobRow
 from supervisor.submit import trainer_environment
@@ -90,7 +90,10 @@ class Launching(CoreBase):
                             state_dir=self.state_dir, base_env=os.environ)
         runner = self.runner_for_backend(str(cfg.supervision.backend))
         try:
-            state = runner.launch(spec)
+            # A standby (imports done, model built) takes a local attempt when it has one; else a cold start.
+            state = self.promote_standby(spec) if runner is self.runner else None
+            if state is None:
+                state = runner.launch(spec)
         except LaunchRefused as refused:
             if refused.retry:
                 store.update_job(job.id, now=now, wait_reason=refused.reason)
@@ -114,6 +117,10 @@ class Launching(CoreBase):
         self.timers.schedule(job.id, TimerKind.STARTED, now + STARTED_CHECK_S)
         self.schedule_timers(job)
         log.info("job %s: attempt %d started %s", job.id, n, resumed)
+
+    def promote_standby(self, spec: AttemptSpec) -> RunnerState | None:
+        """Overridden by ``StandbyKeeping``: no standby, a cold start."""
+        return None
 
     def _launch_failed(self, job: JobRow, n: int, why: str, now: float) -> None:
         store = self._store()

@@ -28,6 +28,7 @@ class TrackedAttempt:
     # When the runner first reported it running: a Slurm attempt may wait in the queue for hours,
     # and the start-up allowance counts from here, not from the submission.
     running_since: float | None = None
+    standby_setting: str | None = None  # supervision.standby, read once per attempt
 
 
 class AttemptTracker:

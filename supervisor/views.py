@@ -16,6 +16,7 @@ from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
 from supervisor.rank_files import job_world_size
+from supervisor.runners.standby import standby_view
 from supervisor.store import AttemptRow, JobRow, Store
 
 
@@ -72,6 +73,7 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         },
         "wandb": wandb,
         "checkpointing": _checkpointing_view(frozen),
+        "standby": standby_view(Path(job.job_dir)),
     }
 
 

@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -37,6 +37,9 @@ from supervisor.jobfiles.layout import EXIT_COMPLETED, EXIT_CONFIG_ERROR, EXIT_E
 from trainer.progress import HeartbeatWriter, interval_from_env
 from trainer.ranks import RankInfo, rank_from_env
 from trainer.signals import SignalState, Terminated, exit_code_for
+
+if TYPE_CHECKING:
+    from trainer.standby import PreparedRun
 
 TRACEBACK_TAIL = 4000
 # Set for the user's code (and the example's fault injection) to read.
@@ -60,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--restarts", type=int, default=0, help="restarts the job has had (recorded in W&B)")
     parser.add_argument("--deadline", type=float, help="unix time the job's budget ends; the fit stops before it")
     parser.add_argument("--check", action="store_true", help="validate the config and its classes, do not fit")
+    parser.add_argument("--standby", action="store_true",
+                        help="prepare (imports, model, data), then wait for the daemon's handover (trainer.standby)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
     return parser
 
@@ -78,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(args.config, args.overrides)
     if not args.attempt_dir:
         parser.error("--attempt-dir is required (unless --check)")
+    if args.standby:
+        from trainer.standby import serve
+
+        return serve(args, parser)
     return fit(args, started_at)
 
 
@@ -96,8 +105,11 @@ def check(config: str, overrides: Sequence[str]) -> int:
     return EXIT_COMPLETED
 
 
-def fit(args: argparse.Namespace, started_at: float) -> int:
-    """One attempt: fit, then write the exit record whatever happened, and return the exit code."""
+def fit(args: argparse.Namespace, started_at: float, prepared: PreparedRun | None = None) -> int:
+    """One attempt: fit, then write the exit record whatever happened, and return the exit code.
+
+    ``prepared``: what a standby built before its handover (its config, model and data module).
+    """
     attempt_dir = Path(args.attempt_dir).absolute()
     attempt_dir.mkdir(parents=True, exist_ok=True)
     layout = AttemptLayout(attempt_dir)
@@ -120,8 +132,11 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
     state = None
     record = ExitRecord(status="completed", time=0.0, pid=os.getpid(), rank=rank.rank)
     try:
-        cfg = load_job_config(args.config, args.overrides)
-        apply_environment(cfg, args.config)
+        if prepared is None:
+            cfg = load_job_config(args.config, args.overrides)
+            apply_environment(cfg, args.config)
+        else:
+            cfg = prepared.cfg
         from trainer.runner import FitOptions, RunState, run_fit
 
         heartbeat.mark("imports_done")
@@ -131,7 +146,7 @@ def fit(args: argparse.Namespace, started_at: float) -> int:
                           attempt=args.attempt, restarts=args.restarts, deadline=args.deadline, rank=rank)
         if rank.multi:
             opts.on_failure = lambda exc: write_early_record(exc, signals, state, layout, rank)
-        record.reason = run_fit(cfg, args.config, opts, signals, heartbeat, state)
+        record.reason = run_fit(cfg, args.config, opts, signals, heartbeat, state, prepared)
         code = EXIT_COMPLETED
     except ConfigError as exc:
         print(exc.message, file=sys.stderr, flush=True)

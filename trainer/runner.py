@@ -34,6 +34,7 @@ from trainer.profiling import profiler_into_attempt_dir
 from trainer.progress import HeartbeatWriter
 from trainer.ranks import RankInfo, wait_resume_ready, write_resume_ready
 from trainer.signals import SignalState
+from trainer.standby import PreparedRun
 from trainer.wandb_run import build_wandb_logger
 
 # Ranks >= 1 wait this long for rank 0 to rewind the manifest (rank 0's own start-up included).
@@ -105,22 +106,28 @@ def run_fit(
     signals: SignalState,
     heartbeat: HeartbeatWriter,
     state: RunState,
+    prepared: PreparedRun | None = None,
 ) -> str:
-    """Fit the job; returns the completion reason (raises on anything but completion)."""
-    job = resolve_job(cfg, source)
-    check_world_size(job.trainer_args, opts.rank, source)
-    if cfg.seed is not None:
-        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    ckpt_path = prepare_resume_for_rank(opts)
+    """Fit the job; returns the completion reason (raises on anything but completion).
 
-    model = job.model.build()
-    datamodule = job.data.build()
+    ``prepared``: the job, model and data module a standby built before its handover.
+    """
+    if prepared is None:
+        job, model, datamodule = prepare_run(cfg, source)
+    else:
+        job, model, datamodule = prepared.job, prepared.model, prepared.datamodule
+    check_world_size(job.trainer_args, opts.rank, source)
+    ckpt_path = prepare_resume_for_rank(opts)
     logger = build_wandb_logger(cfg, opts.attempt_dir)
     callbacks = build_callbacks(cfg, job, opts, signals, heartbeat, state, logger)
     trainer_args = profiler_into_attempt_dir(dict(job.trainer_args), opts.attempt_dir)
     trainer_args.setdefault("default_root_dir", str(opts.attempt_dir))
     if str(cfg.supervision.backend) == "slurm":
         trainer_args["plugins"] = slurm_plugins(trainer_args.get("plugins"))
+    if ckpt_path is not None:
+        # The sanity check guards a fresh run's validation code, which a resumed run has already run:
+        # on a resume it only delays the first optimizer step.
+        trainer_args.setdefault("num_sanity_val_steps", 0)
     try:
         trainer = pl.Trainer(**trainer_args, callbacks=callbacks, logger=logger if logger is not None else False)
     except Exception as exc:
@@ -143,6 +150,14 @@ def run_fit(
         signals.deferred = False
         signals.register_stack_dump()  # Lightning's teardown reset SIGUSR2 to SIG_DFL
     return stop_reason(trainer, state)
+
+
+def prepare_run(cfg: DictConfig, source: str) -> tuple[ResolvedJob, Any, Any]:
+    """Resolve the config's classes, seed, and build the model and data module (no CUDA, no Trainer)."""
+    job = resolve_job(cfg, source)
+    if cfg.seed is not None:
+        pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    return job, job.model.build(), job.data.build()
 
 
 def check_world_size(trainer_args: dict[str, Any], rank: RankInfo, source: str) -> None:

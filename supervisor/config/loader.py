@@ -40,6 +40,7 @@ from supervisor.config.schema import (
     BACKENDS,
     MODE_CHOICES,
     RESUME_CHOICES,
+    STANDBY_CHOICES,
     WANDB_MODES,
     WATCH_CHOICES,
     JobConfig,
@@ -140,6 +141,10 @@ def _build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[s
     else:
         container = _escape_interpolations(container)
     resolved = _merge(OmegaConf.structured(JobConfig), OmegaConf.create(container), source, override_keys, False)
+    # YAML 1.1 reads a bare on / off as a boolean, which the str field then holds as "True" / "False".
+    standby = str(resolved.supervision.standby)
+    if standby in ("True", "False"):
+        OmegaConf.update(resolved, "supervision.standby", "on" if standby == "True" else "off", force_add=True)
     _check_values(resolved, source, override_keys)
     trainer_args = OmegaConf.to_container(resolved.trainer, resolve=False)
     assert isinstance(trainer_args, dict)
@@ -288,6 +293,7 @@ def _check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None
             fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
 
     choice("supervision.resume_from", RESUME_CHOICES)
+    choice("supervision.standby", STANDBY_CHOICES)
     choice("checkpoint.mode", MODE_CHOICES)
     choice("callbacks.early_stopping.mode", MODE_CHOICES)
     choice("logger.wandb.mode", WANDB_MODES)

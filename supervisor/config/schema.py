@@ -17,6 +17,7 @@ from omegaconf import MISSING
 # runtime and understands the typing form best.
 
 RESUME_CHOICES = ("best", "last", "auto")
+STANDBY_CHOICES = ("auto", "on", "off")
 MODE_CHOICES = ("min", "max")
 WANDB_MODES = ("online", "offline", "disabled")
 WATCH_CHOICES = ("gradients", "parameters", "all", "none")
@@ -116,6 +117,8 @@ class SupervisionConfig:
     no_progress_attempts: int = 3
     stop_grace: str = "60s"  # SIGTERM -> SIGKILL
     gpus: int | None = None  # None: trainer.devices on a GPU accelerator, else 0 (config/ranks.py)
+    # a standby trainer (imports done, model built) waiting to take over a restart; auto: when memory allows
+    standby: str = "auto"
     alerts: list[str] = field(default_factory=lambda: list(DEFAULT_ALERTS))
     backend: str = "local"  # local | slurm (the ``slurm:`` section then says how; docs/slurm.md)
 

@@ -199,10 +199,10 @@ class OrphanCheck:
 class StandbyRunner(AttemptRunner, Protocol):
     """A runner that keeps a trainer process waiting, imports done, so a restart starts at once."""
 
-    def prepare(self, job_id: str, workdir: str, env: Mapping[str, str]) -> RunnerState:
-        """Start a process that waits for an attempt; its state."""
+    def prepare(self, spec: AttemptSpec) -> RunnerState:
+        """Start a process that waits to become attempt ``spec.attempt`` (the job's one standby); its state."""
         ...
 
-    def promote(self, standby: RunnerState, spec: AttemptSpec) -> RunnerState:
-        """Hand the waiting process its attempt; the attempt's state."""
+    def promote(self, job_id: str, spec: AttemptSpec) -> RunnerState | None:
+        """Hand the job's waiting process attempt ``spec``; the attempt's state, or None when none is usable."""
         ...

@@ -325,3 +325,20 @@ def test_a_string_field_takes_an_override_that_is_not_yaml_as_typed(tmp_path: Pa
     path.write_text("name: j\nmodel: {class_path: a.B}\ndata: {class_path: a.C}\n")
     cfg = load_job_config(path, ["checkpoint.filename={epoch}-{step}-{val_loss:.3f}"])
     assert cfg.checkpoint.filename == "{epoch}-{step}-{val_loss:.3f}"
+
+
+@pytest.mark.parametrize("written, expected", [("on", "on"), ("off", "off"), ("auto", "auto"), ("'on'", "on")])
+def test_supervision_standby_takes_bare_yaml_on_and_off(tmp_path: Path, written: str, expected: str) -> None:
+    # YAML 1.1 reads a bare on / off as a boolean: the loader gives the word back
+    path = tmp_path / "job.yaml"
+    path.write_text(BASE + f"supervision: {{standby: {written}}}\n")
+    assert load_job_config(str(path), []).supervision.standby == expected
+    assert load_job_config(str(path), [f"supervision.standby={written}"]).supervision.standby == expected
+
+
+def test_supervision_standby_refuses_other_words(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text(BASE + "supervision: {standby: sometimes}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_job_config(str(path), [])
+    assert caught.value.message == f"{path}: supervision.standby: must be one of auto, on, off; got 'sometimes'"

@@ -1,0 +1,88 @@
+"""Goodput under periodic SIGKILLs: the final global step reached, against an uninterrupted run.
+
+Every contender of ``bench/restart_compare.py`` (same model, data and checkpoint
+cadence) trains for ``--duration`` seconds of wall time from its launch, its
+trainer SIGKILLed every ``--kill-every`` seconds; goodput = its final global step
+/ the final global step of the uninterrupted plain script in the same wall time.
+ml-supervisor runs with a standby, resuming from ``last`` and from ``best``
+(``val_loss``, validated once an epoch: rewinding to best gives up the steps
+since the best validation at every crash). The issue's full run is
+``--duration 600 --kill-every 60``.
+
+    .venv/bin/python bench/goodput.py [--duration 600] [--kill-every 60] [--every 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from restart_compare import Contender, PlainLoop, Supervised, SupervisedStandby, Torchrun, read_stamps
+
+
+class SupervisedStandbyBest(SupervisedStandby):
+    name = "sup standby best"
+    resume_from = "best"
+
+
+def run(contender: Contender, duration: float, kill_every: float | None) -> int:
+    """Start, kill every ``kill_every`` s, and return the global step reached ``duration`` s after the start."""
+    start = time.time()
+    contender.start()
+    try:
+        next_kill = start + kill_every if kill_every else float("inf")
+        while time.time() < start + duration:
+            if time.time() >= next_kill:
+                stamps = [s for s in read_stamps(contender.stamps) if s[0] == "step"]
+                if stamps:
+                    try:
+                        os.kill(stamps[-1][2], signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                next_kill += kill_every  # type: ignore[operator]
+            time.sleep(0.05)
+        try:
+            return int((Path(str(contender.stamps) + ".step")).read_text() or 0)
+        except FileNotFoundError:
+            return 0
+    finally:
+        contender.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=600.0)
+    parser.add_argument("--kill-every", type=float, default=60.0)
+    parser.add_argument("--every", type=int, default=10, help="checkpoint every N steps (all contenders)")
+    parser.add_argument("--step-delay", type=float, default=0.02)
+    args = parser.parse_args()
+    args.settle = 0.0
+    results: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-goodput-") as tmp:
+        # The uninterrupted baseline runs first and last (a shared box's load drifts): the mean of the two.
+        before = run(PlainLoop(Path(tmp) / "base1", args), args.duration, None)
+        print(f"uninterrupted (first): step {before}", flush=True)
+        for make in (PlainLoop, Torchrun, Supervised, SupervisedStandby, SupervisedStandbyBest):
+            contender = make(Path(tmp), args)
+            results[contender.name] = run(contender, args.duration, args.kill_every)
+            print(f"{contender.name}: step {results[contender.name]}", flush=True)
+        after = run(PlainLoop(Path(tmp) / "base2", args), args.duration, None)
+        print(f"uninterrupted (last): step {after}", flush=True)
+        results = {"uninterrupted": round((before + after) / 2), **results}
+    base = results["uninterrupted"]
+    print(f"\ngoodput, {args.duration:.0f} s from launch, SIGKILL every {args.kill_every:.0f} s, checkpoint every "
+          f"{args.every} steps, digits on CPU ({os.cpu_count()} cores, shared)")
+    for name, step in results.items():
+        print(f"  {name:18s} final step {step:6d}  goodput {step / base:6.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The local runner with a standby trainer per job: a restart that skips the imports and the builds.
+
+While attempt ``n`` of a job runs, ``prepare`` starts attempt ``n + 1``'s
+monitor with ``python -m trainer --standby``: that trainer imports, builds the
+model and data, writes ``standby-ready.json`` in its attempt dir and waits.
+When attempt ``n`` ends and the policy says restart, ``promote`` checks the
+standby (alive, for this attempt number, not stale) and that the job's lock
+is free (the previous attempt's monitor, which holds it until every process
+of its trainer is dead, is gone: never two trainers of one job), then writes
+``handover.json``: the cold attempt's argv and environment. The standby takes
+the lock and fits; from then on the attempt is an ordinary local attempt
+(runner kind ``local``, adopted by a later daemon like any other).
+
+Standbys live only in this runner's memory: a daemon restart never adopts one.
+A new runner kills the standbys a previous daemon left (their processes carry
+``ML_SUPERVISOR_STANDBY``) and removes their attempt dirs. For people, the
+runner mirrors each standby in ``<job dir>/standby.json`` (read by ``status``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from supervisor.jobfiles.atomic import read_json, write_json_atomic
+from supervisor.jobfiles.layout import AttemptLayout
+from supervisor.jobfiles.monitorfiles import read_monitor_start
+from supervisor.process import ProcessHandle, kill_tree, reap_monitors, spawn_attempt_monitor, try_lock
+from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
+from supervisor.runners.local import LocalRunner
+
+log = logging.getLogger("ml_supervisor")
+
+STANDBY_ENV = "ML_SUPERVISOR_STANDBY"  # value: the job id; marks a standby's processes
+READY_FILE = "standby-ready.json"  # the trainer's (trainer/standby.py)
+HANDOVER_FILE = "handover.json"  # ours, read by the trainer
+VIEW_FILE = "standby.json"  # in the job dir: what status shows
+MONITOR_EXIT_WAIT_S = 2.0
+
+
+class StandbyState:
+    """The states ``status`` shows."""
+
+    PREPARING = "preparing"
+    READY = "ready"
+    PROMOTING = "promoting"
+    STALE = "stale"
+
+
+@dataclass
+class Standby:
+    """One waiting trainer: attempt ``attempt`` of ``job_id``, not started yet."""
+
+    job_id: str
+    attempt: int
+    attempt_dir: Path
+    job_dir: Path
+    monitor_pid: int
+    monitor_started: float
+    config_path: Path
+    config_mtime: float
+    handle: ProcessHandle
+    state: str = StandbyState.PREPARING
+    modules: dict[str, float] = field(default_factory=dict)
+    trainer_pid: int | None = None
+
+
+class StandbyLocalRunner(LocalRunner):
+    """``LocalRunner`` plus one standby trainer per job (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._standbys: dict[str, Standby] = {}
+        self.failed_prepares: dict[tuple[str, int], int] = {}  # (job, attempt) -> standbys that died unready
+        kill_leftover_standbys(self._state_dir)
+
+    # -- prepare -----------------------------------------------------------------------------------
+    def has_standby(self, job_id: str) -> bool:
+        return job_id in self._standbys
+
+    def prepare(self, spec: AttemptSpec) -> RunnerState:
+        """Start attempt ``spec.attempt``'s monitor with a waiting trainer (``spec.command`` + ``--standby``)."""
+        self.drop_standby(spec.job_id)
+        if spec.attempt_dir.exists():  # left by an earlier standby: a fresh attempt dir for the fresh one
+            shutil.rmtree(spec.attempt_dir, ignore_errors=True)
+        config = _config_of(spec.command)
+        env = dict(spec.env)
+        env[STANDBY_ENV] = spec.job_id
+        pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
+                                             cwd=spec.workdir, env=env, lock_fd=None)
+        standby = Standby(job_id=spec.job_id, attempt=spec.attempt, attempt_dir=spec.attempt_dir,
+                          job_dir=spec.lock_path.parent, monitor_pid=pid, monitor_started=started,
+                          config_path=config, config_mtime=_mtime(config), handle=ProcessHandle(pid, started))
+        self._standbys[spec.job_id] = standby
+        self._publish(standby)
+        log.info("job %s: standby for attempt %d starting (monitor pid %d)", spec.job_id, spec.attempt, pid)
+        return {"monitor_pid": pid, "monitor_started": started, "standby": True}
+
+    # -- promote -----------------------------------------------------------------------------------
+    def promote(self, job_id: str, spec: AttemptSpec) -> RunnerState | None:
+        """Hand the job's standby attempt ``spec``; its state, or None when there is no usable standby.
+
+        Raises ``LaunchRefused(retry=True)`` while a trainer of the job still holds its lock.
+        """
+        standby = self._standbys.get(job_id)
+        if standby is None:
+            return None
+        why = self._unusable(standby, spec)
+        if why:
+            log.info("job %s: not promoting the standby: %s", job_id, why)
+            self.drop_standby(job_id)
+            return None
+        lock_fd = try_lock(spec.lock_path)
+        if lock_fd is None:
+            raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
+        try:
+            standby.state = StandbyState.PROMOTING
+            write_json_atomic(standby.attempt_dir / HANDOVER_FILE, {
+                "argv": list(spec.command[3:]),  # after "python -m trainer"
+                "env": dict(spec.env), "lock_path": str(spec.lock_path), "written_at": time.time(),
+            }, durable=False)
+        finally:
+            os.close(lock_fd)  # the standby takes it now (it waits for it a little while, should we be slow)
+        del self._standbys[job_id]
+        standby.handle.close()
+        _remove(standby.job_dir / VIEW_FILE)
+        self._watch(job_id, standby.monitor_pid, standby.monitor_started)
+        log.info("job %s: standby promoted to attempt %d", job_id, spec.attempt)
+        return {"monitor_pid": standby.monitor_pid, "monitor_started": standby.monitor_started,
+                "trainer_pid": None, "pgid": None, "standby": True}
+
+    def _unusable(self, standby: Standby, spec: AttemptSpec) -> str | None:
+        if standby.attempt != spec.attempt or standby.attempt_dir != spec.attempt_dir:
+            return f"it was prepared for attempt {standby.attempt}, attempt {spec.attempt} is starting"
+        if not standby.handle.alive():
+            return "it died"
+        if spec.ranks.world_size != 1:
+            return "a standby covers one rank"
+        self._refresh(standby)
+        if standby.state == StandbyState.STALE:
+            return "stale (the config or the user's code changed since it imported them)"
+        return None
+
+    # -- upkeep ------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Drop standbys that died or went stale (the core prepares a fresh one at its next poll)."""
+        super().tick()
+        for job_id, standby in list(self._standbys.items()):
+            if not standby.handle.alive():
+                if standby.state == StandbyState.PREPARING:
+                    key = (job_id, standby.attempt)
+                    self.failed_prepares[key] = self.failed_prepares.get(key, 0) + 1
+                log.warning("job %s: the standby for attempt %d died; replacing it", job_id, standby.attempt)
+                self.drop_standby(job_id)
+                continue
+            before = standby.state
+            self._refresh(standby)
+            if standby.state == StandbyState.STALE:
+                log.info("job %s: the standby is stale (code or config changed); replacing it", job_id)
+                self._publish(standby)
+                self.drop_standby(job_id)
+            elif standby.state != before:
+                self._publish(standby)
+
+    def _refresh(self, standby: Standby) -> None:
+        """Read the standby's ready file; mark it stale when its config or imported code changed."""
+        if standby.state == StandbyState.PREPARING:
+            ready = read_json(standby.attempt_dir / READY_FILE)
+            if isinstance(ready, dict) and "failed" not in ready:
+                standby.modules = {str(k): float(v) for k, v in (ready.get("modules") or {}).items()}
+                standby.trainer_pid = int(ready.get("pid") or 0) or None
+                standby.state = StandbyState.READY
+        if standby.state in (StandbyState.PREPARING, StandbyState.READY) and self._changed(standby):
+            standby.state = StandbyState.STALE
+
+    @staticmethod
+    def _changed(standby: Standby) -> bool:
+        if _mtime(standby.config_path) != standby.config_mtime:
+            return True
+        return any(_mtime(Path(path)) != mtime for path, mtime in standby.modules.items())
+
+    def drop_standby(self, job_id: str) -> None:
+        """Kill the job's standby (monitor and trainer) and remove its attempt dir."""
+        standby = self._standbys.pop(job_id, None)
+        if standby is None:
+            return
+        started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
+        pgid = started.pgid if started is not None else None
+        kill_tree(standby.monitor_pid, pgid)
+        _kill_monitor(standby)
+        shutil.rmtree(standby.attempt_dir, ignore_errors=True)
+        _remove(standby.job_dir / VIEW_FILE)
+
+    def forget_job(self, job_id: str) -> None:
+        """The job ended for good: no standby for it."""
+        self.drop_standby(job_id)
+        for key in [k for k in self.failed_prepares if k[0] == job_id]:
+            del self.failed_prepares[key]
+
+    def close(self) -> None:
+        for job_id in list(self._standbys):
+            self.drop_standby(job_id)
+        super().close()
+
+    def _publish(self, standby: Standby) -> None:
+        write_json_atomic(standby.job_dir / VIEW_FILE, {
+            "state": standby.state, "attempt": standby.attempt, "monitor_pid": standby.monitor_pid,
+            "pid": standby.trainer_pid, "attempt_dir": str(standby.attempt_dir),
+        }, durable=False)
+
+
+def standby_view(job_dir: Path) -> dict[str, Any] | None:
+    """``status``'s ``standby``: ``{state, pid, rss_mb}`` of the job's standby, or None."""
+    data = read_json(job_dir / VIEW_FILE)
+    if not isinstance(data, dict):
+        return None
+    pid = data.get("pid")
+    if not pid:  # still importing: the trainer's pid is in monitor.json
+        started = read_monitor_start(AttemptLayout(Path(str(data.get("attempt_dir")))).monitor_start)
+        pid = started.trainer_pid if started is not None else None
+    rss_mb = None
+    if pid:
+        try:
+            rss_mb = round(psutil.Process(int(pid)).memory_info().rss / 2**20, 1)
+        except psutil.Error:
+            return None  # gone: the runner drops it at its next tick
+    return {"state": data.get("state"), "pid": pid, "rss_mb": rss_mb}
+
+
+def kill_leftover_standbys(state_dir: Path) -> list[int]:
+    """Kill the standbys an earlier daemon of ``state_dir`` left (never adopted) and remove their dirs."""
+    killed: list[int] = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "supervisor.attempt_monitor" not in cmdline or "--standby" not in cmdline:
+            continue
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            continue
+        if STANDBY_ENV not in env or env.get(OWN_ENV_KEY) != str(state_dir):
+            continue
+        attempt_dir = Path(cmdline[cmdline.index("--attempt-dir") + 1])
+        if (attempt_dir / HANDOVER_FILE).exists():
+            continue  # promoted: a live attempt, adopted like any other
+        started = read_monitor_start(AttemptLayout(attempt_dir).monitor_start)
+        killed += kill_tree(proc.pid, started.pgid if started is not None else None)
+        try:
+            proc.kill()
+            proc.wait(MONITOR_EXIT_WAIT_S)
+        except psutil.Error:
+            pass
+        killed.append(proc.pid)
+        shutil.rmtree(attempt_dir, ignore_errors=True)
+        _remove(attempt_dir.parent.parent / VIEW_FILE)
+        log.info("killed the standby an earlier daemon left in %s", attempt_dir)
+    return killed
+
+
+def _kill_monitor(standby: Standby) -> None:
+    """SIGKILL the standby's monitor (it ignores SIGTERM) and wait for it, so its files are final."""
+    try:
+        os.kill(standby.monitor_pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + MONITOR_EXIT_WAIT_S
+    while standby.handle.alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    standby.handle.close()
+    reap_monitors()
+
+
+def _config_of(command: tuple[str, ...]) -> Path:
+    return Path(command[command.index("--config") + 1])
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass

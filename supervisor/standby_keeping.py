@@ -1,0 +1,101 @@
+"""The core's side of standby trainers: when to prepare one, and promoting it at a relaunch.
+
+The runner (``runners.standby``) owns the processes; this part decides. A job
+gets a standby when ``supervision.standby`` is ``on``, or ``auto`` and the
+node has the memory for one, once its running attempt has made its first
+step (so the standby's imports never compete with the attempt's own start).
+A relaunch first offers the attempt to the standby; with none usable it
+starts cold, as without standbys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import psutil
+
+from supervisor.corebase import CoreBase
+from supervisor.jobfiles.heartbeat import read_heartbeat
+from supervisor.jobfiles.layout import JobLayout
+from supervisor.rank_files import job_world_size
+from supervisor.resume import ResumeChoice
+from supervisor.runners.base import AttemptSpec, RunnerState
+from supervisor.runners.standby import StandbyLocalRunner
+from supervisor.store import AttemptRow, JobRow
+
+log = logging.getLogger("ml_supervisor")
+
+# ``auto`` keeps a standby only with this much memory available (a CPU standby of the digits example is ~400 MiB).
+AUTO_MIN_AVAILABLE_BYTES = 4 * 2**30
+MAX_FAILED_PREPARES = 2  # standbys that may die unready per attempt before the job goes without one
+
+
+def standby_wanted(setting: str, available_bytes: int, trainer_module: str) -> bool:
+    """Whether a job with ``supervision.standby: setting`` gets a standby.
+
+    ``auto``: when the node has ``AUTO_MIN_AVAILABLE_BYTES`` free and the trainer is
+    ours (a daemon's ``trainer_module`` may name any module that speaks the attempt
+    command line; the standby mode is ``python -m trainer``'s).
+    """
+    if setting == "on":
+        return True
+    if setting == "off":
+        return False
+    return trainer_module == "trainer" and available_bytes >= AUTO_MIN_AVAILABLE_BYTES
+
+
+class StandbyKeeping(CoreBase):
+    """Prepare and promote standbys (only with a runner that keeps them)."""
+
+    def _standby_runner(self) -> StandbyLocalRunner | None:
+        runner = self.runner
+        return runner if isinstance(runner, StandbyLocalRunner) else None
+
+    def keep_standby(self, job: JobRow, attempt: AttemptRow) -> None:
+        """While ``attempt`` runs, make sure a standby waits to become the next attempt."""
+        runner = self._standby_runner()
+        if runner is None or runner.has_standby(job.id) or job.gpus_requested:
+            return  # GPU jobs: the standby's GPU hand-over is not measured on a GPU yet (see docs)
+        if runner.failed_prepares.get((job.id, attempt.n + 1), 0) >= MAX_FAILED_PREPARES:
+            return
+        cfg = self.job_config(job)
+        if str(cfg.supervision.backend) != "local" or job_world_size(cfg) > 1:
+            return  # a standby is one local process: DDP ranks and Slurm allocations start cold (see docs)
+        tracked = self.tracker.get_or_track(job.id, attempt.n)
+        if tracked.standby_setting is None:
+            tracked.standby_setting = str(cfg.supervision.standby)
+        if not standby_wanted(tracked.standby_setting, psutil.virtual_memory().available,
+                              self.settings.trainer_module):
+            return
+        beat = read_heartbeat(JobLayout(Path(job.job_dir)).attempt(attempt.n).heartbeat)
+        if beat is None or not beat.step:
+            return  # not stepping yet: the standby's imports would slow the attempt's own start
+        spec = self.standby_spec(job, attempt.n + 1)
+        try:
+            runner.prepare(spec)
+        except OSError as exc:
+            log.warning("job %s: cannot start a standby: %s", job.id, exc)
+
+    def standby_spec(self, job: JobRow, n: int) -> AttemptSpec:
+        """The spec a standby for attempt ``n`` starts with (from scratch, no GPUs: the handover says the rest)."""
+        from supervisor.launch import attempt_spec
+
+        return attempt_spec(job, self.job_config(job), n, ResumeChoice(None, None, "scratch", ()), gpus=[],
+                            first_started_at=job.first_started_at or self.clock(),
+                            trainer_module=self.settings.trainer_module, boot_id=self.boot_id,
+                            state_dir=self.state_dir, base_env=os.environ)
+
+    def promote_standby(self, spec: AttemptSpec) -> RunnerState | None:
+        """Start ``spec`` on the job's standby; None when it has none usable (launch cold)."""
+        runner = self._standby_runner()
+        if runner is None or spec.ranks.world_size > 1:
+            return None
+        return runner.promote(spec.job_id, spec)
+
+    def drop_standby(self, job_id: str) -> None:
+        """The job ended for good: kill its standby."""
+        runner = self._standby_runner()
+        if runner is not None:
+            runner.forget_job(job_id)

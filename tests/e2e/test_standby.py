@@ -1,0 +1,164 @@
+"""Standby trainers under the real daemon with the real trainer (digits): takeover, replacement, staleness.
+
+Each job here runs long enough (``step_delay``) for a standby to finish its imports
+while attempt 1 trains; the standby's trainer pid, seen in ``status --json``, must be
+the pid of attempt 2 when it takes over, and must not be when it may not.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from supervisor.standby_keeping import AUTO_MIN_AVAILABLE_BYTES, standby_wanted
+from tests.support.harness import REPO, DaemonProc, real_env, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.lightning]
+
+DIGITS = REPO / "configs" / "digits.yaml"
+FAULTY = "trainer.examples.faulty.FaultyDigitsClassifier"
+EPOCHS = 20
+BASE = [f"trainer.max_epochs={EPOCHS}", "checkpoint.every_n_train_steps=10", "logger.wandb.mode=disabled",
+        "model.init_args.step_delay=0.1"]
+STEPS = EPOCHS * 23  # 23 batches an epoch
+
+
+@pytest.fixture
+def real_daemon(tmp_path: Path) -> Iterator[DaemonProc]:
+    state = tmp_path / "state"
+    d = DaemonProc(state, REPO, real_env(state))
+    d.start("hang.min_timeout=4", "hang.startup_allowance=120")
+    yield d
+    if d.proc is not None:
+        d.kill()
+    d.kill_leftovers()
+
+
+def _live_pid(d: DaemonProc, job: str, n: int) -> int:
+    def pid() -> int | None:
+        attempts = d.status(job)["attempts"]
+        ok = len(attempts) >= n and attempts[n - 1]["pid"] and attempts[n - 1]["ended_at"] is None
+        return attempts[n - 1]["pid"] if ok else None
+
+    return wait_for(pid, timeout=120, what=f"attempt {n} running")
+
+
+def _standby(d: DaemonProc, job: str, *, state: str | None = "ready", not_pid: int | None = None) -> dict[str, Any]:
+    def seen() -> dict[str, Any] | None:
+        standby = d.status(job)["standby"]
+        if not standby or not standby["pid"] or standby["pid"] == not_pid:
+            return None
+        return standby if state is None or standby["state"] == state else None
+
+    return wait_for(seen, timeout=180, interval=0.2, what=f"a standby ({state or 'any state'})")
+
+
+def _kill_and_wait(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    try:
+        psutil.Process(pid).wait(timeout=30)
+    except psutil.NoSuchProcess:
+        pass
+
+
+def _best_after_end(d: DaemonProc, job: str, n: int) -> dict[str, Any]:
+    # the manifest cannot change once the trainer is dead: this is the best at the moment of the kill
+    return wait_for(lambda: (s := d.status(job))["attempts"][n - 1]["ended_at"] and s["best_checkpoint"],
+                    timeout=30, what=f"attempt {n} collected")
+
+
+def test_after_a_sigkill_the_standby_takes_over_from_best_and_a_dead_standby_is_replaced(
+        real_daemon: DaemonProc) -> None:
+    d = real_daemon
+    job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "supervision.standby=on")
+    pid1 = _live_pid(d, job, 1)
+    first = _standby(d, job)
+    assert first["pid"] != pid1 and first["rss_mb"] > 50  # torch and Lightning are in it
+    _kill_and_wait(first["pid"])
+    second = _standby(d, job, not_pid=first["pid"])
+    os.kill(pid1, signal.SIGKILL)
+    best = _best_after_end(d, job, 1)
+    assert _live_pid(d, job, 2) == second["pid"]
+    final = d.wait_state(job, "completed", "failed", timeout=300)
+    assert final["state"] == "completed" and [a["reason"] for a in final["attempts"]] == ["crash", "completed"]
+    assert final["attempts"][1]["resumed_from"] == best["path"]
+    assert final["global_step"] == STEPS  # continued from the checkpoint's step, as a cold restart does
+    assert final["standby"] is None
+    assert not (Path(final["job_dir"]) / "attempts" / "3").exists()  # the last standby was killed and removed
+
+
+def test_after_an_exception_the_standby_takes_over(real_daemon: DaemonProc) -> None:
+    d = real_daemon
+    job = d.submit(DIGITS, *BASE, "model.class_path=trainer.examples.faulty.CrashingDigitsClassifier",
+                   "model.init_args.crash_at_step=200", "supervision.standby=on")
+    _live_pid(d, job, 1)
+    standby = _standby(d, job, state=None)
+    final = d.wait_state(job, "completed", "failed", timeout=400)
+    assert final["state"] == "completed" and [a["reason"] for a in final["attempts"]] == ["crash", "completed"]
+    assert final["attempts"][1]["pid"] == standby["pid"]
+    assert final["attempts"][1]["resumed_from"] is not None
+    assert final["global_step"] == STEPS
+
+
+def test_a_standby_whose_user_code_changed_is_not_used(real_daemon: DaemonProc, tmp_path: Path) -> None:
+    d = real_daemon
+    work = tmp_path / "work"
+    work.mkdir()
+    module = work / "mydigits.py"
+    module.write_text("from trainer.examples.faulty import FaultyDigitsClassifier\n\n\n"
+                      "class MyDigits(FaultyDigitsClassifier):\n    pass\n")
+    job = d.submit(DIGITS, *BASE, f"workdir={work}", "model.class_path=mydigits.MyDigits", "supervision.standby=on")
+    pid1 = _live_pid(d, job, 1)
+    standby = _standby(d, job)
+    later = time.time() + 10
+    os.utime(module, (later, later))  # the user edited their model while attempt 1 ran
+    os.kill(pid1, signal.SIGKILL)
+    pid2 = _live_pid(d, job, 2)
+    assert pid2 != standby["pid"]
+    wait_for(lambda: not psutil.pid_exists(standby["pid"]), timeout=30, what="the stale standby killed")
+    final = d.wait_state(job, "completed", "failed", timeout=400)
+    assert final["state"] == "completed" and final["global_step"] == STEPS
+
+
+def test_standby_off_behaves_as_before(real_daemon: DaemonProc) -> None:
+    d = real_daemon
+    job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "supervision.standby=off")
+    pid1 = _live_pid(d, job, 1)
+    wait_for(lambda: d.status(job)["global_step"] >= 30, timeout=120, what="attempt 1 stepping")
+    time.sleep(2)  # several polls of a running job: none may start a standby
+    assert d.status(job)["standby"] is None
+    os.kill(pid1, signal.SIGKILL)
+    final = d.wait_state(job, "completed", "failed", timeout=400)
+    assert final["state"] == "completed" and [a["reason"] for a in final["attempts"]] == ["crash", "completed"]
+    assert final["standby"] is None
+    assert sorted(p.name for p in (Path(final["job_dir"]) / "attempts").iterdir()) == ["1", "2"]
+
+
+def test_a_daemon_restart_kills_the_old_standby_and_prepares_a_fresh_one(real_daemon: DaemonProc) -> None:
+    d = real_daemon
+    job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "supervision.standby=on")
+    pid1 = _live_pid(d, job, 1)
+    old = _standby(d, job)
+    d.kill(signal.SIGKILL)
+    d.start("hang.min_timeout=4", "hang.startup_allowance=120")
+    wait_for(lambda: not psutil.pid_exists(old["pid"]), timeout=60, what="the old daemon's standby killed")
+    fresh = _standby(d, job, not_pid=old["pid"])
+    assert d.status(job)["attempts"][0]["pid"] == pid1  # the running attempt itself was adopted, not touched
+    d.ctl("stop", job)
+    d.wait_state(job, "stopped", timeout=120)
+    wait_for(lambda: not psutil.pid_exists(fresh["pid"]), timeout=30, what="the standby killed with its job")
+
+
+def test_auto_wants_a_standby_only_with_the_memory_for_it_and_our_trainer() -> None:
+    assert standby_wanted("auto", AUTO_MIN_AVAILABLE_BYTES, "trainer")
+    assert not standby_wanted("auto", AUTO_MIN_AVAILABLE_BYTES - 1, "trainer")
+    assert not standby_wanted("auto", AUTO_MIN_AVAILABLE_BYTES, "fake_trainer")
+    assert standby_wanted("on", 0, "fake_trainer")
+    assert not standby_wanted("off", AUTO_MIN_AVAILABLE_BYTES * 10, "trainer")
