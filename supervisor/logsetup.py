@@ -36,5 +36,3 @@ def setup_logging(level: int = logging.INFO, *, stream: object = None) -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level)
         logger.propagate = False
-    # APScheduler is chatty at INFO ("Added job ..."); keep its warnings only.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
