@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints, rank_best
-from tests.support.harness import REPO, DaemonProc, real_env, wait_for
+from tests.support.harness import REPO, DaemonProc, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lightning]
 
@@ -28,24 +27,8 @@ FAULTY = "trainer.examples.faulty.FaultyDigitsClassifier"
 BASE = ["trainer.max_epochs=6", "checkpoint.every_n_train_steps=10", "logger.wandb.mode=disabled"]
 
 
-@pytest.fixture
-def real_daemon(tmp_path: Path) -> Iterator[DaemonProc]:
-    state = tmp_path / "state"
-    d = DaemonProc(state, REPO, real_env(state))
-    d.start("hang.min_timeout=4", "hang.startup_allowance=120")
-    yield d
-    if d.proc is not None:
-        d.kill()
-    d.kill_leftovers()
 
 
-def _live_pid(d: DaemonProc, job: str, n: int) -> int:
-    def pid() -> int | None:
-        attempts = d.status(job)["attempts"]
-        ok = len(attempts) >= n and attempts[n - 1]["pid"] and attempts[n - 1]["ended_at"] is None
-        return attempts[n - 1]["pid"] if ok else None
-
-    return wait_for(pid, timeout=120, what=f"attempt {n} running")
 
 
 def _saved_by(d: DaemonProc, job: str, n: int, at_least: int = 1) -> dict[str, Any]:
@@ -62,7 +45,7 @@ def test_two_kills_two_restarts_each_from_the_best_checkpoint_then_completed(rea
     job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "model.init_args.step_delay=0.03")
     resumed_expected = []
     for n in (1, 2):
-        pid = _live_pid(d, job, n)
+        pid = d.live_pid(job, n)
         _saved_by(d, job, n, at_least=2)
         os.kill(pid, signal.SIGKILL)
         psutil.Process(pid).wait(timeout=30) if psutil.pid_exists(pid) else None
@@ -85,7 +68,7 @@ def test_two_kills_two_restarts_each_from_the_best_checkpoint_then_completed(rea
 def test_daemon_sigkill_the_trainer_is_adopted_and_finishes_in_one_attempt(real_daemon: DaemonProc) -> None:
     d = real_daemon
     job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "model.init_args.step_delay=0.02")
-    pid = _live_pid(d, job, 1)
+    pid = d.live_pid(job, 1)
     d.kill(signal.SIGKILL)
     assert psutil.Process(pid).is_running()
     d.start("hang.min_timeout=4")
@@ -99,7 +82,7 @@ def test_reboot_relaunches_from_the_best_checkpoint(real_daemon: DaemonProc) -> 
     d.kill(signal.SIGTERM)
     d.start(ML_SUPERVISOR_BOOT_ID="boot-1")
     job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "model.init_args.step_delay=0.03")
-    pid = _live_pid(d, job, 1)
+    pid = d.live_pid(job, 1)
     status = _saved_by(d, job, 1, at_least=2)
     # the node goes down: the daemon and the whole attempt die at once
     d.kill(signal.SIGKILL)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import psutil
 import pytest
 
 from supervisor.standby_keeping import AUTO_MIN_AVAILABLE_BYTES, standby_wanted
-from tests.support.harness import REPO, DaemonProc, real_env, wait_for
+from tests.support.harness import REPO, DaemonProc, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lightning]
 
@@ -30,24 +29,8 @@ BASE = [f"trainer.max_epochs={EPOCHS}", "checkpoint.every_n_train_steps=10", "lo
 STEPS = EPOCHS * 23  # 23 batches an epoch
 
 
-@pytest.fixture
-def real_daemon(tmp_path: Path) -> Iterator[DaemonProc]:
-    state = tmp_path / "state"
-    d = DaemonProc(state, REPO, real_env(state))
-    d.start("hang.min_timeout=4", "hang.startup_allowance=120")
-    yield d
-    if d.proc is not None:
-        d.kill()
-    d.kill_leftovers()
 
 
-def _live_pid(d: DaemonProc, job: str, n: int) -> int:
-    def pid() -> int | None:
-        attempts = d.status(job)["attempts"]
-        ok = len(attempts) >= n and attempts[n - 1]["pid"] and attempts[n - 1]["ended_at"] is None
-        return attempts[n - 1]["pid"] if ok else None
-
-    return wait_for(pid, timeout=120, what=f"attempt {n} running")
 
 
 def _standby(d: DaemonProc, job: str, *, state: str | None = "ready", not_pid: int | None = None) -> dict[str, Any]:
@@ -78,14 +61,14 @@ def test_after_a_sigkill_the_standby_takes_over_from_best_and_a_dead_standby_is_
         real_daemon: DaemonProc) -> None:
     d = real_daemon
     job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "supervision.standby=on")
-    pid1 = _live_pid(d, job, 1)
+    pid1 = d.live_pid(job, 1)
     first = _standby(d, job)
     assert first["pid"] != pid1 and first["rss_mb"] > 50  # torch and Lightning are in it
     _kill_and_wait(first["pid"])
     second = _standby(d, job, not_pid=first["pid"])
     os.kill(pid1, signal.SIGKILL)
     best = _best_after_end(d, job, 1)
-    assert _live_pid(d, job, 2) == second["pid"]
+    assert d.live_pid(job, 2) == second["pid"]
     final = d.wait_state(job, "completed", "failed", timeout=300)
     assert final["state"] == "completed" and [a["reason"] for a in final["attempts"]] == ["crash", "completed"]
     assert final["attempts"][1]["resumed_from"] == best["path"]
@@ -98,7 +81,7 @@ def test_after_an_exception_the_standby_takes_over(real_daemon: DaemonProc) -> N
     d = real_daemon
     job = d.submit(DIGITS, *BASE, "model.class_path=trainer.examples.faulty.CrashingDigitsClassifier",
                    "model.init_args.crash_at_step=200", "supervision.standby=on")
-    _live_pid(d, job, 1)
+    d.live_pid(job, 1)
     standby = _standby(d, job, state=None)
     final = d.wait_state(job, "completed", "failed", timeout=400)
     assert final["state"] == "completed" and [a["reason"] for a in final["attempts"]] == ["crash", "completed"]
@@ -115,12 +98,12 @@ def test_a_standby_whose_user_code_changed_is_not_used(real_daemon: DaemonProc, 
     module.write_text("from trainer.examples.faulty import FaultyDigitsClassifier\n\n\n"
                       "class MyDigits(FaultyDigitsClassifier):\n    pass\n")
     job = d.submit(DIGITS, *BASE, f"workdir={work}", "model.class_path=mydigits.MyDigits", "supervision.standby=on")
-    pid1 = _live_pid(d, job, 1)
+    pid1 = d.live_pid(job, 1)
     standby = _standby(d, job)
     later = time.time() + 10
     os.utime(module, (later, later))  # the user edited their model while attempt 1 ran
     os.kill(pid1, signal.SIGKILL)
-    pid2 = _live_pid(d, job, 2)
+    pid2 = d.live_pid(job, 2)
     assert pid2 != standby["pid"]
     wait_for(lambda: not psutil.pid_exists(standby["pid"]), timeout=30, what="the stale standby killed")
     final = d.wait_state(job, "completed", "failed", timeout=400)
@@ -130,7 +113,7 @@ def test_a_standby_whose_user_code_changed_is_not_used(real_daemon: DaemonProc, 
 def test_standby_off_behaves_as_before(real_daemon: DaemonProc) -> None:
     d = real_daemon
     job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "supervision.standby=off")
-    pid1 = _live_pid(d, job, 1)
+    pid1 = d.live_pid(job, 1)
     wait_for(lambda: d.status(job)["global_step"] >= 30, timeout=120, what="attempt 1 stepping")
     time.sleep(2)  # several polls of a running job: none may start a standby
     assert d.status(job)["standby"] is None
@@ -144,7 +127,7 @@ def test_standby_off_behaves_as_before(real_daemon: DaemonProc) -> None:
 def test_a_daemon_restart_kills_the_old_standby_and_prepares_a_fresh_one(real_daemon: DaemonProc) -> None:
     d = real_daemon
     job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "supervision.standby=on")
-    pid1 = _live_pid(d, job, 1)
+    pid1 = d.live_pid(job, 1)
     old = _standby(d, job)
     d.kill(signal.SIGKILL)
     d.start("hang.min_timeout=4", "hang.startup_allowance=120")

@@ -144,4 +144,11 @@ class DaemonProc:
             raise AssertionError(f"{job} is {found.get('state')}, not {states}; daemon log:\n{tail}") from None
         return found
 
+    def live_pid(self, job: str, n: int, timeout: float = 120.0) -> int:
+        """The trainer pid of the job's attempt ``n`` once it runs (waits for it)."""
+        def pid() -> int | None:
+            attempts = self.status(job)["attempts"]
+            ok = len(attempts) >= n and attempts[n - 1]["pid"] and attempts[n - 1]["ended_at"] is None
+            return attempts[n - 1]["pid"] if ok else None
 
+        return int(wait_for(pid, timeout=timeout, what=f"attempt {n} running"))
