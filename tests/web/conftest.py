@@ -23,6 +23,12 @@ from supervisor.web.server import WebServer
 from tests.support.harness import REPO, SUPPORT, wait_for
 
 TOKEN = "test-token-" + "x" * 40
+# Debian's Chromium, driven by Playwright (no browser download); flags that keep it off this box's closed network.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# A 2-core CI box under load: importing Lightning alone can take 20 s, twice (import check, then the run).
+RUN_TIMEOUT_MS = 300_000
 TERMINAL = ("completed", "failed", "stopped")
 
 

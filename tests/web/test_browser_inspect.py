@@ -18,14 +18,10 @@ from supervisor.api.ops import Operations
 from supervisor.web.app import create_app
 from supervisor.web.server import WebServer
 from tests.support.harness import REPO
-from tests.web.conftest import TOKEN, start_supervisor, stop_supervisor
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS, RUN_TIMEOUT_MS, TOKEN, start_supervisor, stop_supervisor
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-RUN_TIMEOUT_MS = 300_000
 
 
 @pytest.fixture

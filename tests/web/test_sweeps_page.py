@@ -14,7 +14,7 @@ import yaml
 
 from supervisor.web.token import read_web_url
 from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
-from tests.web.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.web.conftest import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.e2e
 
