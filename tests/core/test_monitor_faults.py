@@ -20,7 +20,7 @@ import pytest
 from supervisor.runners.base import AttemptRef, AttemptSpec, LaunchRefused, Phase
 from supervisor.runners.local import LocalRunner
 from tests.support.full_disk import fill, small_tmpfs
-from tests.support.harness import REPO
+from tests.support.harness import REPO, process_gone
 
 SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
 
@@ -49,16 +49,6 @@ def _pid_from(path: Path, timeout: float = 60.0) -> int:
     return int(path.read_text())
 
 
-def _gone(pid: int, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _kill(pid: int | None) -> None:
@@ -85,7 +75,7 @@ def test_a_monitor_that_cannot_write_monitor_json_kills_its_trainer(tmp_path: Pa
     trainer_pid: int | None = None
     try:
         state = runner.launch(spec)
-        assert _gone(state["monitor_pid"]), "the monitor did not exit"
+        assert process_gone(state["monitor_pid"], timeout_s=30.0), "the monitor did not exit"
         time.sleep(0.5)
         survivors = _trainers_with(str(pid_file))
         trainer_pid = survivors[0] if survivors else None
@@ -96,7 +86,7 @@ def test_a_monitor_that_cannot_write_monitor_json_kills_its_trainer(tmp_path: Pa
         (full_disk / "filler").unlink()
         next_state = runner.launch(_spec(full_disk, tmp_path / "second.pid", attempt=2))
         _kill(_pid_from(tmp_path / "second.pid"))
-        assert _gone(next_state["monitor_pid"])
+        assert process_gone(next_state["monitor_pid"], timeout_s=30.0)
     finally:
         _kill(trainer_pid)
         runner.close()
@@ -112,7 +102,7 @@ def test_the_lock_stays_taken_while_the_trainer_of_a_killed_monitor_lives(tmp_pa
         state = runner.launch(_spec(job_dir, pid_file))
         trainer_pid = _pid_from(pid_file)
         os.kill(state["monitor_pid"], signal.SIGKILL)  # the monitor dies for any reason at all
-        assert _gone(state["monitor_pid"])
+        assert process_gone(state["monitor_pid"], timeout_s=30.0)
         with pytest.raises(LaunchRefused):  # its trainer still runs: no second one
             runner.launch(_spec(job_dir, tmp_path / "second.pid", attempt=2))
         assert not (tmp_path / "second.pid").exists()
@@ -120,10 +110,10 @@ def test_the_lock_stays_taken_while_the_trainer_of_a_killed_monitor_lives(tmp_pa
         seen = runner.observe(AttemptRef("job-1", 1, job_dir / "attempts" / "1", state))
         assert seen.phase is Phase.ENDED and seen.exit is None
         assert trainer_pid in runner.kill(AttemptRef("job-1", 1, job_dir / "attempts" / "1", seen.state))
-        assert _gone(trainer_pid)
+        assert process_gone(trainer_pid, timeout_s=30.0)
         second = runner.launch(_spec(job_dir, tmp_path / "second.pid", attempt=2))
         _kill(_pid_from(tmp_path / "second.pid"))
-        assert _gone(second["monitor_pid"])
+        assert process_gone(second["monitor_pid"], timeout_s=30.0)
     finally:
         _kill(trainer_pid)
         runner.close()

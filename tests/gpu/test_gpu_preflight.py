@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from supervisor.gpu.preflight import preflight
+from tests.support.harness import process_gone
 
 from .conftest import FakeGpuFile
 
@@ -32,16 +33,6 @@ def spawn(procs: list[subprocess.Popen[bytes]], *argv: str, env: dict[str, str] 
     return proc.pid
 
 
-def gone(pid: int, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def _started(pid: int) -> float:
@@ -60,7 +51,7 @@ def test_orphan_of_ours_is_killed_and_its_memory_waited_for(gpu_file: FakeGpuFil
     gpu_file.set(1, processes=[{"pid": orphan, "used_mib": 4096}])
     result = preflight([1], gpu_file.backend(), {orphan: _started(orphan)}, kill_own=True, wait_s=5.0, poll_s=0.01)
     assert (result.ok, result.reasons, result.killed) == (True, [], [orphan])
-    assert gone(orphan)
+    assert process_gone(orphan)
 
 
 def test_descendant_of_an_own_pid_is_ours(gpu_file: FakeGpuFile, procs: list[subprocess.Popen[bytes]]) -> None:
@@ -73,7 +64,7 @@ def test_descendant_of_an_own_pid_is_ours(gpu_file: FakeGpuFile, procs: list[sub
     result = preflight([0], gpu_file.backend(), {shell: _started(shell)}, kill_own=True, wait_s=5.0, poll_s=0.01)
     assert result.ok, result.reason
     assert result.killed == [worker.pid]
-    assert gone(worker.pid)
+    assert process_gone(worker.pid)
 
 
 def test_environment_marker_identifies_an_orphan_whose_parent_died(
@@ -114,7 +105,7 @@ def test_orphan_left_alive_when_killing_is_off(gpu_file: FakeGpuFile, procs: lis
     result = preflight([0], gpu_file.backend(), {orphan: _started(orphan)}, kill_own=False, wait_s=1.0)
     assert not result.ok
     assert result.reason == f"gpu 0: process {orphan} (sleep) of an earlier attempt is still running"
-    assert not gone(orphan, timeout_s=0.05)
+    assert not process_gone(orphan, timeout_s=0.05)
 
 
 def test_lost_gpu_fails_preflight(gpu_file: FakeGpuFile) -> None:
@@ -132,7 +123,7 @@ def test_a_stranger_that_reused_a_known_trainer_pid_is_foreign(gpu_file: FakeGpu
     result = preflight([0], gpu_file.backend(), {stranger: trainer_started_long_ago}, kill_own=True, wait_s=1.0)
     assert (result.ok, result.killed) == (False, [])
     assert result.reason == f"gpu 0: foreign process {stranger} (sleep) holds 512 MiB"
-    assert not gone(stranger, timeout_s=0.05)
+    assert not process_gone(stranger, timeout_s=0.05)
 
 
 def test_a_child_of_a_stranger_that_reused_a_known_pid_is_foreign(gpu_file: FakeGpuFile,
@@ -146,4 +137,4 @@ def test_a_child_of_a_stranger_that_reused_a_known_pid_is_foreign(gpu_file: Fake
     wrong_start = psutil.Process(shell).create_time() - 3600
     result = preflight([0], gpu_file.backend(), {shell: wrong_start}, kill_own=True, wait_s=1.0)
     assert (result.ok, result.killed) == (False, [])
-    assert not gone(worker.pid, timeout_s=0.05)
+    assert not process_gone(worker.pid, timeout_s=0.05)

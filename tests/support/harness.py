@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from supervisor.api.client import Client
@@ -68,6 +69,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
 
+
+
+def process_gone(pid: int, timeout_s: float = 5.0) -> bool:
+    """Whether ``pid`` exits (or is a zombie) within ``timeout_s``; False if it is still running then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.01)
+    return False
 
 class DaemonProc:
     """A real ``ml-supervisor serve`` process on its own state dir, plus CLI helpers."""
