@@ -176,15 +176,15 @@ class Supervisor(StandbyKeeping, Launching, Stopping, Reconciling, GpuActions):
         self.wake_job(notice.job_id)
 
     # -- operations (loop thread) --------------------------------------------------------------
-    def submit(self, req: SubmitRequest) -> JobRow:
-        """Validate and freeze a job, then queue it.
+    def submit(self, req: SubmitRequest, *, owner_uid: int | None = None) -> JobRow:
+        """Validate and freeze a job for ``owner_uid`` (default: the daemon's user), then queue it.
 
         Thread-safe. The slow part (the import check in a subprocess) runs in the
         caller's thread; only the insert runs on the loop.
         """
         job, _cfg = prepare_job(req, jobs_dir=self.jobs_dir, trainer_module=self.settings.trainer_module,
                                 gpu_count=self.gpu_count(), check_timeout=self.settings.check_timeout,
-                                now=self.clock())
+                                now=self.clock(), owner_uid=owner_uid)
         return self.call(self._register, job, req)
 
     def _register(self, job: JobRow, req: SubmitRequest) -> JobRow:

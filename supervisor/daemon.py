@@ -57,7 +57,8 @@ class Daemon:
         """Open the state dir (lock, store, reconcile), start alerts, the API and the loop thread."""
         self.alerts.start()
         self.supervisor.open()
-        self.api = ApiServer(self.ops, self.supervisor.state_dir)
+        self.api = ApiServer(self.ops, self.supervisor.state_dir, group=self.settings.access.group,
+                             admin_group=self.settings.access.admin_group)
         self.api.start()
         self.supervisor.start_thread()
         log.info("ml-supervisor serving %s (socket %s)", self.supervisor.state_dir, self.api.path)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from supervisor.access import RunAs, run_as_for
 from supervisor.causes import EventKind
 from supervisor.corebase import CoreBase
 from supervisor.gpu import allocate, cuda_environment
@@ -37,7 +38,7 @@ LAUNCH_FAILED_RETRY_S = 10.0
 
 def attempt_spec(job: JobRow, cfg: DictConfig, n: int, resume: ResumeChoice, *, gpus: Sequence[int],
                  first_started_at: float, trainer_module: str, boot_id: str, state_dir: Path,
-                 base_env: Mapping[str, str]) -> AttemptSpec:
+                 base_env: Mapping[str, str], run_as: RunAs | None = None) -> AttemptSpec:
     """What attempt ``n`` of ``job`` runs (pure: everything it depends on is an argument)."""
     jl = JobLayout(Path(job.job_dir))
     command = [str(cfg.python), "-m", trainer_module, "--config", str(jl.config),
@@ -48,7 +49,8 @@ def attempt_spec(job: JobRow, cfg: DictConfig, n: int, resume: ResumeChoice, *, 
     deadline = None if job.budget_s is None else first_started_at + job.budget_s
     if deadline is not None:
         command += ["--deadline", f"{deadline:.3f}"]
-    env = trainer_environment(cfg, Path(job.workdir), dict(base_env))
+    # The owner's HOME/USER/LOGNAME first: the config's own `env` may still set them.
+    env = trainer_environment(cfg, Path(job.workdir), run_as.environment(base_env) if run_as else dict(base_env))
     env.update({"ML_SUPERVISOR_JOB_ID": job.id, "ML_SUPERVISOR_ATTEMPT": str(n),
                 "ML_SUPERVISOR_RESTARTS": str(job.restarts), "ML_SUPERVISOR_BOOT_ID": boot_id})
     env[OWN_ENV_KEY] = str(state_dir)  # also marks our processes for the GPU pre-flight
@@ -65,7 +67,7 @@ def attempt_spec(job: JobRow, cfg: DictConfig, n: int, resume: ResumeChoice, *, 
         options = {"slurm": slurm}
     return AttemptSpec(job_id=job.id, attempt=n, command=tuple(command), env=env, workdir=job.workdir,
                        attempt_dir=jl.attempt(n).dir, lock_path=jl.lock, gpus=tuple(gpus), resume_from=resume.path,
-                       deadline=deadline, ranks=ranks, options=options)
+                       deadline=deadline, ranks=ranks, options=options, run_as=run_as)
 
 
 class Launching(CoreBase):
@@ -85,9 +87,14 @@ class Launching(CoreBase):
         last = store.last_attempt(job.id)
         n = (last.n if last else 0) + 1
         first_started_at = job.first_started_at or now
+        try:
+            run_as = run_as_for(job.owner_uid)
+        except LookupError as exc:  # the owner was removed: nobody to run it as, never root instead
+            self._launch_failed(job, n, str(exc), now)
+            return
         spec = attempt_spec(job, cfg, n, choice, gpus=gpus, first_started_at=first_started_at,
                             trainer_module=self.settings.trainer_module, boot_id=self.boot_id,
-                            state_dir=self.state_dir, base_env=os.environ)
+                            state_dir=self.state_dir, base_env=os.environ, run_as=run_as)
         runner = self.runner_for_backend(str(cfg.supervision.backend))
         try:
             # A standby (imports done, model built) takes a local attempt when it has one; else a cold start.

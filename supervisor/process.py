@@ -21,9 +21,11 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from supervisor.access import RunAs
 from supervisor.attempt_monitor import current_boot_id
 from supervisor.jobfiles.layout import AttemptLayout
 
@@ -43,13 +45,16 @@ def try_lock(path: Path) -> int | None:
 
 
 def spawn_attempt_monitor(attempt: AttemptLayout, command: Sequence[str], *, cwd: str, env: Mapping[str, str],
-                          lock_fd: int | None, monitor_args: Sequence[str] = ()) -> tuple[int, float]:
+                          lock_fd: int | None, monitor_args: Sequence[str] = (),
+                          run_as: RunAs | None = None) -> tuple[int, float]:
     """Start ``python -m supervisor.attempt_monitor`` for ``command``; return its pid and start time.
 
     The monitor gets a session of its own (``start_new_session``): a daemon
     killed by a terminal, by systemd (``KillMode=process``) or by SIGKILL leaves
     it and its trainer running. ``monitor_args`` are the monitor's own options
-    (``--nproc-per-node N`` for a multi-rank attempt).
+    (``--nproc-per-node N`` for a multi-rank attempt). ``run_as``: the monitor,
+    and so its trainer, runs as that user (uid, gid, supplementary groups), and
+    the attempt dir becomes theirs.
     """
     attempt.dir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "supervisor.attempt_monitor", "--attempt-dir", str(attempt.dir), "--cwd", cwd]
@@ -58,9 +63,18 @@ def spawn_attempt_monitor(attempt: AttemptLayout, command: Sequence[str], *, cwd
         argv += ["--lock-fd", str(lock_fd)]
         pass_fds = (lock_fd,)
     argv += [*monitor_args, "--", *command]
-    with open(attempt.dir / "monitor.log", "ab") as log:
+    # O_NOFOLLOW: in a user's attempt dir a planted link must not make the daemon append to a file of its choice.
+    log = os.open(attempt.dir / "monitor.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                  0o644)
+    identity: dict[str, Any] = {}
+    if run_as is not None:
+        os.chown(attempt.dir, run_as.uid, run_as.gid)  # after the daemon's own file is open in it
+        identity = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups), "umask": 0o022}
+    try:
         proc = subprocess.Popen(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, pass_fds=pass_fds, close_fds=True)
+                                start_new_session=True, pass_fds=pass_fds, close_fds=True, **identity)
+    finally:
+        os.close(log)
     try:
         started = psutil.Process(proc.pid).create_time()
     except psutil.Error:
@@ -111,17 +125,30 @@ def is_alive(pid: int | None, create_time: float | None) -> bool:
         return False
 
 
-def is_same_process(pid: int | None, started: float | None, boot_id: str | None = None) -> bool:
+def is_same_process(pid: int | None, started: float | None, boot_id: str | None = None,
+                    uid: int | None = None) -> bool:
     """Whether ``pid`` is provably the process that started at ``started`` in boot ``boot_id``.
 
     ``False`` when anything is unknown: an unproven process is not ours to signal.
-    ``boot_id`` ``None`` means "recorded in this boot" (the caller knows it).
+    ``boot_id`` ``None`` means "recorded in this boot" (the caller knows it). ``uid``:
+    the process must also run as that user (a job run as its owner writes the files
+    its pids come from: they must never name anyone else's process).
     """
     if not pid or not started:
         return False
     if boot_id is not None and boot_id != current_boot_id():
         return False  # a process of an earlier boot is gone, whatever has its pid now
+    if uid is not None and process_uid(pid) != uid:
+        return False
     return is_alive(pid, started)
+
+
+def process_uid(pid: int) -> int | None:
+    """The real uid ``pid`` runs as, ``None`` when it is gone."""
+    try:
+        return int(psutil.Process(pid).uids().real)
+    except psutil.Error:
+        return None
 
 
 def start_time(pid: int) -> float | None:

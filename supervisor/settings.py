@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from supervisor.access import group_id
 from supervisor.errors import ConfigError
 
 STATE_DIR_ENV = "ML_SUPERVISOR_STATE_DIR"
@@ -62,6 +63,14 @@ class WebConfig:
 
 
 @dataclass
+class AccessConfig:
+    """Shared-server mode (docs/shared-server.md): who may use the daemon's socket, and who sees every job."""
+
+    group: str | None = None  # members may connect; None: an owner-only socket (one user's daemon)
+    admin_group: str | None = None  # members see and control every job (root and the daemon's user always do)
+
+
+@dataclass
 class DaemonSettings:
     state_dir: str | None = None
     # The module run as `python -m <trainer_module>`; tests point it at a fake trainer.
@@ -74,6 +83,7 @@ class DaemonSettings:
     gpu: GpuConfig = field(default_factory=GpuConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -114,7 +124,25 @@ def load_settings(path: str | None = None, overrides: Sequence[str] = (), *, sta
         settings.trainer_module = environ[TRAINER_MODULE_ENV]
     settings.state_dir = str(resolve_state_dir(state_dir or settings.state_dir, environ))
     settings.web.port = _web_port(source, settings.web.port)
+    check_access(source, settings.access)
     return settings
+
+
+def check_access(source: str, access: AccessConfig, *, euid: int | None = None) -> None:
+    """``access.*``: each group must exist; a shared socket needs a root daemon (only root runs jobs as their users)."""
+    for key, name in (("access.group", access.group), ("access.admin_group", access.admin_group)):
+        if name is None:
+            continue
+        if not name.strip():
+            raise ConfigError(source, key, "expected a group name or null, got an empty name")
+        if group_id(name) is None:
+            raise ConfigError(source, key, f"no group named {name!r} on this machine")
+    if access.admin_group is not None and access.group is None:
+        raise ConfigError(source, "access.admin_group", "needs access.group (without it only the daemon's user "
+                                                        "can connect)")
+    if access.group is not None and (os.geteuid() if euid is None else euid) != 0:
+        raise ConfigError(source, "access.group", "a shared socket needs the daemon to run as root (it runs "
+                                                  "each job as its user); leave it null for a per-user daemon")
 
 
 def _web_port(source: str, value: Any) -> int | str:

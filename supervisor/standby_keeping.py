@@ -58,6 +58,10 @@ class StandbyKeeping(CoreBase):
         runner = self._standby_runner()
         if runner is None or runner.has_standby(job.id) or job.gpus_requested:
             return  # GPU jobs: the standby's GPU hand-over is not measured on a GPU yet (see docs)
+        if job.owner_uid != os.getuid():
+            # Another user's job (shared-server mode): the standby takes the job's lock by path, and that
+            # lock is the daemon's, out of the user's reach (docs/shared-server.md). Cold starts only.
+            return
         if runner.failed_prepares.get((job.id, attempt.n + 1), 0) >= MAX_FAILED_PREPARES:
             return
         cfg = self.job_config(job)

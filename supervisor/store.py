@@ -9,6 +9,7 @@ change and its event are written in one transaction.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -22,8 +23,9 @@ from supervisor.causes import Cause, EventKind
 from supervisor.errors import JobNotFound, StoreError
 from supervisor.states import JobState, check_transition
 
-SCHEMA_VERSION = 2
-"""1: the first cut (local attempt monitors in dedicated columns). 2: runner kind + runner-owned JSON state."""
+SCHEMA_VERSION = 3
+"""1: the first cut (local attempt monitors in dedicated columns). 2: runner kind + runner-owned JSON state.
+3: jobs have an owner (``owner_uid``: who submitted it; shared-server mode)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,7 +49,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     stop_intent TEXT,
     stop_deadline REAL,
     best_checkpoint TEXT,
-    detail TEXT
+    detail TEXT,
+    owner_uid INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS attempts (
     job_id TEXT NOT NULL REFERENCES jobs(id),
@@ -105,6 +108,8 @@ class JobRow:
     stop_deadline: float | None = None
     best_checkpoint: str | None = None
     detail: str | None = None
+    # Who submitted the job (the uid the kernel gave for the socket's peer); its trainers run as this user.
+    owner_uid: int = field(default_factory=os.getuid)
 
 
 @dataclass
@@ -173,6 +178,8 @@ class Store:
                                  f"understands ({SCHEMA_VERSION}); upgrade ml-supervisor")
             if version < 2:
                 _migrate_1_to_2(db)
+            if version < 3:
+                _migrate_2_to_3(db, os.getuid())
 
     def _has_table(self, name: str) -> bool:
         row = self._conn().execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
@@ -229,13 +236,17 @@ class Store:
             )
             _insert_event(db, job.created_at, job.id, None, EventKind.SUBMITTED, message, data or {})
 
-    def get_job(self, job_id: str) -> JobRow:
-        """The job, or ``JobNotFound``. Accepts a unique prefix of the id."""
+    def get_job(self, job_id: str, *, owner_uid: int | None = None) -> JobRow:
+        """The job, or ``JobNotFound``. Accepts a unique prefix of the id.
+
+        ``owner_uid``: only that user's jobs exist (another's id, or a prefix shared with it, is not named).
+        """
         db = self._conn()
-        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        mine, params = ("", []) if owner_uid is None else (" AND owner_uid = ?", [owner_uid])
+        row = db.execute("SELECT * FROM jobs WHERE id = ?" + mine, [job_id, *params]).fetchone()
         if row is None:
-            rows = db.execute("SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\'",
-                              (job_id.replace("%", "\\%").replace("_", "\\_") + "%",)).fetchall()
+            rows = db.execute("SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\'" + mine,
+                              [job_id.replace("%", "\\%").replace("_", "\\_") + "%", *params]).fetchall()
             if len(rows) == 1:
                 row = rows[0]
             elif len(rows) > 1:
@@ -321,14 +332,17 @@ class Store:
             if not durable:
                 db.execute("PRAGMA synchronous=FULL")
 
-    def events(self, *, after_id: int = 0, job_id: str | None = None, limit: int = 1000) -> list[EventRow]:
-        """Events with id > ``after_id``, oldest first."""
+    def events(self, *, after_id: int = 0, job_id: str | None = None, limit: int = 1000,
+               owner_uid: int | None = None) -> list[EventRow]:
+        """Events with id > ``after_id``, oldest first; with ``owner_uid``, only those of that user's jobs."""
         db = self._conn()
-        if job_id is None:
-            rows = db.execute("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
-        else:
-            rows = db.execute("SELECT * FROM events WHERE id > ? AND job_id = ? ORDER BY id LIMIT ?",
-                              (after_id, job_id, limit)).fetchall()
+        where = "id > ?"
+        params: list[Any] = [after_id]
+        if job_id is not None:
+            where, params = where + " AND job_id = ?", [*params, job_id]
+        if owner_uid is not None:
+            where, params = where + " AND job_id IN (SELECT id FROM jobs WHERE owner_uid = ?)", [*params, owner_uid]
+        rows = db.execute(f"SELECT * FROM events WHERE {where} ORDER BY id LIMIT ?", [*params, limit]).fetchall()
         return [EventRow(id=r["id"], time=r["time"], job_id=r["job_id"], attempt=r["attempt"], kind=r["kind"],
                          message=r["message"], data=json.loads(r["data"])) for r in rows]
 
@@ -358,6 +372,14 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
         db.execute("UPDATE attempts SET runner_state = ? WHERE job_id = ? AND n = ?",
                    (json.dumps(state), r["job_id"], r["n"]))
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '2')")
+
+
+def _migrate_2_to_3(db: sqlite3.Connection, daemon_uid: int) -> None:
+    """Jobs get an owner: those from before shared-server mode were all the daemon's user's."""
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
+    if "owner_uid" not in columns:  # a schema-1 file without a jobs table got it, owner_uid included, just now
+        db.execute(f"ALTER TABLE jobs ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT {int(daemon_uid)}")
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '3')")
 
 
 def _insert_event(db: sqlite3.Connection, now: float, job_id: str | None, attempt: int | None, kind: EventKind,

@@ -17,12 +17,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
+from supervisor.access import RunAs, run_as_for
 from supervisor.config import name_override, parse_duration, parse_job_config, to_yaml
 from supervisor.config.safe_yaml import read_config_text
-from supervisor.errors import ConfigError, ResourceUnavailable
+from supervisor.errors import ConfigError, ResourceUnavailable, SupervisorError
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.states import JobState
@@ -62,8 +64,19 @@ def trainer_environment(cfg: DictConfig, workdir: Path, base: dict[str, str] | N
 
 
 def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_count: int | None,
-                check_timeout: float, now: float | None = None) -> tuple[JobRow, DictConfig]:
-    """Validate ``req`` completely and freeze it into ``jobs_dir/<id>``. Raises before creating anything."""
+                check_timeout: float, now: float | None = None, owner_uid: int | None = None
+                ) -> tuple[JobRow, DictConfig]:
+    """Validate ``req`` completely and freeze it into ``jobs_dir/<id>``. Raises before creating anything.
+
+    ``owner_uid``: who submits (default: the daemon's user). When that is someone else
+    (shared-server mode), the import check runs as them and the job's writable
+    directories become theirs.
+    """
+    owner_uid = os.getuid() if owner_uid is None else owner_uid
+    try:
+        run_as = run_as_for(owner_uid)
+    except LookupError as exc:
+        raise SupervisorError(f"cannot run jobs for the caller: {exc}") from None
     cfg = load_request_config(req)
     source = req.config_path
     workdir = Path(cfg.workdir).expanduser() if cfg.workdir else Path(req.cwd)
@@ -83,7 +96,7 @@ def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_
     cfg.workdir = str(workdir)
     cfg.python = python
     _check_imports(cfg, source=source, python=python, workdir=workdir, trainer_module=trainer_module,
-                   timeout=check_timeout)
+                   timeout=check_timeout, run_as=run_as)
 
     job_id = _new_job_id(cfg.name, jobs_dir)
     layout = JobLayout(jobs_dir / job_id)
@@ -102,14 +115,31 @@ def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_
     write_json_atomic(layout.root / "submitted.json", {
         "config_source": source, "overrides": list(req.overrides), "cwd": req.cwd, "time": now,
     })
+    if run_as is not None:
+        hand_over(layout, run_as)
     budget = cfg.supervision.budget
     job = JobRow(
         id=job_id, name=cfg.name, state=JobState.QUEUED, created_at=now, updated_at=now,
         job_dir=str(layout.root), workdir=str(workdir), config_source=source,
         budget_s=None if budget is None else parse_duration(budget), gpus_requested=requested,
-        wandb_run_id=wandb.run_id,
+        wandb_run_id=wandb.run_id, owner_uid=owner_uid,
     )
     return job, cfg
+
+
+def hand_over(layout: JobLayout, run_as: RunAs) -> None:
+    """Give a job's writable directories to its owner; keep the rest the daemon's.
+
+    The job dir itself stays the daemon's (``root:<owner's group>`` 0750): the owner
+    reads it but cannot replace the lock (whose flock keeps two trainers of one job
+    apart), the frozen config, or the attempt dirs (the daemon makes each one and
+    then hands it over, so none can be planted). Other users cannot enter it.
+    """
+    os.chown(layout.root, os.getuid(), run_as.gid)
+    os.chmod(layout.root, 0o750)
+    for path in (layout.checkpoints, layout.wandb_dir):
+        os.chown(path, run_as.uid, run_as.gid)
+    os.chmod(layout.attempts, 0o755)
 
 
 def _new_job_id(name: str, jobs_dir: Path) -> str:
@@ -121,18 +151,28 @@ def _new_job_id(name: str, jobs_dir: Path) -> str:
 
 
 def _check_imports(cfg: DictConfig, *, source: str, python: str, workdir: Path, trainer_module: str,
-                   timeout: float) -> None:
-    """Run ``python -m <trainer> --config <resolved> --check`` in the job's environment."""
+                   timeout: float, run_as: RunAs | None = None) -> None:
+    """Run ``python -m <trainer> --config <resolved> --check`` in the job's environment (as ``run_as``)."""
     with tempfile.TemporaryDirectory(prefix="ml-supervisor-check-") as tmp:
         resolved = Path(tmp) / "config.yaml"
         resolved.write_text(to_yaml(cfg), encoding="utf-8")
-        env = trainer_environment(cfg, workdir)
+        env = trainer_environment(cfg, workdir, run_as.environment(os.environ) if run_as else None)
+        identity: dict[str, Any] = {}
+        if run_as is not None:
+            os.chown(tmp, run_as.uid, run_as.gid)  # the config may hold secrets (env): the owner's alone
+            os.chown(resolved, run_as.uid, run_as.gid)
+            identity = {"user": run_as.uid, "group": run_as.gid, "extra_groups": list(run_as.groups),
+                        "umask": 0o022}
         try:
             proc = subprocess.run([python, "-m", trainer_module, "--config", str(resolved), "--check"],
                                   cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, **identity)
         except subprocess.TimeoutExpired:
             raise ConfigError(source, None, f"the import check did not finish within {timeout:.0f}s") from None
+        except OSError as exc:  # as the owner: a workdir or interpreter they cannot use
+            who = f" as {run_as.name}" if run_as else ""
+            raise ConfigError(source, None, f"cannot run the import check{who}: {exc.strerror or exc}"
+                              f"{f' ({exc.filename})' if exc.filename else ''}") from None
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
             message = lines[-1] if lines else f"the import check failed with exit code {proc.returncode}"

@@ -1,24 +1,31 @@
 """The operations ``supervisorctl`` and the web page offer, as plain JSON-able calls.
 
 Reads go straight to the store (WAL readers run beside the loop); changes go
-through the loop thread (``Supervisor.call``).
+through the loop thread (``Supervisor.call``). Every operation runs for a
+``Caller`` (``for_caller``): a non-admin sees and controls only the jobs they
+submitted; anyone else's is "not found". The default caller is the daemon's own
+user (the web page, sweep workers, tests): an admin.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
 
 from supervisor import __version__
-from supervisor.api.arguments import check_arguments
+from supervisor.access import Caller, daemon_caller
+from supervisor.api.arguments import BadRequest, check_arguments
 from supervisor.core import Supervisor
 from supervisor.errors import JobNotFound, SupervisorError
 from supervisor.jobfiles.layout import JobLayout
-from supervisor.store import Store
+from supervisor.store import JobRow, Store
 from supervisor.submit import SubmitRequest
 from supervisor.sweep import ops as sweep_ops
+from supervisor.sweep.files import SweepDir
 from supervisor.sweep.manager import SweepManager
+from supervisor.sweep.ops import SweepNotFound
 from supervisor.views import attempt_view, job_status
 
 LOG_CHUNK = 256 * 1024
@@ -27,9 +34,25 @@ LOG_CHUNK = 256 * 1024
 class Operations:
     """Every API operation, by name. ``dispatch(op, args)`` is what transports call."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, caller: Caller | None = None) -> None:
         self.sup = supervisor
         self.sweeps: SweepManager | None = None  # set by the daemon: starts workers for new sweeps
+        self.caller = caller or daemon_caller()
+
+    def for_caller(self, caller: Caller) -> Operations:
+        """These operations as ``caller`` runs them (the transport makes one per connection)."""
+        bound = copy.copy(self)
+        bound.caller = caller
+        return bound
+
+    @property
+    def _owner_filter(self) -> int | None:
+        """The uid whose jobs alone exist for this caller (``None``: an admin, every job)."""
+        return None if self.caller.admin else self.caller.uid
+
+    def _job(self, job: str) -> JobRow:
+        """The job named ``job`` (an id or a unique prefix) as this caller may see it, else ``JobNotFound``."""
+        return self.store.get_job(job, owner_uid=self._owner_filter)
 
     @property
     def store(self) -> Store:
@@ -48,25 +71,28 @@ class Operations:
 
     def op_submit(self, config_path: str, cwd: str, config_text: str | None = None,
                   overrides: list[str] | None = None, name: str | None = None) -> dict[str, Any]:
+        if config_text is None and self.caller.uid != os.getuid():
+            # The daemon would read the path with its own rights (root's): a user sends the text they read.
+            raise BadRequest("submit: config_text: required (the daemon reads no file on another user's behalf)")
         req = SubmitRequest(config_path=config_path, cwd=cwd, config_text=config_text,
                             overrides=list(overrides or []), name=name)
-        job = self.sup.submit(req)
+        job = self.sup.submit(req, owner_uid=self.caller.uid)
         return job_status(self.store, job, self.sup.clock())
 
     def op_status(self, job: str) -> dict[str, Any]:
-        return job_status(self.store, self.store.get_job(job), self.sup.clock())
+        return job_status(self.store, self._job(job), self.sup.clock())
 
     def op_list(self, all: bool = True) -> list[dict[str, Any]]:
         now = self.sup.clock()
         return [job_status(self.store, j, now) for j in self.store.list_jobs()
-                if all or not j.state.terminal]
+                if (all or not j.state.terminal) and self.caller.may_see(j.owner_uid)]
 
     def op_stop(self, job: str) -> dict[str, Any]:
-        row = self.sup.call(self.sup.stop_job, self.store.get_job(job).id)
+        row = self.sup.call(self.sup.stop_job, self._job(job).id)
         return job_status(self.store, row, self.sup.clock())
 
     def op_restart(self, job: str) -> dict[str, Any]:
-        row = self.sup.call(self.sup.restart_job, self.store.get_job(job).id)
+        row = self.sup.call(self.sup.restart_job, self._job(job).id)
         return job_status(self.store, row, self.sup.clock())
 
     def op_gpus(self) -> list[dict[str, Any]] | None:
@@ -88,16 +114,17 @@ class Operations:
         return {"index": int(index), "cleared": cleared}
 
     def op_history(self, job: str) -> list[dict[str, Any]]:
-        return [attempt_view(a) for a in self.store.attempts(self.store.get_job(job).id)]
+        return [attempt_view(a) for a in self.store.attempts(self._job(job).id)]
 
     def op_events(self, after: int = 0, job: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-        job_id = self.store.get_job(job).id if job else None
-        return [e.__dict__ for e in self.store.events(after_id=after, job_id=job_id, limit=limit)]
+        job_id = self._job(job).id if job else None
+        return [e.__dict__ for e in self.store.events(after_id=after, job_id=job_id, limit=limit,
+                                                      owner_uid=self._owner_filter)]
 
     def op_logs(self, job: str, attempt: int | None = None, offsets: dict[str, int] | None = None
                 ) -> dict[str, Any]:
         """A chunk of an attempt's stdout and stderr from the given offsets (``-f`` calls again)."""
-        row = self.store.get_job(job)
+        row = self._job(job)
         attempts = self.store.attempts(row.id)
         if not attempts:
             return {"attempt": None, "stdout": "", "stderr": "", "offsets": {"stdout": 0, "stderr": 0},
@@ -112,9 +139,7 @@ class Operations:
             start = int(offsets.get(stream, 0))
             data = b""
             try:
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    data = f.read(LOG_CHUNK)
+                data = _read_log(path, start, row.owner_uid)
             except OSError:
                 pass
             out[stream] = data.decode("utf-8", errors="replace")
@@ -127,6 +152,7 @@ class Operations:
     # -- sweeps (files under <state>/sweeps; a worker process per sweep runs Optuna) ---------------
     def op_sweep_create(self, sweep_path: str, cwd: str, sweep_text: str | None = None,
                         overrides: list[str] | None = None) -> dict[str, Any]:
+        self._sweeps_allowed()
         sweep = sweep_ops.create_sweep(self.sup.state_dir, sweep_path=sweep_path, cwd=cwd, sweep_text=sweep_text,
                                        overrides=overrides)
         if self.sweeps is not None:
@@ -135,13 +161,13 @@ class Operations:
         return sweep_ops.sweep_status(sweep, self._job_state)
 
     def op_sweep_status(self, sweep: str) -> dict[str, Any]:
-        return sweep_ops.sweep_status(sweep_ops.find_sweep(self.sup.state_dir, sweep), self._job_state)
+        return sweep_ops.sweep_status(self._sweep(sweep), self._job_state)
 
     def op_sweep_list(self) -> list[dict[str, Any]]:
-        return sweep_ops.list_status(self.sup.state_dir, self._job_state)
+        return sweep_ops.list_status(self.sup.state_dir, self._job_state) if self.caller.admin else []
 
     def op_sweep_stop(self, sweep: str) -> dict[str, Any]:
-        found = sweep_ops.find_sweep(self.sup.state_dir, sweep)
+        found = self._sweep(sweep)
         sweep_ops.request_stop(found)
         return sweep_ops.sweep_status(found, self._job_state)
 
@@ -150,14 +176,38 @@ class Operations:
         out = {}
         for job_id in jobs:
             try:
-                row = self.store.get_job(job_id)
+                row = self._job(job_id)
             except JobNotFound:
                 continue
             out[job_id] = {"state": row.state.value, "job_dir": row.job_dir}
         return out
+
+    def _sweeps_allowed(self) -> None:
+        # A sweep's worker runs as the daemon and submits its trials as the daemon: a user's sweep would run
+        # the user's code as root. Until workers run as their owner, sweeps on a shared daemon are admins'.
+        if not self.caller.admin:
+            raise SupervisorError("sweeps on a shared daemon are for admins (access.admin_group); "
+                                  "run your own daemon (ml-supervisor serve as you) for a sweep")
+
+    def _sweep(self, sweep: str) -> SweepDir:
+        """The sweep named ``sweep``; non-admins have none (``sweep_create`` is refused them)."""
+        if not self.caller.admin:
+            raise SweepNotFound(f"no sweep {sweep[:60]!r} (see `supervisorctl sweep list`)")
+        return sweep_ops.find_sweep(self.sup.state_dir, sweep)
 
     def _job_state(self, job_id: str) -> str | None:
         try:
             return self.store.get_job(job_id).state.value
         except JobNotFound:
             return None
+
+
+def _read_log(path: Path, start: int, owner_uid: int) -> bytes:
+    """Up to ``LOG_CHUNK`` bytes of a log from ``start``. The attempt dir of a job run as its owner is the
+    owner's: a link planted there, or a file that is not theirs, must not let them read as the daemon."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        if os.fstat(f.fileno()).st_uid not in (owner_uid, os.getuid()):
+            raise PermissionError(f"{path} is not the job owner's")
+        f.seek(start)
+        return f.read(LOG_CHUNK)

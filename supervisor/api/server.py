@@ -1,7 +1,10 @@
 """The Unix-socket transport: one JSON request per connection, one JSON answer.
 
 The socket lives in the state dir and is created owner-only (0600): whoever can
-talk to it can start processes as the daemon's user.
+talk to it can start processes as the daemon's user. In shared-server mode
+(``access.group``) it is ``root:<group>`` 0660 and the state dir 0711; each
+connection's caller is who the kernel says (``SO_PEERCRED``), and every
+operation runs for that caller (``Operations.for_caller``).
 
     request:  {"op": "status", "args": {"job": "digits-3f9c2a"}}\\n
     answer:   {"ok": true, "result": {...}}\\n  |  {"ok": false, "error": {"code": ..., "message": ...}}\\n
@@ -17,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from supervisor.access import Caller, group_id, peer_credentials, resolve_caller
 from supervisor.api.ops import Operations
 from supervisor.errors import SupervisorError
 
@@ -54,13 +58,19 @@ class _Handler(socketserver.StreamRequestHandler):
             self._reply({"ok": False, "error": {"code": "bad_request", "message": "malformed request"}})
             return
         try:
-            result = self.server.ops.dispatch(op, args)
+            ops = self.server.ops.for_caller(self._caller())
+            result = ops.dispatch(op, args)
             self._reply({"ok": True, "result": result})
         except SupervisorError as exc:
             self._reply({"ok": False, "error": exc.to_dict()})
         except Exception as exc:  # never let one request take the server down
             log.exception("API %s failed", op)
             self._reply({"ok": False, "error": {"code": "internal", "message": f"{type(exc).__name__}: {exc}"}})
+
+    def _caller(self) -> Caller:
+        """Who is at the other end, from the kernel (never from the request)."""
+        _pid, uid, gid = peer_credentials(self.connection)
+        return resolve_caller(uid, gid, admin_group=self.server.admin_group)
 
     def _reply(self, payload: dict[str, Any]) -> None:
         try:
@@ -72,6 +82,7 @@ class _Handler(socketserver.StreamRequestHandler):
 class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     ops: Operations
+    admin_group: str | None = None
 
     def __init__(self, path: str, handler: type[socketserver.BaseRequestHandler]) -> None:
         super().__init__(path, handler)
@@ -106,7 +117,9 @@ class _Server(socketserver.ThreadingUnixStreamServer):
 class ApiServer:
     """Serves ``Operations`` on ``<state_dir>/supervisor.sock`` from a background thread."""
 
-    def __init__(self, ops: Operations, state_dir: Path) -> None:
+    def __init__(self, ops: Operations, state_dir: Path, *, group: str | None = None,
+                 admin_group: str | None = None) -> None:
+        """``group``: members may connect (shared-server mode); ``None``: the daemon's user only."""
         self.path = socket_path(state_dir)
         # We hold the state dir's lock, so a socket file left here is a dead daemon's.
         self.path.unlink(missing_ok=True)
@@ -115,8 +128,12 @@ class ApiServer:
             self._server = _Server(str(self.path), _Handler)
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
+        if group is None:
+            os.chmod(self.path, 0o600)
+        else:
+            open_to_group(self.path, state_dir, group)
         self._server.ops = ops
+        self._server.admin_group = admin_group
         self._thread = threading.Thread(target=self._server.serve_forever, name="api", daemon=True)
 
     def start(self) -> None:
@@ -126,3 +143,20 @@ class ApiServer:
         self._server.shutdown()
         self._server.server_close()
         self.path.unlink(missing_ok=True)
+
+
+def open_to_group(sock: Path, state_dir: Path, group: str) -> None:
+    """Let members of ``group`` connect: the socket ``root:<group>`` 0660, the state dir traversable but not
+    listable (0711), so they reach the socket and nothing else there."""
+    gid = group_id(group)
+    if gid is None:  # checked with the settings; the group was removed since
+        raise SupervisorError(f"access.group: no group named {group!r} on this machine")
+    # What a member may know the name of (the code is public) but must not read: the database (every job),
+    # the web token, quarantine and sweeps. Only the socket and the job dirs' parent stay reachable; each
+    # job dir then admits its owner alone (submit.hand_over).
+    for entry in state_dir.iterdir():
+        if entry != sock:
+            os.chmod(entry, 0o711 if entry.name == "jobs" else entry.stat().st_mode & 0o700)
+    os.chown(sock, os.getuid(), gid)
+    os.chmod(sock, 0o660)
+    os.chmod(state_dir, 0o711)

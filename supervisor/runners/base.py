@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from supervisor.access import RunAs
 from supervisor.jobfiles.monitorfiles import MonitorExit
 
 # How an attempt's processes ended, as the runner saw it (exit code / signal / error).
@@ -85,6 +86,8 @@ class AttemptSpec:
     ranks: RankLayout = field(default_factory=RankLayout)
     # Runner-specific sections of the job config, as plain data (the Slurm runner reads "slurm").
     options: Mapping[str, Any] = field(default_factory=dict)
+    # The job's owner when that is not the daemon's user (shared-server mode): the attempt runs as them.
+    run_as: RunAs | None = None
 
 
 @dataclass(frozen=True)

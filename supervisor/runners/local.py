@@ -52,6 +52,7 @@ from supervisor.process import (
     has_env_marker,
     is_same_process,
     kill_tree,
+    process_uid,
     reap_monitors,
     signal_process,
     spawn_attempt_monitor,
@@ -113,11 +114,13 @@ class LocalRunner:
         try:
             monitor_pid, monitor_started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), spec.command,
                                                                  cwd=spec.workdir, env=spec.env, lock_fd=lock_fd,
-                                                                 monitor_args=monitor_args)
+                                                                 monitor_args=monitor_args, run_as=spec.run_as)
         finally:
             os.close(lock_fd)
+        # "uid": whom the attempt runs as, recorded by us (the pids come from files that user can write).
         state: RunnerState = {"monitor_pid": monitor_pid, "monitor_started": monitor_started,
-                              "trainer_pid": None, "pgid": None, "world_size": world_size}
+                              "trainer_pid": None, "pgid": None, "world_size": world_size,
+                              "uid": spec.run_as.uid if spec.run_as else os.getuid()}
         self._watch(spec.job_id, monitor_pid, monitor_started)
         return state
 
@@ -213,14 +216,16 @@ class LocalRunner:
         """
         boot_id = ref.state.get("boot_id")
         monitor_pid = ref.state.get("monitor_pid")
-        monitor_ours = is_same_process(monitor_pid, ref.state.get("monitor_started"), boot_id)
+        uid = ref.state.get("uid")
+        monitor_ours = is_same_process(monitor_pid, ref.state.get("monitor_started"), boot_id, uid)
         pgid = ref.state.get("pgid")
         trainer_ours = bool(pgid) and pgid == ref.state.get("trainer_pid") and is_same_process(
-            ref.state.get("trainer_pid"), ref.state.get("trainer_started"), boot_id)
+            ref.state.get("trainer_pid"), ref.state.get("trainer_started"), boot_id, uid)
         extra: set[int] = set()
         if pgid and not trainer_ours and (boot_id is None or boot_id == current_boot_id()):
             # The leader is gone or unproven: its pid may be a stranger's group now. Members one by one.
-            extra = {p for p in group_members(pgid) if has_env_marker(p, OWN_ENV_KEY, str(self._state_dir))}
+            extra = {p for p in group_members(pgid) if has_env_marker(p, OWN_ENV_KEY, str(self._state_dir))
+                     and (uid is None or process_uid(p) == uid)}
         return kill_tree(monitor_pid if monitor_ours else None, pgid if trainer_ours else None, extra)
 
     def clean_orphans(self, gpus: Sequence[int], earlier: Sequence[AttemptRef]) -> OrphanCheck:
@@ -253,7 +258,7 @@ class LocalRunner:
     def _live_monitor(self, ref: AttemptRef) -> int | None:
         """The attempt's monitor when it is provably ours still (pid, start time, boot id), else ``None``."""
         pid: Any = ref.state.get("monitor_pid")
-        ours = is_same_process(pid, ref.state.get("monitor_started"), ref.state.get("boot_id"))
+        ours = is_same_process(pid, ref.state.get("monitor_started"), ref.state.get("boot_id"), ref.state.get("uid"))
         return int(pid) if pid and ours else None
 
     def _rank_pids(self, ref: AttemptRef) -> dict[int, int]:
@@ -282,7 +287,7 @@ class LocalRunner:
             record = read_monitor_start(AttemptLayout(ref.attempt_dir).monitor_start)
             if record is not None:
                 pid, started, boot_id = record.trainer_pid, record.trainer_started, record.boot_id
-        if not pid or not is_same_process(int(pid), started, boot_id):
+        if not pid or not is_same_process(int(pid), started, boot_id, ref.state.get("uid")):
             return None
         return int(pid)
 
@@ -305,6 +310,8 @@ def _known_processes(earlier: Sequence[AttemptRef]) -> dict[int, float]:
             continue  # an earlier boot's processes are gone; their pids are strangers' now
         for pid_key, started_key in (("monitor_pid", "monitor_started"), ("trainer_pid", "trainer_started")):
             pid, started = state.get(pid_key), state.get(started_key)
+            if pid and state.get("uid") is not None and process_uid(int(pid)) != state["uid"]:
+                continue  # a user's monitor.json named a process that is not theirs: never ours to kill
             if pid and started:
                 known[int(pid)] = float(started)
     return known
