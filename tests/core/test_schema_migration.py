@@ -148,3 +148,48 @@ def test_migrated_rows_keep_their_old_columns_readable(tmp_path: Path) -> None:
     assert (attempt.pid, attempt.reason, attempt.runner_kind) == (12, "crash", "local")
     raw = sqlite3.connect(path).execute("SELECT monitor_pid, runner_state FROM attempts").fetchone()
     assert raw[0] == 11 and json.loads(raw[1])["monitor_pid"] == 11
+
+
+# The jobs table of schemas 1 and 2 (no owner), as they created it.
+V2_JOBS = """
+CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, end_reason TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, first_started_at REAL, ended_at REAL,
+    job_dir TEXT NOT NULL, workdir TEXT NOT NULL, config_source TEXT NOT NULL, budget_s REAL,
+    gpus_requested INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0, wandb_run_id TEXT,
+    next_start_at REAL, wait_reason TEXT, stop_intent TEXT, stop_deadline REAL, best_checkpoint TEXT,
+    detail TEXT);
+CREATE TABLE attempts (job_id TEXT NOT NULL REFERENCES jobs(id), n INTEGER NOT NULL,
+    runner_kind TEXT NOT NULL DEFAULT 'local', runner_state TEXT NOT NULL DEFAULT '{}', pid INTEGER, boot_id TEXT,
+    gpus TEXT NOT NULL DEFAULT '[]', started_at REAL NOT NULL, ended_at REAL, exit_code INTEGER, signal TEXT,
+    reason TEXT, detail TEXT, resumed_from TEXT, new_checkpoints INTEGER NOT NULL DEFAULT 0, global_step INTEGER,
+    PRIMARY KEY (job_id, n));
+CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, job_id TEXT,
+    attempt INTEGER, kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def test_jobs_of_schema_2_belong_to_the_daemons_user(tmp_path: Path) -> None:
+    """Schema 3 gives jobs an owner (shared-server mode); every job from before was the daemon's user's."""
+    path = tmp_path / "supervisor.db"
+    db = sqlite3.connect(path)
+    with db:
+        db.executescript(V2_JOBS)
+        db.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        for job_id in ("old-a", "old-b"):
+            db.execute("INSERT INTO jobs(id, name, state, created_at, updated_at, job_dir, workdir, config_source) "
+                       "VALUES (?, 'old', 'running', 1.0, 1.0, '/j', '/w', 'c.yaml')", (job_id,))
+        db.execute("INSERT INTO events(time, job_id, kind, message) VALUES (1.0, 'old-a', 'submitted', 'm')")
+    db.close()
+    store = Store(path)
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "3"
+    assert [(j.id, j.owner_uid) for j in store.list_jobs()] == [("old-a", os.getuid()), ("old-b", os.getuid())]
+    assert store.get_job("old-a", owner_uid=os.getuid()).id == "old-a"
+    assert [e.job_id for e in store.events(owner_uid=os.getuid())] == ["old-a"]
+    assert store.events(owner_uid=os.getuid() + 1) == []
+    from supervisor.errors import JobNotFound
+
+    with pytest.raises(JobNotFound, match="no job 'old-a'"):
+        store.get_job("old-a", owner_uid=os.getuid() + 1)
+    Store(path)  # opening it again migrates nothing twice
+    assert Store(path).get_meta("schema_version") == "3"
