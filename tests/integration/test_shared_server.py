@@ -163,6 +163,18 @@ def test_each_user_sees_and_controls_only_their_own_jobs_which_run_as_them(
             assert trainer.environ()["USER"] == user.name
             assert _uids(trainer.parent().pid)[0] == user.uid  # the monitor: never root
 
+        # the job dir is the daemon's (its lock and frozen config out of the owner's reach) and closed to others;
+        # what the trainer writes is the owner's
+        job_dir = Path(daemon.status(jobs[alice.name])["job_dir"])
+        assert (job_dir.stat().st_uid, job_dir.stat().st_gid, stat.S_IMODE(job_dir.stat().st_mode)) == \
+            (0, alice.gid, 0o750)
+        assert (job_dir / "job.lock").stat().st_uid == 0
+        assert (job_dir / "attempts" / "1").stat().st_uid == alice.uid
+        ckpt = wait_for(lambda: next((job_dir / "checkpoints").glob("*.ckpt"), None), timeout=30, what="a checkpoint")
+        assert ckpt.stat().st_uid == alice.uid
+        peek = subprocess.run(["runuser", "-u", bob.name, "--", "ls", str(job_dir)], capture_output=True, text=True)
+        assert peek.returncode != 0 and "ermission denied" in peek.stderr
+
         # bob cannot stop (or see, or read the logs of) alice's job: it does not exist for him
         alice_pid = daemon.live_pid(jobs[alice.name], 1)
         for args in (("stop", jobs[alice.name]), ("status", jobs[alice.name]), ("logs", jobs[alice.name]),
