@@ -96,3 +96,26 @@ def test_same_process_needs_pid_start_time_and_boot(stranger: subprocess.Popen[b
 
 def _boot_id() -> str:
     return os.environ.get("ML_SUPERVISOR_BOOT_ID") or Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def test_a_users_forged_pids_never_name_another_users_process(tmp_path: Path,
+                                                                stranger: subprocess.Popen[bytes]) -> None:
+    """Shared-server mode: a job run as its owner writes the monitor.json its pids come from. Pid, start time
+    and boot id of someone else's process (here: ours) are easy to copy; the uid the runner recorded is not."""
+    from supervisor.attempt_monitor import current_boot_id
+
+    started = psutil.Process(stranger.pid).create_time()
+    forged = {"monitor_pid": stranger.pid, "monitor_started": started, "trainer_pid": stranger.pid,
+              "trainer_started": started, "pgid": stranger.pid, "boot_id": current_boot_id(), "world_size": 1}
+    runner = LocalRunner(tmp_path, lambda notice: None, watch_exits=False)
+    try:
+        ref = _ref(tmp_path, {**forged, "uid": os.getuid() + 4242})  # the job's owner: not who runs the stranger
+        runner.graceful_stop(ref)
+        assert runner.request_checkpoint(ref) is False
+        assert runner.kill(ref) == []
+        assert _alive(stranger)
+        # the same record with the stranger's real uid is proof enough: the check is the uid, nothing else
+        assert runner.kill(_ref(tmp_path, {**forged, "uid": os.getuid()})) == [stranger.pid]
+        assert not _alive(stranger)
+    finally:
+        runner.close()
