@@ -106,15 +106,27 @@ def _py_spy(pid: int, out: Path, timeout_s: float) -> Path | None:
         proc = subprocess.run([exe, "dump", "--pid", str(pid)], capture_output=True, text=True,
                               timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        out.write_text(f"py-spy dump --pid {pid}: no answer within {timeout_s:.0f}s\n")
+        _write_report(out, f"py-spy dump --pid {pid}: no answer within {timeout_s:.0f}s\n")
         return None
     except OSError as exc:
-        out.write_text(f"py-spy dump --pid {pid}: cannot run: {exc}\n")
+        _write_report(out, f"py-spy dump --pid {pid}: cannot run: {exc}\n")
         return None
-    out.write_text(proc.stdout + (f"\n--- stderr (exit {proc.returncode}) ---\n{proc.stderr}" if proc.stderr
-                                  or proc.returncode else ""))
+    _write_report(out, proc.stdout + (f"\n--- stderr (exit {proc.returncode}) ---\n{proc.stderr}" if proc.stderr
+                                      or proc.returncode else ""))
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or [""])[-1]
         log.warning("py-spy dump --pid %d failed (exit %d): %s", pid, proc.returncode, last)
         return None
     return out
+
+
+def _write_report(out: Path, text: str) -> None:
+    """Write ``out`` without following a link: a job run as its owner has its attempt dir in their hands,
+    and the daemon (root) must not overwrite a file a planted link points at."""
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        log.warning("cannot write %s: %s", out, exc)
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)

@@ -163,3 +163,16 @@ def test_out_of_file_descriptors_is_an_error_to_retry_not_a_missing_file(tmp_pat
     assert outcome["read_exit_record"] == ["raised", errno.EMFILE]
     assert outcome["live_checkpoints"] == ["raised", errno.EMFILE]  # not "no checkpoints": a resume would abandon
     assert outcome["after"] == {"status": "completed", "time": 5, "pid": 7}
+
+
+def test_a_link_planted_where_the_daemon_writes_a_stack_report_is_not_followed(tmp_path: Path) -> None:
+    """Shared-server mode: the attempt dir is the job owner's; the daemon (root) writes py-spy's report there."""
+    from supervisor.stacks import _write_report
+
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "py-spy.txt").symlink_to(victim)
+    _write_report(tmp_path / "py-spy.txt", "stacks\n")
+    assert victim.read_text() == "precious\n"
+    _write_report(tmp_path / "fresh.txt", "stacks\n")
+    assert (tmp_path / "fresh.txt").read_text() == "stacks\n"
