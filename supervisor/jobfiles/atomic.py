@@ -115,11 +115,17 @@ def read_json(path: str | Path) -> Any | None:
         return None
 
 
+def _no_follow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def _read_bytes(path: str | Path, offset: int) -> bytes | None:
     """The bytes of ``path`` from ``offset``; ``None`` when it cannot be read; raises on a descriptor shortage."""
     for attempt in range(FD_RETRIES):
         try:
-            with open(path, "rb") as f:
+            # Never through a link: a job run as its owner (shared-server mode) has its files in their hands,
+            # and the daemon reading as root must not read (and show) a file a planted link points at.
+            with open(path, "rb", opener=_no_follow) as f:
                 f.seek(offset)
                 return f.read()
         except OSError as exc:

@@ -176,3 +176,16 @@ def test_a_link_planted_where_the_daemon_writes_a_stack_report_is_not_followed(t
     assert victim.read_text() == "precious\n"
     _write_report(tmp_path / "fresh.txt", "stacks\n")
     assert (tmp_path / "fresh.txt").read_text() == "stacks\n"
+
+
+def test_a_trainer_file_that_is_a_link_is_unreadable(tmp_path: Path) -> None:
+    """A user's attempt dir may hold a link to a file only root may read: the daemon never reads through it."""
+    from supervisor.jobfiles.atomic import read_json, read_json_lines
+
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"status": "completed", "error": "root only"}\n')
+    (tmp_path / "exit.json").symlink_to(secret)
+    (tmp_path / "manifest.jsonl").symlink_to(secret)
+    assert read_json(tmp_path / "exit.json") is None
+    assert read_json_lines(tmp_path / "manifest.jsonl") == []
+    assert read_json(secret) == {"status": "completed", "error": "root only"}
