@@ -102,10 +102,13 @@ class Operations:
             return None
         placed: dict[int, list[str]] = {}
         for index, job_id in self.sup.gpu_jobs().items():
-            placed.setdefault(index, []).append(job_id)
+            # another user's job on a GPU: the GPU is busy, but its id is not theirs to know
+            placed.setdefault(index, []).append(job_id if self._visible(job_id) else "(another user's job)")
         return [status.as_dict(jobs=placed.get(status.index, [])) for status in monitor.snapshot()]
 
     def op_gpus_clear(self, index: int) -> dict[str, Any]:
+        if not self.caller.admin:  # the node's GPUs are everyone's: putting one back in service is an admin's call
+            raise SupervisorError("gpus clear: for admins (root or access.admin_group)")
         if self.sup.gpus is None:
             raise SupervisorError("no NVML on this node: there are no GPUs to clear")
         if not 0 <= int(index) < self.sup.gpus.count():
@@ -194,6 +197,13 @@ class Operations:
         if not self.caller.admin:
             raise SweepNotFound(f"no sweep {sweep[:60]!r} (see `supervisorctl sweep list`)")
         return sweep_ops.find_sweep(self.sup.state_dir, sweep)
+
+    def _visible(self, job_id: str) -> bool:
+        try:
+            self._job(job_id)
+        except JobNotFound:
+            return False
+        return True
 
     def _job_state(self, job_id: str) -> str | None:
         try:

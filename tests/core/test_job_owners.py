@@ -118,3 +118,12 @@ def test_the_attempt_of_another_users_job_runs_as_them_with_their_home(make_core
     own = core.runner.attempts[(job_id, 1)].spec
     assert own is not None and own.run_as is None and own.env.get("USER") == os.environ.get("USER")
     assert job.owner_uid == os.getuid() == pwd.getpwuid(os.getuid()).pw_uid
+
+
+def test_the_nodes_gpus_are_cleared_by_admins_only(make_core: MakeCore) -> None:
+    core = make_core()
+    ops = Operations(core.sup)
+    with pytest.raises(SupervisorError, match=r"gpus clear: for admins \(root or access.admin_group\)"):
+        ops.for_caller(Caller(BOB, admin=False)).dispatch("gpus_clear", {"index": 0})
+    with pytest.raises(SupervisorError, match="no NVML on this node"):  # an admin gets past the check
+        ops.for_caller(Caller(BOB, admin=True)).dispatch("gpus_clear", {"index": 0})
