@@ -93,6 +93,10 @@ def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_
         have = "no GPUs (or no NVML)" if not gpu_count else f"{gpu_count} GPU{'s' if gpu_count != 1 else ''}"
         raise ResourceUnavailable(
             f"{source}: supervision.gpus: the job asks for {requested} GPUs; this node has {have}")
+    if run_as is not None and str(cfg.supervision.backend) != "local":
+        # sbatch from the daemon submits as the daemon (root): another user's code never runs that way
+        raise ConfigError(source, "supervision.backend", f"{cfg.supervision.backend} runs jobs as the daemon's "
+                                                         "user only; on a shared daemon use local (or your own daemon)")
     cfg.workdir = str(workdir)
     cfg.python = python
     _check_imports(cfg, source=source, python=python, workdir=workdir, trainer_module=trainer_module,

@@ -136,6 +136,8 @@ class SlurmRunner:
         slurm: Mapping[str, Any] = spec.options.get("slurm") or {}
         if not slurm:
             raise LaunchRefused("the job has no slurm: section", retry=False)
+        if spec.run_as is not None:  # sbatch from here submits as the daemon: never another user's code as root
+            raise LaunchRefused("the Slurm backend runs jobs as the daemon's user only", retry=False)
         if not self._refresh(force=True):
             raise LaunchRefused("squeue does not answer: not submitting blind (a duplicate could run)", retry=True)
         name = slurm_job_name(spec.job_id)

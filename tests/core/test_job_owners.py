@@ -127,3 +127,25 @@ def test_the_nodes_gpus_are_cleared_by_admins_only(make_core: MakeCore) -> None:
         ops.for_caller(Caller(BOB, admin=False)).dispatch("gpus_clear", {"index": 0})
     with pytest.raises(SupervisorError, match="no NVML on this node"):  # an admin gets past the check
         ops.for_caller(Caller(BOB, admin=True)).dispatch("gpus_clear", {"index": 0})
+
+
+def test_another_users_job_cannot_use_a_backend_that_runs_as_the_daemon(tmp_path: Path) -> None:
+    """sbatch from the daemon submits as the daemon: refused at submit, before anything runs as anyone."""
+    from supervisor.errors import ConfigError
+    from supervisor.submit import prepare_job
+
+    try:
+        other = pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        pytest.skip("needs a 'nobody' user to submit as")
+    if other == os.getuid():
+        pytest.skip("runs as nobody: nobody else to submit as")
+    path = write_config(tmp_path, "sl", supervision={"backend": "slurm"})
+    path.write_text(path.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n")
+    (tmp_path / "jobs").mkdir()
+    with pytest.raises(ConfigError) as refused:
+        prepare_job(SubmitRequest(config_path=str(path), cwd=str(tmp_path)), jobs_dir=tmp_path / "jobs",
+                    trainer_module="fake_trainer", gpu_count=None, check_timeout=60, owner_uid=other)
+    assert str(refused.value) == (f"{path}: supervision.backend: slurm runs jobs as the daemon's user only; "
+                                  "on a shared daemon use local (or your own daemon)")
+    assert list((tmp_path / "jobs").iterdir()) == []
