@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,22 +50,61 @@ class User:
     workdir: Path
 
 
-def _interpreter_problem(user: str) -> str | None:
-    """Why ``user`` cannot run this interpreter with our packages (``None``: they can): the venv and the
-    checkout must be readable by other users (CI's clone under root's 0700 home is not)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])}
-    proc = subprocess.run(["runuser", "-u", user, "--", sys.executable, "-c",
+@dataclass
+class Interpreter:
+    """A Python, and the ``PYTHONPATH`` (plus loader path) under which it imports our packages, for any user."""
+
+    python: str
+    env: dict[str, str]
+
+
+def _interpreter_problem(user: str, interp: Interpreter) -> str | None:
+    """Why ``user`` cannot run ``interp`` with our packages (``None``: they can)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **interp.env}
+    proc = subprocess.run(["runuser", "-u", user, "--", interp.python, "-c",
                            "import supervisor.attempt_monitor, omegaconf, psutil, fake_trainer"],
                           env=env, capture_output=True, text=True, timeout=60, cwd="/")
     if proc.returncode == 0:
         return None
-    last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-    return f"another user cannot run {sys.executable} with {REPO} importable ({last}): clone and make the venv " \
-           f"under a world-readable path to run this test"
+    return (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+
+
+def _bind(source: str | Path, target: Path, mounts: list[Path]) -> None:
+    target.mkdir(parents=True)
+    subprocess.run(["mount", "--bind", "-o", "ro", str(source), str(target)], check=True, capture_output=True)
+    mounts.append(target)
+    if not os.statvfs(target).f_flag & os.ST_RDONLY:  # the cleanup's rmtree must never reach the real files
+        raise RuntimeError(f"the bind mount {target} is writable")
+
+
+def _interpreter_for_users(base: Path, user: str, mounts: list[Path]) -> Interpreter:
+    """An interpreter ``user`` can run with this checkout importable.
+
+    Ours as it is when the user can reach it. Often they cannot: CI clones, and
+    pyenv installs Python, under root's 0700 home. Then the Python install, the
+    venv's site-packages and the checkout are bind-mounted (read-only) under
+    ``base``, which users can traverse, and run from there; ``mounts`` collects
+    what to unmount.
+    """
+    plain = Interpreter(sys.executable, {"PYTHONPATH": os.pathsep.join([str(SUPPORT), str(REPO)])})
+    if _interpreter_problem(user, plain) is None:
+        return plain
+    view = base / "view"
+    _bind(sys.base_prefix, view / "python", mounts)
+    _bind(sysconfig.get_paths()["purelib"], view / "site", mounts)
+    _bind(REPO, view / "repo", mounts)
+    executable = Path(os.path.realpath(sys.executable)).relative_to(os.path.realpath(sys.base_prefix))
+    mirrored = view / "repo" / SUPPORT.relative_to(REPO)
+    return Interpreter(str(view / "python" / executable), {
+        "PYTHONPATH": os.pathsep.join([str(mirrored), str(view / "repo"), str(view / "site")]),
+        # a shared libpython is found by an absolute RPATH into the install; users need the mirrored one
+        "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [str(view / "python" / "lib"),
+                                                        os.environ.get("LD_LIBRARY_PATH")])),
+    })
 
 
 @pytest.fixture
-def shared(request: pytest.FixtureRequest) -> Iterator[tuple[Path, str, list[User], str]]:
+def shared(request: pytest.FixtureRequest) -> Iterator[tuple[Path, str, list[User], str, Interpreter]]:
     """A world-traversable base dir, an access group, two members and one non-member; all removed after."""
     why = _why_not_here()
     if why:
@@ -77,6 +117,7 @@ def shared(request: pytest.FixtureRequest) -> Iterator[tuple[Path, str, list[Use
     os.chmod(base, 0o755)
     created_users: list[str] = []
     created_group = False
+    mounts: list[Path] = []
     try:
         subprocess.run(["groupadd", group], check=True, capture_output=True)
         created_group = True
@@ -91,10 +132,14 @@ def shared(request: pytest.FixtureRequest) -> Iterator[tuple[Path, str, list[Use
             workdir.mkdir()
             os.chown(workdir, entry.pw_uid, entry.pw_gid)
             users.append(User(name, entry.pw_uid, entry.pw_gid, workdir))
-        problem = _interpreter_problem(names[0])
+        try:
+            interp = _interpreter_for_users(base, names[0], mounts)
+        except (subprocess.CalledProcessError, RuntimeError) as exc:
+            pytest.skip(f"other users cannot reach {sys.executable} or {REPO}, and bind-mounting them failed: {exc}")
+        problem = _interpreter_problem(names[0], interp)
         if problem:
-            pytest.skip(problem)
-        yield base, group, users, outsider
+            pytest.skip(f"another user cannot run {interp.python} with {REPO} importable: {problem}")
+        yield base, group, users, outsider, interp
     finally:
         for name in created_users:
             uid = pwd.getpwnam(name).pw_uid
@@ -104,12 +149,15 @@ def shared(request: pytest.FixtureRequest) -> Iterator[tuple[Path, str, list[Use
             subprocess.run(["userdel", name], capture_output=True)
         if created_group:
             subprocess.run(["groupdel", group], capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        unmounted = all([subprocess.run(["umount", str(m)], capture_output=True).returncode == 0
+                         for m in reversed(mounts)])
+        if unmounted:  # never rmtree through a mount of the checkout or the Python install
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def _ctl(daemon: DaemonProc, user: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``supervisorctl ARGS`` as ``user`` (runuser keeps our environment but HOME, USER, LOGNAME, SHELL)."""
-    return subprocess.run(["runuser", "-u", user, "--", sys.executable, "-m", "supervisor.cli.ctl", *args],
+    return subprocess.run(["runuser", "-u", user, "--", daemon.python, "-m", "supervisor.cli.ctl", *args],
                           env=daemon.env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
@@ -127,10 +175,10 @@ def _uids(pid: int) -> tuple[int, ...]:
 
 
 def test_each_user_sees_and_controls_only_their_own_jobs_which_run_as_them(
-        shared: tuple[Path, str, list[User], str]) -> None:
-    base, group, (alice, bob, _outsider), outsider = shared
+        shared: tuple[Path, str, list[User], str, Interpreter]) -> None:
+    base, group, (alice, bob, _outsider), outsider, interp = shared
     state = base / "state"
-    daemon = DaemonProc(state, base, fake_env(state))
+    daemon = DaemonProc(state, base, fake_env(state, **interp.env), python=interp.python)
     daemon.start(f"access.group={group}")
     try:
         sock = state / "supervisor.sock"

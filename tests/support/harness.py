@@ -86,7 +86,8 @@ def process_gone(pid: int, timeout_s: float = 5.0) -> bool:
 class DaemonProc:
     """A real ``ml-supervisor serve`` process on its own state dir, plus CLI helpers."""
 
-    def __init__(self, state_dir: Path, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, state_dir: Path, workdir: Path, env: dict[str, str], python: str = sys.executable) -> None:
+        self.python = python  # the daemon's interpreter, and so its attempt monitors'
         self.state_dir = state_dir
         self.workdir = workdir
         self.env = env
@@ -98,7 +99,7 @@ class DaemonProc:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.cli.main", "serve", "tick_interval=0.5", "web.enabled=false",
+                [self.python, "-m", "supervisor.cli.main", "serve", "tick_interval=0.5", "web.enabled=false",
                  *settings],
                 env=self.env, cwd=self.workdir, stdout=log, stderr=log, start_new_session=True)
         wait_for(lambda: self.ctl_ok("list"), timeout=30, what="the daemon to answer")
@@ -110,7 +111,7 @@ class DaemonProc:
         self.proc = None
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "supervisor.cli.ctl", *args], env=self.env, cwd=self.workdir,
+        proc = subprocess.run([self.python, "-m", "supervisor.cli.ctl", *args], env=self.env, cwd=self.workdir,
                               capture_output=True, text=True, timeout=120)
         if check and proc.returncode != 0:
             raise AssertionError(f"supervisorctl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
