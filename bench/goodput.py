@@ -56,6 +56,12 @@ def run(contender: Contender, duration: float, kill_every: float | None) -> int:
         contender.stop()
 
 
+def load() -> str:
+    """The load averages now (the box is shared: say how loaded it was over each run)."""
+    one, five, _ = os.getloadavg()
+    return f"(load average 1 min {one:.1f}, 5 min {five:.1f}; {time.strftime('%H:%M:%S', time.gmtime())} UTC)"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=600.0)
@@ -68,13 +74,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-goodput-") as tmp:
         # The uninterrupted baseline runs first and last (a shared box's load drifts): the mean of the two.
         before = run(PlainLoop(Path(tmp) / "base1", args), args.duration, None)
-        print(f"uninterrupted (first): step {before}", flush=True)
+        print(f"uninterrupted (first): step {before}  {load()}", flush=True)
         for make in (PlainLoop, Torchrun, Supervised, SupervisedStandby, SupervisedStandbyBest):
             contender = make(Path(tmp), args)
             results[contender.name] = run(contender, args.duration, args.kill_every)
-            print(f"{contender.name}: step {results[contender.name]}", flush=True)
+            print(f"{contender.name}: step {results[contender.name]}  {load()}", flush=True)
         after = run(PlainLoop(Path(tmp) / "base2", args), args.duration, None)
-        print(f"uninterrupted (last): step {after}", flush=True)
+        print(f"uninterrupted (last): step {after}  {load()}", flush=True)
         results = {"uninterrupted": round((before + after) / 2), **results}
     base = results["uninterrupted"]
     print(f"\ngoodput, {args.duration:.0f} s from launch, SIGKILL every {args.kill_every:.0f} s, checkpoint every "
