@@ -49,9 +49,9 @@ def run(contender: Contender, duration: float, kill_every: float | None) -> int:
                 next_kill += kill_every  # type: ignore[operator]
             time.sleep(0.05)
         try:
-            return int((Path(str(contender.stamps) + ".step")).read_text() or 0)
+            return int((Path(str(contender.stamps) + ".step")).read_text())
         except FileNotFoundError:
-            return 0
+            return 0  # never stepped
     finally:
         contender.stop()
 

@@ -56,8 +56,10 @@ class Stamp(pl.Callback):
 
     def on_train_batch_end(self, trainer, *args) -> None:
         stamps = os.environ["BENCH_STAMPS"]
-        with open(stamps + ".step", "w") as f:  # the global step reached (bench/goodput.py reads it)
+        # the global step reached (bench/goodput.py reads it): replaced whole, never seen half-written
+        with open(stamps + ".step.tmp", "w") as f:
             f.write(str(trainer.global_step))
+        os.replace(stamps + ".step.tmp", stamps + ".step")
         if self.first:
             self.first = False
             with open(stamps, "a") as f:
