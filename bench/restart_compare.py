@@ -220,7 +220,8 @@ class Supervised(Contender):
         # "best" needs a score to rank by: val_loss (one validation per epoch of 23 steps)
         cfg["checkpoint"] = {"monitor": "val_loss" if self.resume_from == "best" else None, "save_top_k": 1,
                              "save_last": True, "every_n_train_steps": self.args.every}
-        cfg["logger"] = {"wandb": {"mode": "disabled"}}
+        wandb_mode = getattr(self.args, "wandb", "disabled")
+        cfg["logger"] = {"wandb": {"mode": wandb_mode, "run_id": "benchrun" if wandb_mode != "disabled" else None}}
         cfg["callbacks"]["extra"] = [{"class_path": "benchuser.Stamp"}]
         cfg["env"] = {"BENCH_STAMPS": str(self.stamps), "BENCH_CRASH_FLAG": str(self.flag)}
         cfg["supervision"] = {"resume_from": self.resume_from, "standby": self.standby, "max_restarts": 1000,
@@ -265,6 +266,8 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=[c.name for c in CONTENDERS],  # type: ignore[attr-defined]
                         help="run only this contender (repeatable; default: all four)")
     parser.add_argument("--kind", action="append", choices=FAULTS, help="only this fault (repeatable; default: both)")
+    parser.add_argument("--wandb", choices=("disabled", "offline"), default="disabled",
+                        help="W&B for ml-supervisor's contenders (the plain script logs nothing either way)")
     args = parser.parse_args()
     contenders = [c for c in CONTENDERS if not args.only or c.name in args.only]  # type: ignore[attr-defined]
     kinds = tuple(args.kind or FAULTS)

@@ -35,6 +35,7 @@ from trainer.progress import HeartbeatWriter
 from trainer.ranks import RankInfo, wait_resume_ready, write_resume_ready
 from trainer.signals import SignalState
 from trainer.standby import PreparedRun
+from trainer.wandb_opening import OpeningWandbLogger
 from trainer.wandb_run import build_wandb_logger
 
 # Ranks >= 1 wait this long for rank 0 to rewind the manifest (rank 0's own start-up included).
@@ -119,6 +120,19 @@ def run_fit(
     check_world_size(job.trainer_args, opts.rank, source)
     ckpt_path = prepare_resume_for_rank(opts)
     logger = build_wandb_logger(cfg, opts.attempt_dir)
+    if logger is not None and not opts.rank.multi:
+        logger = OpeningWandbLogger(logger)  # the run opens while Lightning restores and trains
+    try:
+        return _fit(cfg, source, opts, signals, heartbeat, state, (job, model, datamodule), ckpt_path, logger)
+    finally:
+        if isinstance(logger, OpeningWandbLogger):
+            logger.settle_quietly()  # nothing logged may wait in memory when the process ends
+
+
+def _fit(cfg: DictConfig, source: str, opts: FitOptions, signals: SignalState, heartbeat: HeartbeatWriter,
+         state: RunState, built: tuple[ResolvedJob, Any, Any], ckpt_path: str | None, logger: Any | None) -> str:
+    """Build the Trainer around the built job, model and data module and fit (``run_fit``'s second half)."""
+    job, model, datamodule = built
     callbacks = build_callbacks(cfg, job, opts, signals, heartbeat, state, logger)
     trainer_args = profiler_into_attempt_dir(dict(job.trainer_args), opts.attempt_dir)
     trainer_args.setdefault("default_root_dir", str(opts.attempt_dir))
