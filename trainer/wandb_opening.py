@@ -136,6 +136,11 @@ class OpeningWandbLogger(Logger):
             self._pending.pop(0)(self._inner)
 
 
+# User code that checks ``isinstance(trainer.logger, WandbLogger)`` before calling W&B-only methods
+# keeps working: everything a WandbLogger has is here (above, or through __getattr__).
+WandbLogger.register(OpeningWandbLogger)
+
+
 class _RunOnceOpen:
     """``experiment`` before the run is open: on first use of any attribute, the run's (waits for it)."""
 

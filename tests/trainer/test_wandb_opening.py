@@ -49,6 +49,7 @@ def test_what_is_logged_before_the_run_opens_reaches_it_in_order(tmp_path: Path,
     logger = _gated(WandbLogger(id=RUN_ID, project="p", save_dir=str(tmp_path), mode="offline"), gate)
     try:
         assert logger.version == RUN_ID and logger.name == "p"  # known without the run
+        assert isinstance(logger, WandbLogger)  # for user code that checks before using W&B-only calls
         logger.log_hyperparams({"lr": 0.5})
         for step in range(3):
             logger.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
