@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -30,6 +31,9 @@ from restart_compare import Contender, PlainLoop, Supervised, SupervisedStandby,
 class SupervisedStandbyBest(SupervisedStandby):
     name = "sup standby best"
     resume_from = "best"
+
+
+CONTENDERS: list[Any] = [PlainLoop, Torchrun, Supervised, SupervisedStandby, SupervisedStandbyBest]
 
 
 def run(contender: Contender, duration: float, kill_every: float | None) -> int:
@@ -68,6 +72,8 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=60.0)
     parser.add_argument("--every", type=int, default=10, help="checkpoint every N steps (all contenders)")
     parser.add_argument("--step-delay", type=float, default=0.02)
+    parser.add_argument("--only", action="append", choices=[c.name for c in CONTENDERS],
+                        help="run only this contender besides the baseline (repeatable; default: all)")
     args = parser.parse_args()
     args.settle = 0.0
     results: dict[str, int] = {}
@@ -75,7 +81,7 @@ def main() -> int:
         # The uninterrupted baseline runs first and last (a shared box's load drifts): the mean of the two.
         before = run(PlainLoop(Path(tmp) / "base1", args), args.duration, None)
         print(f"uninterrupted (first): step {before}  {load()}", flush=True)
-        for make in (PlainLoop, Torchrun, Supervised, SupervisedStandby, SupervisedStandbyBest):
+        for make in [c for c in CONTENDERS if not args.only or c.name in args.only]:
             contender = make(Path(tmp), args)
             results[contender.name] = run(contender, args.duration, args.kill_every)
             print(f"{contender.name}: step {results[contender.name]}  {load()}", flush=True)
