@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -30,6 +31,9 @@ from restart_compare import Contender, PlainLoop, Supervised, SupervisedStandby,
 class SupervisedStandbyBest(SupervisedStandby):
     name = "sup standby best"
     resume_from = "best"
+
+
+CONTENDERS: list[Any] = [PlainLoop, Torchrun, Supervised, SupervisedStandby, SupervisedStandbyBest]
 
 
 def run(contender: Contender, duration: float, kill_every: float | None) -> int:
@@ -49,11 +53,17 @@ def run(contender: Contender, duration: float, kill_every: float | None) -> int:
                 next_kill += kill_every  # type: ignore[operator]
             time.sleep(0.05)
         try:
-            return int((Path(str(contender.stamps) + ".step")).read_text() or 0)
+            return int((Path(str(contender.stamps) + ".step")).read_text())
         except FileNotFoundError:
-            return 0
+            return 0  # never stepped
     finally:
         contender.stop()
+
+
+def load() -> str:
+    """The load averages now (the box is shared: say how loaded it was over each run)."""
+    one, five, _ = os.getloadavg()
+    return f"(load average 1 min {one:.1f}, 5 min {five:.1f}; {time.strftime('%H:%M:%S', time.gmtime())} UTC)"
 
 
 def main() -> int:
@@ -62,19 +72,21 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=60.0)
     parser.add_argument("--every", type=int, default=10, help="checkpoint every N steps (all contenders)")
     parser.add_argument("--step-delay", type=float, default=0.02)
+    parser.add_argument("--only", action="append", choices=[c.name for c in CONTENDERS],
+                        help="run only this contender besides the baseline (repeatable; default: all)")
     args = parser.parse_args()
     args.settle = 0.0
     results: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-goodput-") as tmp:
         # The uninterrupted baseline runs first and last (a shared box's load drifts): the mean of the two.
         before = run(PlainLoop(Path(tmp) / "base1", args), args.duration, None)
-        print(f"uninterrupted (first): step {before}", flush=True)
-        for make in (PlainLoop, Torchrun, Supervised, SupervisedStandby, SupervisedStandbyBest):
+        print(f"uninterrupted (first): step {before}  {load()}", flush=True)
+        for make in [c for c in CONTENDERS if not args.only or c.name in args.only]:
             contender = make(Path(tmp), args)
             results[contender.name] = run(contender, args.duration, args.kill_every)
-            print(f"{contender.name}: step {results[contender.name]}", flush=True)
+            print(f"{contender.name}: step {results[contender.name]}  {load()}", flush=True)
         after = run(PlainLoop(Path(tmp) / "base2", args), args.duration, None)
-        print(f"uninterrupted (last): step {after}", flush=True)
+        print(f"uninterrupted (last): step {after}  {load()}", flush=True)
         results = {"uninterrupted": round((before + after) / 2), **results}
     base = results["uninterrupted"]
     print(f"\ngoodput, {args.duration:.0f} s from launch, SIGKILL every {args.kill_every:.0f} s, checkpoint every "

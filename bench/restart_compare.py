@@ -15,7 +15,7 @@ successor process finishes its first optimizer step (a callback in every
 contender stamps it). Contenders alternate (rounds, order rotated each round);
 the medians and the ratio to (a) are printed.
 
-    .venv/bin/python bench/restart_compare.py [--rounds 2]
+    .venv/bin/python bench/restart_compare.py [--rounds 2] [--only "sup standby"] [--kind exception]
 """
 
 from __future__ import annotations
@@ -56,8 +56,10 @@ class Stamp(pl.Callback):
 
     def on_train_batch_end(self, trainer, *args) -> None:
         stamps = os.environ["BENCH_STAMPS"]
-        with open(stamps + ".step", "w") as f:  # the global step reached (bench/goodput.py reads it)
+        # the global step reached (bench/goodput.py reads it): replaced whole, never seen half-written
+        with open(stamps + ".step.tmp", "w") as f:
             f.write(str(trainer.global_step))
+        os.replace(stamps + ".step.tmp", stamps + ".step")
         if self.first:
             self.first = False
             with open(stamps, "a") as f:
@@ -218,7 +220,8 @@ class Supervised(Contender):
         # "best" needs a score to rank by: val_loss (one validation per epoch of 23 steps)
         cfg["checkpoint"] = {"monitor": "val_loss" if self.resume_from == "best" else None, "save_top_k": 1,
                              "save_last": True, "every_n_train_steps": self.args.every}
-        cfg["logger"] = {"wandb": {"mode": "disabled"}}
+        wandb_mode = getattr(self.args, "wandb", "disabled")
+        cfg["logger"] = {"wandb": {"mode": wandb_mode, "run_id": "benchrun" if wandb_mode != "disabled" else None}}
         cfg["callbacks"]["extra"] = [{"class_path": "benchuser.Stamp"}]
         cfg["env"] = {"BENCH_STAMPS": str(self.stamps), "BENCH_CRASH_FLAG": str(self.flag)}
         cfg["supervision"] = {"resume_from": self.resume_from, "standby": self.standby, "max_restarts": 1000,
@@ -260,17 +263,24 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=10, help="checkpoint every N steps (all contenders)")
     parser.add_argument("--step-delay", type=float, default=0.02, help="seconds added to each training step")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds of training before each fault")
+    parser.add_argument("--only", action="append", choices=[c.name for c in CONTENDERS],  # type: ignore[attr-defined]
+                        help="run only this contender (repeatable; default: all four)")
+    parser.add_argument("--kind", action="append", choices=FAULTS, help="only this fault (repeatable; default: both)")
+    parser.add_argument("--wandb", choices=("disabled", "offline"), default="disabled",
+                        help="W&B for ml-supervisor's contenders (the plain script logs nothing either way)")
     args = parser.parse_args()
+    contenders = [c for c in CONTENDERS if not args.only or c.name in args.only]  # type: ignore[attr-defined]
+    kinds = tuple(args.kind or FAULTS)
     times: dict[tuple[str, str], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
         for r in range(args.rounds):
-            order = CONTENDERS[r % len(CONTENDERS):] + CONTENDERS[:r % len(CONTENDERS)]
+            order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
             for make in order:
                 contender = make(Path(tmp), args)
                 contender.start()
                 try:
                     for _ in range(args.faults):
-                        for kind in FAULTS:
+                        for kind in kinds:
                             seconds = contender.fault(kind)
                             times.setdefault((contender.name, kind), []).append(seconds)
                             print(f"round {r + 1}: {contender.name:12s} {kind:9s} {seconds:6.2f} s", flush=True)
@@ -278,13 +288,15 @@ def main() -> int:
                     contender.stop()
     print(f"\nfault -> first optimizer step of the successor, digits on CPU ({os.cpu_count()} cores, shared), "
           f"checkpoint every {args.every} steps, step_delay {args.step_delay} s, {args.rounds} round(s)")
-    for kind in FAULTS:
-        base = statistics.median(times[("loop", kind)])
-        for make in CONTENDERS:
+    print(f"load average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1 / 5 / 15 min)")
+    for kind in kinds:
+        base = statistics.median(times[("loop", kind)]) if ("loop", kind) in times else None
+        for make in contenders:
             name = make.name  # type: ignore[attr-defined]
             values = times[(name, kind)]
             med = statistics.median(values)
-            print(f"  {kind:9s} {name:12s} median {med:6.2f} s  ({med / base:4.2f}x the loop)  "
+            ratio = f"({med / base:4.2f}x the loop)" if base else "(the loop not run)"
+            print(f"  {kind:9s} {name:12s} median {med:6.2f} s  {ratio}  "
                   f"runs: {', '.join(f'{v:.2f}' for v in values)}")
     return 0
 

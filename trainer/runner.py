@@ -29,12 +29,14 @@ from trainer.callbacks.checkpoint import ManifestCheckpoint
 from trainer.callbacks.progress import ProgressCallback
 from trainer.callbacks.rank_sync import RankAgreement
 from trainer.callbacks.run_info import WandbAttemptInfo
+from trainer.checkpoint_cache import CachedCheckpointIO
 from trainer.deadline import Deadline
 from trainer.profiling import profiler_into_attempt_dir
 from trainer.progress import HeartbeatWriter
 from trainer.ranks import RankInfo, wait_resume_ready, write_resume_ready
 from trainer.signals import SignalState
 from trainer.standby import PreparedRun
+from trainer.wandb_opening import OpeningWandbLogger
 from trainer.wandb_run import build_wandb_logger
 
 # Ranks >= 1 wait this long for rank 0 to rewind the manifest (rank 0's own start-up included).
@@ -88,6 +90,16 @@ def slurm_plugins(plugins: Any) -> list[Any]:
     return [*kept, SLURMEnvironment(auto_requeue=False)]
 
 
+def with_checkpoint_io(plugins: Any, checkpoint_io: Any) -> list[Any]:
+    """The Trainer's plugins plus ``checkpoint_io``, unless they already hold a CheckpointIO (the user's wins)."""
+    from lightning_fabric.plugins import CheckpointIO
+
+    given = list(plugins) if isinstance(plugins, (list, tuple)) else ([] if plugins is None else [plugins])
+    if any(isinstance(p, CheckpointIO) for p in given):
+        return given
+    return [*given, checkpoint_io]
+
+
 def check_job(cfg: DictConfig, source: str) -> ResolvedJob:
     """``--check``: import and check everything the config names; build nothing unless an option needs a look."""
     job = resolve_job(cfg, source)
@@ -119,8 +131,30 @@ def run_fit(
     check_world_size(job.trainer_args, opts.rank, source)
     ckpt_path = prepare_resume_for_rank(opts)
     logger = build_wandb_logger(cfg, opts.attempt_dir)
+    if logger is not None and not opts.rank.multi:
+        logger = OpeningWandbLogger(logger)  # the run opens while Lightning restores and trains
+    try:
+        cache = prepared.checkpoint_cache if prepared is not None else None
+        checkpoint_io = CachedCheckpointIO(cache) if cache is not None else None
+        return _fit(cfg, source, opts, signals, heartbeat, state, (job, model, datamodule), ckpt_path, logger,
+                    checkpoint_io)
+    finally:
+        if isinstance(logger, OpeningWandbLogger):
+            logger.settle_quietly()  # nothing logged may wait in memory when the process ends
+
+
+def _fit(cfg: DictConfig, source: str, opts: FitOptions, signals: SignalState, heartbeat: HeartbeatWriter,
+         state: RunState, built: tuple[ResolvedJob, Any, Any], ckpt_path: str | None, logger: Any | None,
+         checkpoint_io: Any | None = None) -> str:
+    """Build the Trainer around the built job, model and data module and fit (``run_fit``'s second half).
+
+    ``checkpoint_io``: a standby's ``CachedCheckpointIO``, used unless the config brings its own CheckpointIO.
+    """
+    job, model, datamodule = built
     callbacks = build_callbacks(cfg, job, opts, signals, heartbeat, state, logger)
     trainer_args = profiler_into_attempt_dir(dict(job.trainer_args), opts.attempt_dir)
+    if checkpoint_io is not None:
+        trainer_args["plugins"] = with_checkpoint_io(trainer_args.get("plugins"), checkpoint_io)
     trainer_args.setdefault("default_root_dir", str(opts.attempt_dir))
     if str(cfg.supervision.backend) == "slurm":
         trainer_args["plugins"] = slurm_plugins(trainer_args.get("plugins"))

@@ -12,7 +12,10 @@ would (same exit record, heartbeat and manifest rules).
 What depends on the attempt is left for the handover: the GPUs (CUDA reads
 ``CUDA_VISIBLE_DEVICES`` once, when it initialises, so nothing here touches
 CUDA or builds the ``Trainer``), the checkpoint, the deadline, W&B (the run
-belongs to the running attempt until it ends).
+belongs to the running attempt until it ends; it opens in the background after
+the handover: ``trainer.wandb_opening``). While it waits, the standby keeps the
+checkpoint the daemon would choose now loaded on the CPU
+(``trainer.checkpoint_cache``), so the restart need not read it from disk.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,7 @@ class PreparedRun:
     job: Any  # trainer.build.ResolvedJob
     model: Any  # the LightningModule, on the CPU
     datamodule: Any
+    checkpoint_cache: Any = None  # trainer.checkpoint_cache.CheckpointCache: the likely resume checkpoint
 
 
 @dataclass
@@ -76,7 +81,8 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     write_json_atomic(attempt_dir / READY_FILE, {
         "pid": os.getpid(), "ready_at": time.time(), "modules": user_module_mtimes(Path(cfg.workdir or os.getcwd())),
     })
-    handover = wait_for_handover(attempt_dir)
+    prepared.checkpoint_cache = checkpoint_cache(args, cfg, attempt_dir)
+    handover = wait_for_handover(attempt_dir, idle=prepared.checkpoint_cache.refresh)
     if handover is None:
         return EXIT_EXCEPTION  # the monitor is gone: nobody would record this attempt
     started_at = time.time()
@@ -103,6 +109,14 @@ def prepare(cfg: Any, source: str) -> PreparedRun:
     return PreparedRun(cfg=cfg, job=job, model=model, datamodule=datamodule)
 
 
+def checkpoint_cache(args: argparse.Namespace, cfg: Any, attempt_dir: Path) -> Any:
+    """The cache of the checkpoint the next attempt will likely resume from (``trainer.checkpoint_cache``)."""
+    from trainer.checkpoint_cache import CheckpointCache, limit_from_env
+
+    checkpoint_dir = Path(args.checkpoint_dir).absolute() if args.checkpoint_dir else attempt_dir / "checkpoints"
+    return CheckpointCache(checkpoint_dir, str(cfg.supervision.resume_from), limit_from_env())
+
+
 def user_module_mtimes(workdir: Path) -> dict[str, float]:
     """The modules imported from the job's workdir (not installed packages), with their mtimes.
 
@@ -122,11 +136,18 @@ def user_module_mtimes(workdir: Path) -> dict[str, float]:
     return found
 
 
-def wait_for_handover(attempt_dir: Path) -> Handover | None:
-    """Poll for ``handover.json``; None when our monitor died meanwhile (we were orphaned)."""
+def wait_for_handover(attempt_dir: Path, idle: Callable[[], None] | None = None) -> Handover | None:
+    """Poll for ``handover.json``; None when our monitor died meanwhile (we were orphaned).
+
+    ``idle`` runs between polls (the checkpoint cache's refresh: a load in progress
+    when the handover comes finishes first, which costs no more than the restart
+    reading that checkpoint from disk).
+    """
     path = attempt_dir / HANDOVER_FILE
     parent = os.getppid()
     while True:
+        if idle is not None:
+            idle()
         try:
             data = json.loads(path.read_text())
             return Handover(argv=[str(a) for a in data["argv"]], env={str(k): str(v) for k, v in data["env"].items()},

@@ -111,17 +111,25 @@ def build_wandb_logger(cfg: DictConfig, attempt_dir: Path) -> Any | None:
 
 
 def record_attempt(logger: Any, cfg: DictConfig, *, attempt: int, restarts: int, step: int) -> None:
-    """Put the attempt number, restart count and the job config in the run (rank 0 only)."""
-    experiment = logger.experiment
-    experiment.config.update(
-        {
-            "supervisor/attempt": attempt,
-            "supervisor/restarts": restarts,
-            "job": public_config(cfg),  # env values as <set>: a W&B run is often shared
-        },
-        allow_val_change=True,
-    )
-    logger.log_metrics({"supervisor/attempt": attempt, "supervisor/restarts": restarts}, step=step)
+    """Put the attempt number, restart count and the job config in the run (rank 0 only).
+
+    With an ``OpeningWandbLogger`` this happens once its run is open (never waiting for it).
+    """
+    values = {
+        "supervisor/attempt": attempt,
+        "supervisor/restarts": restarts,
+        "job": public_config(cfg),  # env values as <set>: a W&B run is often shared
+    }
+
+    def record(wandb_logger: Any) -> None:
+        wandb_logger.experiment.config.update(values, allow_val_change=True)
+        wandb_logger.log_metrics({"supervisor/attempt": attempt, "supervisor/restarts": restarts}, step=step)
+
+    when_open = getattr(logger, "when_open", None)
+    if when_open is not None:
+        when_open(record)
+    else:
+        record(logger)
 
 
 def finish_wandb(exit_code: int) -> None:

@@ -7,6 +7,7 @@ directory, rewinding to the oldest checkpoint).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from trainer_testkit import DIGITS_CONFIG, TrainerRun, is_complete_zip, run_trainer, trainer_env
+from wandb_tables import finished_records
 
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.exitrecord import ExitRecord
@@ -252,13 +254,41 @@ def test_resume_heartbeat_marks_the_start_up_milestones_in_order(resumed_from_ol
 # --- a fit whose training_step raises --------------------------------------------------------------
 
 CRASH_AT = 5
+CRASH_RUN_ID = "trcrash01"
+# The user's callback in the crashing fit: at the exception it registers an exit hook and prints
+# without flushing (stdout to a file, not unbuffered): the trainer leaves without the interpreter's
+# teardown (cli.exit_now), and neither may be lost.
+CRASH_USER = """
+import atexit
+import os
+
+import pytorch_lightning as pl
+
+
+class AtTheEnd(pl.Callback):
+    def on_exception(self, trainer, pl_module, exception):
+        marker = os.path.join(os.environ["ML_SUPERVISOR_ATTEMPT_DIR"], "user-atexit-ran")
+        atexit.register(lambda: open(marker, "w").close())
+        print("the user's last words, unflushed")
+"""
 
 
 @pytest.fixture(scope="module")
 def crashed(tmp_path_factory: pytest.TempPathFactory) -> TrainerRun:
     root = tmp_path_factory.mktemp("crash") / "job"
+    work = root.parent / "work"
+    work.mkdir()
+    (work / "crashuser.py").write_text(CRASH_USER)
+    config = yaml.safe_load(DIGITS_CONFIG.read_text())
+    config["workdir"] = str(work)
+    config["callbacks"]["extra"] = [{"class_path": "crashuser.AtTheEnd"}]
+    config_path = root.parent / "digits-crash.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    env = trainer_env()
+    env.pop("PYTHONUNBUFFERED")
     return run_trainer(root, ["model.class_path=trainer.examples.faulty.FaultyDigitsClassifier",
-                              f"model.init_args.crash_at_step={CRASH_AT}", "logger.wandb.mode=disabled"])
+                              f"model.init_args.crash_at_step={CRASH_AT}", "logger.wandb.mode=offline",
+                              f"logger.wandb.run_id={CRASH_RUN_ID}"], config=config_path, env=env)
 
 
 def test_exception_exits_1_with_the_exception_in_the_record(crashed: TrainerRun) -> None:
@@ -276,3 +306,18 @@ def test_exception_exits_1_with_the_exception_in_the_record(crashed: TrainerRun)
     assert "Traceback (most recent call last)" in (crashed.attempt_dir / "stderr.log").read_text()
     beat = crashed.heartbeat()
     assert beat is not None and beat.phase == "done" and beat.step == CRASH_AT
+
+
+def test_the_quick_exit_after_an_exception_loses_no_wandb_data_output_or_exit_hook(crashed: TrainerRun) -> None:
+    """The trainer skips the interpreter's teardown after a failure (the next attempt waits for its exit)."""
+    assert crashed.proc.returncode == 1, crashed.output()
+    (run_dir,) = crashed.job.wandb_dir.glob(f"wandb/offline-run-*-{CRASH_RUN_ID}")
+    # complete when the trainer has exited (W&B's teardown waited for wandb-core): no waiting here
+    records = finished_records(run_dir, timeout=0)
+    steps = [json.loads(item.value_json) for r in records if r.WhichOneof("record_type") == "history"
+             for item in r.history.item if (list(item.nested_key) or [item.key]) == ["trainer/global_step"]]
+    assert steps and max(steps) == CRASH_AT - 1  # log_every_n_steps 5: the last log before the crash
+    exits = [r.exit for r in records if r.WhichOneof("record_type") == "exit"]
+    assert [e.exit_code for e in exits] == [1]
+    assert "the user's last words, unflushed" in (crashed.attempt_dir / "stdout.log").read_text()
+    assert (crashed.attempt_dir / "user-atexit-ran").exists()
