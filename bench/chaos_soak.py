@@ -38,7 +38,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--injections-per-kind", type=int, default=200)
     parser.add_argument("--real", type=int, default=0, help="injections of each kind on real Lightning jobs")
-    parser.add_argument("--concurrency", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=3, help="fake-trainer jobs at once")
+    parser.add_argument("--real-concurrency", type=int, default=2, help="real Lightning jobs at once")
+    parser.add_argument("--faults-per-job", type=int, default=1,
+                        help="injections a job of a repeatable kind takes in sequence (each followed by its checks)")
     parser.add_argument("--minutes", type=float, default=None, help="stop submitting new jobs after this")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--json", type=Path, help="also write the result here")
@@ -53,8 +56,8 @@ def main() -> int:
             if per_kind <= 0:
                 continue
             soak = Soak(Path(tmp) / ("real" if real else "fake"), seed=args.seed, per_kind=per_kind, real=real,
-                        concurrency=args.concurrency, kinds=kinds,
-                        log=lambda line: print(line, flush=True))
+                        concurrency=args.real_concurrency if real else args.concurrency, kinds=kinds,
+                        faults_per_job=args.faults_per_job, log=lambda line: print(line, flush=True))
             soak.deadline = deadline
             print(f"{'real Lightning' if real else 'fake trainer'}: {len(soak.plan)} jobs", flush=True)
             results.append(soak.run())
