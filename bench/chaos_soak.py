@@ -24,6 +24,7 @@ import json
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def main() -> int:
     parser.add_argument("--faults-per-job", type=int, default=1,
                         help="injections a job of a repeatable kind takes in sequence (each followed by its checks)")
     parser.add_argument("--minutes", type=float, default=None, help="stop submitting new jobs after this")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the fake-trainer and the real-Lightning soaks at once (two daemons), not in turn")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
@@ -50,8 +53,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
-    results: list[SoakResult] = []
     with tempfile.TemporaryDirectory(prefix="chaos-soak-") as tmp:
+        soaks = []
         for real, per_kind in ((False, args.injections_per_kind), (True, args.real)):
             if per_kind <= 0:
                 continue
@@ -60,12 +63,35 @@ def main() -> int:
                         faults_per_job=args.faults_per_job, log=lambda line: print(line, flush=True))
             soak.deadline = deadline
             print(f"{'real Lightning' if real else 'fake trainer'}: {len(soak.plan)} jobs", flush=True)
-            results.append(soak.run())
+            soaks.append(soak)
+        results = _run_parallel(soaks) if args.parallel else [soak.run() for soak in soaks]
     result = merge(results)
+    if args.parallel and results:
+        result.wall_s = max(r.wall_s for r in results)  # side by side: the longer one, not the sum
     print(summary(result))
     if args.json:
         args.json.write_text(json.dumps(result.__dict__, default=str, indent=1))
     return 1 if result.total_violations() else 0
+
+
+def _run_parallel(soaks: list[Soak]) -> list[SoakResult]:
+    """Each soak in a thread of its own (they share nothing but the box); Ctrl-C/SIGTERM aborts them all."""
+    results: dict[int, SoakResult] = {}
+    threads = [threading.Thread(target=lambda i=i, s=s: results.__setitem__(i, s.run()), name=f"soak-{i}")
+               for i, s in enumerate(soaks)]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=1.0)  # a short join: the main thread must stay able to take the signal
+    except KeyboardInterrupt:
+        for soak in soaks:
+            soak.abort.set()  # each loop stops and cleans up (daemon, trainers, mounts) in its own thread
+        for thread in threads:
+            thread.join(timeout=120)
+        raise
+    return [results[i] for i in sorted(results)]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import signal
 import statistics
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +28,7 @@ from pathlib import Path
 from random import Random
 from typing import Any
 
+from supervisor.alerts.store import read_alerts
 from supervisor.jobfiles.atomic import read_json
 from supervisor.submit import SubmitRequest, load_request_config
 from tests.support import chaos_checks as checks
@@ -35,6 +37,7 @@ from tests.support.harness import DaemonProc, fake_env, real_env
 
 FAKE_JOB_TIMEOUT_S = 180.0
 REAL_JOB_TIMEOUT_S = 600.0
+EXTRA_FAULT_TIMEOUT_S = 60.0  # more time for each injection a job takes after its first (a restart each)
 
 
 @dataclass
@@ -155,6 +158,8 @@ class Soak:
         self.submitting: list[tuple[Future[str], JobRun, SubmitRequest]] = []
         self.n = 0
         self.deadline: float | None = None  # time.monotonic() after which no new job is submitted
+        self.daemon_downs: list[tuple[str, float, float]] = []  # (kind, killed, answering again): for histories
+        self.abort = threading.Event()  # set from another thread: stop now, clean up, return what was counted
 
     # -- driving ------------------------------------------------------------------------------
     def run(self) -> SoakResult:
@@ -162,7 +167,7 @@ class Soak:
         self.daemon.start(*self.settings)
         self.sampler.start()
         try:
-            while self.plan or self.active or self.submitting:
+            while (self.plan or self.active or self.submitting) and not self.abort.is_set():
                 if self.deadline is not None and time.monotonic() > self.deadline:
                     self.plan.clear()
                 while self.plan and len(self.active) + len(self.submitting) < self.concurrency:
@@ -284,7 +289,8 @@ class Soak:
         if status["state"] in checks.TERMINAL:
             with self._busy("final checks"):
                 self._finish(run, status)
-        elif time.time() - run.submitted > (REAL_JOB_TIMEOUT_S if run.real else FAKE_JOB_TIMEOUT_S):
+        elif time.time() - run.submitted > ((REAL_JOB_TIMEOUT_S if run.real else FAKE_JOB_TIMEOUT_S)
+                                            + EXTRA_FAULT_TIMEOUT_S * (run.faults - 1)):
             run.violations.append(f"stuck in {status['state']} after {time.time() - run.submitted:.0f} s")
             self.daemon.ctl("stop", run.job_id, check=False)
             try:
@@ -350,14 +356,17 @@ class Soak:
             run.gpu = attempt["gpus"][0]
             faults.set_gpu(self.nvml, run.gpu, **({"xid": 79} if kind == "xid" else {"lost": True}))
         elif kind == "daemon_kill":
+            killed = time.time()
             self.daemon.kill(signal.SIGKILL)
             time.sleep(self.rng.uniform(0.0, 2.0))
             restarted = time.time()
             with self._busy("daemon restart"):
                 self.daemon.start(*self.settings)
+            self.daemon_downs.append((f"daemon_kill ({run.job_id})", killed, time.time()))
             # the trainer goes on (adopted): the figure is how long the new daemon took to answer
             run.restart_s = time.time() - restarted
         elif kind == "reboot":
+            killed = time.time()
             self.daemon.kill(signal.SIGKILL)
             self.daemon.kill_leftovers()  # every process of the state dir dies with the node
             for other in self.active:
@@ -367,6 +376,7 @@ class Soak:
             self.boots += 1
             with self._busy("daemon restart"):
                 self.daemon.start(*self.settings, ML_SUPERVISOR_BOOT_ID=f"boot-{self.boots}")
+            self.daemon_downs.append((f"reboot ({run.job_id})", killed, time.time()))
         if not landed:
             run.injected_at = run.injected_attempt = None
             return
@@ -434,8 +444,12 @@ class Soak:
         if run.violations:
             self.result.violations[run.kind] = self.result.violations.get(run.kind, 0) + len(run.violations)
             events = self.daemon.client().call("events", job=run.job_id)
+            # the daemon kills and reboots (of any job) while this job lived: faults meet
+            downs = [d for d in self.daemon_downs if d[2] >= run.submitted]
             self.result.histories.append({"job": run.job_id, "kind": run.kind, "violations": run.violations,
-                                          "attempts": status["attempts"], "events": events})
+                                          "attempts": status["attempts"], "events": events,
+                                          "alerts": read_alerts(self.state, job_id=run.job_id),
+                                          "daemon_down_meanwhile": downs})
             self.log(f"  VIOLATION {run.job_id} ({run.kind}): " + "; ".join(run.violations))
         done = sum(self.result.injections.values())
         if run.kind == "rank_kill":  # how the daemon worded each attempt's end: the killed rank, by number
