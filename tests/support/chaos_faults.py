@@ -48,7 +48,7 @@ CONFIG_FAULTS = ("exception", "hang")
 # disk_full (its tmpfs stays mounted on the checkpoint dir until the job ends).
 REPEATABLE = ("trainer_sigkill", "daemon_kill", "reboot", "corrupt_ckpt", "xid", "gpu_lost", "rank_kill")
 # Steps a fake or real job gets for each injection after its first (a restart, then 6-12 steps to the next)
-STEPS_PER_EXTRA_FAULT = 30
+STEPS_PER_EXTRA_FAULT = 50  # a loaded box polls slowly: room to see the restart and arm the next
 REPO = Path(__file__).resolve().parents[2]
 FAKE_GPUS = 4
 RANKS = 2  # the rank_kill kind's DDP world size
