@@ -53,7 +53,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     kinds = tuple(k for k in args.kinds.split(",") if k)
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
-    with tempfile.TemporaryDirectory(prefix="chaos-soak-") as tmp:
+    # ignore_cleanup_errors: a trainer's last write racing the removal must not cost the table
+    with tempfile.TemporaryDirectory(prefix="chaos-soak-", ignore_cleanup_errors=True) as tmp:
         soaks = []
         for real, per_kind in ((False, args.injections_per_kind), (True, args.real)):
             if per_kind <= 0:
