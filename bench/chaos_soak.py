@@ -1,19 +1,26 @@
 """The chaos soak: hundreds of injected faults of every kind under a live daemon, and the invariants.
 
-Every job carries one fault (trainer SIGKILL, exception, daemon SIGKILL + restart, reboot,
-hang, corrupted newest checkpoint, disk full during a save, fatal Xid, lost GPU) injected
-at a random step from ``--seed``; ``--concurrency`` jobs run at once so faults meet each
-other. After every restart and at each job's end: no job lost or stuck, never two trainers
-of one job alive (sampled every 0.1 s), no process left behind, the target step reached,
-budget overrun <= 15 s, every restart from a verifying checkpoint the policy names, one
-alert per restart (tests/support/chaos_checks.py). Prints the table kind x injections x
-violations with restart-time percentiles, and each violating job's event history.
+Every job carries faults of one kind (trainer SIGKILL, exception, daemon SIGKILL + restart,
+reboot, hang, corrupted newest checkpoint, disk full during a save, fatal Xid, lost GPU,
+SIGKILL of one rank of a 2-rank DDP job) injected at random steps from ``--seed``;
+``--concurrency`` jobs run at once so faults meet each other. ``--faults-per-job K``: a
+job of a repeatable kind takes K injections in sequence, each armed once the previous
+restart was seen (exception, hang and disk_full stay one per job). After every restart
+and at each job's end: no job lost or stuck, never two attempts of a job alive nor two
+processes of one rank (sampled every 0.1 s), no process left behind (nor a rank outliving
+its killed sibling's attempt), the target step reached, budget overrun <= 15 s, every
+restart from a verifying checkpoint the policy names, one alert per restart
+(tests/support/chaos_checks.py). Prints the table kind x injections x violations with
+restart-time percentiles, where the soak's time went, and each violating job's history.
 
-    .venv/bin/python bench/chaos_soak.py --seed 1 --injections-per-kind 200 --real 20
+    .venv/bin/python bench/chaos_soak.py --seed 1 --injections-per-kind 200 --real 20 \
+        --concurrency 8 --faults-per-job 4 --parallel
 
 ``--real N``: N more injections of each kind on real Lightning jobs (the digits example,
-CPU), under a second daemon (the trainer module is a daemon setting). ``--minutes M``
-stops planning new jobs after M minutes (the table then says how far it got).
+CPU; rank_kill as 2 gloo ranks), under a second daemon (the trainer module is a daemon
+setting); ``--parallel`` runs both soaks at once. ``--minutes M`` stops planning new jobs
+after M minutes (the table then says how far it got). Each landed injection counts once
+for its kind (a daemon kill or reboot hits every running job, and counts once).
 Exits 1 when any invariant was violated.
 """
 
