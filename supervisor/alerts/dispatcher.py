@@ -1,10 +1,12 @@
 """Deliver alerts without ever blocking or crashing the daemon.
 
-``send`` logs the alert and puts it on a bounded queue; it never blocks and
-never raises. Three daemon threads do the rest:
+``send`` logs the alert, appends it to ``<state_dir>/alerts.jsonl`` (one
+fsynced line, before it returns: a daemon SIGKILLed right after a restart
+decision keeps that restart's alert record; the chaos soak found it lost when
+a thread wrote it) and puts it on a bounded queue; it never raises and never
+waits for a delivery. Three daemon threads do the rest:
 
-- ``alerts-intake`` appends the alert to ``<state_dir>/alerts.jsonl`` (so it is
-  kept whatever happens next) and hands it to the channels;
+- ``alerts-intake`` hands the alert to its channels;
 - ``alerts-webhook`` POSTs it to the optional Slack-compatible webhook, with a
   timeout and retries, skipping a title already sent less than
   ``wait_duration_s`` ago (a crash loop must not flood a channel);
@@ -129,11 +131,13 @@ class AlertDispatcher:
             self._threads.append(thread)
 
     def send(self, alert: Alert) -> None:
-        """Log ``alert`` and queue it for delivery. Never blocks, never raises.
+        """Log ``alert``, record it in ``alerts.jsonl`` and queue it for delivery. Never raises.
 
-        The alert is logged first, at its level, with its whole text. When the
-        queue is full (deliveries stuck far behind) it is then dropped with an
-        ERROR line; alerts sent before ``start`` wait in the queue.
+        The alert is logged first, at its level, with its whole text, then
+        recorded (one appended line: the only wait). When the queue is full
+        (deliveries stuck far behind) it is not delivered: an ERROR line, and a
+        ``dropped`` record for each of its channels; alerts sent before
+        ``start`` wait in the queue.
         """
         try:
             if self._stopped:
@@ -151,12 +155,20 @@ class AlertDispatcher:
                 if alert.alert_id in self._pending:
                     return  # the same alert object sent twice: deliver it once
                 self._pending[alert.alert_id] = _Pending(alert, {"intake"})
+            channels = self._channels(alert)
+            try:
+                self.state_dir.mkdir(parents=True, exist_ok=True)  # sent before start(), which makes it too
+                record_alert(self.path, alert, channels)
+            except OSError as exc:
+                self.log.error("cannot record alert %r in %s: %s", alert.title, self.path, exc)
             try:
                 self._intake.put_nowait(alert)
             except queue.Full:
                 self._finish(alert.alert_id, "intake")
-                self.log.error("alert queue full (%d waiting): alert %r NOT delivered or recorded",
-                               self._intake.maxsize, alert.title)
+                self.log.error("alert queue full (%d waiting): alert %r NOT delivered", self._intake.maxsize,
+                               alert.title)
+                for channel in channels:
+                    self._record(alert, channel, DROPPED, error="queue full")
         except Exception:  # a logging handler or anything else failing must not reach the daemon loop
             with contextlib.suppress(Exception):
                 self.log.exception("alert %r could not be queued", getattr(alert, "title", alert))
@@ -207,6 +219,15 @@ class AlertDispatcher:
                 del self._pending[alert_id]
                 self._cond.notify_all()
 
+    def _channels(self, alert: Alert) -> list[str]:
+        """The channels ``alert`` goes to besides the log and the file."""
+        channels = []
+        if self.webhook_url:
+            channels.append("webhook")
+        if alert.wandb is not None and alert.wandb.mode != "disabled":
+            channels.append("wandb")
+        return channels
+
     def _record(self, alert: Alert, channel: str, status: str, **facts: Any) -> None:
         try:
             record_delivery(self.path, alert.alert_id, channel, status, **facts)
@@ -235,18 +256,10 @@ class AlertDispatcher:
             if item is _STOP:
                 return
             alert: Alert = item
-            channels = []
-            if self.webhook_url:
-                channels.append("webhook")
-            if alert.wandb is not None and alert.wandb.mode != "disabled":
-                channels.append("wandb")
+            channels = self._channels(alert)  # send() recorded the alert with these
             with self._cond:
                 if alert.alert_id in self._pending:
                     self._pending[alert.alert_id].channels.update(channels)
-            try:
-                record_alert(self.path, alert, channels)
-            except OSError as exc:
-                self.log.error("cannot record alert %r in %s: %s", alert.title, self.path, exc)
             for channel, q in (("webhook", self._webhook_q), ("wandb", self._wandb_q)):
                 if channel not in channels:
                     continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -9,11 +10,26 @@ import zipfile
 from pathlib import Path
 
 from supervisor.jobfiles.manifest import CheckpointEntry, abandon_after, record_save
-from tests.support.chaos_checks import TrainerSampler, check_final, check_no_leftovers, check_resume
+from tests.support.chaos_checks import (
+    TrainerSampler,
+    check_attempt_ended,
+    check_final,
+    check_no_leftovers,
+    check_resume,
+)
 
 
-def _sleeper(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+def _sleeper(*args: str, rank: int | None = None) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "RANK"}
+    if rank is not None:  # as the attempt monitor starts a DDP rank
+        env["RANK"] = str(rank)
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args], env=env)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
 def test_the_sampler_sees_two_trainers_of_one_job_and_not_a_monitor(tmp_path: Path) -> None:
@@ -37,6 +53,52 @@ def test_the_sampler_sees_two_trainers_of_one_job_and_not_a_monitor(tmp_path: Pa
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+def test_the_sampler_counts_per_rank_two_ranks_of_one_attempt_are_no_duplicate(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    attempts = state / "jobs" / "j1" / "attempts"
+    ranks = [_sleeper("--attempt-dir", f"{attempts}/1", rank=r) for r in (0, 1)]
+    extra: list[subprocess.Popen[bytes]] = []
+    try:
+        sampler = TrainerSampler(state)
+        time.sleep(0.3)
+        sampler.sample_once()
+        assert sampler.violations_for("j1") == []  # a 2-rank DDP attempt: one process per rank
+        # a second process of rank 1 in the same attempt is a duplicate
+        extra.append(_sleeper("--attempt-dir", f"{attempts}/1", rank=1))
+        time.sleep(0.3)
+        sampler.sample_once()
+        found = sampler.violations_for("j1")
+        assert len(found) == 1 and str(extra[0].pid) in found[0] and "attempt 1 rank 1" in found[0]
+        _stop(extra)
+        sampler.doubles.clear()
+        # rank 0 of attempt 1 outlives its killed rank 1 while attempt 2's rank 1 starts: two attempts alive
+        ranks[1].kill()
+        ranks[1].wait()
+        extra = [_sleeper("--attempt-dir", f"{attempts}/2", rank=1)]
+        time.sleep(0.3)
+        sampler.sample_once()
+        found = sampler.violations_for("j1")
+        assert len(found) == 1 and str(ranks[0].pid) in found[0] and str(extra[0].pid) in found[0]
+    finally:
+        _stop(ranks + extra)
+
+
+def test_a_rank_that_outlives_its_attempt_is_reported_and_killed_not_the_next_attempts(tmp_path: Path) -> None:
+    attempts = tmp_path / "state" / "jobs" / "j1" / "attempts"
+    survivor = _sleeper("--attempt-dir", f"{attempts}/1", rank=0)
+    # attempt 10 and attempt 2's ranks are not attempt 1's (no prefix match)
+    others = [_sleeper("--attempt-dir", f"{attempts}/10", rank=0), _sleeper("--attempt-dir", f"{attempts}/2")]
+    try:
+        time.sleep(0.3)
+        found = check_attempt_ended(attempts / "1", grace_s=0.5)
+        assert len(found) == 1 and str(survivor.pid) in found[0]
+        assert survivor.wait(timeout=5) != 0
+        assert all(p.poll() is None for p in others)
+        assert check_attempt_ended(attempts / "1", grace_s=0.2) == []
+    finally:
+        _stop([survivor, *others])
 
 
 def test_a_process_left_behind_is_reported_and_killed(tmp_path: Path) -> None:

@@ -4,6 +4,9 @@ Each check returns a list of violation messages (empty: the invariant held), so 
 soak can count them per fault kind and print the job's history for each one.
 ``TrainerSampler`` checks "never two trainers of one job alive" continuously, in its
 own thread, from the process table (psutil), independently of what the daemon says.
+A DDP job legitimately runs one trainer per rank: the sampler tells them apart by the
+attempt dir on their command line and the ``RANK`` in their environment, and counts
+two attempts' trainers alive at once, or two processes of one attempt's rank.
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ def state_dir_processes(state_dir: Path, needle: str | None = None) -> list[psut
     return found
 
 
-def trainer_job(cmd: list[str], state_dir: Path) -> str | None:
-    """The job id a trainer command line belongs to (its ``--attempt-dir``), or None for anything else.
+def trainer_attempt(cmd: list[str], state_dir: Path) -> tuple[str, str] | None:
+    """(job id, attempt) a trainer command line belongs to (its ``--attempt-dir``), or None for anything else.
 
     The attempt monitor's own command line carries the trainer's after it, so it is excluded by name.
     """
@@ -68,11 +71,25 @@ def trainer_job(cmd: list[str], state_dir: Path) -> str | None:
     jobs = state_dir / "jobs"
     if attempt_dir.parent.parent.parent != jobs:
         return None
-    return attempt_dir.parent.parent.name
+    return attempt_dir.parent.parent.name, attempt_dir.name
+
+
+def trainer_job(cmd: list[str], state_dir: Path) -> str | None:
+    """The job id a trainer command line belongs to, or None for anything else (see ``trainer_attempt``)."""
+    found = trainer_attempt(cmd, state_dir)
+    return found[0] if found else None
+
+
+def _rank(proc: psutil.Process) -> str:
+    """The rank the monitor gave the process (``RANK``; a single-rank trainer has none: rank 0)."""
+    try:
+        return proc.environ().get("RANK", "0")
+    except (psutil.Error, OSError):
+        return "0"
 
 
 class TrainerSampler(threading.Thread):
-    """Samples the process table every ``interval`` s: two live trainers of one job is a violation."""
+    """Samples the process table every ``interval`` s: two attempts of one job alive, or two processes of one rank."""
 
     def __init__(self, state_dir: Path, interval: float = 0.1) -> None:
         super().__init__(name="chaos-trainer-sampler", daemon=True)
@@ -89,25 +106,30 @@ class TrainerSampler(threading.Thread):
             self._stop_event.wait(self.interval)
 
     def sample_once(self) -> None:
-        """One look at every process: group the trainers by job."""
-        by_job: dict[str, list[int]] = {}
+        """One look at every process: group the trainers by job, then by (attempt, rank)."""
+        by_job: dict[str, dict[tuple[str, str], list[int]]] = {}
         for proc in psutil.process_iter():
-            job = trainer_job(_cmdline(proc), self.state_dir)
-            if job is None:
+            found = trainer_attempt(_cmdline(proc), self.state_dir)
+            if found is None:
                 continue
             try:
                 if proc.status() == psutil.STATUS_ZOMBIE:
                     continue
             except psutil.Error:
                 continue
-            by_job.setdefault(job, []).append(proc.pid)
+            job, attempt = found
+            by_job.setdefault(job, {}).setdefault((attempt, _rank(proc)), []).append(proc.pid)
         with self._lock:
             self.samples += 1
-            for job, pids in by_job.items():
-                if len(pids) > 1:
-                    message = f"two trainers of {job} alive at once: pids {sorted(pids)}"
-                    if message not in self.doubles.setdefault(job, []):
-                        self.doubles[job].append(message)
+            for job, ranks in by_job.items():
+                attempts = {attempt for attempt, _ in ranks}
+                doubled = {key: pids for key, pids in ranks.items() if len(pids) > 1}
+                if len(attempts) < 2 and not doubled:
+                    continue  # one attempt, one process per rank: a DDP job's ranks are no duplicates
+                seen = ", ".join(f"attempt {a} rank {r}: pids {sorted(p)}" for (a, r), p in sorted(ranks.items()))
+                message = f"two trainers of {job} alive at once ({seen})"
+                if message not in self.doubles.setdefault(job, []):
+                    self.doubles[job].append(message)
 
     def violations_for(self, job: str) -> list[str]:
         with self._lock:
@@ -223,6 +245,31 @@ def check_alerts(state_dir: Path, status: dict[str, Any]) -> list[str]:
     if len(records) != restarts:
         problems.append(f"{restarts} restart(s) but {len(records)} restart alert record(s)")
     problems += [f"{count} restart alerts for attempt {n}" for n, count in by_attempt.items() if count > 1]
+    return problems
+
+
+def check_attempt_ended(attempt_dir: Path, grace_s: float = 5.0) -> list[str]:
+    """No process of an attempt that has ended (a rank that outlived the one killed); kills any found.
+
+    Matches the attempt dir as a whole command-line argument or a path under it (``attempts/1`` is
+    not ``attempts/10``).
+    """
+    exact, under = str(attempt_dir), str(attempt_dir) + os.sep
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = [p for p in state_dir_processes(attempt_dir, exact)
+                if any(arg == exact or arg.startswith(under) for arg in _cmdline(p))]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    problems = []
+    for proc in left:
+        problems.append(f"process {proc.pid} of ended attempt {attempt_dir.name} alive: "
+                        f"{' '.join(_cmdline(proc))[:160]}")
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
     return problems
 
 

@@ -16,6 +16,9 @@ Fault kinds (``KINDS``):
   the attempt has ended. Needs ``mount`` (root); otherwise skipped, with the reason.
 - ``xid``: a fatal Xid (79) on the job's GPU of the simulated NVML.
 - ``gpu_lost``: the job's GPU reads as lost (``NVML_ERROR_GPU_IS_LOST``).
+- ``rank_kill``: a 2-rank DDP job (``trainer.devices=2``, ``strategy=ddp``, on the CPU: the
+  fake trainer plays both ranks, Lightning uses gloo); SIGKILL one rank drawn at random
+  (its pid from the attempt monitor's ``monitor.json``). The whole attempt must end.
 """
 
 from __future__ import annotations
@@ -32,14 +35,23 @@ from typing import Any
 
 import yaml
 
+from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.manifest import live_checkpoints, rank_newest
+from supervisor.jobfiles.monitorfiles import read_monitor_start
 
 KINDS = ("trainer_sigkill", "exception", "daemon_kill", "reboot", "hang", "corrupt_ckpt", "disk_full", "xid",
-         "gpu_lost")
+         "gpu_lost", "rank_kill")
 # Faults that the job's own config carries: the trainer misbehaves by itself at a step.
 CONFIG_FAULTS = ("exception", "hang")
+# Faults a job can take several of in sequence (``Soak(faults_per_job=...)``): injected from outside,
+# each ending in a restart the soak can wait for. Not the config faults (the config carries one) nor
+# disk_full (its tmpfs stays mounted on the checkpoint dir until the job ends).
+REPEATABLE = ("trainer_sigkill", "daemon_kill", "reboot", "corrupt_ckpt", "xid", "gpu_lost", "rank_kill")
+# Steps a fake or real job gets for each injection after its first (a restart, then 6-12 steps to the next)
+STEPS_PER_EXTRA_FAULT = 50  # a loaded box polls slowly: room to see the restart and arm the next
 REPO = Path(__file__).resolve().parents[2]
 FAKE_GPUS = 4
+RANKS = 2  # the rank_kill kind's DDP world size
 
 
 def nvml_file(path: Path, gpus: int = FAKE_GPUS) -> Path:
@@ -61,9 +73,9 @@ def set_gpu(nvml: Path, index: int, **fields: Any) -> None:
     os.replace(tmp, nvml)
 
 
-def _supervision(rng: Random, budget_s: float | None, hang_timeout: str) -> dict[str, Any]:
+def _supervision(rng: Random, budget_s: float | None, hang_timeout: str, gpus: int = 1) -> dict[str, Any]:
     sup: dict[str, Any] = {
-        "gpus": 1, "resume_from": rng.choice(["best", "last", "auto"]), "hang_timeout": hang_timeout,
+        "gpus": gpus, "resume_from": rng.choice(["best", "last", "auto"]), "hang_timeout": hang_timeout,
         "stop_grace": "3s", "backoff": {"initial": "1s", "max": "2s"},
         # every injected fault is recoverable: a soak must not end jobs through the give-up guards
         "max_restarts": 30, "no_progress_attempts": 10,
@@ -73,10 +85,12 @@ def _supervision(rng: Random, budget_s: float | None, hang_timeout: str) -> dict
     return sup
 
 
-def fake_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float | None) -> tuple[Path, int, int]:
-    """A fake-trainer job for ``kind``; returns (config, target steps, the step at which to inject)."""
+def fake_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float | None,
+             n_faults: int = 1) -> tuple[Path, int, int]:
+    """A fake-trainer job for ``kind`` taking ``n_faults`` injections; (config, target steps, first injection step)."""
     steps = rng.randint(60, 120)
     trigger = rng.randint(6, steps // 3)  # early: a loaded box polls slowly, and a job must not end first
+    steps += STEPS_PER_EXTRA_FAULT * (n_faults - 1)
     init: dict[str, Any] = {"steps": 100000 if budget_s else steps, "step_time": 0.05, "ckpt_every": 5,
                             "heartbeat_every": 0.2}
     if kind == "exception":
@@ -85,17 +99,20 @@ def fake_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float
         init["hang_at"] = trigger
     cfg = {"name": name, "model": {"class_path": "fake.Model", "init_args": init},
            "data": {"class_path": "fake.Data"}, "logger": {"wandb": {"mode": "disabled"}},
-           "supervision": _supervision(rng, budget_s, "3s")}
+           "supervision": _supervision(rng, budget_s, "3s", gpus=0 if kind == "rank_kill" else 1)}
+    if kind == "rank_kill":  # the monitor starts one fake trainer per rank (RANK=0, 1); rank 0 saves
+        cfg["trainer"] = _ddp_on_cpu()
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, steps, trigger
 
 
-def real_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float | None) -> tuple[Path, int, int]:
+def real_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float | None,
+             n_faults: int = 1) -> tuple[Path, int, int]:
     """A real Lightning job (the digits example on the CPU) for ``kind``: a fixed ``max_steps`` target."""
     cfg = yaml.safe_load((REPO / "configs" / "digits.yaml").read_text())
     cfg.pop("ui", None)
-    steps = 60
+    steps = 60 + STEPS_PER_EXTRA_FAULT * (n_faults - 1)
     trigger = rng.randint(12, 40)
     model = {"class_path": "trainer.examples.faulty.FaultyDigitsClassifier",
              "init_args": {**cfg["model"]["init_args"], "step_delay": 0.05}}
@@ -104,12 +121,19 @@ def real_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float
     elif kind == "hang":
         model["init_args"]["hang_at_step"] = trigger
     cfg.update(name=name, model=model, logger={"wandb": {"mode": "disabled"}},
-               supervision=_supervision(rng, budget_s, "auto"))
+               supervision=_supervision(rng, budget_s, "auto", gpus=0 if kind == "rank_kill" else 1))
     cfg["trainer"].update(max_steps=steps, max_epochs=1000)
+    if kind == "rank_kill":  # two real Lightning ranks on the CPU, one process group over gloo
+        cfg["trainer"].update(_ddp_on_cpu())
     cfg["checkpoint"].update(every_n_train_steps=5, save_top_k=-1)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, steps, trigger
+
+
+def _ddp_on_cpu() -> dict[str, Any]:
+    # CPU ranks take no GPU (supervision.gpus 0): the simulated GPUs stay for the GPU faults
+    return {"accelerator": "cpu", "devices": RANKS, "strategy": "ddp"}
 
 
 def _signal(pid: int | None, sig: int) -> bool:
@@ -124,6 +148,18 @@ def _signal(pid: int | None, sig: int) -> bool:
 
 def kill_trainer(pid: int | None) -> bool:
     return _signal(pid, signal.SIGKILL)
+
+
+def kill_rank(attempt_dir: Path, rng: Random) -> int | None:
+    """SIGKILL one rank of a multi-rank attempt, drawn at random; returns the rank (None: not all ranks up yet).
+
+    The pids come from the attempt monitor's ``monitor.json`` (the ranks it started).
+    """
+    start = read_monitor_start(AttemptLayout(attempt_dir).monitor_start)
+    if start is None or start.world_size < 2 or len(start.ranks) < start.world_size:
+        return None
+    rank = rng.randrange(start.world_size)
+    return rank if _signal(start.pids().get(rank), signal.SIGKILL) else None
 
 
 def corrupt_newest(job_dir: Path, pid: int | None) -> str | None:

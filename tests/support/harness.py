@@ -102,7 +102,8 @@ class DaemonProc:
                 [self.python, "-m", "supervisor.cli.main", "serve", "tick_interval=0.5", "web.enabled=false",
                  *settings],
                 env=self.env, cwd=self.workdir, stdout=log, stderr=log, start_new_session=True)
-        wait_for(lambda: self.ctl_ok("list"), timeout=30, what="the daemon to answer")
+        # in-process (no interpreter start per poll: seconds on a loaded box, and the polls add to the load)
+        wait_for(self.client().available, timeout=30, what="the daemon to answer")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
