@@ -25,3 +25,14 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
     if d.proc is not None:
         d.kill(signal.SIGTERM)
     d.kill_leftovers()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Keep every test of the one local Slurm cluster on one xdist worker.
+
+    The cluster is a session fixture: under ``pytest -n N --dist loadgroup`` each worker would
+    otherwise start its own munged/slurmctld/slurmd set, doubling the load for no coverage.
+    """
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
