@@ -2,8 +2,8 @@
 
 ``attempt_spec`` is the whole of "what to run": job + config + attempt number
 + resume choice (+ the few facts of the node) -> ``AttemptSpec``, no I/O. The
-``Launching`` part of the core gathers those facts, hands the spec to the
-runner and records the attempt.
+``Launching`` part of the core gathers those facts, records the attempt (before
+anything starts: see ``Launching.launch``) and hands the spec to the runner.
 """
 
 from __future__ import annotations
@@ -96,12 +96,18 @@ class Launching(CoreBase):
                             trainer_module=self.settings.trainer_module, boot_id=self.boot_id,
                             state_dir=self.state_dir, base_env=os.environ, run_as=run_as)
         runner = self.runner_for_backend(str(cfg.supervision.backend))
+        # Record first: the row exists (runner state empty: "maybe started") before any process does, so a
+        # daemon killed at any moment leaves a next daemon that knows this attempt (reconcile kills what may
+        # run of it and numbers the next attempt after it) rather than an orphan no row names.
+        store.insert_attempt(AttemptRow(job_id=job.id, n=n, started_at=now, runner_kind=runner.kind,
+                                        boot_id=self.boot_id, gpus=list(gpus), resumed_from=choice.path))
         try:
             # A standby (imports done, model built) takes a local attempt when it has one; else a cold start.
             state = self.promote_standby(spec) if runner is self.runner else None
             if state is None:
                 state = runner.launch(spec)
         except LaunchRefused as refused:
+            store.delete_attempt(job.id, n)  # refused: nothing was started, the number is free again
             if refused.retry:
                 store.update_job(job.id, now=now, wait_reason=refused.reason)
                 log.warning("job %s: not launching attempt %d: %s", job.id, n, refused.reason)
@@ -109,11 +115,10 @@ class Launching(CoreBase):
             self._launch_failed(job, n, refused.reason, now)
             return
         except OSError as exc:
+            store.delete_attempt(job.id, n)  # the spawn (or sbatch) itself failed: nothing runs
             self._launch_failed(job, n, str(exc), now)
             return
-        store.insert_attempt(AttemptRow(job_id=job.id, n=n, started_at=now, runner_kind=runner.kind,
-                                        runner_state=state, boot_id=self.boot_id, gpus=list(gpus),
-                                        resumed_from=choice.path))
+        store.update_attempt(job.id, n, runner_state=state)
         resumed = f"from {Path(choice.path).name} ({choice.rule})" if choice.path else "from scratch"
         job = store.transition(job.id, JobState.STARTING, now=now, attempt=n, kind=EventKind.LAUNCH,
                                message=f"attempt {n} starting {resumed}",

@@ -3,7 +3,10 @@
 ``classify`` is pure: from what the store recorded and what the runner sees
 now, each live attempt is adopted (still running), collected (it ended while
 the daemon was away), rebooted (it ran in an earlier boot) or vanished (gone
-without an exit status). ``Reconciling.reconcile`` applies the verdicts.
+without an exit status); one whose launch the daemon never finished recording
+(``launch.Launching.launch`` records the attempt before it starts anything) is
+interrupted: whatever of it may run is killed and it ends as a crash.
+``Reconciling.reconcile`` applies the verdicts.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from supervisor.alerts.events import RebootAlert
 from supervisor.causes import Cause, EventKind
 from supervisor.corebase import CoreBase
 from supervisor.runners.base import Observation, Phase
-from supervisor.states import LIVE_STATES
+from supervisor.states import LIVE_STATES, JobState
+from supervisor.store import AttemptRow, JobRow
 
 log = logging.getLogger("ml_supervisor")
 
@@ -25,10 +29,25 @@ class Verdict(StrEnum):
     COLLECT = "collect"
     REBOOTED = "rebooted"
     VANISHED = "vanished"
+    INTERRUPTED = "interrupted"  # the daemon died while launching it: it may run, unknown to any row's state
+
+
+# A job waits in these states before its launch; a live attempt of one was being launched when the daemon died.
+_LAUNCHING_FROM = (JobState.QUEUED, JobState.BACKOFF)
+INTERRUPTED_DETAIL = "launch interrupted: the daemon stopped while starting this attempt"
+
+
+def launch_interrupted(job: JobRow, attempt: AttemptRow) -> bool:
+    """Whether the daemon died between recording ``attempt`` and recording it started (pure).
+
+    The launch records the row (runner state empty), starts it, stores the runner's state, then moves
+    the job to ``starting``: an empty state, or a job not yet live, means the end of that never happened.
+    """
+    return attempt.live and (not attempt.runner_state or job.state in _LAUNCHING_FROM)
 
 
 def classify(seen: Observation, recorded_boot_id: str | None, current_boot_id: str) -> Verdict:
-    """What to do with an attempt the store says is live (pure)."""
+    """What to do with an attempt the store says is live and launched (pure)."""
     boot = seen.boot_id or recorded_boot_id
     if boot and boot != current_boot_id:
         return Verdict.REBOOTED  # the node rebooted: whatever the files say, that trainer is gone
@@ -46,12 +65,16 @@ class Reconciling(CoreBase):
         now = self.clock()
         previous_boot = store.get_meta("boot_id")
         verdicts: dict[str, Verdict] = {}
-        for job in store.list_jobs(states=list(LIVE_STATES)):
+        for job in store.list_jobs(states=[*LIVE_STATES, *_LAUNCHING_FROM]):
             attempt = store.last_attempt(job.id)
             if attempt is None or not attempt.live:
                 continue
             runner = self.runner_for(attempt)
             ref = self.attempt_ref(job, attempt)
+            if launch_interrupted(job, attempt):
+                verdicts[job.id] = Verdict.INTERRUPTED
+                self._end_interrupted_launch(job, attempt, now)
+                continue
             seen = runner.observe(ref)
             verdict = verdicts[job.id] = classify(seen, attempt.boot_id, self.boot_id)
             if seen.state != attempt.runner_state:
@@ -85,3 +108,25 @@ class Reconciling(CoreBase):
                 self._alert(store.get_job(job_id), RebootAlert(jobs=rebooted, previous_boot_id=previous_boot,
                                                                boot_id=self.boot_id))
         return verdicts
+
+    def _end_interrupted_launch(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
+        """Kill whatever of a half-recorded launch may run (found by identity), then end it as a crash.
+
+        Killed before the next launch: its monitor holds the job's lock, which would keep the next
+        attempt waiting (never two trainers of one job), and its trainer would write into a directory
+        the daemon no longer follows. The next attempt is numbered after this one.
+        """
+        store = self._store()
+        runner = self.runner_for(attempt)
+        killed = runner.kill(self.attempt_ref(job, attempt))
+        store.add_event(job.id, EventKind.LAUNCH_FAILED, f"attempt {attempt.n} was being started when the daemon "
+                        f"stopped: killed {len(killed)} process(es) of it", now=now, attempt=attempt.n,
+                        data={"pids": killed})
+        log.warning("job %s: attempt %d was being launched when the daemon stopped (killed %s)", job.id,
+                    attempt.n, killed or "nothing")
+        if job.state in _LAUNCHING_FROM:  # the end of an attempt is decided for a live job
+            job = store.transition(job.id, JobState.STARTING, now=now, attempt=attempt.n, kind=EventKind.LAUNCH,
+                                   message=f"attempt {attempt.n} was being started", next_start_at=None,
+                                   wait_reason=None, first_started_at=job.first_started_at or attempt.started_at)
+        # What it wrote still counts (a completed exit record wins over the intent): else a crash, and the policy.
+        self.on_attempt_end(job, attempt, None, now, intent=Cause.CRASH, intent_detail=INTERRUPTED_DETAIL)

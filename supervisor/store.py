@@ -302,6 +302,11 @@ class Store:
                 [values[k] for k in _ATTEMPT_FIELDS],
             )
 
+    def delete_attempt(self, job_id: str, n: int) -> None:
+        """Forget an attempt that never started (its launch was refused before any process ran)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM attempts WHERE job_id = ? AND n = ?", (job_id, n))
+
     def update_attempt(self, job_id: str, n: int, **changes: Any) -> None:
         with self._tx() as db:
             _update(db, "attempts", "job_id = ? AND n = ?", [job_id, n], _attempt_values(changes))

@@ -36,6 +36,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,9 @@ class LocalRunner:
         lock_fd = try_lock(spec.lock_path)
         if lock_fd is None:
             # A trainer of this job is still alive somewhere (its monitor holds the lock): never start a second.
+            # This is also the backstop for a launch the daemon died in: the orphan's monitor holds the lock
+            # until reconcile kills it (by identity), so the next attempt waits rather than run beside it,
+            # even if that kill missed a process (a rank or worker inherits the lock fd too).
             raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
         try:
             monitor_pid, monitor_started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), spec.command,
@@ -212,8 +216,11 @@ class LocalRunner:
 
         Only what is proven ours: the monitor and the trainer by (pid, start time,
         boot id); without a proven trainer, only the group's members that carry
-        our environment marker.
+        our environment marker. An attempt with no state yet (its launch was
+        interrupted) is found by identity: our marker and its own ``--attempt-dir``.
         """
+        if not ref.state.get("monitor_pid"):
+            return kill_tree(None, None, _processes_of_attempt(ref.attempt_dir, str(self._state_dir)))
         boot_id = ref.state.get("boot_id")
         monitor_pid = ref.state.get("monitor_pid")
         uid = ref.state.get("uid")
@@ -298,6 +305,23 @@ def _children(pid: int) -> set[int]:
         return {child.pid for child in psutil.Process(pid).children()}
     except psutil.Error:
         return set()
+
+
+def _processes_of_attempt(attempt_dir: Path, state_dir: str) -> set[int]:
+    """Every process of this node started for ``attempt_dir`` by us: its monitor, ranks, their workers.
+
+    Two proofs, both needed: the command line names the attempt dir (the monitor's and the trainer's
+    ``--attempt-dir``, inherited by forked workers), and the environment carries our state-dir marker
+    (another daemon's attempt, or a user's own process naming the dir, is not ours to kill).
+    """
+    wanted = str(attempt_dir)
+    found: set[int] = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info.get("cmdline") or []
+        named = any(arg == "--attempt-dir" and value == wanted for arg, value in pairwise(argv))
+        if named and has_env_marker(proc.pid, OWN_ENV_KEY, state_dir):
+            found.add(proc.pid)
+    return found
 
 
 def _known_processes(earlier: Sequence[AttemptRef]) -> dict[int, float]:

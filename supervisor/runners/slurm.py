@@ -248,6 +248,18 @@ class SlurmRunner:
         self._next_poll = 0.0
         return done.returncode == 0
 
+    def _scancel_by_name(self, ref: AttemptRef) -> None:
+        name = slurm_job_name(ref.job_id)
+        for args in (["--signal=KILL", "--full"], []):
+            try:
+                done = _run(["scancel", *args, f"--user={self._user}", f"--name={name}"])
+            except (OSError, subprocess.SubprocessError) as exc:
+                log.warning("job %s: scancel --name=%s failed: %s", ref.job_id, name, exc)
+                return
+            if done.returncode != 0:
+                log.warning("job %s: scancel --name=%s: %s", ref.job_id, name, _first_line(done.stderr))
+        self._next_poll = 0.0
+
     def graceful_stop(self, ref: AttemptRef) -> None:
         # SIGTERM to the ranks (the job steps, not the batch shell, which writes the end record):
         # each saves a checkpoint and exits. A job still in the queue is simply cancelled.
@@ -271,6 +283,11 @@ class SlurmRunner:
 
     def kill(self, ref: AttemptRef) -> list[int]:
         """SIGKILL every process of the allocation, then cancel it (no pids: they live on other nodes)."""
+        if not ref.state.get("slurm_job_id"):
+            # The launch was interrupted before sbatch's answer was recorded: whatever was submitted is
+            # found by the job's name (this supervisor job has no other live allocation: launch refuses one).
+            self._scancel_by_name(ref)
+            return []
         self._scancel(ref, "--signal=KILL", "--full")
         self._scancel(ref)
         return []
