@@ -116,6 +116,10 @@ class CoreBase(ABC):
         """Record an attempt's end and act on the policy's decision (``Supervisor``)."""
 
     @abstractmethod
+    def end_interrupted_launch(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
+        """Kill what may run of an attempt whose launch was never finished, and end it (``Reconciling``)."""
+
+    @abstractmethod
     def begin_stop(self, job: JobRow, intent: Cause, detail: str, now: float) -> JobRow:
         """Stop the live attempt gracefully (``Stopping``)."""
 

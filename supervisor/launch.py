@@ -75,6 +75,12 @@ class Launching(CoreBase):
 
     def launch(self, job: JobRow, now: float) -> None:
         store = self._store()
+        last = store.last_attempt(job.id)
+        if last is not None and last.live:
+            # An earlier launch of this job raised past its own handling: its row is live and it may have
+            # started. End it first, by identity, as reconcile does after a daemon crash (never two trainers).
+            self.end_interrupted_launch(job, last, now)
+            return
         cfg = self.job_config(job)
         jl = JobLayout(Path(job.job_dir))
         gpus = self.allocate_gpus(job, cfg, now)

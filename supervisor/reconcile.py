@@ -73,7 +73,7 @@ class Reconciling(CoreBase):
             ref = self.attempt_ref(job, attempt)
             if launch_interrupted(job, attempt):
                 verdicts[job.id] = Verdict.INTERRUPTED
-                self._end_interrupted_launch(job, attempt, now)
+                self.end_interrupted_launch(job, attempt, now)
                 continue
             seen = runner.observe(ref)
             verdict = verdicts[job.id] = classify(seen, attempt.boot_id, self.boot_id)
@@ -109,7 +109,7 @@ class Reconciling(CoreBase):
                                                                boot_id=self.boot_id))
         return verdicts
 
-    def _end_interrupted_launch(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
+    def end_interrupted_launch(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
         """Kill whatever of a half-recorded launch may run (found by identity), then end it as a crash.
 
         Killed before the next launch: its monitor holds the job's lock, which would keep the next

@@ -36,12 +36,13 @@ class DyingRunner(FakeRunner):
     ``kill`` of an attempt ends its processes (they are shared with the next daemon's runner)."""
 
     die_at_launch: int | None = None
+    death: type[BaseException] = DaemonDied
 
     def launch(self, spec: AttemptSpec) -> RunnerState:
         state = super().launch(spec)
         self.start(spec.job_id, spec.attempt)  # the orphan runs: its trainer has a pid
         if spec.attempt == self.die_at_launch:
-            raise DaemonDied
+            raise self.death
         return state
 
     def kill(self, ref: AttemptRef) -> list[int]:
@@ -125,6 +126,22 @@ def test_a_relaunch_interrupted_in_backoff_ends_as_a_crash_and_restarts_as_the_p
     core.clock.advance(job.next_start_at - core.clock())
     core.turn()
     assert core.runner.ops("launch") == [(job_id, 3)]
+    assert sum(_running(a) for a in runner.attempts.values()) == 1
+
+
+def test_a_launch_that_raises_unexpectedly_is_ended_by_identity_before_the_next_one(make_core: MakeCore) -> None:
+    runner = DyingRunner(die_at_launch=1, death=RuntimeError)
+    core = make_core(runner)
+    try:
+        core.submit()
+    except RuntimeError:
+        pass
+    (job,) = core.store.list_jobs()
+    runner.die_at_launch = None
+    core.tick()
+    assert not _running(runner.attempts[(job.id, 1)]) and core.runner.ops("kill") == [(job.id, 1)]
+    assert [a.reason for a in core.store.attempts(job.id)] == [Cause.CRASH, None]
+    assert core.runner.ops("launch") == [(job.id, 1), (job.id, 2)]
     assert sum(_running(a) for a in runner.attempts.values()) == 1
 
 
