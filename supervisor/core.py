@@ -60,7 +60,7 @@ from supervisor.settings import DaemonSettings
 from supervisor.standby_keeping import StandbyKeeping
 from supervisor.states import JobState
 from supervisor.stopping import Stopping
-from supervisor.store import AttemptRow, JobRow, Store
+from supervisor.store import AttemptRow, JobRow, OutboxAlert, Store
 from supervisor.submit import SubmitRequest, prepare_job
 from supervisor.timers import TimerKind, Timers
 from supervisor.tracking import AttemptTracker
@@ -142,6 +142,7 @@ class Supervisor(StandbyKeeping, Launching, Stopping, Reconciling, GpuActions):
             self._checkpoints.start()
         self.start_gpu_monitor()
         self.reconcile()
+        self.send_pending_alerts()  # what a killed daemon committed and had not sent yet
         for job in self.store.list_jobs():
             if not job.state.terminal:
                 self.schedule_timers(job)
@@ -349,23 +350,25 @@ class Supervisor(StandbyKeeping, Launching, Stopping, Reconciling, GpuActions):
                  decision.message)
         if decision.action == "restart":
             when = now + decision.delay
-            job = store.transition(job.id, JobState.BACKOFF, now=now, attempt=attempt.n, kind=EventKind.RESTART,
-                                   message=decision.message, next_start_at=when, restarts=job.restarts + 1,
-                                   stop_intent=None, stop_deadline=None, detail=outcome.detail,
-                                   data={"cause": outcome.cause, "delay": decision.delay})
             # Which checkpoint the relaunch will take (verified again at launch; this is the preview for people).
             preview = choose_resume(live_checkpoints(jl.manifest), str(supervision.resume_from),
                                     verify=lambda entry: None).entry
             facts: dict[str, Any] = dict(
-                cause=outcome.cause.value, detail=outcome.detail, attempt=attempt.n + 1, restarts=job.restarts,
+                cause=outcome.cause.value, detail=outcome.detail, attempt=attempt.n + 1, restarts=job.restarts + 1,
                 max_restarts=int(supervision.max_restarts), delay_s=decision.delay, message=decision.message,
                 gpus=attempt.gpus, logs=str(al.stderr), resumed_from=preview.path if preview else None,
                 resumed_step=preview.step if preview else None, resumed_score=preview.score if preview else None,
                 last_step=step)
-            if outcome.cause is Cause.HANG:
-                self._alert(job, HangAlert(**facts, stacks=str(al.stacks) if al.stacks.exists() else None))
-            else:
-                self._alert(job, RestartAlert(**facts))
+            what = (HangAlert(**facts, stacks=str(al.stacks) if al.stacks.exists() else None)
+                    if outcome.cause is Cause.HANG else RestartAlert(**facts))
+            # The alert is committed with the restart (the outbox), then sent: a daemon killed in between sends
+            # it on its next start.
+            job = store.transition(job.id, JobState.BACKOFF, now=now, attempt=attempt.n, kind=EventKind.RESTART,
+                                   message=decision.message, next_start_at=when, restarts=job.restarts + 1,
+                                   stop_intent=None, stop_deadline=None, detail=outcome.detail,
+                                   data={"cause": outcome.cause, "delay": decision.delay},
+                                   alert=OutboxAlert(what.event, what.details()))
+            self.send_pending_alerts()
             if decision.delay > 0:
                 self.timers.schedule(job.id, TimerKind.BACKOFF, when)
             else:
@@ -388,18 +391,19 @@ class Supervisor(StandbyKeeping, Launching, Stopping, Reconciling, GpuActions):
                 os.replace(tmp, link)
             except OSError as exc:
                 log.warning("job %s: cannot link best.ckpt: %s", job.id, exc)
-        job = store.transition(job.id, state, now=now, message=message, end_reason=end_reason,
-                               best_checkpoint=result, detail=message, stop_intent=None, stop_deadline=None,
-                               next_start_at=None,
-                               data={"end_reason": end_reason, "best_checkpoint": result})
-        self.forget(job.id)
         kind = {JobState.FAILED: FailedAlert, JobState.STOPPED: StoppedAlert}.get(
             state, BudgetAlert if end_reason == EndReason.BUDGET else CompletedAlert)
-        self._alert(job, kind(
+        what = kind(
             end_reason=str(end_reason), message=message, attempts=len(store.attempts(job.id)), restarts=job.restarts,
             best_checkpoint=result, best_score=best.score if best else None, best_step=best.step if best else None,
             monitor=best.monitor if best else None,
-            elapsed_s=(now - job.first_started_at) if job.first_started_at else None, budget_s=job.budget_s))
+            elapsed_s=(now - job.first_started_at) if job.first_started_at else None, budget_s=job.budget_s)
+        job = store.transition(job.id, state, now=now, message=message, end_reason=end_reason,
+                               best_checkpoint=result, detail=message, stop_intent=None, stop_deadline=None,
+                               next_start_at=None, data={"end_reason": end_reason, "best_checkpoint": result},
+                               alert=OutboxAlert(what.event, what.details()))  # committed with the ending
+        self.forget(job.id)
+        self.send_pending_alerts()
         log.info("job %s: %s (%s)", job.id, state.value, end_reason)
         return job
 

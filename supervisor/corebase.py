@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from supervisor.alerts.events import AlertEvent
+from supervisor.alerts.events import AlertEvent, event_from_details
 from supervisor.causes import Cause
 from supervisor.errors import SupervisorError
 from supervisor.gpu import GpuMonitor
@@ -104,6 +104,32 @@ class CoreBase(ABC):
             self.alert_hook(job, alert)
         except Exception:  # alerts must never break supervision
             log.exception("job %s: alert %s failed", job.id, alert.event)
+
+    def send_pending_alerts(self) -> None:
+        """Hand every alert still in the store's outbox to the alert hook, then mark it sent.
+
+        At-least-once: a daemon killed between the hook and the mark sends it again on its next
+        start, with the same ``alert_id`` (the job and the causing event's id), which the dispatcher
+        records only once (dedup in ``alerts.jsonl``). An alert whose hook raised stays pending and
+        is tried again with the next outbox alert or at the next start.
+        """
+        store = self._store()
+        for owed in store.pending_alerts():
+            try:
+                job = store.get_job(owed.job_id)
+                what = event_from_details(owed.alert, owed.details, alert_id=f"{owed.job_id}-event-{owed.event_id}")
+            except (SupervisorError, KeyError, TypeError) as exc:  # a job or an event this version cannot rebuild
+                log.error("job %s: outbox alert %s (event %d) cannot be sent: %s", owed.job_id, owed.alert,
+                          owed.event_id, exc)
+                store.mark_alert_sent(owed.event_id, now=self.clock())  # never retried on every event
+                continue
+            if self.alert_hook is not None:
+                try:
+                    self.alert_hook(job, what)
+                except Exception:  # alerts must never break supervision
+                    log.exception("job %s: alert %s failed; kept in the outbox", job.id, what.event)
+                    continue
+            store.mark_alert_sent(owed.event_id, now=self.clock())
 
     # -- the parts' entry points into each other (each defined by its part) -----------------------
     @abstractmethod

@@ -99,7 +99,7 @@ class Daemon:
 
     def _alert(self, job: JobRow, event: AlertEvent) -> None:
         alert = alert_for_job(event.event, job_id=job.id, job_name=job.name, job_dir=job.job_dir,
-                              cfg=self.supervisor.job_config(job), details=event.details())
+                              cfg=self.supervisor.job_config(job), details=event.details(), alert_id=event.alert_id)
         if alert is not None:
             self.alerts.send(alert)  # the dispatcher also writes it to the daemon's log
 

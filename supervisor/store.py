@@ -23,9 +23,9 @@ from supervisor.causes import Cause, EventKind
 from supervisor.errors import JobNotFound, StoreError
 from supervisor.states import JobState, check_transition
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """1: the first cut (local attempt monitors in dedicated columns). 2: runner kind + runner-owned JSON state.
-3: jobs have an owner (``owner_uid``: who submitted it; shared-server mode)."""
+3: jobs have an owner (``owner_uid``: who submitted it; shared-server mode). 4: the alert outbox."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -82,6 +82,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    event_id INTEGER PRIMARY KEY REFERENCES events(id),
+    job_id TEXT NOT NULL,
+    alert TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}',
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS alert_outbox_pending ON alert_outbox(event_id) WHERE sent_at IS NULL;
 """
 
 
@@ -143,6 +151,20 @@ class AttemptRow:
         return Cause(self.reason) if self.reason is not None and self.reason in known else None
 
 
+@dataclass(frozen=True)
+class OutboxAlert:
+    """An alert owed to the user, written in the transaction of the event that causes it.
+
+    ``alert`` names the alert event (``restart``, ``completed``, ...), ``details`` its facts;
+    ``event_id`` is the causing event's id: the alert's identity, for dedup downstream.
+    """
+
+    alert: str
+    details: dict[str, Any]
+    job_id: str = ""
+    event_id: int = 0
+
+
 @dataclass
 class EventRow:
     id: int
@@ -180,6 +202,9 @@ class Store:
                 _migrate_1_to_2(db)
             if version < 3:
                 _migrate_2_to_3(db, os.getuid())
+            if version < 4:
+                # The executescript above created the (empty) outbox: nothing owed from before.
+                db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '4')")
 
     def _has_table(self, name: str) -> bool:
         row = self._conn().execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
@@ -276,8 +301,13 @@ class Store:
             _update(db, "jobs", "id = ?", [job_id], values)
 
     def transition(self, job_id: str, new: JobState, *, now: float, message: str, kind: EventKind | None = None,
-                   attempt: int | None = None, data: dict[str, Any] | None = None, **changes: Any) -> JobRow:
-        """Move a job to ``new``: check the table, stamp, persist and record an event, atomically."""
+                   attempt: int | None = None, data: dict[str, Any] | None = None, alert: OutboxAlert | None = None,
+                   **changes: Any) -> JobRow:
+        """Move a job to ``new``: check the table, stamp, persist and record an event, atomically.
+
+        ``alert``: the alert this change owes the user, put in the outbox in the same transaction
+        (a daemon killed right after the commit still owes it: ``pending_alerts``).
+        """
         with self._tx() as db:
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None:
@@ -289,7 +319,10 @@ class Store:
                 changes.setdefault("ended_at", now)
             _update(db, "jobs", "id = ?", [job_id], _job_values_partial(changes))
             payload = {"from": job.state.value, "to": new.value, **(data or {})}
-            _insert_event(db, now, job_id, attempt, kind or EventKind(new.value), message, payload)
+            event_id = _insert_event(db, now, job_id, attempt, kind or EventKind(new.value), message, payload)
+            if alert is not None:
+                db.execute("INSERT INTO alert_outbox(event_id, job_id, alert, details) VALUES (?, ?, ?, ?)",
+                           (event_id, job_id, alert.alert, json.dumps(alert.details, default=str)))
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_from_row(row)
 
@@ -360,6 +393,18 @@ class Store:
     def last_event_id(self) -> int:
         row = self._conn().execute("SELECT MAX(id) AS m FROM events").fetchone()
         return int(row["m"] or 0)
+
+    # -- the alert outbox ----------------------------------------------------------------------
+    def pending_alerts(self) -> list[OutboxAlert]:
+        """Alerts written with their event and not yet marked sent, oldest first."""
+        rows = self._conn().execute("SELECT * FROM alert_outbox WHERE sent_at IS NULL ORDER BY event_id").fetchall()
+        return [OutboxAlert(alert=r["alert"], details=json.loads(r["details"]), job_id=r["job_id"],
+                            event_id=r["event_id"]) for r in rows]
+
+    def mark_alert_sent(self, event_id: int, *, now: float) -> None:
+        """The outbox alert of ``event_id`` was handed to the dispatcher (recorded in ``alerts.jsonl``)."""
+        with self._tx() as db:
+            db.execute("UPDATE alert_outbox SET sent_at = ? WHERE event_id = ?", (now, event_id))
 
 
 def _migrate_1_to_2(db: sqlite3.Connection) -> None:

@@ -17,6 +17,15 @@ waits for a delivery. Three daemon threads do the rest:
 
 Every outcome is appended to ``alerts.jsonl`` as a delivery record and failures
 are logged; nothing is raised to the caller.
+
+Dedup by ``alert_id``: the core re-sends an outbox alert (a restart, an ending)
+after a daemon crash between sending it and marking it sent, with the same id.
+An id already recorded in ``alerts.jsonl`` is not recorded again, so the file
+holds each alert exactly once (the chaos soak's invariant). Its external
+deliveries are at-least-once instead: when none of its delivery records made
+it to the file (the daemon died mid-delivery) it is delivered again, since a
+restart nobody hears of is worse than a repeated one; one already settled is
+skipped.
 """
 
 from __future__ import annotations
@@ -40,8 +49,10 @@ from supervisor.alerts.model import Alert, WandbTarget
 from supervisor.alerts.store import (
     DROPPED,
     FAILED,
+    PENDING,
     THROTTLED,
     alerts_path,
+    read_alerts,
     record_alert,
     record_delivery,
 )
@@ -107,6 +118,8 @@ class AlertDispatcher:
         self._stopped = False  # stop() ran: send() only logs
         self._cond = threading.Condition()
         self._pending: dict[str, _Pending] = {}  # alert_id -> channels in flight (guarded by _cond)
+        # alert_id -> its deliveries are still owed (recorded by a dispatcher that died first); None until read
+        self._recorded: dict[str, bool] | None = None  # (guarded by _cond)
         self._webhook_last_sent: dict[str, float] = {}  # title -> monotonic time of the last POST
         self._threads: list[threading.Thread] = []
         self._worker: subprocess.Popen[bytes] | None = None  # the running wandb worker, for stop()
@@ -144,6 +157,14 @@ class AlertDispatcher:
                 self.log.error("alert dispatcher stopped: alert %r only logged: %s", alert.title,
                                alert.text.replace("\n", " | "))
                 return
+            with self._cond:
+                if alert.alert_id in self._pending:
+                    return  # the same alert object sent twice: deliver it once
+                owed = self._seen(alert.alert_id)
+            if owed is False:
+                self.log.info("alert %s (%r) already recorded in %s: not sent again", alert.alert_id, alert.title,
+                              self.path)
+                return
             self.log.log(
                 _LOG_LEVELS.get(alert.level, logging.WARNING),
                 "alert [%s] %s: %s",
@@ -153,12 +174,13 @@ class AlertDispatcher:
             )
             with self._cond:
                 if alert.alert_id in self._pending:
-                    return  # the same alert object sent twice: deliver it once
+                    return
                 self._pending[alert.alert_id] = _Pending(alert, {"intake"})
             channels = self._channels(alert)
             try:
                 self.state_dir.mkdir(parents=True, exist_ok=True)  # sent before start(), which makes it too
-                record_alert(self.path, alert, channels)
+                if owed is None:  # owed: recorded already, only its deliveries are missing
+                    record_alert(self.path, alert, channels)
             except OSError as exc:
                 self.log.error("cannot record alert %r in %s: %s", alert.title, self.path, exc)
             try:
@@ -208,6 +230,22 @@ class AlertDispatcher:
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     # ------------------------------------------------------------------ bookkeeping
+
+    def _seen(self, alert_id: str) -> bool | None:
+        """None: a new alert; True: recorded before, its deliveries owed; False: recorded and settled.
+
+        Marks the id settled (this call delivers it). Reads ``alerts.jsonl`` once, at the first send.
+        The caller holds ``_cond``.
+        """
+        if self._recorded is None:
+            try:
+                self._recorded = {a["alert_id"]: a["status"] == PENDING for a in read_alerts(self.state_dir)}
+            except OSError as exc:
+                self.log.error("cannot read %s to skip alerts recorded before: %s", self.path, exc)
+                self._recorded = {}
+        owed = self._recorded.get(alert_id)
+        self._recorded[alert_id] = False
+        return owed
 
     def _finish(self, alert_id: str, channel: str) -> None:
         with self._cond:

@@ -8,7 +8,7 @@ way and nothing is sent twice.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 
@@ -17,10 +17,14 @@ class AlertEvent:
     """Base: ``event`` names the alert event (a key of ``supervision.alerts``)."""
 
     event: ClassVar[str]
+    # The alert's identity, when it has a durable one (an outbox alert: "<job id>-event-<event id>"):
+    # the dispatcher records an id once, so re-sending after a daemon crash makes no second record.
+    alert_id: str | None = field(default=None, kw_only=True, compare=False)
 
     def details(self) -> dict[str, Any]:
-        """The facts as the texts read them (fields left None are not told)."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """The facts as the texts read them (fields left None are not told; ``alert_id`` is no fact)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "alert_id" and getattr(self, f.name) is not None}
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,17 @@ class RebootAlert(AlertEvent):
     jobs: list[str]  # every job recovered
     previous_boot_id: str | None
     boot_id: str
+
+
+# The events that go through the store's outbox (every restart and every ending), by name.
+OUTBOX_EVENTS: dict[str, type[AlertEvent]] = {
+    cls.event: cls for cls in (RestartAlert, HangAlert, CompletedAlert, BudgetAlert, FailedAlert, StoppedAlert)
+}
+
+
+def event_from_details(event: str, details: dict[str, Any], *, alert_id: str | None = None) -> AlertEvent:
+    """Rebuild an outbox event from its name and ``details()`` (the fields left None come back as None)."""
+    cls = OUTBOX_EVENTS[event]
+    known = {f.name for f in fields(cls) if f.name != "alert_id"}
+    values: dict[str, Any] = {name: details.get(name) for name in known}
+    return cls(**values, alert_id=alert_id)

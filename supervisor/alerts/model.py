@@ -151,6 +151,7 @@ def make_alert(
     details: Mapping[str, Any],
     wandb: WandbTarget | None,
     time: float | None = None,
+    alert_id: str | None = None,
 ) -> Alert:
     """Build the alert for ``event`` of a job from the facts in ``details``.
 
@@ -162,6 +163,8 @@ def make_alert(
     ``previous_attempt``, ``silent_s`` / ``hang_timeout_s`` / ``action`` (hang),
     ``by`` (stopped), ``downtime_s`` (reboot); and the older names ``delay``, ``score``
     and ``step`` (for ``delay_s``, ``best_score``, ``best_step``).
+
+    ``alert_id`` gives the alert a durable identity (default: a fresh random one).
 
     Raises ``ValueError`` for an unknown event.
     """
@@ -183,6 +186,7 @@ def make_alert(
         time=_time.time() if time is None else time,
         wandb=wandb,
         details=jsonable(facts),
+        alert_id=alert_id or uuid.uuid4().hex,
     )
 
 
@@ -195,6 +199,7 @@ def alert_for_job(
     cfg: Any | None,
     details: Mapping[str, Any],
     time: float | None = None,
+    alert_id: str | None = None,
 ) -> Alert | None:
     """The alert for ``event`` of a job, or None when its ``supervision.alerts`` leaves the event out.
 
@@ -206,7 +211,8 @@ def alert_for_job(
     if event not in events:
         return None
     target = wandb_target_from_config(cfg, job_id=job_id, job_dir=job_dir) if cfg is not None else None
-    return make_alert(event, job_id=job_id, job_name=job_name, details=details, wandb=target, time=time)
+    return make_alert(event, job_id=job_id, job_name=job_name, details=details, wandb=target, time=time,
+                      alert_id=alert_id)
 
 
 def wandb_target_from_config(cfg: Any, *, job_id: str, job_dir: str | Path) -> WandbTarget | None:

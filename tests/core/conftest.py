@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.alerts.events import AlertEvent
-from supervisor.core import Supervisor
+from supervisor.core import AlertHook, Supervisor
 from supervisor.settings import DaemonSettings
 from supervisor.states import JobState
 from supervisor.store import JobRow, Store
@@ -78,7 +78,8 @@ def make_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeC
     clock = FakeClock()
     opened: list[Supervisor] = []
 
-    def make(runner: FakeRunner | None = None, *, boot_id: str = "boot-1") -> Core:
+    def make(runner: FakeRunner | None = None, *, boot_id: str = "boot-1",
+             alert_hook: AlertHook | None = None) -> Core:
         fake = runner if runner is not None else FakeRunner()
 
         def factory(sup: Supervisor) -> FakeRunner:
@@ -89,7 +90,7 @@ def make_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeC
                                   tick_interval=1.0, watch_files=False, check_timeout=60)
         alerts: list[tuple[str, AlertEvent]] = []
         sup = Supervisor(settings, clock=clock, boot_id=boot_id, runner=factory,
-                         alert_hook=lambda job, what: alerts.append((job.id, what)))
+                         alert_hook=alert_hook or (lambda job, what: alerts.append((job.id, what))))
         sup.open()
         opened.append(sup)
         return Core(sup, fake, clock, work, alerts, opened)
