@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ SHIPPED = {False: REPO / "systemd" / "ml-supervisor.service", True: REPO / "syst
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
-def verify(unit: Path, *, user: bool, tmp_path: Path) -> str:
+def verify(unit: Path, *, user: bool) -> str:
     """Run `systemd-analyze [--user] verify` on ``unit``; return its complaints ('' when clean).
 
     verify exits 0 even for unknown keys or bad values (it only warns), so the
@@ -28,12 +29,17 @@ def verify(unit: Path, *, user: bool, tmp_path: Path) -> str:
     env = dict(os.environ)
     args = [SYSTEMD_ANALYZE]
     if user:
-        # A user manager needs a runtime dir; a private one keeps parallel runs apart.
-        runtime = tmp_path / "xdg-runtime"
-        runtime.mkdir(mode=0o700, exist_ok=True)
+        # A user manager needs a runtime dir; a private one keeps parallel runs apart. Short, in /tmp:
+        # the user units' socket paths live under it (108 bytes at most), and tmp_path under an xdist
+        # worker is too deep for gpg-agent's.
+        runtime = Path(tempfile.mkdtemp(prefix="xdg-", dir="/tmp"))
         env["XDG_RUNTIME_DIR"] = str(runtime)
         args.append("--user")
-    done = subprocess.run([*args, "verify", str(unit)], capture_output=True, text=True, env=env, timeout=60)
+    try:
+        done = subprocess.run([*args, "verify", str(unit)], capture_output=True, text=True, env=env, timeout=60)
+    finally:
+        if user:
+            shutil.rmtree(runtime, ignore_errors=True)
     complaints = (done.stdout + done.stderr).strip()
     if done.returncode != 0 and not complaints:
         complaints = f"exit status {done.returncode}"
@@ -45,7 +51,7 @@ def test_shipped_unit_verifies_clean(user: bool, tmp_path: Path) -> None:
     # Copy under the installed name: verify checks the file name matches a service.
     unit = tmp_path / UNIT_NAME
     shutil.copy(SHIPPED[user], unit)
-    assert verify(unit, user=user, tmp_path=tmp_path) == ""
+    assert verify(unit, user=user) == ""
 
 
 @pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
@@ -60,7 +66,7 @@ def test_rendered_unit_for_this_interpreter_verifies_clean(user: bool, tmp_path:
     path, _ = install_unit(user=user, dest_dir=tmp_path / "units", python=sys.executable)
     text = path.read_text()
     assert f"ExecStart={sys.executable} -m supervisor.cli.main serve\n" in text
-    assert verify(path, user=user, tmp_path=tmp_path) == ""
+    assert verify(path, user=user) == ""
 
 
 def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
@@ -69,7 +75,7 @@ def test_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     text = text.replace("KillMode=process", "KillMod=process").replace(sys.executable, str(tmp_path / "nope"))
     unit = tmp_path / UNIT_NAME
     unit.write_text(text)
-    complaints = verify(unit, user=False, tmp_path=tmp_path)
+    complaints = verify(unit, user=False)
     assert "Unknown key" in complaints and "KillMod" in complaints
     assert "is not executable" in complaints
 
@@ -106,7 +112,7 @@ def test_awkward_interpreter_paths_are_quoted_for_systemd(tmp_path: Path) -> Non
     assert exec_line == (
         f'ExecStart="{str(python).replace("%", "%%")}" -m supervisor.cli.main serve --state-dir "/srv/ml state"'
     )
-    assert verify(path, user=False, tmp_path=tmp_path) == ""
+    assert verify(path, user=False) == ""
 
 
 def test_relative_interpreter_is_refused() -> None:

@@ -201,7 +201,9 @@ def test_sigkill_of_rank_1_ends_the_attempt_at_once_and_both_ranks_resume_from_b
     end = first.ended(timeout=30)
     by_rank = {e.rank: e for e in end.ranks}
     assert (end.first_rank, by_rank[1].signal) == (1, "SIGKILL")
-    assert by_rank[0].ended_at - by_rank[1].ended_at < 1.0, first.output()
+    # the survivor's SIGTERM grace (0.8 s) and the monitor's poll, with room for a loaded box (see
+    # tests/e2e/test_ddp_supervised.py); left alone it would wait in gloo for 30 minutes
+    assert by_rank[0].ended_at - by_rank[1].ended_at < 3.0, first.output()
     rank0 = first.record(0)
     assert rank0 is not None and rank0.status in ("exception", "signal"), first.output()  # rank 0 had its say
     outcome = classify_ranks_end(end, records(first), None)
@@ -274,5 +276,5 @@ def test_a_rank_hanging_in_training_step_stops_every_rank_and_both_stacks_are_sa
     os.kill(start.pids()[1], signal.SIGKILL)  # what the daemon's stop comes to for a rank that cannot act
     end = attempt.ended(timeout=30)
     by_rank = {e.rank: e for e in end.ranks}
-    assert by_rank[0].ended_at - by_rank[1].ended_at < 1.0
+    assert by_rank[0].ended_at - by_rank[1].ended_at < 3.0  # the grace, with room for a loaded box
     assert classify_ranks_end(end, records(attempt), "hang", "hang: no progress").cause == "hang"
