@@ -29,6 +29,16 @@ from supervisor.store import SCHEMA_VERSION, Store
 from supervisor.submit import SubmitRequest, prepare_job
 from tests.support.harness import REPO, SUPPORT, write_config
 
+# The jobs table of schemas 1 and 2 (no owner), as they created it.
+V1_V2_JOBS_TABLE = """
+CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, end_reason TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, first_started_at REAL, ended_at REAL,
+    job_dir TEXT NOT NULL, workdir TEXT NOT NULL, config_source TEXT NOT NULL, budget_s REAL,
+    gpus_requested INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0, wandb_run_id TEXT,
+    next_start_at REAL, wait_reason TEXT, stop_intent TEXT, stop_deadline REAL, best_checkpoint TEXT,
+    detail TEXT);
+"""
+
 # The first cut's attempts table (schema_version 1), as it created it.
 V1_ATTEMPTS = """
 CREATE TABLE attempts (
@@ -59,13 +69,7 @@ def _old_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, monitor: sub
                                          "command": ["python", "-m", "fake_trainer"]})
     db = sqlite3.connect(state / "supervisor.db")
     with db:
-        db.executescript("""
-            CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, end_reason TEXT,
-                created_at REAL NOT NULL, updated_at REAL NOT NULL, first_started_at REAL, ended_at REAL,
-                job_dir TEXT NOT NULL, workdir TEXT NOT NULL, config_source TEXT NOT NULL, budget_s REAL,
-                gpus_requested INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0, wandb_run_id TEXT,
-                next_start_at REAL, wait_reason TEXT, stop_intent TEXT, stop_deadline REAL, best_checkpoint TEXT,
-                detail TEXT);
+        db.executescript(V1_V2_JOBS_TABLE + """
             CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, job_id TEXT,
                 attempt INTEGER, kind TEXT NOT NULL, message TEXT NOT NULL, data TEXT NOT NULL DEFAULT '{}');
             CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -150,14 +154,8 @@ def test_migrated_rows_keep_their_old_columns_readable(tmp_path: Path) -> None:
     assert raw[0] == 11 and json.loads(raw[1])["monitor_pid"] == 11
 
 
-# The jobs table of schemas 1 and 2 (no owner), as they created it.
-V2_JOBS = """
-CREATE TABLE jobs (id TEXT PRIMARY KEY, name TEXT NOT NULL, state TEXT NOT NULL, end_reason TEXT,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL, first_started_at REAL, ended_at REAL,
-    job_dir TEXT NOT NULL, workdir TEXT NOT NULL, config_source TEXT NOT NULL, budget_s REAL,
-    gpus_requested INTEGER NOT NULL DEFAULT 0, restarts INTEGER NOT NULL DEFAULT 0, wandb_run_id TEXT,
-    next_start_at REAL, wait_reason TEXT, stop_intent TEXT, stop_deadline REAL, best_checkpoint TEXT,
-    detail TEXT);
+# Schema 2 as it created its tables (the jobs table of schemas 1 and 2: no owner).
+V2_JOBS = V1_V2_JOBS_TABLE + """
 CREATE TABLE attempts (job_id TEXT NOT NULL REFERENCES jobs(id), n INTEGER NOT NULL,
     runner_kind TEXT NOT NULL DEFAULT 'local', runner_state TEXT NOT NULL DEFAULT '{}', pid INTEGER, boot_id TEXT,
     gpus TEXT NOT NULL DEFAULT '[]', started_at REAL NOT NULL, ended_at REAL, exit_code INTEGER, signal TEXT,
