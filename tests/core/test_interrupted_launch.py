@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+import pytest
 
 from supervisor.causes import Cause, EventKind
 from supervisor.process import has_env_marker
@@ -81,10 +82,8 @@ def _die_launching(make_core: MakeCore, n: int) -> tuple[str, DyingRunner]:
 def test_an_attempt_is_recorded_before_it_is_started(make_core: MakeCore) -> None:
     runner = DyingRunner(die_at_launch=1)
     core = make_core(runner)
-    try:
+    with pytest.raises(DaemonDied):
         core.submit()
-    except DaemonDied:
-        pass
     (job,) = core.store.list_jobs()
     attempt = core.store.last_attempt(job.id)
     assert attempt is not None and attempt.n == 1 and attempt.live and attempt.runner_state == {}
@@ -132,10 +131,8 @@ def test_a_relaunch_interrupted_in_backoff_ends_as_a_crash_and_restarts_as_the_p
 def test_a_launch_that_raises_unexpectedly_is_ended_by_identity_before_the_next_one(make_core: MakeCore) -> None:
     runner = DyingRunner(die_at_launch=1, death=RuntimeError)
     core = make_core(runner)
-    try:
+    with pytest.raises(RuntimeError):
         core.submit()
-    except RuntimeError:
-        pass
     (job,) = core.store.list_jobs()
     runner.die_at_launch = None
     core.tick()
