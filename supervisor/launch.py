@@ -90,7 +90,6 @@ class Launching(CoreBase):
         for path, why in choice.skipped:
             store.add_event(job.id, EventKind.CHECKPOINT_REJECTED, f"not resuming from {path}: {why}", now=now,
                             data={"path": path, "why": why})
-        last = store.last_attempt(job.id)
         n = (last.n if last else 0) + 1
         first_started_at = job.first_started_at or now
         try:
