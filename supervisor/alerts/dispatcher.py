@@ -161,6 +161,8 @@ class AlertDispatcher:
                 if alert.alert_id in self._pending:
                     return  # the same alert object sent twice: deliver it once
                 owed = self._seen(alert.alert_id)
+                if owed is not False:
+                    self._pending[alert.alert_id] = _Pending(alert, {"intake"})
             if owed is False:
                 self.log.info("alert %s (%r) already recorded in %s: not sent again", alert.alert_id, alert.title,
                               self.path)
@@ -172,10 +174,6 @@ class AlertDispatcher:
                 alert.title,
                 alert.text.replace("\n", " | "),
             )
-            with self._cond:
-                if alert.alert_id in self._pending:
-                    return
-                self._pending[alert.alert_id] = _Pending(alert, {"intake"})
             channels = self._channels(alert)
             try:
                 self.state_dir.mkdir(parents=True, exist_ok=True)  # sent before start(), which makes it too
