@@ -23,7 +23,7 @@ from supervisor.loop import Loop
 from supervisor.runners.base import AttemptExit, AttemptRef, AttemptRunner
 from supervisor.settings import DaemonSettings
 from supervisor.states import JobState
-from supervisor.store import AttemptRow, JobRow, Store
+from supervisor.store import AttemptRow, JobRow, OutboxAlert, Store
 from supervisor.timers import Timers
 from supervisor.tracking import AttemptTracker
 from supervisor.watcher import CheckpointWatcher
@@ -146,7 +146,8 @@ class CoreBase(ABC):
         """Kill what may run of an attempt whose launch was never finished, and end it (``Reconciling``)."""
 
     @abstractmethod
-    def begin_stop(self, job: JobRow, intent: Cause, detail: str, now: float) -> JobRow:
+    def begin_stop(self, job: JobRow, intent: Cause, detail: str, now: float,
+                   alert: OutboxAlert | None = None) -> JobRow:
         """Stop the live attempt gracefully (``Stopping``)."""
 
     @abstractmethod

@@ -7,6 +7,7 @@ from supervisor.causes import Cause, EventKind
 from supervisor.corebase import CoreBase
 from supervisor.gpu import GpuEvent, GpuMonitor, GpuThresholds, open_backend
 from supervisor.states import JobState
+from supervisor.store import OutboxAlert
 
 
 class GpuActions(CoreBase):
@@ -64,9 +65,12 @@ class GpuActions(CoreBase):
         job = store.get_job(job_id)
         attempt = store.last_attempt(job_id)
         if event.health == "failed" and job.state in (JobState.RUNNING, JobState.STARTING):
-            self.begin_stop(job, Cause.GPU_FAULT, f"gpu fault: {event.reason}", now)
-            self._alert(job, GpuFaultAlert(gpu=event.index, fault=event.reason, quarantined=event.quarantined,
-                                           attempt=attempt.n if attempt else None))
+            what = GpuFaultAlert(gpu=event.index, fault=event.reason, quarantined=event.quarantined,
+                                 attempt=attempt.n if attempt else None)
+            # committed with the stop (the outbox): a daemon killed before sending it sends it at its next start
+            self.begin_stop(job, Cause.GPU_FAULT, f"gpu fault: {event.reason}", now,
+                            alert=OutboxAlert(what.event, what.details()))
+            self.send_pending_alerts()
         elif event.health == "degraded" and attempt is not None and attempt.live and attempt.pid:
             # the trainer saves a checkpoint at its next step and goes on, so less is lost if the GPU fails
             self.runner_for(attempt).request_checkpoint(self.attempt_ref(job, attempt))

@@ -19,7 +19,7 @@ from supervisor.causes import Cause, EventKind
 from supervisor.corebase import CoreBase
 from supervisor.runners.base import Observation, Phase
 from supervisor.states import LIVE_STATES, JobState
-from supervisor.store import AttemptRow, JobRow
+from supervisor.store import AttemptRow, JobRow, OutboxAlert
 
 log = logging.getLogger("ml_supervisor")
 
@@ -65,49 +65,58 @@ class Reconciling(CoreBase):
         now = self.clock()
         previous_boot = store.get_meta("boot_id")
         verdicts: dict[str, Verdict] = {}
+        seen_attempts: list[tuple[JobRow, AttemptRow, Observation]] = []
         for job in store.list_jobs(states=[*LIVE_STATES, *_LAUNCHING_FROM]):
             attempt = store.last_attempt(job.id)
             if attempt is None or not attempt.live:
                 continue
-            runner = self.runner_for(attempt)
-            ref = self.attempt_ref(job, attempt)
             if launch_interrupted(job, attempt):
                 verdicts[job.id] = Verdict.INTERRUPTED
                 self.end_interrupted_launch(job, attempt, now)
                 continue
-            seen = runner.observe(ref)
-            verdict = verdicts[job.id] = classify(seen, attempt.boot_id, self.boot_id)
-            if seen.state != attempt.runner_state:
-                store.update_attempt(job.id, attempt.n, runner_state=seen.state, pid=seen.trainer_pid)
-                attempt = store.last_attempt(job.id) or attempt
-                ref = self.attempt_ref(job, attempt)
-            if verdict is Verdict.REBOOTED:
-                runner.kill(ref)  # signals only what it proves ours: after a real reboot, nothing
-                store.add_event(job.id, EventKind.REBOOT, "the node rebooted while the job ran", now=now,
-                                attempt=attempt.n)
-                self.on_attempt_end(job, attempt, seen.exit, now, intent=Cause.REBOOT,
-                                    intent_detail="the node rebooted")
-            elif verdict is Verdict.COLLECT:
-                store.add_event(job.id, EventKind.COLLECTED, f"attempt {attempt.n} ended while the daemon was away",
-                                now=now, attempt=attempt.n)
-                self.on_attempt_end(job, attempt, seen.exit, now)
-            elif verdict is Verdict.ADOPT:
-                runner.adopt(ref)
-                self.follow(job, attempt.n)
-                store.add_event(job.id, EventKind.ADOPTED, f"adopted attempt {attempt.n} (pid {attempt.pid})",
-                                now=now, attempt=attempt.n)
-                log.info("job %s: adopted running attempt %d", job.id, attempt.n)
-            else:
-                runner.kill(ref)  # leave nothing of it behind
-                self.on_attempt_end(job, attempt, None, now)
-        store.set_meta("boot_id", self.boot_id)
+            seen = self.runner_for(attempt).observe(self.attempt_ref(job, attempt))
+            verdicts[job.id] = classify(seen, attempt.boot_id, self.boot_id)
+            seen_attempts.append((job, attempt, seen))
+        # Every job a reboot hit, known before the first is acted on: each one's reboot alert names them all.
         rebooted = [job_id for job_id, v in verdicts.items() if v is Verdict.REBOOTED]
+        for job, attempt, seen in seen_attempts:
+            self._apply(job, attempt, seen, verdicts[job.id], now, RebootAlert(
+                jobs=rebooted, previous_boot_id=previous_boot, boot_id=self.boot_id))
+        store.set_meta("boot_id", self.boot_id)
         if rebooted:
             log.warning("recovered %d job(s) after a reboot (boot id was %s)", len(rebooted), previous_boot)
-            for job_id in rebooted:
-                self._alert(store.get_job(job_id), RebootAlert(jobs=rebooted, previous_boot_id=previous_boot,
-                                                               boot_id=self.boot_id))
         return verdicts
+
+    def _apply(self, job: JobRow, attempt: AttemptRow, seen: Observation, verdict: Verdict, now: float,
+               reboot_alert: RebootAlert) -> None:
+        store = self._store()
+        runner = self.runner_for(attempt)
+        if seen.state != attempt.runner_state:
+            store.update_attempt(job.id, attempt.n, runner_state=seen.state, pid=seen.trainer_pid)
+            attempt = store.last_attempt(job.id) or attempt
+        ref = self.attempt_ref(job, attempt)
+        if verdict is Verdict.REBOOTED:
+            runner.kill(ref)  # signals only what it proves ours: after a real reboot, nothing
+            # The reboot alert is committed with the event (the outbox) and sent with the restart's alert
+            # that follows: a daemon killed in between sends both at its next start.
+            store.add_event(job.id, EventKind.REBOOT, "the node rebooted while the job ran", now=now,
+                            attempt=attempt.n, alert=OutboxAlert(reboot_alert.event, reboot_alert.details()))
+            self.on_attempt_end(job, attempt, seen.exit, now, intent=Cause.REBOOT,
+                                intent_detail="the node rebooted")
+            self.send_pending_alerts()  # when the policy ended the job instead, its ending sent it already
+        elif verdict is Verdict.COLLECT:
+            store.add_event(job.id, EventKind.COLLECTED, f"attempt {attempt.n} ended while the daemon was away",
+                            now=now, attempt=attempt.n)
+            self.on_attempt_end(job, attempt, seen.exit, now)
+        elif verdict is Verdict.ADOPT:
+            runner.adopt(ref)
+            self.follow(job, attempt.n)
+            store.add_event(job.id, EventKind.ADOPTED, f"adopted attempt {attempt.n} (pid {attempt.pid})",
+                            now=now, attempt=attempt.n)
+            log.info("job %s: adopted running attempt %d", job.id, attempt.n)
+        else:
+            runner.kill(ref)  # leave nothing of it behind
+            self.on_attempt_end(job, attempt, None, now)
 
     def end_interrupted_launch(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
         """Kill whatever of a half-recorded launch may run (found by identity), then end it as a crash.

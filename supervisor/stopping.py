@@ -14,7 +14,7 @@ from supervisor.causes import Cause, EventKind
 from supervisor.config import parse_duration
 from supervisor.corebase import CoreBase
 from supervisor.states import JobState
-from supervisor.store import AttemptRow, JobRow
+from supervisor.store import AttemptRow, JobRow, OutboxAlert
 from supervisor.timers import TimerKind
 
 log = logging.getLogger("ml_supervisor")
@@ -33,8 +33,12 @@ def stop_grace(intent: Cause, configured_s: float) -> float:
 class Stopping(CoreBase):
     """Begin a graceful stop; escalate when its grace period is over."""
 
-    def begin_stop(self, job: JobRow, intent: Cause, detail: str, now: float) -> JobRow:
-        """Stop the job's live attempt gracefully; the job is ``stopping`` until the attempt ends."""
+    def begin_stop(self, job: JobRow, intent: Cause, detail: str, now: float,
+                   alert: OutboxAlert | None = None) -> JobRow:
+        """Stop the job's live attempt gracefully; the job is ``stopping`` until the attempt ends.
+
+        ``alert``: what the stop owes the user (a GPU fault), committed with it (the outbox).
+        """
         store = self._store()
         attempt = store.last_attempt(job.id)
         grace = stop_grace(intent, parse_duration(self.job_config(job).supervision.stop_grace))
@@ -44,7 +48,7 @@ class Stopping(CoreBase):
             self.runner_for(attempt).graceful_stop(self.attempt_ref(job, attempt))
         job = store.transition(job.id, JobState.STOPPING, now=now, message=f"stopping: {detail}",
                                attempt=attempt.n if attempt else None, stop_intent=intent,
-                               stop_deadline=now + grace, detail=detail, data={"intent": intent})
+                               stop_deadline=now + grace, detail=detail, data={"intent": intent}, alert=alert)
         self.timers.schedule(job.id, TimerKind.ESCALATE, now + grace)
         log.info("job %s: stopping (%s)", job.id, detail)
         return job

@@ -321,8 +321,7 @@ class Store:
             payload = {"from": job.state.value, "to": new.value, **(data or {})}
             event_id = _insert_event(db, now, job_id, attempt, kind or EventKind(new.value), message, payload)
             if alert is not None:
-                db.execute("INSERT INTO alert_outbox(event_id, job_id, alert, details) VALUES (?, ?, ?, ?)",
-                           (event_id, job_id, alert.alert, json.dumps(alert.details, default=str)))
+                _insert_outbox(db, event_id, job_id, alert)
             row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_from_row(row)
 
@@ -355,17 +354,22 @@ class Store:
 
     # -- events --------------------------------------------------------------------------------
     def add_event(self, job_id: str | None, kind: EventKind, message: str, *, now: float | None = None,
-                  attempt: int | None = None, data: dict[str, Any] | None = None, durable: bool = True) -> int:
+                  attempt: int | None = None, data: dict[str, Any] | None = None, durable: bool = True,
+                  alert: OutboxAlert | None = None) -> int:
         """Record an event. ``durable=False`` skips the fsync (informational events, e.g. each
         checkpoint): a power cut may lose it, never the database's consistency, and the next
-        durable commit syncs it too."""
+        durable commit syncs it too. ``alert``: the alert the event owes the user, put in the
+        outbox in the same transaction (needs ``job_id``)."""
         db = self._conn()
         if not durable:
             db.execute("PRAGMA synchronous=NORMAL")
         try:
             with self._tx() as tx:
-                return _insert_event(tx, time.time() if now is None else now, job_id, attempt, kind, message,
-                                     data or {})
+                event_id = _insert_event(tx, time.time() if now is None else now, job_id, attempt, kind, message,
+                                         data or {})
+                if alert is not None:
+                    _insert_outbox(tx, event_id, job_id, alert)
+                return event_id
         finally:
             if not durable:
                 db.execute("PRAGMA synchronous=FULL")
@@ -405,6 +409,13 @@ class Store:
         """The outbox alert of ``event_id`` was handed to the dispatcher (recorded in ``alerts.jsonl``)."""
         with self._tx() as db:
             db.execute("UPDATE alert_outbox SET sent_at = ? WHERE event_id = ?", (now, event_id))
+
+
+def _insert_outbox(db: sqlite3.Connection, event_id: int, job_id: str | None, alert: OutboxAlert) -> None:
+    if job_id is None:
+        raise ValueError("an outbox alert belongs to a job")
+    db.execute("INSERT INTO alert_outbox(event_id, job_id, alert, details) VALUES (?, ?, ?, ?)",
+               (event_id, job_id, alert.alert, json.dumps(alert.details, default=str)))
 
 
 def _migrate_1_to_2(db: sqlite3.Connection) -> None:

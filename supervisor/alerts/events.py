@@ -112,9 +112,10 @@ class RebootAlert(AlertEvent):
     boot_id: str
 
 
-# The events that go through the store's outbox (every restart and every ending), by name.
+# The events that go through the store's outbox (every restart, every ending, a GPU fault, a reboot), by name.
 OUTBOX_EVENTS: dict[str, type[AlertEvent]] = {
-    cls.event: cls for cls in (RestartAlert, HangAlert, CompletedAlert, BudgetAlert, FailedAlert, StoppedAlert)
+    cls.event: cls for cls in (RestartAlert, HangAlert, CompletedAlert, BudgetAlert, FailedAlert, StoppedAlert,
+                               GpuFaultAlert, RebootAlert)
 }
 
 
