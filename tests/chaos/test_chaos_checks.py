@@ -55,6 +55,25 @@ def test_the_sampler_sees_two_trainers_of_one_job_and_not_a_monitor(tmp_path: Pa
             proc.wait()
 
 
+def test_a_waiting_standby_is_no_second_trainer_until_it_is_promoted(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    attempts = state / "jobs" / "j1" / "attempts"
+    (attempts / "2").mkdir(parents=True)
+    running = _sleeper("--attempt-dir", f"{attempts}/1")
+    standby = _sleeper("--attempt-dir", f"{attempts}/2", "--standby")
+    try:
+        sampler = TrainerSampler(state)
+        time.sleep(0.3)
+        sampler.sample_once()
+        assert sampler.violations_for("j1") == []  # it waits, without the job's lock
+        (attempts / "2" / "handover.json").write_text("{}")  # promoted while attempt 1 still lives
+        sampler.sample_once()
+        found = sampler.violations_for("j1")
+        assert len(found) == 1 and str(running.pid) in found[0] and str(standby.pid) in found[0]
+    finally:
+        _stop([running, standby])
+
+
 def test_the_sampler_counts_per_rank_two_ranks_of_one_attempt_are_no_duplicate(tmp_path: Path) -> None:
     state = tmp_path / "state"
     attempts = state / "jobs" / "j1" / "attempts"
@@ -127,10 +146,16 @@ def test_a_resume_from_anything_but_the_policys_verified_choice_is_a_violation(t
     five, ten, fifteen = (_save(ckpt, s, 1) for s in (5, 10, 15))
     # attempt 2 resumed from step 10 and rewound: step 15 moved to abandoned/2/ (still whole)
     abandon_after(ckpt / "manifest.jsonl", ten, 2)
-    assert check_resume(job, 2, ten, "best", {}) != []  # the best, step 15, verified: 10 was wrong
-    assert check_resume(job, 2, ten, "best", {fifteen: time.time()}) == []  # 15 was broken: 10 is right
-    assert check_resume(job, 2, five, "best", {fifteen: time.time()}) != []
-    assert check_resume(job, 2, fifteen, "best", {fifteen: time.time()}) != []
+    broke = time.time()
+    launched = broke + 1  # attempt 2 launched after the soak broke step 15
+    assert check_resume(job, 2, ten, "best", {}, launched) != []  # the best, step 15, verified: 10 was wrong
+    assert check_resume(job, 2, ten, "best", {fifteen: [broke]}, launched) == []  # 15 was broken: 10 is right
+    assert check_resume(job, 2, five, "best", {fifteen: [broke]}, launched) != []
+    assert check_resume(job, 2, fifteen, "best", {fifteen: [broke]}, launched) != []
+    # Broken while attempt 2 ran (it resumed from the whole file; only attempt 3 could see it broken):
+    assert check_resume(job, 2, fifteen, "best", {fifteen: [broke]}, broke - 1) == []
+    # Broken twice, once before attempt 2's launch: that one counts.
+    assert check_resume(job, 2, fifteen, "best", {fifteen: [broke - 2, broke]}, broke - 1) != []
 
 
 def test_final_checks_count_a_short_step_a_failure_and_an_overrun() -> None:

@@ -59,7 +59,7 @@ class JobRun:
     gpu: int | None = None
     ballast: Path | None = None
     mounted: bool = False
-    corrupted: dict[str, float] = field(default_factory=dict)  # path -> when the soak broke it
+    corrupted: dict[str, list[float]] = field(default_factory=dict)  # path -> each time the soak broke it
     checked_attempts: int = 1
     restart_s: float | None = None
     violations: list[str] = field(default_factory=list)
@@ -358,7 +358,7 @@ class Soak:
             broken = faults.corrupt_newest(job_dir, pid)
             landed = broken is not None
             if broken:
-                run.corrupted[broken] = time.time()
+                run.corrupted.setdefault(broken, []).append(time.time())
         elif kind == "disk_full":
             run.ballast = faults.fill_checkpoint_dir(job_dir, pid)
             run.mounted = run.mounted or run.ballast is not None
@@ -415,7 +415,8 @@ class Soak:
             new = attempts[run.checked_attempts]
             run.checked_attempts += 1
             run.violations += checks.check_resume(self._job_dir(run), new["n"], new.get("resumed_from"),
-                                                  run.resume_from, run.corrupted)
+                                                  run.resume_from, run.corrupted,
+                                                  float(new.get("started_at") or time.time()))
             if new["n"] > 1 and new.get("started_at"):
                 run.last_restart_at = float(new["started_at"])
             if run.restart_s is None and run.injected_at is not None and new["n"] > (run.injected_attempt or 0):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from supervisor.alerts.store import read_alerts
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.manifest import CheckpointEntry, _entry_from_event
 from supervisor.resume import choose_resume, verify_checkpoint
+from supervisor.runners.standby import HANDOVER_FILE
 
 TERMINAL = ("completed", "failed", "stopped")
 BUDGET_OVERRUN_LIMIT_S = 15.0
@@ -61,6 +62,8 @@ def trainer_attempt(cmd: list[str], state_dir: Path) -> tuple[str, str] | None:
     """(job id, attempt) a trainer command line belongs to (its ``--attempt-dir``), or None for anything else.
 
     The attempt monitor's own command line carries the trainer's after it, so it is excluded by name.
+    A standby (``--standby``) is a trainer only once promoted (its attempt dir has ``handover.json``):
+    before that it waits for the running attempt to end, without the job's lock, by design.
     """
     if "--attempt-dir" not in cmd or any("attempt_monitor" in arg for arg in cmd):
         return None
@@ -70,6 +73,8 @@ def trainer_attempt(cmd: list[str], state_dir: Path) -> tuple[str, str] | None:
         return None
     jobs = state_dir / "jobs"
     if attempt_dir.parent.parent.parent != jobs:
+        return None
+    if "--standby" in cmd and not (attempt_dir / HANDOVER_FILE).exists():
         return None
     return attempt_dir.parent.parent.name, attempt_dir.name
 
@@ -174,16 +179,19 @@ def _where_now(entry: CheckpointEntry, attempt: int) -> CheckpointEntry:
 
 
 def check_resume(job_dir: Path, attempt: int, resumed_from: str | None, resume_from: str,
-                 corrupted: Mapping[str, float]) -> list[str]:
-    """The relaunched ``attempt`` resumed from a checkpoint that verifies, the one the policy names.
+                 corrupted: Mapping[str, Sequence[float]], started_at: float) -> list[str]:
+    """The relaunched ``attempt`` (launched at ``started_at``) resumed from a checkpoint that verifies,
+    the one the policy names.
 
-    ``corrupted``: files the soak broke on purpose, with when (a save of the same name
-    after that is a new, whole file).
+    ``corrupted``: files the soak broke on purpose, with each time it did. A corruption counts
+    for this attempt when it came after that save of the file (a later save of the same name is
+    a new, whole file) and before the attempt was launched: the soak breaks a checkpoint while
+    the attempt that resumed from it runs, and only the next launch can see it broken.
     """
     manifest = job_dir / "checkpoints" / "manifest.jsonl"
     entries = manifest_before(manifest, attempt)
     newer_than_entry: dict[str, float] = {e.path: e.time for e in entries}
-    broken = {e.path for e in entries if e.path in corrupted and e.time <= corrupted[e.path]}
+    broken = {e.path for e in entries if any(e.time <= when < started_at for when in corrupted.get(e.path, ()))}
 
     def verify(entry: CheckpointEntry) -> str | None:
         if entry.path in broken:
