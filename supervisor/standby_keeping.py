@@ -56,8 +56,8 @@ class StandbyKeeping(CoreBase):
     def keep_standby(self, job: JobRow, attempt: AttemptRow) -> None:
         """While ``attempt`` runs, make sure a standby waits to become the next attempt."""
         runner = self._standby_runner()
-        if runner is None or runner.has_standby(job.id) or job.gpus_requested:
-            return  # GPU jobs: the standby's GPU hand-over is not measured on a GPU yet (see docs)
+        if runner is None or runner.has_standby(job.id):
+            return
         if job.owner_uid != os.getuid():
             # Another user's job (shared-server mode): the standby takes the job's lock by path, and that
             # lock is the daemon's, out of the user's reach (docs/shared-server.md). Cold starts only.

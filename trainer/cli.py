@@ -130,6 +130,9 @@ def fit(args: argparse.Namespace, started_at: float, prepared: PreparedRun | Non
         CHECKPOINT_DIR_ENV: str(checkpoint_dir),
     })
 
+    if os.environ.get("CUDA_VISIBLE_DEVICES"):  # which GPUs this attempt has (a standby learns it at the handover)
+        print(f"[trainer] attempt {args.attempt}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}",
+              file=sys.stderr, flush=True)
     state = None
     record = ExitRecord(status="completed", time=0.0, pid=os.getpid(), rank=rank.rank)
     try:

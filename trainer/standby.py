@@ -78,6 +78,12 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except Exception as exc:  # a standby that cannot prepare is replaced by a cold start: say why, exit
         _not_ready(attempt_dir, f"{type(exc).__name__}: {exc}")
         return EXIT_EXCEPTION
+    touched = cuda_touched()
+    if touched:
+        # CUDA would keep the standby's (empty) CUDA_VISIBLE_DEVICES: the handover could not give it its GPUs.
+        _not_ready(attempt_dir, f"CUDA was initialised while preparing ({touched}); a standby must leave that to "
+                   "the handover, which names the GPUs: the job restarts cold")
+        return EXIT_EXCEPTION
     write_json_atomic(attempt_dir / READY_FILE, {
         "pid": os.getpid(), "ready_at": time.time(), "modules": user_module_mtimes(Path(cfg.workdir or os.getcwd())),
     })
@@ -107,6 +113,28 @@ def prepare(cfg: Any, source: str) -> PreparedRun:
         import pytorch_lightning.loggers.wandb  # noqa: F401 - the import is the slow part of opening the run
         import wandb  # noqa: F401
     return PreparedRun(cfg=cfg, job=job, model=model, datamodule=datamodule)
+
+
+def cuda_touched(maps: str | None = None) -> str | None:
+    """Why CUDA may already be initialised in this process, or None.
+
+    ``torch.cuda.is_initialized()`` misses the quieter way: ``torch.cuda.is_available()``
+    (which libraries call at import) asks the CUDA runtime for its device count unless
+    ``PYTORCH_NVML_BASED_CUDA_CHECK`` is set (the daemon sets it for standbys), and that
+    loads the driver, which reads ``CUDA_VISIBLE_DEVICES`` then and never again. The
+    driver library in our memory map (``/proc/self/maps``, or ``maps``) says it happened.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "torch.cuda is initialised"
+    if maps is None:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            return None
+    if "/libcuda.so" in maps:
+        return "the CUDA driver, libcuda, is loaded"
+    return None
 
 
 def checkpoint_cache(args: argparse.Namespace, cfg: Any, attempt_dir: Path) -> Any:

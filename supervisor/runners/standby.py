@@ -94,6 +94,10 @@ class StandbyLocalRunner(LocalRunner):
         config = _config_of(spec.command)
         env = dict(spec.env)
         env[STANDBY_ENV] = spec.job_id
+        # The standby's CUDA_VISIBLE_DEVICES is empty (its GPUs come with the handover), and CUDA reads it once,
+        # when first asked: with this, torch.cuda.is_available() (called by many libraries as they import)
+        # asks NVML instead of initialising CUDA (trainer/standby.py checks that nothing did, before it is ready).
+        env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
         pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
                                              cwd=spec.workdir, env=env, lock_fd=None)
         standby = Standby(job_id=spec.job_id, attempt=spec.attempt, attempt_dir=spec.attempt_dir,

@@ -7,6 +7,7 @@ the pid of attempt 2 when it takes over, and must not be when it may not.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -17,7 +18,7 @@ import psutil
 import pytest
 
 from supervisor.standby_keeping import AUTO_MIN_AVAILABLE_BYTES, standby_wanted
-from tests.support.harness import REPO, DaemonProc, wait_for
+from tests.support.harness import REPO, DaemonProc, real_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lightning]
 
@@ -137,6 +138,47 @@ def test_a_daemon_restart_kills_the_old_standby_and_prepares_a_fresh_one(real_da
     d.ctl("stop", job)
     d.wait_state(job, "stopped", timeout=120)
     wait_for(lambda: not psutil.pid_exists(fresh["pid"]), timeout=30, what="the standby killed with its job")
+
+
+def _gpu(index: int) -> dict[str, Any]:
+    return {"index": index, "uuid": f"GPU-fake-{index}", "name": "Fake H100", "memory_total_mib": 81559,
+            "memory_used_mib": 0, "temperature_c": 40, "ecc_uncorrected": 0, "retired_pages_pending": False,
+            "lost": False, "xid": []}
+
+
+def test_a_gpu_fault_moves_the_job_and_the_standby_takes_the_new_gpu(tmp_path: Path) -> None:
+    """GPUs come with the handover: the standby waits with none, and fits on the GPU the relaunch got.
+
+    The simulated NVML (two GPUs) drives placement and the fault; torch is the CPU build, so the
+    GPU the trainer was given is read from its own log line (it prints its CUDA_VISIBLE_DEVICES).
+    """
+    nvml = tmp_path / "nvml.json"
+    nvml.write_text(json.dumps({"gpus": [_gpu(0), _gpu(1)]}))
+    state = tmp_path / "state"
+    d = DaemonProc(state, REPO, real_env(state, ML_SUPERVISOR_NVML=f"fake:{nvml}"))
+    d.start("hang.min_timeout=4", "hang.startup_allowance=120", "gpu.poll_interval=0.2")
+    try:
+        job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "supervision.standby=on", "supervision.gpus=1")
+        d.live_pid(job, 1)
+        assert d.status(job)["attempts"][0]["gpus"] == [0]
+        standby = _standby(d, job)
+        environ = psutil.Process(standby["pid"]).environ()
+        assert environ["CUDA_VISIBLE_DEVICES"] == ""  # no GPU until the handover names one
+        assert environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"
+        data = json.loads(nvml.read_text())
+        data["gpus"][0]["xid"] = [79]  # GPU 0 falls off the bus: quarantined, the job moves to GPU 1
+        nvml.write_text(json.dumps(data))
+        final = d.wait_state(job, "completed", "failed", timeout=400)
+        first, second = final["attempts"][:2]
+        assert first["reason"] == "gpu_fault" and second["gpus"] == [1]
+        assert second["pid"] == standby["pid"]  # promoted, not a cold start
+        logs = d.ctl("logs", job, "--attempt", "2")
+        assert "attempt 2: CUDA_VISIBLE_DEVICES=1" in logs.stdout + logs.stderr  # the trainer's stderr
+        assert final["state"] == "completed" and final["global_step"] == STEPS
+    finally:
+        if d.proc is not None:
+            d.kill()
+        d.kill_leftovers()
 
 
 def test_auto_wants_a_standby_only_with_the_memory_for_it_and_our_trainer() -> None:
