@@ -37,6 +37,7 @@ from supervisor.jobfiles.layout import EXIT_CONFIG_ERROR, EXIT_EXCEPTION
 
 READY_FILE = "standby-ready.json"  # written by the standby when its start-up is done
 HANDOVER_FILE = "handover.json"  # written by the daemon: "become this attempt"
+NICE_ENV = "ML_SUPERVISOR_STANDBY_NICE"  # the niceness to prepare at (supervisor/runners/standby.py)
 HANDOVER_POLL_S = 0.01  # an idle stat() every 10 ms costs nothing and bounds the handover's latency
 LOCK_WAIT_S = 30.0  # the daemon saw the lock free before the handover; this only covers a slow exit
 
@@ -63,6 +64,9 @@ class Handover:
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Prepare, wait for the handover, then fit as the attempt it names (the exit code of that fit)."""
+    nice = os.environ.get(NICE_ENV)
+    if nice:  # background work until the handover, when the daemon gives us our priority back
+        os.nice(int(nice))
     from supervisor.config import load_job_config
     from trainer.cli import apply_environment, fit
 

@@ -44,6 +44,11 @@ READY_FILE = "standby-ready.json"  # the trainer's (trainer/standby.py)
 HANDOVER_FILE = "handover.json"  # ours, read by the trainer
 VIEW_FILE = "standby.json"  # in the job dir: what status shows
 MONITOR_EXIT_WAIT_S = 2.0
+# A standby's start-up (imports, builds: seconds of CPU) is background work: it must not take CPU from the
+# training it backs up (on a small node it did: the running attempt slowed while its next standby imported).
+# It runs at this niceness until promoted, when the runner gives every thread of it the monitor's back.
+STANDBY_NICE = 10
+NICE_ENV = "ML_SUPERVISOR_STANDBY_NICE"  # read by trainer/standby.py before its first import
 
 
 class StandbyState:
@@ -98,6 +103,8 @@ class StandbyLocalRunner(LocalRunner):
         # when first asked: with this, torch.cuda.is_available() (called by many libraries as they import)
         # asks NVML instead of initialising CUDA (trainer/standby.py checks that nothing did, before it is ready).
         env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+        if os.geteuid() == 0:  # only where we can undo it at the promotion: lowering a niceness needs root
+            env[NICE_ENV] = str(STANDBY_NICE)
         pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
                                              cwd=spec.workdir, env=env, lock_fd=None)
         standby = Standby(job_id=spec.job_id, attempt=spec.attempt, attempt_dir=spec.attempt_dir,
@@ -127,6 +134,7 @@ class StandbyLocalRunner(LocalRunner):
             raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
         try:
             standby.state = StandbyState.PROMOTING
+            _restore_priority(standby)
             write_json_atomic(standby.attempt_dir / HANDOVER_FILE, {
                 "argv": list(spec.command[3:]),  # after "python -m trainer"
                 "env": dict(spec.env), "lock_path": str(spec.lock_path), "written_at": time.time(),
@@ -267,6 +275,23 @@ def kill_leftover_standbys(state_dir: Path) -> list[int]:
         _remove(attempt_dir.parent.parent / VIEW_FILE)
         log.info("killed the standby an earlier daemon left in %s", attempt_dir)
     return killed
+
+
+def _restore_priority(standby: Standby) -> None:
+    """Give every thread of the standby's trainer its monitor's niceness (it lowered its own while preparing)."""
+    pid = standby.trainer_pid
+    if not pid:  # promoted while still importing: its pid is in monitor.json
+        started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
+        pid = started.trainer_pid if started is not None else None
+    if not pid:
+        return
+    try:
+        base = os.getpriority(os.PRIO_PROCESS, standby.monitor_pid)
+        for thread in psutil.Process(pid).threads():  # niceness is per thread on Linux
+            if os.getpriority(os.PRIO_PROCESS, thread.id) != base:
+                os.setpriority(os.PRIO_PROCESS, thread.id, base)
+    except (psutil.Error, OSError) as exc:  # a thread that just ended; or no right to (not root): it trains niced
+        log.warning("job %s: could not restore the promoted standby's priority: %s", standby.job_id, exc)
 
 
 def _kill_monitor(standby: Standby) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 import pytest
 
+from supervisor.runners.standby import STANDBY_NICE
 from supervisor.standby_keeping import AUTO_MIN_AVAILABLE_BYTES, standby_wanted
 from tests.support.harness import REPO, DaemonProc, real_env, wait_for
 
@@ -44,6 +45,15 @@ def _standby(d: DaemonProc, job: str, *, state: str | None = "ready", not_pid: i
     return wait_for(seen, timeout=180, interval=0.2, what=f"a standby ({state or 'any state'})")
 
 
+def _niceness(pid: int) -> set[int]:
+    """The niceness of every thread of ``pid`` (it is per thread on Linux)."""
+    values = set()
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        values.add(int(stat.rsplit(")", 1)[1].split()[16]))  # field 19, counted after "(comm)"
+    return values
+
+
 def _kill_and_wait(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     try:
@@ -65,11 +75,15 @@ def test_after_a_sigkill_the_standby_takes_over_from_best_and_a_dead_standby_is_
     pid1 = d.live_pid(job, 1)
     first = _standby(d, job)
     assert first["pid"] != pid1 and first["rss_mb"] > 50  # torch and Lightning are in it
+    # Background work while it waits (where the daemon can undo it: lowering a niceness needs root).
+    base = psutil.Process(first["pid"]).parent().nice()  # the monitor's, as a cold attempt runs at
+    assert _niceness(first["pid"]) == {min(19, base + STANDBY_NICE) if os.geteuid() == 0 else base}
     _kill_and_wait(first["pid"])
     second = _standby(d, job, not_pid=first["pid"])
     os.kill(pid1, signal.SIGKILL)
     best = _best_after_end(d, job, 1)
     assert d.live_pid(job, 2) == second["pid"]
+    assert _niceness(second["pid"]) == {psutil.Process(second["pid"]).parent().nice()}  # the monitor's, promoted
     final = d.wait_state(job, "completed", "failed", timeout=300)
     assert final["state"] == "completed" and [a["reason"] for a in final["attempts"]] == ["crash", "completed"]
     assert final["attempts"][1]["resumed_from"] == best["path"]
