@@ -84,12 +84,12 @@ from benchuser import Stamp
 from trainer.examples.digits import DigitsDataModule
 from trainer.examples.faulty import FaultyDigitsClassifier
 
-ckdir, every, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ckdir, every, delay, accelerator = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 pl.seed_everything(0, verbose=False)
 model = FaultyDigitsClassifier(step_delay=delay, hidden_size=128, dropout=0.1, lr=0.003, weight_decay=0.0001)
 data = DigitsDataModule(batch_size=64, val_fraction=0.2, num_workers=0, seed=0)
 last = os.path.join(ckdir, "last.ckpt")
-trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=100000, logger=False, enable_progress_bar=False,
+trainer = pl.Trainer(accelerator=accelerator, devices=1, max_epochs=100000, logger=False, enable_progress_bar=False,
                      enable_model_summary=False, log_every_n_steps=5,
                      callbacks=[ModelCheckpoint(dirpath=ckdir, every_n_train_steps=every, save_last=True), Stamp()])
 trainer.fit(model, datamodule=data, ckpt_path=last if os.path.exists(last) else None)
@@ -122,7 +122,8 @@ class Contender:
         self.flag = self.root / "crash.flag"
         (self.root / "benchuser.py").write_text(USER_MODULE)
         self.env = dict(os.environ, BENCH_STAMPS=str(self.stamps), BENCH_CRASH_FLAG=str(self.flag),
-                        PYTHONPATH=os.pathsep.join([str(self.root), str(REPO)]), CUDA_VISIBLE_DEVICES="")
+                        PYTHONPATH=os.pathsep.join([str(self.root), str(REPO)]),
+                        CUDA_VISIBLE_DEVICES="0" if args.accelerator == "gpu" else "")
 
     def start(self) -> None:
         raise NotImplementedError
@@ -168,8 +169,8 @@ class PlainLoop(Contender):
         script = self.root / "train.py"
         script.write_text(TRAIN_SCRIPT)
         a = self.args
-        return ["bash", "-c", f"until {sys.executable} {script} {self.root / 'ckpt'} {a.every} {a.step_delay}; "
-                              f"do :; done"]
+        return ["bash", "-c", f"until {sys.executable} {script} {self.root / 'ckpt'} {a.every} {a.step_delay} "
+                              f"{a.accelerator}; do :; done"]
 
     def start(self) -> None:
         with open(self.root / "stderr.log", "ab") as err:
@@ -203,7 +204,7 @@ class Torchrun(PlainLoop):
         a = self.args
         torchrun = str(Path(sys.executable).with_name("torchrun"))
         return [torchrun, "--standalone", "--nproc-per-node=1", "--max-restarts=100", str(script),
-                str(self.root / "ckpt"), str(a.every), str(a.step_delay)]
+                str(self.root / "ckpt"), str(a.every), str(a.step_delay), a.accelerator]
 
 
 class Supervised(Contender):
@@ -217,6 +218,8 @@ class Supervised(Contender):
         cfg["model"]["class_path"] = "trainer.examples.faulty.FaultyDigitsClassifier"
         cfg["model"]["init_args"]["step_delay"] = self.args.step_delay
         cfg["trainer"]["max_epochs"] = 100000
+        cfg["trainer"]["accelerator"] = self.args.accelerator
+        cfg["trainer"]["devices"] = 1
         # "best" needs a score to rank by: val_loss (one validation per epoch of 23 steps)
         cfg["checkpoint"] = {"monitor": "val_loss" if self.resume_from == "best" else None, "save_top_k": 1,
                              "save_last": True, "every_n_train_steps": self.args.every}
@@ -225,7 +228,7 @@ class Supervised(Contender):
         cfg["callbacks"]["extra"] = [{"class_path": "benchuser.Stamp"}]
         cfg["env"] = {"BENCH_STAMPS": str(self.stamps), "BENCH_CRASH_FLAG": str(self.flag)}
         cfg["supervision"] = {"resume_from": self.resume_from, "standby": self.standby, "max_restarts": 1000,
-                              "budget": None}
+                              "budget": None, "gpus": 1 if self.args.accelerator == "gpu" else 0}
         config = self.root / "job.yaml"
         config.write_text(yaml.safe_dump(cfg))
         state = self.root / "state"
@@ -266,6 +269,9 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=[c.name for c in CONTENDERS],  # type: ignore[attr-defined]
                         help="run only this contender (repeatable; default: all four)")
     parser.add_argument("--kind", action="append", choices=FAULTS, help="only this fault (repeatable; default: both)")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu"), default="cpu",
+                        help="gpu: every contender trains on one GPU (the loop and torchrun on GPU 0, ml-supervisor "
+                             "on the one NVML gives it; bench/gpu/check.sh runs this on a GPU node)")
     parser.add_argument("--wandb", choices=("disabled", "offline"), default="disabled",
                         help="W&B for ml-supervisor's contenders (the plain script logs nothing either way)")
     args = parser.parse_args()
@@ -286,7 +292,8 @@ def main() -> int:
                             print(f"round {r + 1}: {contender.name:12s} {kind:9s} {seconds:6.2f} s", flush=True)
                 finally:
                     contender.stop()
-    print(f"\nfault -> first optimizer step of the successor, digits on CPU ({os.cpu_count()} cores, shared), "
+    print(f"\nfault -> first optimizer step of the successor, digits on {args.accelerator.upper()} "
+          f"({os.cpu_count()} cores), "
           f"checkpoint every {args.every} steps, step_delay {args.step_delay} s, {args.rounds} round(s)")
     print(f"load average at the end: {' / '.join(f'{x:.1f}' for x in os.getloadavg())} (1 / 5 / 15 min)")
     for kind in kinds:

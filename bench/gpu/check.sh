@@ -7,12 +7,15 @@
 #    Xid-event threads starting and stopping cleanly, wait_xid's timeout, a pre-flight listing.
 # 2. The digits example on CUDA under supervision, with one SIGKILL of the trainer after its first
 #    checkpoint: the supervisor must relaunch it from its best checkpoint and the job must complete.
+# 3. Nothing a standby imports loads the CUDA driver (tests/trainer/test_standby_cuda.py, on this node's
+#    torch); with FIGURES=1, the restart comparison on CUDA (bench/restart_compare.py --accelerator gpu).
 #
 # Environment (all optional):
 #   PYTHON      interpreter with the project installed (default: .venv/bin/python, else python3)
 #   EPOCHS      digits epochs (default 60: long enough to kill it mid-run on a fast GPU)
 #   TIMEOUT_S   limit for the supervised run (default 900)
 #   KEEP_STATE  1: keep the state directory for inspection (default: removed on success)
+#   FIGURES     1: also run bench/restart_compare.py on CUDA (SIGKILL, every contender once: ~5 minutes)
 # Exit status: 0 everything passed; 1 a check failed; 2 this node cannot run the check.
 set -euo pipefail
 
@@ -25,6 +28,7 @@ fi
 EPOCHS=${EPOCHS:-60}
 TIMEOUT_S=${TIMEOUT_S:-900}
 KEEP_STATE=${KEEP_STATE:-0}
+FIGURES=${FIGURES:-0}
 # never the simulation here: this check is about the real driver
 unset ML_SUPERVISOR_NVML
 export WANDB_MODE=offline
@@ -162,5 +166,16 @@ sed 's/^/    /' "$LOG"
 ((rc == 0)) || fail "the supervised run ended with exit status $rc (0 = completed)"
 grep -qi "restart" "$LOG" || say "(note: no 'restart' line in the run's output)"
 
-say "== GPU check: PASS (NVML readings, Xid thread start/stop, CUDA run killed and resumed from $RESUMED)"
 if [[ "$KEEP_STATE" != 1 ]]; then rm -rf "$STATE"; else say "state kept in $STATE"; fi
+
+# --- 3. the standby on a GPU, and the restart figures --------------------------------------------------
+say "== part 3: a standby must not touch CUDA before its handover"
+"$PYTHON" -m pytest -q -p no:cacheprovider tests/trainer/test_standby_cuda.py \
+    || fail "CUDA is loaded where a standby must not load it (see the test's output)"
+if [[ "$FIGURES" == 1 ]]; then
+    say "SIGKILL -> first optimizer step of the successor on CUDA: loop, torchrun, standby off, standby on"
+    timeout 900 "$PYTHON" bench/restart_compare.py --rounds 1 --kind sigkill --accelerator gpu \
+        || fail "the restart comparison on CUDA failed"
+fi
+
+say "== GPU check: PASS (NVML readings, Xid thread start/stop, CUDA run killed and resumed from $RESUMED, no CUDA in a standby)"
