@@ -11,6 +11,17 @@ of its trainer is dead, is gone: never two trainers of one job), then writes
 the lock and fits; from then on the attempt is an ordinary local attempt
 (runner kind ``local``, adopted by a later daemon like any other).
 
+A DDP job's standby is one monitor with ``--nproc-per-node N --standby``: N
+standby ranks, each with its rank's environment, each writing its own ready
+file; the standby is ready when every rank is, and unusable when any rank died
+(the monitor then stops the others and exits: the standby is dropped and
+replaced). The monitor and the ranks share one open file of the job's lock,
+opened here and not locked; at the handover every rank locks that open file
+(``trainer.standby.take_lock``), so each proves for itself that no process of
+the previous attempt holds the lock, and the attempt then holds it as a cold
+one does. ``handover.json`` adds the attempt's ``MASTER_PORT``, chosen here as
+a cold launch's monitor chooses it (the job's fixed port, else a free one).
+
 Standbys live only in this runner's memory: a daemon restart never adopts one.
 A new runner kills the standbys a previous daemon left (their processes carry
 ``ML_SUPERVISOR_STANDBY``) and removes their attempt dirs. For people, the
@@ -30,18 +41,18 @@ from typing import Any
 
 import psutil
 
+from supervisor.attempt_monitor import DEFAULT_MASTER_ADDR, choose_master_port, port_is_free
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
+from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, ready_file_name
 from supervisor.process import ProcessHandle, kill_tree, reap_monitors, spawn_attempt_monitor, try_lock
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
-from supervisor.runners.local import LocalRunner
+from supervisor.runners.local import RANK_STOP_GRACE_S, LocalRunner
 
 log = logging.getLogger("ml_supervisor")
 
 STANDBY_ENV = "ML_SUPERVISOR_STANDBY"  # value: the job id; marks a standby's processes
-READY_FILE = "standby-ready.json"  # the trainer's (trainer/standby.py)
-HANDOVER_FILE = "handover.json"  # ours, read by the trainer
 VIEW_FILE = "standby.json"  # in the job dir: what status shows
 MONITOR_EXIT_WAIT_S = 2.0
 
@@ -68,6 +79,7 @@ class Standby:
     config_path: Path
     config_mtime: float
     handle: ProcessHandle
+    world_size: int = 1  # ranks (one process each)
     state: str = StandbyState.PREPARING
     modules: dict[str, float] = field(default_factory=dict)
     trainer_pid: int | None = None
@@ -92,17 +104,28 @@ class StandbyLocalRunner(LocalRunner):
         if spec.attempt_dir.exists():  # left by an earlier standby: a fresh attempt dir for the fresh one
             shutil.rmtree(spec.attempt_dir, ignore_errors=True)
         config = _config_of(spec.command)
+        world_size = spec.ranks.world_size
+        monitor_args = ["--standby"]
+        if world_size > 1:
+            monitor_args += ["--nproc-per-node", str(world_size), "--rank-stop-grace", str(RANK_STOP_GRACE_S)]
+        # The job's lock, opened and NOT locked: the monitor and every rank inherit this one open file, and
+        # the ranks lock it at the handover (module docstring). The running attempt holds the lock meanwhile.
+        lock_fd = os.open(spec.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         env = dict(spec.env)
-        env[STANDBY_ENV] = spec.job_id
-        pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
-                                             cwd=spec.workdir, env=env, lock_fd=None)
+        env.update({STANDBY_ENV: spec.job_id, LOCK_FD_ENV: str(lock_fd)})
+        try:
+            pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
+                                                 cwd=spec.workdir, env=env, lock_fd=lock_fd, monitor_args=monitor_args)
+        finally:
+            os.close(lock_fd)
         standby = Standby(job_id=spec.job_id, attempt=spec.attempt, attempt_dir=spec.attempt_dir,
                           job_dir=spec.lock_path.parent, monitor_pid=pid, monitor_started=started,
-                          config_path=config, config_mtime=_mtime(config), handle=ProcessHandle(pid, started))
+                          config_path=config, config_mtime=_mtime(config), handle=ProcessHandle(pid, started),
+                          world_size=world_size)
         self._standbys[spec.job_id] = standby
         self._publish(standby)
         log.info("job %s: standby for attempt %d starting (monitor pid %d)", spec.job_id, spec.attempt, pid)
-        return {"monitor_pid": pid, "monitor_started": started, "standby": True}
+        return {"monitor_pid": pid, "monitor_started": started, "standby": True, "world_size": world_size}
 
     # -- promote -----------------------------------------------------------------------------------
     def promote(self, job_id: str, spec: AttemptSpec) -> RunnerState | None:
@@ -118,6 +141,7 @@ class StandbyLocalRunner(LocalRunner):
             log.info("job %s: not promoting the standby: %s", job_id, why)
             self.drop_standby(job_id)
             return None
+        master_port = _master_port(spec) if standby.world_size > 1 else None
         lock_fd = try_lock(spec.lock_path)
         if lock_fd is None:
             raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
@@ -125,7 +149,8 @@ class StandbyLocalRunner(LocalRunner):
             standby.state = StandbyState.PROMOTING
             write_json_atomic(standby.attempt_dir / HANDOVER_FILE, {
                 "argv": list(spec.command[3:]),  # after "python -m trainer"
-                "env": dict(spec.env), "lock_path": str(spec.lock_path), "written_at": time.time(),
+                "env": dict(spec.env), "lock_path": str(spec.lock_path), "master_port": master_port,
+                "written_at": time.time(),
             }, durable=False)
         finally:
             os.close(lock_fd)  # the standby takes it now (it waits for it a little while, should we be slow)
@@ -135,15 +160,19 @@ class StandbyLocalRunner(LocalRunner):
         self._watch(job_id, standby.monitor_pid, standby.monitor_started)
         log.info("job %s: standby promoted to attempt %d", job_id, spec.attempt)
         return {"monitor_pid": standby.monitor_pid, "monitor_started": standby.monitor_started,
-                "trainer_pid": None, "pgid": None, "standby": True}
+                "trainer_pid": None, "pgid": None, "standby": True, "world_size": standby.world_size,
+                "uid": os.getuid()}
 
     def _unusable(self, standby: Standby, spec: AttemptSpec) -> str | None:
         if standby.attempt != spec.attempt or standby.attempt_dir != spec.attempt_dir:
             return f"it was prepared for attempt {standby.attempt}, attempt {spec.attempt} is starting"
         if not standby.handle.alive():
             return "it died"
-        if spec.ranks.world_size != 1:
-            return "a standby covers one rank"
+        if spec.ranks.world_size != standby.world_size:
+            return f"it has {standby.world_size} rank(s), the attempt runs {spec.ranks.world_size}"
+        dead = _dead_ranks(standby)
+        if dead:  # its monitor is stopping the other ranks and will exit: the tick replaces it
+            return f"its rank(s) {', '.join(map(str, dead))} died"
         self._refresh(standby)
         if standby.state == StandbyState.STALE:
             return "stale (the config or the user's code changed since it imported them)"
@@ -173,10 +202,13 @@ class StandbyLocalRunner(LocalRunner):
     def _refresh(self, standby: Standby) -> None:
         """Read the standby's ready file; mark it stale when its config or imported code changed."""
         if standby.state == StandbyState.PREPARING:
-            ready = read_json(standby.attempt_dir / READY_FILE)
-            if isinstance(ready, dict) and "failed" not in ready:
-                standby.modules = {str(k): float(v) for k, v in (ready.get("modules") or {}).items()}
-                standby.trainer_pid = int(ready.get("pid") or 0) or None
+            files = [read_json(standby.attempt_dir / ready_file_name(rank, standby.world_size))
+                     for rank in range(standby.world_size)]
+            readies = [ready for ready in files if isinstance(ready, dict) and "failed" not in ready]
+            if len(readies) == standby.world_size:  # every rank is ready
+                standby.modules = {str(k): float(v) for ready in readies
+                                   for k, v in (ready.get("modules") or {}).items()}
+                standby.trainer_pid = int(readies[0].get("pid") or 0) or None  # rank 0's
                 standby.state = StandbyState.READY
         if standby.state in (StandbyState.PREPARING, StandbyState.READY) and self._changed(standby):
             standby.state = StandbyState.STALE
@@ -276,6 +308,40 @@ def _kill_monitor(standby: Standby) -> None:
         time.sleep(0.005)
     standby.handle.close()
     reap_monitors()
+
+
+def _master_port(spec: AttemptSpec) -> int:
+    """The promoted attempt's ``MASTER_PORT``, as its monitor would choose it on a cold start.
+
+    The job's own ``env.MASTER_PORT`` when it sets one (refused, to be retried, while
+    something still holds it), else a port free now.
+    """
+    port, fixed = choose_master_port(None, spec.env)
+    if fixed and not port_is_free(DEFAULT_MASTER_ADDR, port):
+        raise LaunchRefused(f"MASTER_PORT {port} is still in use", retry=True)
+    return port
+
+
+def _dead_ranks(standby: Standby) -> list[int]:
+    """The ranks of a multi-rank standby that are no longer live children of its monitor (all of them before
+    ``monitor.json`` names them)."""
+    if standby.world_size <= 1:
+        return []
+    started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
+    if started is None:
+        return list(range(standby.world_size))
+    try:
+        children = {child.pid: child for child in psutil.Process(standby.monitor_pid).children()}
+    except psutil.Error:
+        children = {}
+    dead = []
+    for rank, pid in sorted(started.pids().items()):
+        try:
+            if pid not in children or children[pid].status() == psutil.STATUS_ZOMBIE:
+                dead.append(rank)
+        except psutil.Error:
+            dead.append(rank)
+    return dead
 
 
 def _config_of(command: tuple[str, ...]) -> Path:

@@ -6,7 +6,9 @@ soak can count them per fault kind and print the job's history for each one.
 own thread, from the process table (psutil), independently of what the daemon says.
 A DDP job legitimately runs one trainer per rank: the sampler tells them apart by the
 attempt dir on their command line and the ``RANK`` in their environment, and counts
-two attempts' trainers alive at once, or two processes of one attempt's rank.
+two attempts' trainers alive at once, or two processes of one attempt's rank. A standby
+(``--standby``: attempt n + 1's processes, importing and waiting while attempt n runs) is
+no trainer until its ``handover.json`` exists (written only once the job's lock is free).
 """
 
 from __future__ import annotations
@@ -80,6 +82,19 @@ def trainer_job(cmd: list[str], state_dir: Path) -> str | None:
     return found[0] if found else None
 
 
+def handed_over_before(cmd: list[str], moment: float) -> bool:
+    """Whether the standby with command line ``cmd`` was handed its attempt before ``moment``.
+
+    Before: a handover written while this sample was listing processes could pair the
+    standby with a previous attempt's process listed before that one exited.
+    """
+    try:
+        handover = Path(cmd[cmd.index("--attempt-dir") + 1]) / "handover.json"
+        return handover.stat().st_mtime < moment
+    except (ValueError, IndexError, OSError):
+        return False
+
+
 def _rank(proc: psutil.Process) -> str:
     """The rank the monitor gave the process (``RANK``; a single-rank trainer has none: rank 0)."""
     try:
@@ -108,9 +123,11 @@ class TrainerSampler(threading.Thread):
     def sample_once(self) -> None:
         """One look at every process: group the trainers by job, then by (attempt, rank)."""
         by_job: dict[str, dict[tuple[str, str], list[int]]] = {}
+        began = time.time()
         for proc in psutil.process_iter():
-            found = trainer_attempt(_cmdline(proc), self.state_dir)
-            if found is None:
+            cmd = _cmdline(proc)
+            found = trainer_attempt(cmd, self.state_dir)
+            if found is None or (("--standby" in cmd) and not handed_over_before(cmd, began)):
                 continue
             try:
                 if proc.status() == psutil.STATUS_ZOMBIE:
