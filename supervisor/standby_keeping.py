@@ -58,8 +58,8 @@ class StandbyKeeping(CoreBase):
         if runner is None or runner.has_standby(job.id) or job.gpus_requested:
             return  # GPU jobs: the standby's GPU hand-over is not measured on a GPU yet (see docs)
         if job.owner_uid != os.getuid():
-            # Another user's job (shared-server mode): the standby takes the job's lock by path, and that
-            # lock is the daemon's, out of the user's reach (docs/shared-server.md). Cold starts only.
+            # Another user's job (shared-server mode): a standby is started as the daemon's user (prepare has
+            # no run_as yet; docs/shared-server.md). Cold starts only.
             return
         if runner.failed_prepares.get((job.id, attempt.n + 1), 0) >= MAX_FAILED_PREPARES:
             return
