@@ -224,12 +224,13 @@ class StandbyLocalRunner(LocalRunner):
         standby = self._standbys.pop(job_id, None)
         if standby is None:
             return
+        # First: the job may have just ended, and `status` must not show a standby being killed (up to 2 s).
+        _remove(standby.job_dir / VIEW_FILE)
         started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
         pgid = started.pgid if started is not None else None
         kill_tree(standby.monitor_pid, pgid)
         _kill_monitor(standby)
         shutil.rmtree(standby.attempt_dir, ignore_errors=True)
-        _remove(standby.job_dir / VIEW_FILE)
 
     def forget_job(self, job_id: str) -> None:
         """The job ended for good: no standby for it."""
