@@ -170,9 +170,9 @@ class StandbyLocalRunner(LocalRunner):
             return "it died"
         if spec.ranks.world_size != standby.world_size:
             return f"it has {standby.world_size} rank(s), the attempt runs {spec.ranks.world_size}"
-        dead = _dead_ranks(standby)
-        if dead:  # its monitor is stopping the other ranks and will exit: the tick replaces it
-            return f"its rank(s) {', '.join(map(str, dead))} died"
+        broken = _ranks_broken(standby)
+        if broken:  # a rank died: its monitor is stopping the others and will exit (the tick replaces it)
+            return broken
         self._refresh(standby)
         if standby.state == StandbyState.STALE:
             return "stale (the config or the user's code changed since it imported them)"
@@ -323,14 +323,13 @@ def _master_port(spec: AttemptSpec) -> int:
     return port
 
 
-def _dead_ranks(standby: Standby) -> list[int]:
-    """The ranks of a multi-rank standby that are no longer live children of its monitor (all of them before
-    ``monitor.json`` names them)."""
+def _ranks_broken(standby: Standby) -> str | None:
+    """Why a multi-rank standby cannot take over as a whole (a rank not a live child of its monitor), or None."""
     if standby.world_size <= 1:
-        return []
+        return None
     started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
     if started is None:
-        return list(range(standby.world_size))
+        return "its monitor has not recorded its ranks yet"
     try:
         children = {child.pid: child for child in psutil.Process(standby.monitor_pid).children()}
     except psutil.Error:
@@ -342,7 +341,7 @@ def _dead_ranks(standby: Standby) -> list[int]:
                 dead.append(rank)
         except psutil.Error:
             dead.append(rank)
-    return dead
+    return f"its rank(s) {', '.join(map(str, dead))} died" if dead else None
 
 
 def _config_of(command: tuple[str, ...]) -> Path:
