@@ -22,13 +22,15 @@ to the monitor are forwarded to every live rank (stop, save, stacks).
 It holds the job's lock (an flock the daemon passes as an inherited fd) for
 its whole life, and so does every rank (they inherit the same fd): the lock is
 free only when none of them lives, so two live trainers of one job cannot exist
-even when the monitor itself is killed. A monitor that cannot record its
+even when the monitor itself is killed. A standby's monitor (``--standby``) gets
+that file open but not locked: at the handover its ranks lock the open file they
+share (``trainer/standby.py``), and from then on it is held as a cold attempt's is. A monitor that cannot record its
 trainer (``monitor.json`` unwritable: disk full) kills every rank before it
 exits: nobody could find and stop an unrecorded trainer.
 
     python -m supervisor.attempt_monitor --attempt-dir DIR --cwd DIR [--lock-fd N]
         [--nproc-per-node N [--master-port P] [--master-addr A] [--rank-stop-grace S] [--rank-exit-grace S]]
-        -- CMD...
+        [--standby] -- CMD...
 """
 
 from __future__ import annotations
@@ -313,11 +315,13 @@ def start_ranks(command: list[str], cwd: str, layout: AttemptLayout, *, nproc: i
         rank = node_rank * nproc + local_rank
         env = None
         if world_size > 1:
-            assert master_port is not None
             env = dict(os.environ)
-            env.update(rank_environment(rank=rank, local_rank=local_rank, world_size=world_size,
-                                        local_world_size=nproc, node_rank=node_rank, master_addr=master_addr,
-                                        master_port=master_port))
+            ranked = rank_environment(rank=rank, local_rank=local_rank, world_size=world_size,
+                                      local_world_size=nproc, node_rank=node_rank, master_addr=master_addr,
+                                      master_port=master_port or 0)
+            if master_port is None:  # a standby's ranks: the attempt they become gets its port at the handover
+                del ranked["MASTER_PORT"]
+            env.update(ranked)
         with open(layout.stdout_of(rank), "ab", buffering=0) as out, \
                 open(layout.stderr_of(rank), "ab", buffering=0) as err:
             group.procs[rank] = subprocess.Popen(
@@ -344,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds to wait for a fixed MASTER_PORT to be free")
     parser.add_argument("--rank-stop-grace", type=float, default=DEFAULT_RANK_STOP_GRACE_S)
     parser.add_argument("--rank-exit-grace", type=float, default=DEFAULT_RANK_EXIT_GRACE_S)
+    parser.add_argument("--standby", action="store_true",
+                        help="the ranks are a standby trainer's: no MASTER_PORT now (handover.json brings it)")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     return parser
 
@@ -370,7 +376,10 @@ def main(argv: list[str] | None = None) -> int:
 
     started_at = time.time()
     master_port: int | None = None
-    if world_size > 1:
+    # A standby's ranks wait, for minutes or hours, to become the next attempt: a port chosen now could be
+    # taken by then, and a fixed one is the running attempt's. The daemon picks it at the handover, as a
+    # cold launch's monitor would at its start (supervisor/runners/standby.py).
+    if world_size > 1 and not args.standby:
         master_port, fixed = choose_master_port(args.master_port, os.environ)
         if fixed and not wait_port_free(args.master_addr, master_port, args.port_wait):
             return _failed_to_start(layout, args.lock_fd,

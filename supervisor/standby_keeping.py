@@ -19,7 +19,6 @@ import psutil
 from supervisor.corebase import CoreBase
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
-from supervisor.rank_files import job_world_size
 from supervisor.resume import ResumeChoice
 from supervisor.runners.base import AttemptSpec, RunnerState
 from supervisor.runners.standby import StandbyLocalRunner
@@ -59,14 +58,14 @@ class StandbyKeeping(CoreBase):
         if runner is None or runner.has_standby(job.id):
             return
         if job.owner_uid != os.getuid():
-            # Another user's job (shared-server mode): the standby takes the job's lock by path, and that
-            # lock is the daemon's, out of the user's reach (docs/shared-server.md). Cold starts only.
+            # Another user's job (shared-server mode): a standby is started as the daemon's user (prepare has
+            # no run_as yet; docs/shared-server.md). Cold starts only.
             return
         if runner.failed_prepares.get((job.id, attempt.n + 1), 0) >= MAX_FAILED_PREPARES:
             return
         cfg = self.job_config(job)
-        if str(cfg.supervision.backend) != "local" or job_world_size(cfg) > 1:
-            return  # a standby is one local process: DDP ranks and Slurm allocations start cold (see docs)
+        if str(cfg.supervision.backend) != "local":
+            return  # a standby is local processes (one per rank): Slurm allocations start cold (see docs)
         tracked = self.tracker.get_or_track(job.id, attempt.n)
         if tracked.standby_setting is None:
             tracked.standby_setting = str(cfg.supervision.standby)
@@ -94,7 +93,7 @@ class StandbyKeeping(CoreBase):
     def promote_standby(self, spec: AttemptSpec) -> RunnerState | None:
         """Start ``spec`` on the job's standby; None when it has none usable (launch cold)."""
         runner = self._standby_runner()
-        if runner is None or spec.ranks.world_size > 1:
+        if runner is None:
             return None
         return runner.promote(spec.job_id, spec)
 

@@ -9,6 +9,15 @@ When the running attempt ends and the policy says restart, the daemon writes
 path); the standby takes the job's lock and fits exactly as a cold attempt
 would (same exit record, heartbeat and manifest rules).
 
+A DDP job's standby is one such process per rank, each started by the standby's
+attempt monitor with its rank's environment (``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE``, ... but no ``MASTER_PORT``: the daemon picks it at the handover,
+as a cold launch's monitor does at its start). Each writes its own ready file
+(``supervisor/jobfiles/standbyfiles.py``); the daemon counts the standby ready
+when every rank's is there. At the handover each rank applies the attempt's
+environment under its own rank variables, then locks the job's lock through the
+open file every rank inherited (see ``take_lock``) before it fits.
+
 What depends on the attempt is left for the handover: the GPUs (CUDA reads
 ``CUDA_VISIBLE_DEVICES`` once, when it initialises, so nothing here touches
 CUDA or builds the ``Trainer``), the checkpoint, the deadline, W&B (the run
@@ -34,10 +43,13 @@ from typing import Any
 from supervisor.errors import ConfigError
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.layout import EXIT_CONFIG_ERROR, EXIT_EXCEPTION
+from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, ready_file_name
+from trainer.ranks import RankInfo, rank_from_env
 
-READY_FILE = "standby-ready.json"  # written by the standby when its start-up is done
-HANDOVER_FILE = "handover.json"  # written by the daemon: "become this attempt"
 NICE_ENV = "ML_SUPERVISOR_STANDBY_NICE"  # the niceness to prepare at (supervisor/runners/standby.py)
+# What the attempt monitor gives each rank (rank_environment) and the handover must not overwrite:
+# the attempt's environment is the job's, the same for every rank; these say which rank this process is.
+RANK_ENV_KEYS = ("MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
 HANDOVER_POLL_S = 0.01  # an idle stat() every 10 ms costs nothing and bounds the handover's latency
 LOCK_WAIT_S = 30.0  # the daemon saw the lock free before the handover; this only covers a slow exit
 
@@ -60,6 +72,7 @@ class Handover:
     argv: list[str]
     env: dict[str, str]
     lock_path: str
+    master_port: int | None = None  # several ranks: the attempt's rendezvous port, chosen at the handover
 
 
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -72,40 +85,74 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     attempt_dir = Path(args.attempt_dir).absolute()
     attempt_dir.mkdir(parents=True, exist_ok=True)
+    rank = rank_from_env()
     try:
         cfg = load_job_config(args.config, args.overrides)
         apply_environment(cfg, args.config)
         prepared = prepare(cfg, args.config)
     except ConfigError as exc:
-        _not_ready(attempt_dir, exc.message)
+        _not_ready(attempt_dir, rank, exc.message)
         return EXIT_CONFIG_ERROR
     except Exception as exc:  # a standby that cannot prepare is replaced by a cold start: say why, exit
-        _not_ready(attempt_dir, f"{type(exc).__name__}: {exc}")
+        _not_ready(attempt_dir, rank, f"{type(exc).__name__}: {exc}")
         return EXIT_EXCEPTION
     touched = cuda_touched()
     if touched:
         # CUDA would keep the standby's (empty) CUDA_VISIBLE_DEVICES: the handover could not give it its GPUs.
-        _not_ready(attempt_dir, f"CUDA was initialised while preparing ({touched}); a standby must leave that to "
-                   "the handover, which names the GPUs: the job restarts cold")
+        _not_ready(attempt_dir, rank, f"CUDA was initialised while preparing ({touched}); a standby must leave that "
+                   "to the handover, which names the GPUs: the job restarts cold")
         return EXIT_EXCEPTION
-    write_json_atomic(attempt_dir / READY_FILE, {
-        "pid": os.getpid(), "ready_at": time.time(), "modules": user_module_mtimes(Path(cfg.workdir or os.getcwd())),
-    })
+    announce_ready(attempt_dir, rank, user_module_mtimes(Path(cfg.workdir or os.getcwd())))
     prepared.checkpoint_cache = checkpoint_cache(args, cfg, attempt_dir)
     handover = wait_for_handover(attempt_dir, idle=prepared.checkpoint_cache.refresh)
     if handover is None:
         return EXIT_EXCEPTION  # the monitor is gone: nobody would record this attempt
     started_at = time.time()
-    os.environ.update(handover.env)
+    fit_args = become(handover, parser, attempt_dir)
+    if fit_args is None:
+        return EXIT_EXCEPTION
+    return fit(fit_args, started_at, prepared=prepared)
+
+
+def announce_ready(attempt_dir: Path, rank: RankInfo, modules: dict[str, float]) -> None:
+    """This rank's start-up is done: its ready file (the daemon waits for every rank's)."""
+    write_json_atomic(attempt_dir / ready_file_name(rank.rank, rank.world_size), {
+        "pid": os.getpid(), "rank": rank.rank, "ready_at": time.time(), "modules": modules,
+    })
+
+
+def become(handover: Handover, parser: argparse.ArgumentParser, attempt_dir: Path) -> argparse.Namespace | None:
+    """Turn this standby (rank) into the attempt ``handover`` names: environment, arguments, the job's lock.
+
+    None (and a line on stderr) when it must not fit: the handover is for another
+    attempt dir, or the lock stayed held (a trainer of the previous attempt lives).
+    """
+    lock_fd = inherited_lock_fd(handover.lock_path)  # read before the attempt's environment is applied
+    apply_handover_environment(handover)
     fit_args = parser.parse_intermixed_args(handover.argv)
     if Path(fit_args.attempt_dir).absolute() != attempt_dir:
         print(f"[trainer] handover for {fit_args.attempt_dir}, standby of {attempt_dir}: refusing", file=sys.stderr)
-        return EXIT_EXCEPTION
-    if not take_lock(handover.lock_path):
+        return None
+    if not take_lock(handover.lock_path, fd=lock_fd):
         print(f"[trainer] the job's lock {handover.lock_path} stayed held: another trainer of this job lives",
               file=sys.stderr, flush=True)
-        return EXIT_EXCEPTION
-    return fit(fit_args, started_at, prepared=prepared)
+        return None
+    return fit_args
+
+
+def apply_handover_environment(handover: Handover, environ: Any = os.environ) -> None:
+    """The attempt's environment, as a cold launch gives it, under this rank's own variables.
+
+    A cold rank's environment is the attempt's with the monitor's rank variables on
+    top (``rank_environment``); the handover's environment is the attempt's, the same
+    for every rank, so the rank variables are put back after it. ``MASTER_PORT`` is
+    the one the daemon chose for this attempt.
+    """
+    own = {key: environ[key] for key in RANK_ENV_KEYS if key in environ}
+    environ.update(handover.env)
+    environ.update(own)
+    if handover.master_port is not None:
+        environ["MASTER_PORT"] = str(handover.master_port)
 
 
 def prepare(cfg: Any, source: str) -> PreparedRun:
@@ -182,8 +229,9 @@ def wait_for_handover(attempt_dir: Path, idle: Callable[[], None] | None = None)
             idle()
         try:
             data = json.loads(path.read_text())
+            port = data.get("master_port")
             return Handover(argv=[str(a) for a in data["argv"]], env={str(k): str(v) for k, v in data["env"].items()},
-                            lock_path=str(data["lock_path"]))
+                            lock_path=str(data["lock_path"]), master_port=int(port) if port else None)
         except FileNotFoundError:
             pass
         if os.getppid() != parent:
@@ -191,9 +239,38 @@ def wait_for_handover(attempt_dir: Path, idle: Callable[[], None] | None = None)
         time.sleep(HANDOVER_POLL_S)
 
 
-def take_lock(lock_path: str, wait_s: float = LOCK_WAIT_S) -> bool:
-    """Hold the job's lock for the rest of this process's life (the kernel drops it when we die)."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+def inherited_lock_fd(lock_path: str) -> int | None:
+    """The job's lock file as the daemon opened it for this standby (``LOCK_FD_ENV``), or None.
+
+    Only an fd that is still that very file counts (same device and inode).
+    """
+    raw = os.environ.get(LOCK_FD_ENV, "")
+    if not raw.isdigit():
+        return None
+    try:
+        held, named = os.fstat(int(raw)), os.stat(lock_path)
+    except OSError:
+        return None
+    return int(raw) if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino) else None
+
+
+def take_lock(lock_path: str, wait_s: float = LOCK_WAIT_S, fd: int | None = None) -> bool:
+    """Hold the job's lock for the rest of this process's life (the kernel drops it when we die).
+
+    ``fd``: the lock file the daemon opened once for the whole standby (its monitor and
+    every rank inherited that one open file). An flock belongs to the open file, not to
+    a process, so the first rank to lock it holds it for all of them, and every other
+    rank's flock on it returns at once, while any other open file of the lock (the
+    previous attempt's monitor and ranks) makes it wait. So each rank proves for itself,
+    before it fits, that no trainer of the previous attempt lives, and the lock is then
+    held, as a cold attempt's is, until the monitor and every rank are gone. Separate
+    opens (``fd`` None: a standby started without one) would make the ranks exclude
+    each other.
+    """
+    own = fd is None
+    if own:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    assert fd is not None
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -201,11 +278,13 @@ def take_lock(lock_path: str, wait_s: float = LOCK_WAIT_S) -> bool:
             return True  # fd stays open on purpose
         except BlockingIOError:
             if time.monotonic() >= deadline:
-                os.close(fd)
+                if own:
+                    os.close(fd)
                 return False
             time.sleep(0.01)
 
 
-def _not_ready(attempt_dir: Path, message: str) -> None:
+def _not_ready(attempt_dir: Path, rank: RankInfo, message: str) -> None:
     print(f"[trainer] standby cannot prepare: {message}", file=sys.stderr, flush=True)
-    write_json_atomic(attempt_dir / READY_FILE, {"pid": os.getpid(), "failed": message})
+    write_json_atomic(attempt_dir / ready_file_name(rank.rank, rank.world_size),
+                      {"pid": os.getpid(), "rank": rank.rank, "failed": message})

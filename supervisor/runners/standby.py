@@ -11,6 +11,17 @@ of its trainer is dead, is gone: never two trainers of one job), then writes
 the lock and fits; from then on the attempt is an ordinary local attempt
 (runner kind ``local``, adopted by a later daemon like any other).
 
+A DDP job's standby is one monitor with ``--nproc-per-node N --standby``: N
+standby ranks, each with its rank's environment, each writing its own ready
+file; the standby is ready when every rank is, and unusable when any rank died
+(the monitor then stops the others and exits: the standby is dropped and
+replaced). The monitor and the ranks share one open file of the job's lock,
+opened here and not locked; at the handover every rank locks that open file
+(``trainer.standby.take_lock``), so each proves for itself that no process of
+the previous attempt holds the lock, and the attempt then holds it as a cold
+one does. ``handover.json`` adds the attempt's ``MASTER_PORT``, chosen here as
+a cold launch's monitor chooses it (the job's fixed port, else a free one).
+
 Standbys live only in this runner's memory: a daemon restart never adopts one.
 A new runner kills the standbys a previous daemon left (their processes carry
 ``ML_SUPERVISOR_STANDBY``) and removes their attempt dirs. For people, the
@@ -30,18 +41,18 @@ from typing import Any
 
 import psutil
 
+from supervisor.attempt_monitor import DEFAULT_MASTER_ADDR, choose_master_port, port_is_free
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
+from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, ready_file_name
 from supervisor.process import ProcessHandle, kill_tree, reap_monitors, spawn_attempt_monitor, try_lock
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
-from supervisor.runners.local import LocalRunner
+from supervisor.runners.local import RANK_STOP_GRACE_S, LocalRunner
 
 log = logging.getLogger("ml_supervisor")
 
 STANDBY_ENV = "ML_SUPERVISOR_STANDBY"  # value: the job id; marks a standby's processes
-READY_FILE = "standby-ready.json"  # the trainer's (trainer/standby.py)
-HANDOVER_FILE = "handover.json"  # ours, read by the trainer
 VIEW_FILE = "standby.json"  # in the job dir: what status shows
 MONITOR_EXIT_WAIT_S = 2.0
 # A standby's start-up (imports, builds: seconds of CPU) is background work: it must not take CPU from the
@@ -73,6 +84,7 @@ class Standby:
     config_path: Path
     config_mtime: float
     handle: ProcessHandle
+    world_size: int = 1  # ranks (one process each)
     state: str = StandbyState.PREPARING
     modules: dict[str, float] = field(default_factory=dict)
     trainer_pid: int | None = None
@@ -97,23 +109,34 @@ class StandbyLocalRunner(LocalRunner):
         if spec.attempt_dir.exists():  # left by an earlier standby: a fresh attempt dir for the fresh one
             shutil.rmtree(spec.attempt_dir, ignore_errors=True)
         config = _config_of(spec.command)
+        world_size = spec.ranks.world_size
+        monitor_args = ["--standby"]
+        if world_size > 1:
+            monitor_args += ["--nproc-per-node", str(world_size), "--rank-stop-grace", str(RANK_STOP_GRACE_S)]
+        # The job's lock, opened and NOT locked: the monitor and every rank inherit this one open file, and
+        # the ranks lock it at the handover (module docstring). The running attempt holds the lock meanwhile.
+        lock_fd = os.open(spec.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         env = dict(spec.env)
-        env[STANDBY_ENV] = spec.job_id
+        env.update({STANDBY_ENV: spec.job_id, LOCK_FD_ENV: str(lock_fd)})
         # The standby's CUDA_VISIBLE_DEVICES is empty (its GPUs come with the handover), and CUDA reads it once,
         # when first asked: with this, torch.cuda.is_available() (called by many libraries as they import)
         # asks NVML instead of initialising CUDA (trainer/standby.py checks that nothing did, before it is ready).
         env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
         if os.geteuid() == 0:  # only where we can undo it at the promotion: lowering a niceness needs root
             env[NICE_ENV] = str(STANDBY_NICE)
-        pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
-                                             cwd=spec.workdir, env=env, lock_fd=None)
+        try:
+            pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
+                                                 cwd=spec.workdir, env=env, lock_fd=lock_fd, monitor_args=monitor_args)
+        finally:
+            os.close(lock_fd)
         standby = Standby(job_id=spec.job_id, attempt=spec.attempt, attempt_dir=spec.attempt_dir,
                           job_dir=spec.lock_path.parent, monitor_pid=pid, monitor_started=started,
-                          config_path=config, config_mtime=_mtime(config), handle=ProcessHandle(pid, started))
+                          config_path=config, config_mtime=_mtime(config), handle=ProcessHandle(pid, started),
+                          world_size=world_size)
         self._standbys[spec.job_id] = standby
         self._publish(standby)
         log.info("job %s: standby for attempt %d starting (monitor pid %d)", spec.job_id, spec.attempt, pid)
-        return {"monitor_pid": pid, "monitor_started": started, "standby": True}
+        return {"monitor_pid": pid, "monitor_started": started, "standby": True, "world_size": world_size}
 
     # -- promote -----------------------------------------------------------------------------------
     def promote(self, job_id: str, spec: AttemptSpec) -> RunnerState | None:
@@ -129,6 +152,7 @@ class StandbyLocalRunner(LocalRunner):
             log.info("job %s: not promoting the standby: %s", job_id, why)
             self.drop_standby(job_id)
             return None
+        master_port = _master_port(spec) if standby.world_size > 1 else None
         lock_fd = try_lock(spec.lock_path)
         if lock_fd is None:
             raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
@@ -137,7 +161,8 @@ class StandbyLocalRunner(LocalRunner):
             _restore_priority(standby)
             write_json_atomic(standby.attempt_dir / HANDOVER_FILE, {
                 "argv": list(spec.command[3:]),  # after "python -m trainer"
-                "env": dict(spec.env), "lock_path": str(spec.lock_path), "written_at": time.time(),
+                "env": dict(spec.env), "lock_path": str(spec.lock_path), "master_port": master_port,
+                "written_at": time.time(),
             }, durable=False)
         finally:
             os.close(lock_fd)  # the standby takes it now (it waits for it a little while, should we be slow)
@@ -147,15 +172,19 @@ class StandbyLocalRunner(LocalRunner):
         self._watch(job_id, standby.monitor_pid, standby.monitor_started)
         log.info("job %s: standby promoted to attempt %d", job_id, spec.attempt)
         return {"monitor_pid": standby.monitor_pid, "monitor_started": standby.monitor_started,
-                "trainer_pid": None, "pgid": None, "standby": True}
+                "trainer_pid": None, "pgid": None, "standby": True, "world_size": standby.world_size,
+                "uid": os.getuid()}
 
     def _unusable(self, standby: Standby, spec: AttemptSpec) -> str | None:
         if standby.attempt != spec.attempt or standby.attempt_dir != spec.attempt_dir:
             return f"it was prepared for attempt {standby.attempt}, attempt {spec.attempt} is starting"
         if not standby.handle.alive():
             return "it died"
-        if spec.ranks.world_size != 1:
-            return "a standby covers one rank"
+        if spec.ranks.world_size != standby.world_size:
+            return f"it has {standby.world_size} rank(s), the attempt runs {spec.ranks.world_size}"
+        broken = _ranks_broken(standby)
+        if broken:  # a rank died: its monitor is stopping the others and will exit (the tick replaces it)
+            return broken
         self._refresh(standby)
         if standby.state == StandbyState.STALE:
             return "stale (the config or the user's code changed since it imported them)"
@@ -185,10 +214,13 @@ class StandbyLocalRunner(LocalRunner):
     def _refresh(self, standby: Standby) -> None:
         """Read the standby's ready file; mark it stale when its config or imported code changed."""
         if standby.state == StandbyState.PREPARING:
-            ready = read_json(standby.attempt_dir / READY_FILE)
-            if isinstance(ready, dict) and "failed" not in ready:
-                standby.modules = {str(k): float(v) for k, v in (ready.get("modules") or {}).items()}
-                standby.trainer_pid = int(ready.get("pid") or 0) or None
+            files = [read_json(standby.attempt_dir / ready_file_name(rank, standby.world_size))
+                     for rank in range(standby.world_size)]
+            readies = [ready for ready in files if isinstance(ready, dict) and "failed" not in ready]
+            if len(readies) == standby.world_size:  # every rank is ready
+                standby.modules = {str(k): float(v) for ready in readies
+                                   for k, v in (ready.get("modules") or {}).items()}
+                standby.trainer_pid = int(readies[0].get("pid") or 0) or None  # rank 0's
                 standby.state = StandbyState.READY
         if standby.state in (StandbyState.PREPARING, StandbyState.READY) and self._changed(standby):
             standby.state = StandbyState.STALE
@@ -204,12 +236,13 @@ class StandbyLocalRunner(LocalRunner):
         standby = self._standbys.pop(job_id, None)
         if standby is None:
             return
+        # First: the job may have just ended, and `status` must not show a standby being killed (up to 2 s).
+        _remove(standby.job_dir / VIEW_FILE)
         started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
         pgid = started.pgid if started is not None else None
         kill_tree(standby.monitor_pid, pgid)
         _kill_monitor(standby)
         shutil.rmtree(standby.attempt_dir, ignore_errors=True)
-        _remove(standby.job_dir / VIEW_FILE)
 
     def forget_job(self, job_id: str) -> None:
         """The job ended for good: no standby for it."""
@@ -278,18 +311,14 @@ def kill_leftover_standbys(state_dir: Path) -> list[int]:
 
 
 def _restore_priority(standby: Standby) -> None:
-    """Give every thread of the standby's trainer its monitor's niceness (it lowered its own while preparing)."""
-    pid = standby.trainer_pid
-    if not pid:  # promoted while still importing: its pid is in monitor.json
-        started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
-        pid = started.trainer_pid if started is not None else None
-    if not pid:
-        return
+    """Give every thread of the standby's ranks its monitor's niceness (they lowered their own while preparing)."""
     try:
-        base = os.getpriority(os.PRIO_PROCESS, standby.monitor_pid)
-        for thread in psutil.Process(pid).threads():  # niceness is per thread on Linux
-            if os.getpriority(os.PRIO_PROCESS, thread.id) != base:
-                os.setpriority(os.PRIO_PROCESS, thread.id, base)
+        monitor = psutil.Process(standby.monitor_pid)
+        base = monitor.nice()
+        for proc in monitor.children(recursive=True):  # every rank, and anything a rank started
+            for thread in proc.threads():  # niceness is per thread on Linux
+                if os.getpriority(os.PRIO_PROCESS, thread.id) != base:
+                    os.setpriority(os.PRIO_PROCESS, thread.id, base)
     except (psutil.Error, OSError) as exc:  # a thread that just ended; or no right to (not root): it trains niced
         log.warning("job %s: could not restore the promoted standby's priority: %s", standby.job_id, exc)
 
@@ -305,6 +334,39 @@ def _kill_monitor(standby: Standby) -> None:
         time.sleep(0.005)
     standby.handle.close()
     reap_monitors()
+
+
+def _master_port(spec: AttemptSpec) -> int:
+    """The promoted attempt's ``MASTER_PORT``, as its monitor would choose it on a cold start.
+
+    The job's own ``env.MASTER_PORT`` when it sets one (refused, to be retried, while
+    something still holds it), else a port free now.
+    """
+    port, fixed = choose_master_port(None, spec.env)
+    if fixed and not port_is_free(DEFAULT_MASTER_ADDR, port):
+        raise LaunchRefused(f"MASTER_PORT {port} is still in use", retry=True)
+    return port
+
+
+def _ranks_broken(standby: Standby) -> str | None:
+    """Why a multi-rank standby cannot take over as a whole (a rank not a live child of its monitor), or None."""
+    if standby.world_size <= 1:
+        return None
+    started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
+    if started is None:
+        return "its monitor has not recorded its ranks yet"
+    try:
+        children = {child.pid: child for child in psutil.Process(standby.monitor_pid).children()}
+    except psutil.Error:
+        children = {}
+    dead = []
+    for rank, pid in sorted(started.pids().items()):
+        try:
+            if pid not in children or children[pid].status() == psutil.STATUS_ZOMBIE:
+                dead.append(rank)
+        except psutil.Error:
+            dead.append(rank)
+    return f"its rank(s) {', '.join(map(str, dead))} died" if dead else None
 
 
 def _config_of(command: tuple[str, ...]) -> Path:

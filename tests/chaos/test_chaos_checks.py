@@ -55,25 +55,6 @@ def test_the_sampler_sees_two_trainers_of_one_job_and_not_a_monitor(tmp_path: Pa
             proc.wait()
 
 
-def test_a_waiting_standby_is_no_second_trainer_until_it_is_promoted(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    attempts = state / "jobs" / "j1" / "attempts"
-    (attempts / "2").mkdir(parents=True)
-    running = _sleeper("--attempt-dir", f"{attempts}/1")
-    standby = _sleeper("--attempt-dir", f"{attempts}/2", "--standby")
-    try:
-        sampler = TrainerSampler(state)
-        time.sleep(0.3)
-        sampler.sample_once()
-        assert sampler.violations_for("j1") == []  # it waits, without the job's lock
-        (attempts / "2" / "handover.json").write_text("{}")  # promoted while attempt 1 still lives
-        sampler.sample_once()
-        found = sampler.violations_for("j1")
-        assert len(found) == 1 and str(running.pid) in found[0] and str(standby.pid) in found[0]
-    finally:
-        _stop([running, standby])
-
-
 def test_the_sampler_counts_per_rank_two_ranks_of_one_attempt_are_no_duplicate(tmp_path: Path) -> None:
     state = tmp_path / "state"
     attempts = state / "jobs" / "j1" / "attempts"
@@ -102,6 +83,26 @@ def test_the_sampler_counts_per_rank_two_ranks_of_one_attempt_are_no_duplicate(t
         assert len(found) == 1 and str(ranks[0].pid) in found[0] and str(extra[0].pid) in found[0]
     finally:
         _stop(ranks + extra)
+
+
+def test_a_waiting_standby_is_no_trainer_until_its_handover(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    attempts = state / "jobs" / "j1" / "attempts"
+    (attempts / "2").mkdir(parents=True)
+    running = [_sleeper("--attempt-dir", f"{attempts}/1", rank=r) for r in (0, 1)]
+    standby = [_sleeper("--attempt-dir", f"{attempts}/2", "--standby", rank=r) for r in (0, 1)]
+    try:
+        sampler = TrainerSampler(state)
+        time.sleep(0.3)
+        sampler.sample_once()
+        assert sampler.violations_for("j1") == []  # attempt 2's standby ranks import and wait: no trainers
+        (attempts / "2" / "handover.json").write_text("{}")  # handed over while attempt 1 still lives
+        time.sleep(0.05)
+        sampler.sample_once()
+        found = sampler.violations_for("j1")
+        assert len(found) == 1 and all(str(p.pid) in found[0] for p in running + standby)
+    finally:
+        _stop(running + standby)
 
 
 def test_a_rank_that_outlives_its_attempt_is_reported_and_killed_not_the_next_attempts(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Each job here runs long enough (``step_delay``) for a standby to finish its imports
 while attempt 1 trains; the standby's trainer pid, seen in ``status --json``, must be
-the pid of attempt 2 when it takes over, and must not be when it may not.
+the pid of attempt 2 when it takes over, and must not be when it may not. A DDP job
+(2 gloo ranks on the CPU) gets one standby process per rank, all of which take over.
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ from typing import Any
 import psutil
 import pytest
 
+from supervisor.jobfiles.exitrecord import read_exit_record
+from supervisor.jobfiles.heartbeat import read_heartbeat
+from supervisor.jobfiles.layout import JobLayout
+from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_start
 from supervisor.runners.standby import STANDBY_NICE
 from supervisor.standby_keeping import AUTO_MIN_AVAILABLE_BYTES, standby_wanted
+from tests.support.chaos_checks import TrainerSampler
 from tests.support.harness import REPO, DaemonProc, real_env, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lightning]
@@ -35,14 +41,15 @@ STEPS = EPOCHS * 23  # 23 batches an epoch
 
 
 
-def _standby(d: DaemonProc, job: str, *, state: str | None = "ready", not_pid: int | None = None) -> dict[str, Any]:
+def _standby(d: DaemonProc, job: str, *, state: str | None = "ready", not_pid: int | None = None,
+             timeout: float = 180) -> dict[str, Any]:
     def seen() -> dict[str, Any] | None:
         standby = d.status(job)["standby"]
         if not standby or not standby["pid"] or standby["pid"] == not_pid:
             return None
         return standby if state is None or standby["state"] == state else None
 
-    return wait_for(seen, timeout=180, interval=0.2, what=f"a standby ({state or 'any state'})")
+    return wait_for(seen, timeout=timeout, interval=0.2, what=f"a standby ({state or 'any state'})")
 
 
 def _niceness(pid: int) -> set[int]:
@@ -201,3 +208,54 @@ def test_auto_wants_a_standby_only_with_the_memory_for_it_and_our_trainer() -> N
     assert not standby_wanted("auto", AUTO_MIN_AVAILABLE_BYTES, "fake_trainer")
     assert standby_wanted("on", 0, "fake_trainer")
     assert not standby_wanted("off", AUTO_MIN_AVAILABLE_BYTES * 10, "trainer")
+
+
+DDP = ["trainer.devices=2", "trainer.strategy=ddp", "trainer.accelerator=cpu", "data.init_args.batch_size=32",
+       "logger.wandb.mode=disabled", "checkpoint.every_n_train_steps=10"]  # 2 ranks x 32: the global batch of 64
+
+
+def test_a_ddp_jobs_standby_takes_over_every_rank_after_one_rank_is_killed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    d = DaemonProc(state, REPO, real_env(state, OMP_NUM_THREADS="1"))
+    d.start("hang.min_timeout=4", "hang.startup_allowance=240")
+    sampler = TrainerSampler(state, interval=0.1)
+    try:
+        # Attempt 1 blocks in training_step at step 40 on both ranks (no CPU spent while the standby imports),
+        # after the validation of step 23 (best) and the saves of steps 10, 20, 30.
+        job = d.submit(DIGITS, *DDP, f"model.class_path={FAULTY}", "model.init_args.hang_at_step=40",
+                       "trainer.max_epochs=3", "supervision.standby=on", "supervision.hang_timeout=1h")
+        standby = _standby(d, job, timeout=400)  # ready: both standby ranks imported and built
+        jobdir = JobLayout(Path(d.status(job)["job_dir"]))
+        waiting = read_monitor_start(jobdir.attempt(2).monitor_start)
+        running = read_monitor_start(jobdir.attempt(1).monitor_start)
+        assert waiting is not None and running is not None and waiting.pids()[0] == standby["pid"]
+        wait_for(lambda: any(c["step"] >= 30 for c in d.status(job)["checkpoints"]), timeout=240, interval=0.2,
+                 what="attempt 1's save of step 30")
+        sampler.start()
+        os.kill(running.pids()[1], signal.SIGKILL)
+        best = _best_after_end(d, job, 1)
+        final = d.wait_state(job, "completed", "failed", timeout=400)
+    finally:
+        sampler.stop()
+        if d.proc is not None:
+            d.kill()
+        d.kill_leftovers()
+    assert final["state"] == "completed", final["detail"]
+    assert [a["reason"] for a in final["attempts"]] == ["crash", "completed"]
+    assert final["attempts"][0]["detail"] == "rank 1 killed by SIGKILL"
+    # every rank of attempt 2 is a standby process: the same pids, recorded by its monitor as a cold start's are
+    promoted = read_monitor_start(jobdir.attempt(2).monitor_start)
+    assert promoted is not None and promoted.pids() == waiting.pids() and final["attempts"][1]["pid"] == standby["pid"]
+    # from the checkpoint a cold restart would take, to the same final step on both ranks
+    assert final["attempts"][1]["resumed_from"] == best["path"]
+    assert final["global_step"] == 3 * 23
+    for rank in (0, 1):
+        record = read_exit_record(jobdir.attempt(2).exit_record_of(rank))
+        assert record is not None and (record.status, record.global_step) == ("completed", 3 * 23)
+    # no rank of attempt 2 fitted while a process of attempt 1 lived
+    ended = read_monitor_exit(jobdir.attempt(1).monitor_exit)
+    assert ended is not None
+    for rank in (0, 1):
+        beat = read_heartbeat(jobdir.attempt(2).heartbeat_of(rank))
+        assert beat is not None and beat.started_at >= ended.ended_at
+    assert sampler.samples > 10 and sampler.violations_for(job) == []

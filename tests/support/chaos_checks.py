@@ -6,7 +6,9 @@ soak can count them per fault kind and print the job's history for each one.
 own thread, from the process table (psutil), independently of what the daemon says.
 A DDP job legitimately runs one trainer per rank: the sampler tells them apart by the
 attempt dir on their command line and the ``RANK`` in their environment, and counts
-two attempts' trainers alive at once, or two processes of one attempt's rank.
+two attempts' trainers alive at once, or two processes of one attempt's rank. A standby
+(``--standby``: attempt n + 1's processes, importing and waiting while attempt n runs) is
+no trainer until its ``handover.json`` exists (written only once the job's lock is free).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from supervisor.alerts.store import read_alerts
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.manifest import CheckpointEntry, _entry_from_event
 from supervisor.resume import choose_resume, verify_checkpoint
-from supervisor.runners.standby import HANDOVER_FILE
 
 TERMINAL = ("completed", "failed", "stopped")
 BUDGET_OVERRUN_LIMIT_S = 15.0
@@ -62,8 +63,6 @@ def trainer_attempt(cmd: list[str], state_dir: Path) -> tuple[str, str] | None:
     """(job id, attempt) a trainer command line belongs to (its ``--attempt-dir``), or None for anything else.
 
     The attempt monitor's own command line carries the trainer's after it, so it is excluded by name.
-    A standby (``--standby``) is a trainer only once promoted (its attempt dir has ``handover.json``):
-    before that it waits for the running attempt to end, without the job's lock, by design.
     """
     if "--attempt-dir" not in cmd or any("attempt_monitor" in arg for arg in cmd):
         return None
@@ -74,8 +73,6 @@ def trainer_attempt(cmd: list[str], state_dir: Path) -> tuple[str, str] | None:
     jobs = state_dir / "jobs"
     if attempt_dir.parent.parent.parent != jobs:
         return None
-    if "--standby" in cmd and not (attempt_dir / HANDOVER_FILE).exists():
-        return None
     return attempt_dir.parent.parent.name, attempt_dir.name
 
 
@@ -83,6 +80,19 @@ def trainer_job(cmd: list[str], state_dir: Path) -> str | None:
     """The job id a trainer command line belongs to, or None for anything else (see ``trainer_attempt``)."""
     found = trainer_attempt(cmd, state_dir)
     return found[0] if found else None
+
+
+def handed_over_before(cmd: list[str], moment: float) -> bool:
+    """Whether the standby with command line ``cmd`` was handed its attempt before ``moment``.
+
+    Before: a handover written while this sample was listing processes could pair the
+    standby with a previous attempt's process listed before that one exited.
+    """
+    try:
+        handover = Path(cmd[cmd.index("--attempt-dir") + 1]) / "handover.json"
+        return handover.stat().st_mtime < moment
+    except (ValueError, IndexError, OSError):
+        return False
 
 
 def _rank(proc: psutil.Process) -> str:
@@ -113,9 +123,11 @@ class TrainerSampler(threading.Thread):
     def sample_once(self) -> None:
         """One look at every process: group the trainers by job, then by (attempt, rank)."""
         by_job: dict[str, dict[tuple[str, str], list[int]]] = {}
+        began = time.time()
         for proc in psutil.process_iter():
-            found = trainer_attempt(_cmdline(proc), self.state_dir)
-            if found is None:
+            cmd = _cmdline(proc)
+            found = trainer_attempt(cmd, self.state_dir)
+            if found is None or (("--standby" in cmd) and not handed_over_before(cmd, began)):
                 continue
             try:
                 if proc.status() == psutil.STATUS_ZOMBIE:

@@ -19,11 +19,17 @@ job config's ``model.init_args``:
     check_error: null    make --check fail with this message
     heartbeat_every: 0   seconds between heartbeats (the real trainer: 2 s; 0 = every step)
     val_every: 0         a "validation" every N steps: a metrics.jsonl line with val_loss = objective(x, y) + 1/k
+    standby_prepare_s: 0.3  ``--standby``: the "imports" before the ready file
     x: 0.0, y: 0.0       the hyperparameters val_loss is a known function of (optimum x=0.3, y=0.7; see objective)
 
 Under Slurm with several ranks (``SLURM_PROCID`` > 0) a rank other than 0 only
 follows: it waits for rank 0's exit record (then exits 0) or a signal, like a DDP
 rank that does no file work.
+
+``--standby`` plays a standby trainer (one per rank) with the real trainer's
+protocol (``trainer.standby``: ready file, handover, environment, the job's lock),
+then trains as the attempt it was handed; each rank records the environment it
+trains with in ``handover-env.rank<R>.json``.
 """
 
 from __future__ import annotations
@@ -104,6 +110,28 @@ def _follow_rank_zero(layout: AttemptLayout) -> int:
     return 0
 
 
+def _standby(args: argparse.Namespace, parser: argparse.ArgumentParser,
+             prepare_s: float) -> argparse.Namespace | None:
+    """Wait as a standby (the real protocol, a sleep for the imports); the arguments of the attempt handed over."""
+    from trainer.ranks import rank_from_env
+    from trainer.standby import announce_ready, become, wait_for_handover
+
+    attempt_dir = Path(args.attempt_dir).absolute()
+    attempt_dir.mkdir(parents=True, exist_ok=True)
+    rank = rank_from_env()
+    time.sleep(prepare_s)
+    announce_ready(attempt_dir, rank, {})
+    handover = wait_for_handover(attempt_dir)
+    if handover is None:
+        return None
+    handed = become(handover, parser, attempt_dir)
+    if handed is not None:
+        keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "ML_SUPERVISOR_ATTEMPT")
+        (attempt_dir / f"handover-env.rank{rank.rank}.json").write_text(json.dumps(
+            {"pid": os.getpid(), "time": time.time(), **{k: os.environ.get(k) for k in keys}}))
+    return handed
+
+
 def main(argv: list[str] | None = None) -> int:
     global _checkpoint_requested
     parser = argparse.ArgumentParser()
@@ -115,18 +143,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restarts", type=int, default=0)
     parser.add_argument("--deadline", type=float)
     parser.add_argument("--check", action="store_true")
+    parser.add_argument("--standby", action="store_true")
     args, _ = parser.parse_known_args(argv)
     cfg = OmegaConf.load(args.config)
     opts: dict[str, Any] = {"steps": 20, "step_time": 0.02, "ckpt_every": 5, "faults_on": [1], "crash_at": None,
                             "die_at": None, "hang_at": None, "ignore_sigterm": False, "ignore_deadline": False,
                             "spawn_child": False, "check_error": None, "heartbeat_every": 0.0,
-                            "val_every": 0, "x": 0.0, "y": 0.0}
+                            "val_every": 0, "x": 0.0, "y": 0.0, "standby_prepare_s": 0.3}
     opts.update(OmegaConf.to_container(cfg.model.init_args) or {})
     if args.check:
         if opts["check_error"]:
             print(f"{args.config}: model.class_path: {opts['check_error']}", file=sys.stderr)
             return 2
         return 0
+    if args.standby:
+        handed = _standby(args, parser, float(opts["standby_prepare_s"]))
+        if handed is None:
+            return 1
+        args = handed
     layout = AttemptLayout(Path(args.attempt_dir))
     layout.dir.mkdir(parents=True, exist_ok=True)
     if int(os.environ.get("SLURM_PROCID", "0")) != 0:
