@@ -76,6 +76,7 @@ def main() -> int:
                         help="run only this contender besides the baseline (repeatable; default: all)")
     args = parser.parse_args()
     args.settle = 0.0
+    args.accelerator = "cpu"  # restart_compare's contenders read it (its --accelerator gpu is for bench/gpu/)
     results: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-goodput-") as tmp:
         # The uninterrupted baseline runs first and last (a shared box's load drifts): the mean of the two.
