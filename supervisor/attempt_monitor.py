@@ -24,9 +24,10 @@ its whole life, and so does every rank (they inherit the same fd): the lock is
 free only when none of them lives, so two live trainers of one job cannot exist
 even when the monitor itself is killed. A standby's monitor (``--standby``) gets
 that file open but not locked: at the handover its ranks lock the open file they
-share (``trainer/standby.py``), and from then on it is held as a cold attempt's is. A monitor that cannot record its
-trainer (``monitor.json`` unwritable: disk full) kills every rank before it
-exits: nobody could find and stop an unrecorded trainer.
+share (``trainer/standby.py``), and from then on it is held as a cold attempt's
+is. A monitor that cannot record its trainer (``monitor.json`` unwritable: disk
+full) kills every rank before it exits: nobody could find and stop an
+unrecorded trainer.
 
     python -m supervisor.attempt_monitor --attempt-dir DIR --cwd DIR [--lock-fd N]
         [--nproc-per-node N [--master-port P] [--master-addr A] [--rank-stop-grace S] [--rank-exit-grace S]]
