@@ -119,7 +119,9 @@ def test_two_ranks_complete_with_the_final_step_of_one_rank(daemon: DaemonProc) 
 def test_sigkill_of_one_rank_ends_the_attempt_at_once_and_both_ranks_resume_from_best(daemon: DaemonProc,
                                                                                       victim: int) -> None:
     d = daemon
-    job = d.submit(DIGITS, *DDP, FAULTY, "model.init_args.step_delay=0.03", "trainer.max_epochs=3")
+    # The cold relaunch (a standby's ranks start while attempt 1 runs: tests/e2e/test_standby.py has that case).
+    job = d.submit(DIGITS, *DDP, FAULTY, "model.init_args.step_delay=0.03", "trainer.max_epochs=3",
+                   "supervision.standby=off")
     start = _ranks_started(d, job, 1)
     _trained(d, job, 1, 15)
     killed_at = time.time()
