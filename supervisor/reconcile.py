@@ -79,9 +79,9 @@ class Reconciling(CoreBase):
             seen_attempts.append((job, attempt, seen))
         # Every job a reboot hit, known before the first is acted on: each one's reboot alert names them all.
         rebooted = [job_id for job_id, v in verdicts.items() if v is Verdict.REBOOTED]
+        reboot_alert = RebootAlert(jobs=rebooted, previous_boot_id=previous_boot, boot_id=self.boot_id)
         for job, attempt, seen in seen_attempts:
-            self._apply(job, attempt, seen, verdicts[job.id], now, RebootAlert(
-                jobs=rebooted, previous_boot_id=previous_boot, boot_id=self.boot_id))
+            self._apply(job, attempt, seen, verdicts[job.id], now, reboot_alert)
         store.set_meta("boot_id", self.boot_id)
         if rebooted:
             log.warning("recovered %d job(s) after a reboot (boot id was %s)", len(rebooted), previous_boot)
@@ -97,13 +97,12 @@ class Reconciling(CoreBase):
         ref = self.attempt_ref(job, attempt)
         if verdict is Verdict.REBOOTED:
             runner.kill(ref)  # signals only what it proves ours: after a real reboot, nothing
-            # The reboot alert is committed with the event (the outbox) and sent with the restart's alert
-            # that follows: a daemon killed in between sends both at its next start.
+            # The reboot alert is committed with the event (the outbox) and sent with the restart's or the
+            # ending's alert that on_attempt_end commits next: a daemon killed in between sends both at its start.
             store.add_event(job.id, EventKind.REBOOT, "the node rebooted while the job ran", now=now,
                             attempt=attempt.n, alert=OutboxAlert(reboot_alert.event, reboot_alert.details()))
             self.on_attempt_end(job, attempt, seen.exit, now, intent=Cause.REBOOT,
                                 intent_detail="the node rebooted")
-            self.send_pending_alerts()  # when the policy ended the job instead, its ending sent it already
         elif verdict is Verdict.COLLECT:
             store.add_event(job.id, EventKind.COLLECTED, f"attempt {attempt.n} ended while the daemon was away",
                             now=now, attempt=attempt.n)
