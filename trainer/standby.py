@@ -43,10 +43,9 @@ from typing import Any
 from supervisor.errors import ConfigError
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.layout import EXIT_CONFIG_ERROR, EXIT_EXCEPTION
-from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, ready_file_name
+from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_ENV, ready_file_name
 from trainer.ranks import RankInfo, rank_from_env
 
-NICE_ENV = "ML_SUPERVISOR_STANDBY_NICE"  # the niceness to prepare at (supervisor/runners/standby.py)
 # What the attempt monitor gives each rank (rank_environment) and the handover must not overwrite:
 # the attempt's environment is the job's, the same for every rank; these say which rank this process is.
 RANK_ENV_KEYS = ("MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK")

@@ -18,6 +18,9 @@ HANDOVER_FILE = "handover.json"
 # The job's lock file, opened by the daemon (not locked) and inherited by the standby's monitor and ranks:
 # the fd number, which ``pass_fds`` keeps the same in every process.
 LOCK_FD_ENV = "ML_SUPERVISOR_LOCK_FD"
+# The niceness a standby prepares at (set by the runner only where it can give the priority back at the
+# handover; read by the trainer before its first import).
+NICE_ENV = "ML_SUPERVISOR_STANDBY_NICE"
 
 
 def ready_file_name(rank: int, world_size: int) -> str:

@@ -45,7 +45,7 @@ from supervisor.attempt_monitor import DEFAULT_MASTER_ADDR, choose_master_port, 
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
-from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, ready_file_name
+from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_ENV, ready_file_name
 from supervisor.process import ProcessHandle, kill_tree, reap_monitors, spawn_attempt_monitor, try_lock
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
 from supervisor.runners.local import RANK_STOP_GRACE_S, LocalRunner
@@ -59,7 +59,6 @@ MONITOR_EXIT_WAIT_S = 2.0
 # training it backs up (on a small node it did: the running attempt slowed while its next standby imported).
 # It runs at this niceness until promoted, when the runner gives every thread of it the monitor's back.
 STANDBY_NICE = 10
-NICE_ENV = "ML_SUPERVISOR_STANDBY_NICE"  # read by trainer/standby.py before its first import
 
 
 class StandbyState:
