@@ -117,25 +117,26 @@ def fit(args: argparse.Namespace, started_at: float, prepared: PreparedRun | Non
     rank = rank_from_env()
     checkpoint_dir = Path(args.checkpoint_dir).absolute() if args.checkpoint_dir else attempt_dir / "checkpoints"
     signals = SignalState(layout.stacks_of(rank.rank))
-    signals.install()
     # Live curves come from rank 0 alone: the other ranks' metrics are their shard's.
     heartbeat = HeartbeatWriter(layout.heartbeat_of(rank.rank), layout.metrics if rank.rank == 0 else None,
                                 attempt=args.attempt, started_at=started_at, interval=interval_from_env(),
                                 rank=rank.rank)
-    heartbeat.write()  # "setup": the process is alive before the slow imports
-    os.environ.update({
-        ATTEMPT_ENV: str(args.attempt),
-        RESTARTS_ENV: str(args.restarts),
-        ATTEMPT_DIR_ENV: str(attempt_dir),
-        CHECKPOINT_DIR_ENV: str(checkpoint_dir),
-    })
-
-    if os.environ.get("CUDA_VISIBLE_DEVICES"):  # which GPUs this attempt has (a standby learns it at the handover)
-        print(f"[trainer] attempt {args.attempt}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}",
-              file=sys.stderr, flush=True)
     state = None
     record = ExitRecord(status="completed", time=0.0, pid=os.getpid(), rank=rank.rank)
     try:
+        # Inside the try from the handlers' installation on: a SIGTERM from here on raises
+        # Terminated, which must become an exit record and exit 143, never a traceback.
+        signals.install()
+        heartbeat.write()  # "setup": the process is alive before the slow imports
+        os.environ.update({
+            ATTEMPT_ENV: str(args.attempt),
+            RESTARTS_ENV: str(args.restarts),
+            ATTEMPT_DIR_ENV: str(attempt_dir),
+            CHECKPOINT_DIR_ENV: str(checkpoint_dir),
+        })
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):  # which GPUs it has (a standby learns it at the handover)
+            print(f"[trainer] attempt {args.attempt}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}",
+                  file=sys.stderr, flush=True)
         if prepared is None:
             cfg = load_job_config(args.config, args.overrides)
             apply_environment(cfg, args.config)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from trainer_testkit import TrainerRun, is_complete_zip, start_trainer
+from trainer_testkit import DIGITS_CONFIG, REPO, TrainerRun, is_complete_zip, start_trainer, trainer_env
 
-from supervisor.jobfiles.exitrecord import ExitRecord
+from supervisor.jobfiles.exitrecord import ExitRecord, read_exit_record
+from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.manifest import live_checkpoints
 
 pytestmark = pytest.mark.lightning
@@ -52,6 +55,40 @@ def test_sigterm_before_the_fit_exits_143_at_once(tmp_path: Path) -> None:
     assert (record.status, record.signal, record.checkpoint, record.global_step) == ("signal", "SIGTERM", None, 0)
     beat = run.heartbeat()
     assert beat is not None and beat.phase == "done"
+
+
+# The trainer, with a SIGTERM sent to itself the moment its first heartbeat is on disk: the
+# earliest a daemon (or a test) can know it is alive, and before the fit's try used to begin.
+SIGTERM_AT_FIRST_BEAT = """
+import os, signal, sys
+from trainer import cli, progress
+
+original = progress.HeartbeatWriter.write
+sent = []
+
+def write_then_sigterm(self, *args, **kwargs):
+    original(self, *args, **kwargs)
+    if not sent:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+progress.HeartbeatWriter.write = write_then_sigterm
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_right_after_the_first_heartbeat_is_an_exit_record_not_a_traceback(tmp_path: Path) -> None:
+    """The window between the first beat and the slow imports: still a clean stop, exit 143, no traceback."""
+    attempt_dir = tmp_path / "job" / "attempts" / "1"
+    attempt_dir.mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGTERM_AT_FIRST_BEAT, "--config", str(DIGITS_CONFIG),
+         "--attempt-dir", str(attempt_dir), "logger.wandb.mode=disabled"],
+        cwd=REPO, env=trainer_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    assert "Traceback" not in proc.stderr
+    record = read_exit_record(AttemptLayout(attempt_dir).exit_record)
+    assert record is not None and (record.status, record.signal) == ("signal", "SIGTERM")
 
 
 # --- SIGUSR2 (stacks) and SIGUSR1 (save, keep going) -----------------------------------------------
