@@ -32,8 +32,15 @@ PROBE_DIR = "probe"
 JOB_NAME_PREFIX = "mlsup-"
 
 
-_RANK_EXPORTS = ('export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" WORLD_SIZE="$SLURM_NTASKS" '
-                 'NODE_RANK="$SLURM_NODEID"; exec "$@"')
+# Slurm sends ``--signal`` to every step up to its PERIODIC_TIMEOUT (30 s) early: at once when
+# the allocation is barely longer than the warning (``time: 1:00``, ``signal: USR1@30``). Until the
+# trainer has its handlers, SIGUSR1 (save) and SIGUSR2 (stacks) would kill a rank or the probe with
+# the signal's default action, and a dead probe reads as an unshared state dir. Ignored here, and
+# inherited as ignored through ``exec``, they are harmless until the trainer installs its own.
+_IGNORE_EARLY_SIGNALS = 'trap "" USR1 USR2; '
+_RANK_EXPORTS = (_IGNORE_EARLY_SIGNALS + 'export RANK="$SLURM_PROCID" LOCAL_RANK="$SLURM_LOCALID" '
+                 'WORLD_SIZE="$SLURM_NTASKS" NODE_RANK="$SLURM_NODEID"; exec "$@"')
+_PROBE = _IGNORE_EARLY_SIGNALS + 'hostname > "$0/$SLURMD_NODENAME"'
 
 
 def slurm_job_name(job_id: str) -> str:
@@ -85,7 +92,7 @@ def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command
         *slurm.get("setup", []),
         "# Every node writes a probe the batch node must see: the state dir must be on a shared filesystem.",
         "mkdir -p \"$PROBE_DIR\"",
-        "srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c 'hostname > \"$0/$SLURMD_NODENAME\"' \"$PROBE_DIR\"",
+        "srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c " + q(_PROBE) + " \"$PROBE_DIR\"",
         "seen=$(ls \"$PROBE_DIR\" | wc -l)",
         "if [ \"$seen\" -lt \"$SLURM_NNODES\" ]; then",
         "    msg=\"the state dir $ATTEMPT_DIR is not on a filesystem every node sees: $seen of $SLURM_NNODES nodes' "

@@ -154,12 +154,14 @@ def test_node_failure_comes_back_from_best_without_a_duplicate(slurm_daemon: Dae
 
 def test_time_limit_checkpoints_first_and_continues_in_a_new_allocation(slurm_daemon: DaemonProc,
                                                                          slurm_cluster: Cluster) -> None:
-    # One minute per allocation, SIGUSR1 30 s before it: the fake saves a "last" checkpoint on SIGUSR1.
+    # Two minutes per allocation, SIGUSR1 30 s before it: the fake saves a "last" checkpoint on SIGUSR1.
+    # Slurm sends it up to its 30 s PERIODIC_TIMEOUT early, so 60-90 s in: never at the step's start
+    # (a one-minute allocation got it at once, sometimes before the fake had a handler to save with).
     cfg = write_config(slurm_daemon.workdir, "limit", supervision={"backend": "slurm"},
                        steps=3000, step_time=0.05, ckpt_every=100000)
-    cfg.write_text(cfg.read_text() + 'slurm:\n  time: "00:01:00"\n  signal: "USR1@30"\n')
+    cfg.write_text(cfg.read_text() + 'slurm:\n  time: "00:02:00"\n  signal: "USR1@30"\n')
     job = slurm_daemon.submit(cfg)
-    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=500)
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=600)
     assert final["state"] == "completed"
     *limited, last = final["attempts"]
     assert limited, last  # (on a loaded box a second allocation may reach its limit too)

@@ -3,6 +3,11 @@ the batch script's options, and the ``slurm:`` section's checks at submit (no cl
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -130,3 +135,46 @@ def test_the_trainer_runs_lightnings_slurm_environment_without_auto_requeue() ->
     assert other in plugins and given not in plugins
     assert len(envs) == 1 and envs[0].auto_requeue is False
     assert [type(p) for p in slurm_plugins(None)] == [SLURMEnvironment]
+
+
+# A "trainer" that only installs its SIGUSR1 handler 1.5 s after it starts, then checks the handler works.
+_LATE_HANDLER = ("import os, signal, sys, time; open(sys.argv[1], 'w').close(); time.sleep(1.5); "
+                 "got = []; signal.signal(signal.SIGUSR1, lambda *a: got.append(1)); "
+                 "os.kill(os.getpid(), signal.SIGUSR1); sys.exit(0 if got else 3)")
+
+
+def _step_command(script: str, srun_prefix: str) -> str:
+    """One ``srun`` line of the batch script, as the shell command its tasks run (srun and ``&`` dropped)."""
+    line = next(line for line in script.splitlines() if line.startswith(srun_prefix))
+    return line.removeprefix(srun_prefix).removesuffix(" &")
+
+
+def _signal_early_and_wait(command: str, started: Path, env: dict[str, str]) -> int:
+    """Run ``command`` in bash as a process group, SIGUSR1 + SIGUSR2 the group once it has started, wait."""
+    proc = subprocess.Popen(["bash", "-c", command], env=env, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGUSR1)  # as slurmstepd signals every process of the step
+    os.killpg(proc.pid, signal.SIGUSR2)
+    return proc.wait(timeout=30)
+
+
+def test_an_early_time_limit_signal_kills_neither_a_rank_before_its_handlers_nor_the_probe(tmp_path: Path) -> None:
+    # Slurm may send --signal's SIGUSR1 as the step starts; the trainer installs its handler only later.
+    started = tmp_path / "started"
+    script = render_batch_script(job_id="job-1", attempt_dir=tmp_path / "attempt", workdir=str(tmp_path),
+                                 command=(sys.executable, "-c", _LATE_HANDLER, str(started)), slurm=SLURM)
+    env = dict(os.environ, SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NTASKS="1", SLURM_NODEID="0")
+    assert _signal_early_and_wait(_step_command(script, "srun --kill-on-bad-exit=1 "), started, env) == 0
+
+    # The probe, with a slow ``hostname`` so the signals reach it mid-probe: it still writes its file.
+    bin_dir, probe_dir = tmp_path / "bin", tmp_path / "probe"
+    bin_dir.mkdir(), probe_dir.mkdir()
+    fake_hostname = bin_dir / "hostname"
+    fake_hostname.write_text(f"#!/bin/bash\ntouch {tmp_path / 'probing'}\nsleep 1\necho n1\n")
+    fake_hostname.chmod(0o755)
+    probe_env = dict(env, PATH=f"{bin_dir}:{os.environ['PATH']}", SLURMD_NODENAME="n1", PROBE_DIR=str(probe_dir))
+    probe = _step_command(script, "srun --ntasks-per-node=1 --kill-on-bad-exit=1 ")
+    assert _signal_early_and_wait(probe, tmp_path / "probing", probe_env) == 0
+    assert (probe_dir / "n1").read_text() == "n1\n"
