@@ -22,6 +22,7 @@ from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_start
+from supervisor.jobfiles.standbyfiles import AUTOGROUP_NICE
 from supervisor.runners.standby import STANDBY_NICE
 from supervisor.standby_keeping import AUTO_MIN_AVAILABLE_BYTES, standby_wanted
 from tests.support.chaos_checks import TrainerSampler
@@ -61,6 +62,19 @@ def _niceness(pid: int) -> set[int]:
     return values
 
 
+def _policies(pid: int) -> set[int]:
+    """The scheduling policy of every thread of ``pid`` (per thread, like niceness)."""
+    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+def _autogroup_nice(pid: int) -> int | None:
+    """The niceness of ``pid``'s session autogroup ("/autogroup-N nice K"), None without autogrouping."""
+    try:
+        return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
+    except FileNotFoundError:
+        return None
+
+
 def _kill_and_wait(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
     try:
@@ -85,12 +99,16 @@ def test_after_a_sigkill_the_standby_takes_over_from_best_and_a_dead_standby_is_
     # Background work while it waits (where the daemon can undo it: lowering a niceness needs root).
     base = psutil.Process(first["pid"]).parent().nice()  # the monitor's, as a cold attempt runs at
     assert _niceness(first["pid"]) == {min(19, base + STANDBY_NICE) if os.geteuid() == 0 else base}
+    root = os.geteuid() == 0
+    assert _policies(first["pid"]) == {os.SCHED_IDLE if root else os.SCHED_OTHER}
+    assert _autogroup_nice(first["pid"]) in ({AUTOGROUP_NICE, None} if root else {0, None})
     _kill_and_wait(first["pid"])
     second = _standby(d, job, not_pid=first["pid"])
     os.kill(pid1, signal.SIGKILL)
     best = _best_after_end(d, job, 1)
     assert d.live_pid(job, 2) == second["pid"]
     assert _niceness(second["pid"]) == {psutil.Process(second["pid"]).parent().nice()}  # the monitor's, promoted
+    assert _policies(second["pid"]) == {os.SCHED_OTHER} and _autogroup_nice(second["pid"]) in (0, None)
     final = d.wait_state(job, "completed", "failed", timeout=300)
     assert final["state"] == "completed" and [a["reason"] for a in final["attempts"]] == ["crash", "completed"]
     assert final["attempts"][1]["resumed_from"] == best["path"]
