@@ -36,8 +36,13 @@ class SupervisedStandbyBest(SupervisedStandby):
 CONTENDERS: list[Any] = [PlainLoop, Torchrun, Supervised, SupervisedStandby, SupervisedStandbyBest]
 
 
-def run(contender: Contender, duration: float, kill_every: float | None) -> int:
+# Seconds from each run's launch to its first optimizer step (the fixed start-up cost every run pays once).
+FIRST_STEP_AFTER: dict[str, float] = {}
+
+
+def run(contender: Contender, duration: float, kill_every: float | None, label: str | None = None) -> int:
     """Start, kill every ``kill_every`` s, and return the global step reached ``duration`` s after the start."""
+    contender.prepare()
     start = time.time()
     contender.start()
     try:
@@ -52,6 +57,9 @@ def run(contender: Contender, duration: float, kill_every: float | None) -> int:
                         pass
                 next_kill += kill_every  # type: ignore[operator]
             time.sleep(0.05)
+        steps = [s for s in read_stamps(contender.stamps) if s[0] == "step"]
+        if steps:
+            FIRST_STEP_AFTER[label or contender.name] = steps[0][1] - start
         try:
             return int((Path(str(contender.stamps) + ".step")).read_text())
         except FileNotFoundError:
@@ -80,13 +88,13 @@ def main() -> int:
     results: dict[str, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-goodput-") as tmp:
         # The uninterrupted baseline runs first and last (a shared box's load drifts): the mean of the two.
-        before = run(PlainLoop(Path(tmp) / "base1", args), args.duration, None)
+        before = run(PlainLoop(Path(tmp) / "base1", args), args.duration, None, "uninterrupted (first)")
         print(f"uninterrupted (first): step {before}  {load()}", flush=True)
         for make in [c for c in CONTENDERS if not args.only or c.name in args.only]:
             contender = make(Path(tmp), args)
             results[contender.name] = run(contender, args.duration, args.kill_every)
             print(f"{contender.name}: step {results[contender.name]}  {load()}", flush=True)
-        after = run(PlainLoop(Path(tmp) / "base2", args), args.duration, None)
+        after = run(PlainLoop(Path(tmp) / "base2", args), args.duration, None, "uninterrupted (last)")
         print(f"uninterrupted (last): step {after}  {load()}", flush=True)
         results = {"uninterrupted": round((before + after) / 2), **results}
     base = results["uninterrupted"]
@@ -94,6 +102,9 @@ def main() -> int:
           f"{args.every} steps, digits on CPU ({os.cpu_count()} cores, shared)")
     for name, step in results.items():
         print(f"  {name:18s} final step {step:6d}  goodput {step / base:6.1%}")
+    print("first optimizer step after launch (the daemon already up; ml-supervisor's includes the submit's check):")
+    for name, after_s in FIRST_STEP_AFTER.items():
+        print(f"  {name:22s} {after_s:5.1f} s")
     return 0
 
 

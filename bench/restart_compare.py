@@ -125,6 +125,9 @@ class Contender:
                         PYTHONPATH=os.pathsep.join([str(self.root), str(REPO)]),
                         CUDA_VISIBLE_DEVICES="0" if args.accelerator == "gpu" else "")
 
+    def prepare(self) -> None:
+        """What is up before the user starts a run (ml-supervisor's daemon, a service); not timed."""
+
     def start(self) -> None:
         raise NotImplementedError
 
@@ -212,6 +215,12 @@ class Supervised(Contender):
     resume_from = "last"
     name = "sup cold"
 
+    def prepare(self) -> None:
+        state = self.root / "state"
+        self.daemon = DaemonProc(state, self.root, real_env(state))
+        self.daemon.env["PYTHONPATH"] = os.pathsep.join([str(self.root), str(REPO)])
+        self.daemon.start("hang.startup_allowance=300")
+
     def start(self) -> None:
         cfg: dict[str, Any] = yaml.safe_load((REPO / "configs" / "digits.yaml").read_text())
         cfg["workdir"] = str(self.root)
@@ -231,10 +240,6 @@ class Supervised(Contender):
                               "budget": None, "gpus": 1 if self.args.accelerator == "gpu" else 0}
         config = self.root / "job.yaml"
         config.write_text(yaml.safe_dump(cfg))
-        state = self.root / "state"
-        self.daemon = DaemonProc(state, self.root, real_env(state))
-        self.daemon.env["PYTHONPATH"] = os.pathsep.join([str(self.root), str(REPO)])
-        self.daemon.start("hang.startup_allowance=300")
         self.job = self.daemon.submit(config)
 
     def ready_for_fault(self) -> None:
@@ -283,6 +288,7 @@ def main() -> int:
             order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
             for make in order:
                 contender = make(Path(tmp), args)
+                contender.prepare()
                 contender.start()
                 try:
                     for _ in range(args.faults):
