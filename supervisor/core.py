@@ -39,7 +39,6 @@ from supervisor.attempt_monitor import current_boot_id
 from supervisor.causes import Cause, EndReason, EventKind
 from supervisor.corebase import AlertHook
 from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
-from supervisor.gpu import allocate
 from supervisor.gpu_actions import GpuActions
 from supervisor.hang import check_hang, update_slowest_step
 from supervisor.jobfiles.atomic import read_json_lines, read_json_lines_from
@@ -186,21 +185,8 @@ class Supervisor(StandbyKeeping, Launching, Stopping, Reconciling, GpuActions):
         """
         job, _cfg = prepare_job(req, jobs_dir=self.jobs_dir, trainer_module=self.settings.trainer_module,
                                 gpu_count=self.gpu_count(), check_timeout=self.settings.check_timeout,
-                                now=self.clock(), owner_uid=owner_uid,
-                                while_checking=self._first_standby_while_checking)
+                                now=self.clock(), owner_uid=owner_uid)
         return self.call(self._register, job, req)
-
-    def _first_standby_while_checking(self, job: JobRow) -> Callable[[], None] | None:
-        """Submit's ``while_checking`` (the caller's thread): attempt 1's standby, started on the loop."""
-        if not self.call(self._start_first_standby_unless_queued, job):
-            return None
-        return lambda: self.call(self.drop_first_standby, job.id)
-
-    def _start_first_standby_unless_queued(self, job: JobRow) -> bool:
-        n = job.gpus_requested
-        if n and (self.gpus is None or allocate(n, self.gpus.allocatable(), self.gpu_jobs()) is None):
-            return False  # it will wait for GPUs: a standby would only hold memory meanwhile
-        return self.start_first_standby(job)
 
     def _register(self, job: JobRow, req: SubmitRequest) -> JobRow:
         self._store().insert_job(job, message=f"submitted {job.name} from {job.config_source}",

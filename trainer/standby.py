@@ -30,7 +30,6 @@ checkpoint the daemon would choose now loaded on the CPU
 from __future__ import annotations
 
 import argparse
-import contextlib
 import fcntl
 import json
 import os
@@ -44,14 +43,7 @@ from typing import Any
 from supervisor.errors import ConfigError
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.layout import EXIT_CONFIG_ERROR, EXIT_EXCEPTION
-from supervisor.jobfiles.standbyfiles import (
-    AUTOGROUP_NICE,
-    HANDOVER_FILE,
-    LOCK_FD_ENV,
-    NICE_ENV,
-    autogroup_file,
-    ready_file_name,
-)
+from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_ENV, ready_file_name
 from trainer.ranks import RankInfo, rank_from_env
 
 # What the attempt monitor gives each rank (rank_environment) and the handover must not overwrite:
@@ -82,31 +74,11 @@ class Handover:
     master_port: int | None = None  # several ranks: the attempt's rendezvous port, chosen at the handover
 
 
-def lower_priority(nice: int) -> None:
-    """Make this process background work (the daemon undoes all three at the promotion; it needs root to).
-
-    Called first thing, so every thread started later inherits the first two:
-    - ``nice``: the classic weight;
-    - ``SCHED_IDLE``: a trainer thread that wakes preempts us at once. A merely
-      niced task may keep its CPU to the end of its slice, and the running
-      attempt's intra-op threads meet at every parallel region: measured on 2
-      cores, nice 10 alone left the trainer at 75 % of its speed while we prepared;
-    - ``/proc/self/autogroup``: with autogrouping (processes outside a cgroup, each
-      session a group) niceness only orders threads of one session, and the
-      trainer has a session of its own; there the trainer fell to 28 % of its speed.
-    """
-    os.nice(nice)
-    with contextlib.suppress(OSError):
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    with contextlib.suppress(OSError):  # no autogrouping in this kernel: nothing to lower
-        Path(autogroup_file()).write_text(f"{AUTOGROUP_NICE}\n")
-
-
 def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Prepare, wait for the handover, then fit as the attempt it names (the exit code of that fit)."""
     nice = os.environ.get(NICE_ENV)
     if nice:  # background work until the handover, when the daemon gives us our priority back
-        lower_priority(int(nice))
+        os.nice(int(nice))
     from supervisor.config import load_job_config
     from trainer.cli import apply_environment, fit
 

@@ -21,14 +21,6 @@ LOCK_FD_ENV = "ML_SUPERVISOR_LOCK_FD"
 # The niceness a standby prepares at (set by the runner only where it can give the priority back at the
 # handover; read by the trainer before its first import).
 NICE_ENV = "ML_SUPERVISOR_STANDBY_NICE"
-# Where NICE_ENV is set the standby also lowers its session's autogroup (see trainer/standby.py
-# lower_priority) to this niceness; the daemon writes 0 back at the handover.
-AUTOGROUP_NICE = 19
-
-
-def autogroup_file(pid: int | str = "self") -> str:
-    """The /proc file holding the autogroup niceness of ``pid``'s session (absent without autogrouping)."""
-    return f"/proc/{pid}/autogroup"
 
 
 def ready_file_name(rank: int, world_size: int) -> str:

@@ -45,13 +45,7 @@ from supervisor.attempt_monitor import DEFAULT_MASTER_ADDR, choose_master_port, 
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
-from supervisor.jobfiles.standbyfiles import (
-    HANDOVER_FILE,
-    LOCK_FD_ENV,
-    NICE_ENV,
-    autogroup_file,
-    ready_file_name,
-)
+from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_ENV, ready_file_name
 from supervisor.process import ProcessHandle, kill_tree, reap_monitors, spawn_attempt_monitor, try_lock
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
 from supervisor.runners.local import RANK_STOP_GRACE_S, LocalRunner
@@ -316,25 +310,16 @@ def kill_leftover_standbys(state_dir: Path) -> list[int]:
 
 
 def _restore_priority(standby: Standby) -> None:
-    """Undo ``trainer.standby.lower_priority`` for every thread of the standby's ranks: its monitor's niceness,
-    the normal scheduling policy, and their session's autogroup niceness back to 0."""
+    """Give every thread of the standby's ranks its monitor's niceness (they lowered their own while preparing)."""
     try:
         monitor = psutil.Process(standby.monitor_pid)
         base = monitor.nice()
         for proc in monitor.children(recursive=True):  # every rank, and anything a rank started
-            for thread in proc.threads():  # niceness and policy are per thread on Linux
-                if os.sched_getscheduler(thread.id) == os.SCHED_IDLE:
-                    os.sched_setscheduler(thread.id, os.SCHED_OTHER, os.sched_param(0))
+            for thread in proc.threads():  # niceness is per thread on Linux
                 if os.getpriority(os.PRIO_PROCESS, thread.id) != base:
                     os.setpriority(os.PRIO_PROCESS, thread.id, base)
     except (psutil.Error, OSError) as exc:  # a thread that just ended; or no right to (not root): it trains niced
         log.warning("job %s: could not restore the promoted standby's priority: %s", standby.job_id, exc)
-    try:
-        Path(autogroup_file(standby.monitor_pid)).write_text("0\n")  # one autogroup: the monitor's session
-    except FileNotFoundError:
-        pass  # no autogrouping in this kernel (or the monitor is gone)
-    except OSError as exc:
-        log.warning("job %s: could not restore the promoted standby's autogroup: %s", standby.job_id, exc)
 
 
 def _kill_monitor(standby: Standby) -> None:
