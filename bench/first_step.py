@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from restart_compare import PlainLoop, Supervised, SupervisedStandby, read_stamps
+from restart_compare import PlainLoop, Supervised, SupervisedStandby, step_stamps
 
 
 def main() -> int:
@@ -37,7 +37,7 @@ def main() -> int:
                 start = time.time()
                 contender.start()
                 try:
-                    while not (steps := [s for s in read_stamps(contender.stamps) if s[0] == "step"]):
+                    while not (steps := step_stamps(contender.stamps)):
                         time.sleep(0.02)
                 finally:
                     contender.stop()

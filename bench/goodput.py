@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from restart_compare import Contender, PlainLoop, Supervised, SupervisedStandby, Torchrun, read_stamps
+from restart_compare import Contender, PlainLoop, Supervised, SupervisedStandby, Torchrun, global_step, step_stamps
 
 
 class SupervisedStandbyBest(SupervisedStandby):
@@ -49,7 +49,7 @@ def run(contender: Contender, duration: float, kill_every: float | None, label: 
         next_kill = start + kill_every if kill_every else float("inf")
         while time.time() < start + duration:
             if time.time() >= next_kill:
-                stamps = [s for s in read_stamps(contender.stamps) if s[0] == "step"]
+                stamps = step_stamps(contender.stamps)
                 if stamps:
                     try:
                         os.kill(stamps[-1][2], signal.SIGKILL)
@@ -57,13 +57,10 @@ def run(contender: Contender, duration: float, kill_every: float | None, label: 
                         pass
                 next_kill += kill_every  # type: ignore[operator]
             time.sleep(0.05)
-        steps = [s for s in read_stamps(contender.stamps) if s[0] == "step"]
+        steps = step_stamps(contender.stamps)
         if steps:
             FIRST_STEP_AFTER[label or contender.name] = steps[0][1] - start
-        try:
-            return int((Path(str(contender.stamps) + ".step")).read_text())
-        except FileNotFoundError:
-            return 0  # never stepped
+        return global_step(contender.stamps)
     finally:
         contender.stop()
 

@@ -108,6 +108,19 @@ def read_stamps(path: Path) -> list[tuple[str, float, int]]:
     return out
 
 
+def step_stamps(path: Path) -> list[tuple[str, float, int]]:
+    """The "step" stamps: one per trainer process, at its first optimizer step (time, pid)."""
+    return [s for s in read_stamps(path) if s[0] == "step"]
+
+
+def global_step(path: Path) -> int:
+    """The global step the trainer last reported (the Stamp callback's ``.step`` file; 0 before any)."""
+    try:
+        return int(Path(str(path) + ".step").read_text())
+    except FileNotFoundError:
+        return 0
+
+
 class Contender:
     """One way of running the training: start it, kill it, wait for its successor, stop it."""
 
@@ -140,7 +153,7 @@ class Contender:
         (Without a checkpoint of its own an attempt counts as no progress, and the
         supervisor would rightly back off before the next restart.)
         """
-        stamps = wait_for(lambda: [s for s in read_stamps(self.stamps) if s[0] == "step"] or None, timeout=WAIT_S,
+        stamps = wait_for(lambda: step_stamps(self.stamps) or None, timeout=WAIT_S,
                           interval=0.05, what=f"{self.name}: first step")
         self.pid, first = stamps[-1][2], stamps[-1][1]
         wait_for(lambda: any(p.stat().st_mtime > first for p in self.root.rglob("last.ckpt")), timeout=WAIT_S,

@@ -22,17 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from restart_compare import PlainLoop, Supervised, SupervisedStandby, read_stamps
+from restart_compare import PlainLoop, Supervised, SupervisedStandby, global_step, step_stamps
 
 CONTENDERS = {c.name: c for c in (PlainLoop, Supervised, SupervisedStandby)}
-
-
-def global_step(stamps: Path) -> int:
-    """The step the trainer last reported (0 before its first)."""
-    try:
-        return int(Path(str(stamps) + ".step").read_text() or 0)
-    except FileNotFoundError:
-        return 0
 
 
 def main() -> int:
@@ -65,7 +57,7 @@ def main() -> int:
                       f"standby {standby['state'] if standby else '-':9s}  load {os.getloadavg()[0]:.1f}", flush=True)
                 then, step = now, now_step
                 if args.kill_at and not killed and now - start >= args.kill_at:
-                    pid = [s for s in read_stamps(contender.stamps) if s[0] == "step"][-1][2]
+                    pid = step_stamps(contender.stamps)[-1][2]
                     os.kill(pid, signal.SIGKILL)
                     killed = True
                     print(f"+{time.time() - start:5.1f} s  SIGKILL {pid}", flush=True)
