@@ -66,8 +66,16 @@ def live_checkpoints(manifest: str | Path, *, require_file: bool = True) -> list
     A path saved twice (``last.ckpt``) keeps its latest entry. Entries whose file
     is gone are dropped when ``require_file`` is set.
     """
+    entries = live_in(read_json_lines(manifest))
+    if require_file:
+        entries = [e for e in entries if os.path.exists(e.path)]
+    return entries
+
+
+def live_in(events: Iterable[Any]) -> list[CheckpointEntry]:
+    """The checkpoints that ``events`` (a manifest's lines, oldest first) leave live, in save order."""
     live: dict[str, CheckpointEntry] = {}
-    for event in read_json_lines(manifest):
+    for event in events:
         if not isinstance(event, dict):
             continue  # valid JSON but not an event: nothing a writer of ours produced
         kind = event.get("event")
@@ -83,10 +91,7 @@ def live_checkpoints(manifest: str | Path, *, require_file: bool = True) -> list
         elif kind == "abandon" and isinstance(event.get("paths"), list):
             for path in event["paths"]:
                 live.pop(str(path), None)
-    entries = list(live.values())
-    if require_file:
-        entries = [e for e in entries if os.path.exists(e.path)]
-    return entries
+    return list(live.values())
 
 
 def rank_best(entries: Iterable[CheckpointEntry]) -> list[CheckpointEntry]:

@@ -15,6 +15,8 @@ import psutil
 import yaml
 
 from supervisor.api.client import Client
+from supervisor.jobfiles.atomic import read_json_lines
+from supervisor.jobfiles.manifest import CheckpointEntry, live_in, rank_best
 
 REPO = Path(__file__).resolve().parents[2]
 SUPPORT = REPO / "tests" / "support"
@@ -69,6 +71,21 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         time.sleep(interval)
 
+
+def best_left_by(manifest: Path, n: int) -> CheckpointEntry | None:
+    """The best checkpoint as attempt ``n`` left the manifest: what a ``best`` resume of attempt n+1 takes.
+
+    Read from the manifest's lines up to the first one of a later attempt (the manifest is append-only and
+    a later attempt writes only once every process of ``n`` is gone), so a successor that is already
+    training (a standby starts within a second) and saving cannot change the answer.
+    """
+    events = []
+    for line in read_json_lines(manifest):
+        if isinstance(line, dict) and int(line.get("attempt") or 0) > n:
+            break
+        events.append(line)
+    ranked = rank_best(live_in(events))
+    return ranked[0] if ranked else None
 
 
 def process_gone(pid: int, timeout_s: float = 5.0) -> bool:
