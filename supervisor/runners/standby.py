@@ -262,21 +262,31 @@ class StandbyLocalRunner(LocalRunner):
 
 
 def standby_view(job_dir: Path) -> dict[str, Any] | None:
-    """``status``'s ``standby``: ``{state, pid, rss_mb}`` of the job's standby, or None."""
+    """``status``'s ``standby``: ``{state, pid, rss_mb}`` of the job's standby, or None.
+
+    ``pid`` is rank 0's. A standby of several ranks adds ``ranks`` (``[{rank, pid, rss_mb}]``), and its
+    ``rss_mb`` is their sum: the memory the node gives to having a standby at all.
+    """
     data = read_json(job_dir / VIEW_FILE)
     if not isinstance(data, dict):
         return None
-    pid = data.get("pid")
-    if not pid:  # still importing: the trainer's pid is in monitor.json
-        started = read_monitor_start(AttemptLayout(Path(str(data.get("attempt_dir")))).monitor_start)
-        pid = started.trainer_pid if started is not None else None
-    rss_mb = None
-    if pid:
+    started = read_monitor_start(AttemptLayout(Path(str(data.get("attempt_dir")))).monitor_start)
+    pids = started.pids() if started is not None else {}
+    pid = data.get("pid") or pids.get(0)  # still importing: the trainer's pid is only in monitor.json
+    if not pid:
+        return {"state": data.get("state"), "pid": None, "rss_mb": None}
+    ranks = []
+    for rank, rank_pid in sorted((pids or {0: int(pid)}).items()):
         try:
-            rss_mb = round(psutil.Process(int(pid)).memory_info().rss / 2**20, 1)
+            rss = psutil.Process(int(rank_pid)).memory_info().rss / 2**20
         except psutil.Error:
-            return None  # gone: the runner drops it at its next tick
-    return {"state": data.get("state"), "pid": pid, "rss_mb": rss_mb}
+            return None  # a rank is gone: the runner drops the standby at its next tick
+        ranks.append({"rank": rank, "pid": rank_pid, "rss_mb": round(rss, 1)})
+    view: dict[str, Any] = {"state": data.get("state"), "pid": pid,
+                            "rss_mb": round(sum(r["rss_mb"] for r in ranks), 1)}
+    if len(ranks) > 1:
+        view["ranks"] = ranks
+    return view
 
 
 def kill_leftover_standbys(state_dir: Path) -> list[int]:

@@ -50,7 +50,12 @@ def _ready_standby(d: DaemonProc, job: str, attempt: int, not_pid: int | None = 
 
     start = wait_for(ready, timeout=60, interval=0.1, what=f"a ready 2-rank standby for attempt {attempt}")
     assert start.world_size == 2 and sorted(start.pids()) == [0, 1]
-    assert d.status(job)["standby"]["pid"] == start.pids()[0]
+    view = d.status(job)["standby"]
+    assert view["pid"] == start.pids()[0]
+    # every rank is shown, and the standby's memory is all of theirs
+    assert {r["rank"]: r["pid"] for r in view["ranks"]} == start.pids()
+    assert all(r["rss_mb"] > 5 for r in view["ranks"])
+    assert view["rss_mb"] == pytest.approx(sum(r["rss_mb"] for r in view["ranks"]), abs=0.2)
     for rank in (0, 1):
         assert (attempt_dir / f"standby-ready.rank{rank}.json").exists()
     assert not (attempt_dir / "standby-ready.json").exists()  # never "ready" on one rank's word
