@@ -30,8 +30,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.lightning]
 
 DIGITS = REPO / "configs" / "digits.yaml"
 FAULTY = "model.class_path=trainer.examples.faulty.FaultyDigitsClassifier"
+# 2 ranks x 32 = the example's global batch of 64; cold relaunches (a standby's two ranks would import beside
+# the attempt's two: tests/e2e/test_standby.py has the DDP standby's takeover)
 DDP = ["trainer.devices=2", "trainer.strategy=ddp", "logger.wandb.mode=disabled", "checkpoint.every_n_train_steps=10",
-       "data.init_args.batch_size=32"]  # 2 ranks x 32 = the example's global batch of 64
+       "data.init_args.batch_size=32", "supervision.standby=off"]
 START_TIMEOUT = 240.0  # two ranks importing Lightning at once on a loaded 2-core box
 
 
@@ -119,9 +121,7 @@ def test_two_ranks_complete_with_the_final_step_of_one_rank(daemon: DaemonProc) 
 def test_sigkill_of_one_rank_ends_the_attempt_at_once_and_both_ranks_resume_from_best(daemon: DaemonProc,
                                                                                       victim: int) -> None:
     d = daemon
-    # The cold relaunch (a standby's ranks start while attempt 1 runs: tests/e2e/test_standby.py has that case).
-    job = d.submit(DIGITS, *DDP, FAULTY, "model.init_args.step_delay=0.03", "trainer.max_epochs=3",
-                   "supervision.standby=off")
+    job = d.submit(DIGITS, *DDP, FAULTY, "model.init_args.step_delay=0.03", "trainer.max_epochs=3")
     start = _ranks_started(d, job, 1)
     _trained(d, job, 1, 15)
     killed_at = time.time()

@@ -23,8 +23,10 @@ pytestmark = [pytest.mark.e2e, pytest.mark.lightning]
 
 DIGITS = REPO / "configs" / "digits.yaml"
 FAULTY = "trainer.examples.faulty.FaultyDigitsClassifier"
-# small and quick, checkpoints often, no W&B unless a test wants it
-BASE = ["trainer.max_epochs=6", "checkpoint.every_n_train_steps=10", "logger.wandb.mode=disabled"]
+# small and quick, checkpoints often, no W&B unless a test wants it; cold restarts (no standby: its
+# imports would only compete for the CPU here; tests/e2e/test_standby.py has the standby's takeovers)
+BASE = ["trainer.max_epochs=6", "checkpoint.every_n_train_steps=10", "logger.wandb.mode=disabled",
+        "supervision.standby=off"]
 
 
 
@@ -103,7 +105,7 @@ def test_reboot_relaunches_from_the_best_checkpoint(real_daemon: DaemonProc) -> 
 def test_a_20s_budget_ends_the_job_completed_with_its_best_checkpoint(real_daemon: DaemonProc) -> None:
     d = real_daemon
     job = d.submit(DIGITS, "trainer.max_epochs=1000", "checkpoint.every_n_train_steps=20",
-                   "logger.wandb.mode=disabled", "supervision.budget=20s")
+                   "logger.wandb.mode=disabled", "supervision.budget=20s", "supervision.standby=off")
     final = d.wait_state(job, "completed", "failed", timeout=120)
     assert final["state"] == "completed" and final["end_reason"] == "budget"
     assert 15 <= final["budget"]["used"] <= 30

@@ -10,6 +10,7 @@ slow saves inside a real Lightning fit:
       # fault_on_attempt: 1 (default)        # only attempt 1 misbehaves; the relaunch completes
       # fault_on_rank: 1                     # only that global rank misbehaves (default: every rank)
       # step_delay: 0.05                     # seconds of sleep per step (slow the fit down)
+      # delay_on_attempt: 1                  # ... on that attempt only (default: every attempt)
       # ballast_mb: 200                      # a big saved buffer, so checkpoint saves take time
 
 The attempt number comes from ``ML_SUPERVISOR_ATTEMPT``, which ``python -m
@@ -38,7 +39,9 @@ class FaultyDigitsClassifier(DigitsClassifier):
 
     ``fault_on_attempt``: the attempt that hangs or crashes (``None``: every
     attempt); ``fault_on_rank``: the global rank that does (``None``: every
-    rank). ``step_delay`` and ``ballast_mb`` apply to every attempt.
+    rank). ``step_delay`` applies on ``delay_on_attempt`` (``None``: every
+    attempt, the default): a first attempt slow enough to be killed mid-run, and
+    a relaunch that finishes at full speed. ``ballast_mb`` applies to every attempt.
     """
 
     def __init__(
@@ -48,6 +51,7 @@ class FaultyDigitsClassifier(DigitsClassifier):
         fault_on_attempt: int | None = 1,
         fault_on_rank: int | None = None,
         step_delay: float = 0.0,
+        delay_on_attempt: int | None = None,
         ballast_mb: int = 0,
         **digits_args: float,
     ) -> None:
@@ -57,6 +61,7 @@ class FaultyDigitsClassifier(DigitsClassifier):
         self.fault_on_attempt = fault_on_attempt
         self.fault_on_rank = fault_on_rank
         self.step_delay = step_delay
+        self.delay_on_attempt = delay_on_attempt
         if ballast_mb > 0:
             # A saved buffer, not a parameter: it makes every checkpoint ballast_mb bigger
             # (and its save slower) without adding optimizer state or compute.
@@ -64,7 +69,7 @@ class FaultyDigitsClassifier(DigitsClassifier):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """The digits step, after the configured fault (if this is the step and the attempt)."""
-        if self.step_delay > 0:
+        if self.step_delay > 0 and self.delay_on_attempt in (None, _attempt()):
             time.sleep(self.step_delay)
         if self._faulty_attempt():
             if self.hang_at_step is not None and self.global_step == self.hang_at_step:
@@ -78,7 +83,12 @@ class FaultyDigitsClassifier(DigitsClassifier):
             return False
         if self.fault_on_attempt is None:
             return True
-        return int(os.environ.get(ATTEMPT_ENV, "1")) == self.fault_on_attempt
+        return _attempt() == self.fault_on_attempt
+
+
+def _attempt() -> int:
+    """This process's attempt number (a promoted standby's environment has its new one)."""
+    return int(os.environ.get(ATTEMPT_ENV, "1"))
 
 
 class HangingDigitsClassifier(FaultyDigitsClassifier):
