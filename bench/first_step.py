@@ -3,8 +3,9 @@
 The same digits job as ``bench/restart_compare.py``. The plain script's clock
 starts when it is launched; ml-supervisor's when ``supervisorctl submit``
 starts (the daemon is already up, as under systemd), so it includes the
-submit's import check (then attempt 1 starts cold; the standby backs up
-attempt 2 on). Contenders alternate, ``--rounds`` each.
+submit's import check: with the standby off, attempt 1 starts cold after it;
+with it on, attempt 1 starts as a standby beside the check and is promoted at
+the launch. Contenders alternate, ``--rounds`` each.
 
     .venv/bin/python bench/first_step.py [--rounds 2]
 """

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ from supervisor.attempt_monitor import current_boot_id
 from supervisor.causes import Cause, EndReason, EventKind
 from supervisor.corebase import AlertHook
 from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
+from supervisor.gpu import allocate
 from supervisor.gpu_actions import GpuActions
 from supervisor.hang import check_hang, update_slowest_step
 from supervisor.jobfiles.atomic import read_json_lines, read_json_lines_from
@@ -185,12 +187,31 @@ class Supervisor(StandbyKeeping, Launching, Stopping, Reconciling, GpuActions):
         """
         job, _cfg = prepare_job(req, jobs_dir=self.jobs_dir, trainer_module=self.settings.trainer_module,
                                 gpu_count=self.gpu_count(), check_timeout=self.settings.check_timeout,
-                                now=self.clock(), owner_uid=owner_uid)
+                                now=self.clock(), owner_uid=owner_uid,
+                                while_checking=self._first_standby_while_checking)
         return self.call(self._register, job, req)
 
+    def _first_standby_while_checking(self, job: JobRow) -> Callable[[], None] | None:
+        """Submit's ``while_checking`` (the caller's thread): attempt 1's standby, started on the loop."""
+        if not self.call(self._start_first_standby_unless_queued, job):
+            return None
+        return lambda: self.call(self.drop_first_standby, job.id)
+
+    def _start_first_standby_unless_queued(self, job: JobRow) -> bool:
+        n = job.gpus_requested
+        if n and (self.gpus is None or allocate(n, self.gpus.allocatable(), self.gpu_jobs()) is None):
+            return False  # it will wait for GPUs: a standby would only hold memory meanwhile
+        return self.start_first_standby(job)
+
     def _register(self, job: JobRow, req: SubmitRequest) -> JobRow:
-        self._store().insert_job(job, message=f"submitted {job.name} from {job.config_source}",
-                                 data={"config_source": job.config_source, "overrides": req.overrides})
+        try:
+            self._store().insert_job(job, message=f"submitted {job.name} from {job.config_source}",
+                                     data={"config_source": job.config_source, "overrides": req.overrides})
+        except BaseException:
+            # Not inserted (one transaction): no job, so neither its attempt-1 standby nor its dir may stay.
+            self.drop_first_standby(job.id)
+            shutil.rmtree(job.job_dir, ignore_errors=True)
+            raise
         log.info("job %s submitted (%s)", job.id, job.config_source)
         self.wake_job(job.id)
         return job

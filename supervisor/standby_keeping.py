@@ -3,7 +3,8 @@
 The runner (``runners.standby``) owns the processes; this part decides. A job
 gets a standby when ``supervision.standby`` is ``on``, or ``auto`` and the
 node has the memory for one, once its running attempt has made its first
-step (so the standby's imports never compete with the attempt's own start).
+step (so the standby's imports never compete with the attempt's own start);
+attempt 1 itself starts as a standby while submit's import check runs.
 A relaunch first offers the attempt to the standby; with none usable it
 starts cold, as without standbys.
 """
@@ -57,27 +58,51 @@ class StandbyKeeping(CoreBase):
         runner = self._standby_runner()
         if runner is None or runner.has_standby(job.id):
             return
-        if job.owner_uid != os.getuid():
-            # Another user's job (shared-server mode): a standby is started as the daemon's user (prepare has
-            # no run_as yet; docs/shared-server.md). Cold starts only.
-            return
         if runner.failed_prepares.get((job.id, attempt.n + 1), 0) >= MAX_FAILED_PREPARES:
             return
-        cfg = self.job_config(job)
-        if str(cfg.supervision.backend) != "local":
-            return  # a standby is local processes (one per rank): Slurm allocations start cold (see docs)
         tracked = self.tracker.get_or_track(job.id, attempt.n)
         if tracked.standby_setting is None:
-            tracked.standby_setting = str(cfg.supervision.standby)
-        if not standby_wanted(tracked.standby_setting, psutil.virtual_memory().available,
-                              self.settings.trainer_module):
+            tracked.standby_setting = str(self.job_config(job).supervision.standby)
+        if not self._standby_allowed(job, tracked.standby_setting):
             return
         beat = read_heartbeat(JobLayout(Path(job.job_dir)).attempt(attempt.n).heartbeat)
         if beat is None or not beat.step:
             return  # not stepping yet: the standby's imports would slow the attempt's own start
-        spec = self.standby_spec(job, attempt.n + 1)
+        self._prepare_standby(runner, job, attempt.n + 1)
+
+    def start_first_standby(self, job: JobRow) -> bool:
+        """While submit's import check runs: start attempt 1 as a standby, if the job gets one (True then).
+
+        The check and attempt 1's imports then overlap (``submit``'s docstring);
+        the launch promotes it, ready or not (a standby still importing is still
+        ahead of a cold start). ``drop_first_standby`` undoes it should the check fail.
+        """
+        runner = self._standby_runner()
+        started = runner is not None and self._standby_allowed(job, str(self.job_config(job).supervision.standby))
+        if runner is not None and started:
+            self._prepare_standby(runner, job, 1)
+        else:
+            self.tracker.forget(job.id)  # not a job yet: nothing cached until it is one
+        return started
+
+    def drop_first_standby(self, job_id: str) -> None:
+        """The submit was refused: kill attempt 1's standby and forget the job."""
+        self.drop_standby(job_id)
+        self.tracker.forget(job_id)
+
+    def _standby_allowed(self, job: JobRow, setting: str) -> bool:
+        """Whether ``job`` may have a standby now (its setting, the node's memory, its backend and owner)."""
+        if job.owner_uid != os.getuid():
+            # Another user's job (shared-server mode): a standby is started as the daemon's user (prepare has
+            # no run_as yet; docs/shared-server.md). Cold starts only.
+            return False
+        if str(self.job_config(job).supervision.backend) != "local":
+            return False  # a standby is local processes (one per rank): Slurm allocations start cold (see docs)
+        return standby_wanted(setting, psutil.virtual_memory().available, self.settings.trainer_module)
+
+    def _prepare_standby(self, runner: StandbyLocalRunner, job: JobRow, n: int) -> None:
         try:
-            runner.prepare(spec)
+            runner.prepare(self.standby_spec(job, n))
         except OSError as exc:
             log.warning("job %s: cannot start a standby: %s", job.id, exc)
 

@@ -1,9 +1,13 @@
 """Submit: validate a job config completely, then freeze it into a new job directory.
 
-Nothing is created until every check has passed: the schema, the workdir and
-interpreter, the GPU count, and an import check of the config's classes run by
-the job's own interpreter (``python -m trainer --check``), so a bad
-``class_path`` is refused at submit with one line, never at 3 a.m.
+The schema, the workdir and interpreter and the GPU count are checked before
+anything is created; then the job's directory is made and the import check of
+the config's classes runs in the job's own interpreter (``python -m trainer
+--check``), so a bad ``class_path`` is refused at submit with one line, never at
+3 a.m. The directory exists during that check so that attempt 1's standby can
+import beside it (``while_checking``: the check and the first attempt's imports,
+~10 s each on a loaded CPU box, overlap instead of adding up); a failed check
+removes the directory, and the store never hears of the job.
 """
 
 from __future__ import annotations
@@ -11,10 +15,12 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,14 +69,19 @@ def trainer_environment(cfg: DictConfig, workdir: Path, base: dict[str, str] | N
     return env
 
 
+# Called with the new job while its import check runs; returns what undoes it should the check fail.
+WhileChecking = Callable[[JobRow], Callable[[], None] | None]
+
+
 def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_count: int | None,
-                check_timeout: float, now: float | None = None, owner_uid: int | None = None
-                ) -> tuple[JobRow, DictConfig]:
-    """Validate ``req`` completely and freeze it into ``jobs_dir/<id>``. Raises before creating anything.
+                check_timeout: float, now: float | None = None, owner_uid: int | None = None,
+                while_checking: WhileChecking | None = None) -> tuple[JobRow, DictConfig]:
+    """Validate ``req`` completely and freeze it into ``jobs_dir/<id>``; on a refusal nothing is left behind.
 
     ``owner_uid``: who submits (default: the daemon's user). When that is someone else
     (shared-server mode), the import check runs as them and the job's writable
-    directories become theirs.
+    directories become theirs. ``while_checking`` runs once the job's directory
+    exists, before the import check (module docstring).
     """
     owner_uid = os.getuid() if owner_uid is None else owner_uid
     try:
@@ -99,8 +110,6 @@ def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_
                                                          "user only; on a shared daemon use local (or your own daemon)")
     cfg.workdir = str(workdir)
     cfg.python = python
-    _check_imports(cfg, source=source, python=python, workdir=workdir, trainer_module=trainer_module,
-                   timeout=check_timeout, run_as=run_as)
 
     job_id = _new_job_id(cfg.name, jobs_dir)
     layout = JobLayout(jobs_dir / job_id)
@@ -110,24 +119,37 @@ def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_
     wandb.group = wandb.group or cfg.name
     now = time.time() if now is None else now
 
-    layout.checkpoints.mkdir(parents=True)
-    layout.attempts.mkdir()
-    layout.wandb_dir.mkdir(exist_ok=True)
-    tmp = layout.config.with_suffix(".tmp")
-    tmp.write_text(to_yaml(cfg), encoding="utf-8")
-    os.replace(tmp, layout.config)
-    write_json_atomic(layout.root / "submitted.json", {
-        "config_source": source, "overrides": list(req.overrides), "cwd": req.cwd, "time": now,
-    })
-    if run_as is not None:
-        hand_over(layout, run_as)
-    budget = cfg.supervision.budget
-    job = JobRow(
-        id=job_id, name=cfg.name, state=JobState.QUEUED, created_at=now, updated_at=now,
-        job_dir=str(layout.root), workdir=str(workdir), config_source=source,
-        budget_s=None if budget is None else parse_duration(budget), gpus_requested=requested,
-        wandb_run_id=wandb.run_id, owner_uid=owner_uid,
-    )
+    jobs_dir.mkdir(parents=True, exist_ok=True)
+    layout.root.mkdir()  # ours from here on (it did not exist): removed whole if anything below fails
+    undo = None
+    try:
+        layout.checkpoints.mkdir()
+        layout.attempts.mkdir()
+        layout.wandb_dir.mkdir(exist_ok=True)
+        tmp = layout.config.with_suffix(".tmp")
+        tmp.write_text(to_yaml(cfg), encoding="utf-8")
+        os.replace(tmp, layout.config)
+        write_json_atomic(layout.root / "submitted.json", {
+            "config_source": source, "overrides": list(req.overrides), "cwd": req.cwd, "time": now,
+        })
+        if run_as is not None:
+            hand_over(layout, run_as)
+        budget = cfg.supervision.budget
+        job = JobRow(
+            id=job_id, name=cfg.name, state=JobState.QUEUED, created_at=now, updated_at=now,
+            job_dir=str(layout.root), workdir=str(workdir), config_source=source,
+            budget_s=None if budget is None else parse_duration(budget), gpus_requested=requested,
+            wandb_run_id=wandb.run_id, owner_uid=owner_uid,
+        )
+        if while_checking is not None:
+            undo = while_checking(job)
+        _check_imports(cfg, source=source, python=python, workdir=workdir, trainer_module=trainer_module,
+                       timeout=check_timeout, run_as=run_as)
+    except BaseException:
+        if undo is not None:
+            undo()
+        shutil.rmtree(layout.root, ignore_errors=True)
+        raise
     return job, cfg
 
 

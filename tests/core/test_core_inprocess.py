@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from supervisor.alerts import make_alert
@@ -268,3 +270,20 @@ def test_a_crash_on_a_full_disk_waits_in_backoff_and_is_not_counted(make_core: M
     assert job.state is JobState.BACKOFF  # not failed/max_restarts
     assert job.next_start_at is not None and job.next_start_at > core.clock()
     assert any("not counted toward max_restarts" in e.message for e in core.store.events(job_id=job_id))
+
+
+def test_a_submit_whose_insert_fails_leaves_no_job_dir(make_core: MakeCore, monkeypatch: pytest.MonkeyPatch) -> None:
+    core = make_core()
+    jobs_dir = core.sup.jobs_dir
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    insert_job = core.store.insert_job
+    monkeypatch.setattr(core.store, "insert_job", full_disk)
+    with pytest.raises(sqlite3.OperationalError):
+        core.submit()
+    assert not jobs_dir.exists() or list(jobs_dir.iterdir()) == []  # made for the import check, then removed
+    monkeypatch.setattr(core.store, "insert_job", insert_job)
+    job_id = core.submit()  # the next submit is whole
+    assert [j.id for j in core.store.list_jobs()] == [job_id]

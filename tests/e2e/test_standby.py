@@ -96,6 +96,36 @@ def test_after_a_sigkill_the_standby_takes_over_from_best_and_a_dead_standby_is_
              what="the last standby's attempt dir removed")
 
 
+def _standby_processes(d: DaemonProc) -> list[int]:
+    """Trainer processes of this daemon's state dir started as standbys (promoted or not)."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "--standby" in cmdline and "trainer" in cmdline and any(str(d.state_dir) in a for a in cmdline):
+            found.append(proc.info["pid"])
+    return found
+
+
+def test_attempt_1_is_a_standby_started_beside_the_submit_check_and_a_refused_submit_leaves_nothing(
+        real_daemon: DaemonProc) -> None:
+    d = real_daemon
+    job = d.submit(DIGITS, *BASE, f"model.class_path={FAULTY}", "supervision.standby=on", "trainer.max_epochs=2")
+    pid1 = d.live_pid(job, 1)
+    # No standby is prepared for attempt 1 once a job runs (only for attempt n + 1, once n steps):
+    # this one was started while submit's import check ran, and promoted at the launch.
+    assert "--standby" in psutil.Process(pid1).cmdline()
+    final = d.wait_state(job, "completed", "failed", timeout=300)
+    assert (final["state"], len(final["attempts"]), final["global_step"]) == ("completed", 1, 2 * 23)
+
+    # The import check fails (no such class) while attempt 1's standby imports beside it: nothing is left.
+    bad = d.ctl("submit", str(DIGITS), *BASE, "supervision.standby=on",
+                "model.class_path=trainer.examples.digits.NoSuchModel", check=False)
+    assert bad.returncode != 0 and "NoSuchModel" in bad.stderr and "Traceback" not in bad.stderr
+    assert [j["id"] for j in d.client().call("list")] == [job]
+    assert sorted(p.name for p in (d.state_dir / "jobs").iterdir()) == [job]
+    wait_for(lambda: _standby_processes(d) == [], timeout=30, what="no standby left")
+
+
 def test_after_an_exception_the_standby_takes_over(real_daemon: DaemonProc) -> None:
     d = real_daemon
     job = d.submit(DIGITS, *BASE, "model.class_path=trainer.examples.faulty.CrashingDigitsClassifier",

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from supervisor.jobfiles.atomic import read_json
-from supervisor.jobfiles.layout import JobLayout
+from supervisor.jobfiles.layout import AttemptLayout, JobLayout
 from supervisor.jobfiles.monitorfiles import MonitorStart, read_monitor_exit, read_monitor_start
 from tests.support.chaos_checks import TrainerSampler
 from tests.support.harness import DaemonProc, best_left_by, wait_for, write_config
@@ -62,6 +62,16 @@ def _ready_standby(d: DaemonProc, job: str, attempt: int, not_pid: int | None = 
     return start
 
 
+def _port_of(attempt: AttemptLayout) -> int | None:
+    """The MASTER_PORT an attempt's ranks train with: its monitor's choice (a cold start) or the handover's
+    (a promoted standby, as attempt 1 is when it was started beside submit's import check)."""
+    started = read_monitor_start(attempt.monitor_start)
+    if started is not None and started.master_port:
+        return started.master_port
+    handover = read_json(attempt.dir / "handover.json")
+    return handover.get("master_port") if isinstance(handover, dict) else None
+
+
 def _env(pid: int) -> dict[str, str]:
     return psutil.Process(pid).environ()
 
@@ -72,7 +82,8 @@ def test_a_rank_killed_hands_every_rank_to_the_standby_with_its_own_rank_and_a_f
     job = d.submit(_ddp_job(d, "ddp-standby"))
     standby = _ready_standby(d, job, 2)
     running = read_monitor_start(JobLayout(Path(d.status(job)["job_dir"])).attempt(1).monitor_start)
-    assert running is not None and running.master_port
+    running_port = _port_of(JobLayout(Path(d.status(job)["job_dir"])).attempt(1))
+    assert running is not None and running_port
     for rank, pid in standby.pids().items():  # each standby rank has its rank's environment, but no port yet
         env = _env(pid)
         assert (env["RANK"], env["LOCAL_RANK"], env["WORLD_SIZE"]) == (str(rank), str(rank), "2")
@@ -98,7 +109,7 @@ def test_a_rank_killed_hands_every_rank_to_the_standby_with_its_own_rank_and_a_f
     handover = read_json(job_dir.attempt(2).dir / "handover.json")
     assert ended is not None and isinstance(handover, dict)
     port = handover["master_port"]
-    assert port and port != running.master_port
+    assert port and port != running_port
     for rank in (0, 1):
         seen = json.loads((job_dir.attempt(2).dir / f"handover-env.rank{rank}.json").read_text())
         assert (seen["RANK"], seen["LOCAL_RANK"], seen["WORLD_SIZE"]) == (str(rank), str(rank), "2")
@@ -137,7 +148,7 @@ def test_a_job_with_a_fixed_master_port_gets_it_back_at_the_handover(daemon: Dae
     job = d.submit(path)
     _ready_standby(d, job, 2)  # prepared while attempt 1 holds the port: the standby waits without one
     running = read_monitor_start(JobLayout(Path(d.status(job)["job_dir"])).attempt(1).monitor_start)
-    assert running is not None and running.master_port == port
+    assert running is not None and _port_of(JobLayout(Path(d.status(job)["job_dir"])).attempt(1)) == port
     os.kill(running.pids()[1], signal.SIGKILL)
     final = d.wait_state(job, "completed", "failed", timeout=120)
     assert final["state"] == "completed", final["detail"]
