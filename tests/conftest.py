@@ -27,12 +27,22 @@ def daemon(tmp_path: Path) -> Iterator[DaemonProc]:
     d.kill_leftovers()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep every test of the one local Slurm cluster on one xdist worker.
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Keep the tests that share an expensive fixture on one xdist worker.
 
-    The cluster is a session fixture: under ``pytest -n N --dist loadgroup`` each worker would
-    otherwise start its own munged/slurmctld/slurmd set, doubling the load for no coverage.
+    Under ``pytest -n N --dist loadgroup`` a scoped fixture runs once per worker that gets one of its
+    tests: the one local Slurm cluster (a session fixture) would start a munged/slurmctld/slurmd set per
+    worker, and a module's real Lightning fit (``tests/trainer``) ran twice, for no coverage. Marked as
+    each test is collected: xdist reads the groups in its own ``pytest_collection_modifyitems``.
     """
-    for item in items:
-        if "slurm_cluster" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+    if "slurm_cluster" in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.xdist_group("slurm"))
+    elif _uses_a_module_fixture(item):
+        item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
+
+def _uses_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)  # pytest's resolved fixtures of the test (no public API)
+    if info is None:
+        return False
+    return any(d.scope in ("module", "package") for defs in info.name2fixturedefs.values() for d in defs)

@@ -39,8 +39,9 @@ def test_a_grid_sweep_of_digits_runs_real_trials(real_daemon: DaemonProc, tmp_pa
         "metric": {"name": "val_loss", "goal": "minimize"}, "parallel": 2,
         "parameters": {"model.init_args.lr": {"values": [0.00001, 0.01]}, "trainer.max_epochs": {"value": 2}},
     }))
+    # no standby: these trials never crash, and its imports would only compete with theirs for the CPU
     out = real_daemon.ctl("sweep", "create", str(sweep_file), "checkpoint.every_n_train_steps=10",
-                          "supervision.budget=null").stdout
+                          "supervision.budget=null", "supervision.standby=off").stdout
     sweep = out.strip().splitlines()[-1]
     final: dict = {}
 
