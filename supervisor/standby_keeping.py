@@ -78,12 +78,11 @@ class StandbyKeeping(CoreBase):
         ahead of a cold start). ``drop_first_standby`` undoes it should the check fail.
         """
         runner = self._standby_runner()
-        started = runner is not None and self._standby_allowed(job, str(self.job_config(job).supervision.standby))
-        if runner is not None and started:
-            self._prepare_standby(runner, job, 1)
-        else:
+        if runner is None or not self._standby_allowed(job, str(self.job_config(job).supervision.standby)):
             self.tracker.forget(job.id)  # not a job yet: nothing cached until it is one
-        return started
+            return False
+        self._prepare_standby(runner, job, 1)
+        return True
 
     def drop_first_standby(self, job_id: str) -> None:
         """The submit was refused: kill attempt 1's standby and forget the job."""

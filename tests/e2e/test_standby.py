@@ -25,7 +25,7 @@ from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_sta
 from supervisor.runners.standby import STANDBY_NICE
 from supervisor.standby_keeping import AUTO_MIN_AVAILABLE_BYTES, standby_wanted
 from tests.support.chaos_checks import TrainerSampler
-from tests.support.harness import REPO, DaemonProc, best_left_by, real_env, wait_for
+from tests.support.harness import REPO, DaemonProc, best_left_by, real_env, standby_processes, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lightning]
 
@@ -96,16 +96,6 @@ def test_after_a_sigkill_the_standby_takes_over_from_best_and_a_dead_standby_is_
              what="the last standby's attempt dir removed")
 
 
-def _standby_processes(d: DaemonProc) -> list[int]:
-    """Trainer processes of this daemon's state dir started as standbys (promoted or not)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if "--standby" in cmdline and "trainer" in cmdline and any(str(d.state_dir) in a for a in cmdline):
-            found.append(proc.info["pid"])
-    return found
-
-
 def test_attempt_1_is_a_standby_started_beside_the_submit_check_and_a_refused_submit_leaves_nothing(
         real_daemon: DaemonProc) -> None:
     d = real_daemon
@@ -123,7 +113,7 @@ def test_attempt_1_is_a_standby_started_beside_the_submit_check_and_a_refused_su
     assert bad.returncode != 0 and "NoSuchModel" in bad.stderr and "Traceback" not in bad.stderr
     assert [j["id"] for j in d.client().call("list")] == [job]
     assert sorted(p.name for p in (d.state_dir / "jobs").iterdir()) == [job]
-    wait_for(lambda: _standby_processes(d) == [], timeout=30, what="no standby left")
+    wait_for(lambda: standby_processes(d.state_dir) == [], timeout=30, what="no standby left")
 
 
 def test_after_an_exception_the_standby_takes_over(real_daemon: DaemonProc) -> None:

@@ -12,22 +12,11 @@ import signal
 import threading
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.support.harness import DaemonProc, wait_for, write_config
+from tests.support.harness import DaemonProc, standby_processes, wait_for, write_config
 
 pytestmark = pytest.mark.e2e
-
-
-def _standby_processes(state_dir: Path) -> list[int]:
-    """Pids of processes started as a standby for a job of ``state_dir`` (their command line says so)."""
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if "--standby" in cmdline and any(str(state_dir) in part for part in cmdline):
-            found.append(proc.info["pid"])
-    return found
 
 
 def test_standby_off_never_starts_one_and_restarts_cold(daemon: DaemonProc) -> None:
@@ -40,7 +29,7 @@ def test_standby_off_never_starts_one_and_restarts_cold(daemon: DaemonProc) -> N
 
     def watch() -> None:  # all along, not only at the moments the test looks
         while not stop.is_set():
-            seen.extend(_standby_processes(d.state_dir))
+            seen.extend(standby_processes(d.state_dir))
             if d.status(job)["standby"] is not None:
                 seen.append(-1)
             stop.wait(0.1)
@@ -68,7 +57,7 @@ def test_the_same_job_with_standby_on_has_one(daemon: DaemonProc) -> None:
     job = d.submit(write_config(d.workdir, "on", supervision={"standby": "on"}, steps=200, step_time=0.05,
                                 ckpt_every=5, heartbeat_every=0.1))
     d.live_pid(job, 1)
-    wait_for(lambda: d.status(job)["standby"] is not None and _standby_processes(d.state_dir), timeout=60,
+    wait_for(lambda: d.status(job)["standby"] is not None and standby_processes(d.state_dir), timeout=60,
              what="a standby")
     d.ctl("stop", job)
     d.wait_state(job, "stopped", timeout=60)

@@ -81,8 +81,8 @@ def test_a_rank_killed_hands_every_rank_to_the_standby_with_its_own_rank_and_a_f
     d = daemon
     job = d.submit(_ddp_job(d, "ddp-standby"))
     standby = _ready_standby(d, job, 2)
-    running = read_monitor_start(JobLayout(Path(d.status(job)["job_dir"])).attempt(1).monitor_start)
-    running_port = _port_of(JobLayout(Path(d.status(job)["job_dir"])).attempt(1))
+    attempt1 = JobLayout(Path(d.status(job)["job_dir"])).attempt(1)
+    running, running_port = read_monitor_start(attempt1.monitor_start), _port_of(attempt1)
     assert running is not None and running_port
     for rank, pid in standby.pids().items():  # each standby rank has its rank's environment, but no port yet
         env = _env(pid)
@@ -147,8 +147,9 @@ def test_a_job_with_a_fixed_master_port_gets_it_back_at_the_handover(daemon: Dae
     path.write_text(yaml.safe_dump(cfg))
     job = d.submit(path)
     _ready_standby(d, job, 2)  # prepared while attempt 1 holds the port: the standby waits without one
-    running = read_monitor_start(JobLayout(Path(d.status(job)["job_dir"])).attempt(1).monitor_start)
-    assert running is not None and _port_of(JobLayout(Path(d.status(job)["job_dir"])).attempt(1)) == port
+    attempt1 = JobLayout(Path(d.status(job)["job_dir"])).attempt(1)
+    running = read_monitor_start(attempt1.monitor_start)
+    assert running is not None and _port_of(attempt1) == port
     os.kill(running.pids()[1], signal.SIGKILL)
     final = d.wait_state(job, "completed", "failed", timeout=120)
     assert final["state"] == "completed", final["detail"]

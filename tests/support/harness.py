@@ -88,6 +88,17 @@ def best_left_by(manifest: Path, n: int) -> CheckpointEntry | None:
     return ranked[0] if ranked else None
 
 
+def standby_processes(state_dir: Path) -> list[int]:
+    """Pids of the processes started as standbys for jobs of ``state_dir`` (monitor and trainer, promoted or
+    not): their command line has ``--standby`` and a path in the state dir."""
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "--standby" in cmdline and any(str(state_dir) in part for part in cmdline):
+            found.append(proc.info["pid"])
+    return found
+
+
 def process_gone(pid: int, timeout_s: float = 5.0) -> bool:
     """Whether ``pid`` exits (or is a zombie) within ``timeout_s``; False if it is still running then."""
     deadline = time.monotonic() + timeout_s
