@@ -46,10 +46,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 import psutil
 
@@ -200,11 +201,23 @@ def choose_master_port(explicit: int | None, environ: Mapping[str, str]) -> tupl
     return free_port(), False
 
 
+class RankProcessLike(Protocol):
+    """What the monitor keeps of a started rank: a ``Popen``, or a forked one's record (``trainer.zygote``)."""
+
+    pid: int
+    returncode: int | None
+
+
+# Starts one rank: (command, cwd, env or None to inherit ours, stdout fd, stderr fd, process group to join
+# (0: a new one, led by this rank), the job lock's fd or None) -> the process. None: Popen (an exec).
+RankLauncher = Callable[[list[str], str, "dict[str, str] | None", int, int, int, "int | None"], RankProcessLike]
+
+
 @dataclass
 class RankGroup:
     """The attempt's trainer processes, one per local rank, and how each ended."""
 
-    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)  # global rank -> process
+    procs: dict[int, RankProcessLike] = field(default_factory=dict)  # global rank -> process
     local_ranks: dict[int, int] = field(default_factory=dict)
     endings: dict[int, RankEnding] = field(default_factory=dict)
     order: list[int] = field(default_factory=list)  # ranks in the order they ended
@@ -309,8 +322,12 @@ def _on_sigchld(signum: int, frame: FrameType | None) -> None:
 
 
 def start_ranks(command: list[str], cwd: str, layout: AttemptLayout, *, nproc: int, node_rank: int, nnodes: int,
-                master_addr: str, master_port: int | None, group: RankGroup, lock_fd: int | None = None) -> None:
-    """Start one trainer per local rank (rank 0 first: it leads the process group every rank joins)."""
+                master_addr: str, master_port: int | None, group: RankGroup, lock_fd: int | None = None,
+                launch: RankLauncher | None = None) -> None:
+    """Start one trainer per local rank (rank 0 first: it leads the process group every rank joins).
+
+    ``launch``: how (default: ``subprocess.Popen``, an exec; ``trainer.zygote`` forks them instead).
+    """
     world_size = nproc * nnodes
     for local_rank in range(nproc):
         rank = node_rank * nproc + local_rank
@@ -325,6 +342,11 @@ def start_ranks(command: list[str], cwd: str, layout: AttemptLayout, *, nproc: i
             env.update(ranked)
         with open(layout.stdout_of(rank), "ab", buffering=0) as out, \
                 open(layout.stderr_of(rank), "ab", buffering=0) as err:
+            if launch is not None:
+                group.procs[rank] = launch(command, cwd, env, out.fileno(), err.fileno(),
+                                           group.pgid if group.procs else 0, lock_fd)
+                group.local_ranks[rank] = local_rank
+                continue
             group.procs[rank] = subprocess.Popen(
                 command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 process_group=group.pgid if group.procs else 0, close_fds=True,
@@ -355,8 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Start the attempt's ranks, wait for all of them, clean up the tree and record how each ended."""
+def main(argv: list[str] | None = None, launch: RankLauncher | None = None) -> int:
+    """Start the attempt's ranks, wait for all of them, clean up the tree and record how each ended.
+
+    ``launch``: how ranks start (``start_ranks``); a monitor forked by ``trainer.zygote`` forks them.
+    """
     args = build_parser().parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     layout = AttemptLayout(args.attempt_dir)
@@ -387,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                                     f"MASTER_PORT {master_port} is still in use after {args.port_wait:.0f}s")
     try:
         start_ranks(command, args.cwd, layout, nproc=nproc, node_rank=args.node_rank, nnodes=nnodes,
-                    master_addr=args.master_addr, master_port=master_port, group=group, lock_fd=args.lock_fd)
+                    master_addr=args.master_addr, master_port=master_port, group=group, lock_fd=args.lock_fd,
+                    launch=launch)
     except OSError as exc:
         if group.procs:  # a later rank failed to start: the earlier ones must not wait for it
             group.signal_live(signal.SIGKILL, by_monitor=True)

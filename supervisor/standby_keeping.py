@@ -56,7 +56,10 @@ class StandbyKeeping(CoreBase):
     def keep_standby(self, job: JobRow, attempt: AttemptRow) -> None:
         """While ``attempt`` runs, make sure a standby waits to become the next attempt."""
         runner = self._standby_runner()
-        if runner is None or runner.has_standby(job.id):
+        if runner is None:
+            return
+        if runner.has_standby(job.id):
+            runner.serve_pending(job.id)  # one asked of a zygote that was still importing
             return
         if runner.failed_prepares.get((job.id, attempt.n + 1), 0) >= MAX_FAILED_PREPARES:
             return

@@ -51,6 +51,9 @@ from trainer.ranks import RankInfo, rank_from_env
 RANK_ENV_KEYS = ("MASTER_ADDR", "WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
 HANDOVER_POLL_S = 0.01  # an idle stat() every 10 ms costs nothing and bounds the handover's latency
 LOCK_WAIT_S = 30.0  # the daemon saw the lock free before the handover; this only covers a slow exit
+# A standby forked by the job's zygote (trainer.zygote) runs the code the zygote imported: path -> the mtime
+# it had then. Reported instead of the file's mtime now, so an edit made since makes this standby stale.
+INHERITED_MODULE_MTIMES: dict[str, float] = {}
 
 
 @dataclass
@@ -200,12 +203,16 @@ def user_module_mtimes(workdir: Path) -> dict[str, float]:
 
     The daemon compares them before a promotion: a standby that imported code
     since edited on disk is stale, and a cold start runs the new code instead.
+    A module a zygote imported for us has the mtime it had then (``INHERITED_MODULE_MTIMES``).
     """
     root = str(workdir.absolute()) + os.sep
     found: dict[str, float] = {}
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if not path or not path.startswith(root) or "site-packages" in path:
+            continue
+        if path in INHERITED_MODULE_MTIMES:
+            found[path] = INHERITED_MODULE_MTIMES[path]
             continue
         try:
             found[path] = os.stat(path).st_mtime

@@ -21,6 +21,11 @@ LOCK_FD_ENV = "ML_SUPERVISOR_LOCK_FD"
 # The niceness a standby prepares at (set by the runner only where it can give the priority back at the
 # handover; read by the trainer before its first import).
 NICE_ENV = "ML_SUPERVISOR_STANDBY_NICE"
+# The last argument of a job's zygote (trainer/zygote.py), and a variable of its environment: room in its
+# memory, which the monitors and ranks it forks overwrite with the command line and the environment an exec
+# would have given them (trainer/proctitle.py).
+ROOM_ARG = "--reserved-for-forked-command-lines=" + "-" * 16384
+ROOM_ENV = ("ML_SUPERVISOR_ENVIRONMENT_ROOM", "-" * 16384)
 
 
 def ready_file_name(rank: int, world_size: int) -> str:

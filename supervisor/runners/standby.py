@@ -22,6 +22,14 @@ the previous attempt holds the lock, and the attempt then holds it as a cold
 one does. ``handover.json`` adds the attempt's ``MASTER_PORT``, chosen here as
 a cold launch's monitor chooses it (the job's fixed port, else a free one).
 
+From a job's second standby on, the standby is forked from the job's zygote
+(``runners/zygote.py``, ``trainer/zygote.py``), which imported once: the attempt
+it backs up does not share the CPU with a new standby's imports after each
+takeover. A standby asked for while the zygote still imports is pending (shown
+as ``preparing``, without a pid) and forked when it is ready; a relaunch meanwhile
+starts cold. A zygote that fails (an import started a thread, CUDA was touched,
+it died) leaves the job with exec'd standbys, as before.
+
 Standbys live only in this runner's memory: a daemon restart never adopts one.
 A new runner kills the standbys a previous daemon left (their processes carry
 ``ML_SUPERVISOR_STANDBY``) and removes their attempt dirs. For people, the
@@ -46,9 +54,11 @@ from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
 from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_ENV, ready_file_name
-from supervisor.process import ProcessHandle, kill_tree, reap_monitors, spawn_attempt_monitor, try_lock
+from supervisor.process import ProcessHandle, kill_tree, reap_monitors, spawn_attempt_monitor, start_time, try_lock
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
 from supervisor.runners.local import RANK_STOP_GRACE_S, LocalRunner
+from supervisor.runners.zygote import LOG_FILE as ZYGOTE_LOG
+from supervisor.runners.zygote import ZYGOTE_MODULE, Zygote, ZygoteState, start_zygote
 
 log = logging.getLogger("ml_supervisor")
 
@@ -95,47 +105,134 @@ class StandbyLocalRunner(LocalRunner):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._standbys: dict[str, Standby] = {}
+        self._pending: dict[str, AttemptSpec] = {}  # job -> the standby its importing zygote will fork
+        self._zygotes: dict[str, Zygote] = {}
+        self._exec_only: set[str] = set()  # jobs whose zygote failed: their standbys are exec'd
         self.failed_prepares: dict[tuple[str, int], int] = {}  # (job, attempt) -> standbys that died unready
         kill_leftover_standbys(self._state_dir)
 
     # -- prepare -----------------------------------------------------------------------------------
     def has_standby(self, job_id: str) -> bool:
-        return job_id in self._standbys
+        return job_id in self._standbys or job_id in self._pending
 
     def prepare(self, spec: AttemptSpec) -> RunnerState:
-        """Start attempt ``spec.attempt``'s monitor with a waiting trainer (``spec.command`` + ``--standby``)."""
+        """Start attempt ``spec.attempt``'s standby: forked from the job's zygote, else a monitor running
+        ``spec.command`` + ``--standby`` (module docstring)."""
         self.drop_standby(spec.job_id)
         if spec.attempt_dir.exists():  # left by an earlier standby: a fresh attempt dir for the fresh one
             shutil.rmtree(spec.attempt_dir, ignore_errors=True)
+        if spec.attempt > 1 and spec.job_id not in self._exec_only:  # attempt 1's: nothing imported to fork yet
+            zygote = self._zygote_for(spec)
+            if zygote is not None and zygote.state == ZygoteState.READY:
+                return self._fork_standby(zygote, spec)
+            if zygote is not None:
+                self._pending[spec.job_id] = spec
+                _publish_view(spec.lock_path.parent, StandbyState.PREPARING, spec.attempt, None, None,
+                              spec.attempt_dir)
+                return {"standby": True, "pending": True}
+        return self._exec_standby(spec)
+
+    def serve_pending(self, job_id: str) -> None:
+        """Fork the job's pending standby if its zygote is ready now (exec it if the zygote failed)."""
+        spec = self._pending.get(job_id)
+        if spec is None:
+            return
+        zygote = self._zygote_for(spec)
+        if zygote is not None and zygote.state == ZygoteState.IMPORTING:
+            return
+        del self._pending[job_id]
+        if zygote is not None:
+            self._fork_standby(zygote, spec)
+        else:
+            self._exec_standby(spec)
+
+    def _exec_standby(self, spec: AttemptSpec) -> RunnerState:
         config = _config_of(spec.command)
         world_size = spec.ranks.world_size
-        monitor_args = ["--standby"]
-        if world_size > 1:
-            monitor_args += ["--nproc-per-node", str(world_size), "--rank-stop-grace", str(RANK_STOP_GRACE_S)]
         # The job's lock, opened and NOT locked: the monitor and every rank inherit this one open file, and
         # the ranks lock it at the handover (module docstring). The running attempt holds the lock meanwhile.
         lock_fd = os.open(spec.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        env = dict(spec.env)
-        env.update({STANDBY_ENV: spec.job_id, LOCK_FD_ENV: str(lock_fd)})
-        # The standby's CUDA_VISIBLE_DEVICES is empty (its GPUs come with the handover), and CUDA reads it once,
-        # when first asked: with this, torch.cuda.is_available() (called by many libraries as they import)
-        # asks NVML instead of initialising CUDA (trainer/standby.py checks that nothing did, before it is ready).
-        env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-        if os.geteuid() == 0:  # only where we can undo it at the promotion: lowering a niceness needs root
-            env[NICE_ENV] = str(STANDBY_NICE)
+        env = self._standby_env(spec)
+        env[LOCK_FD_ENV] = str(lock_fd)
         try:
             pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
-                                                 cwd=spec.workdir, env=env, lock_fd=lock_fd, monitor_args=monitor_args)
+                                                 cwd=spec.workdir, env=env, lock_fd=lock_fd,
+                                                 monitor_args=_monitor_args(world_size))
         finally:
             os.close(lock_fd)
+        return self._register(spec, config, pid, started, "started")
+
+    def _fork_standby(self, zygote: Zygote, spec: AttemptSpec) -> RunnerState:
+        """Ask the job's zygote for the standby; exec it instead (and from now on) if the zygote fails."""
+        spec.attempt_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            pid = zygote.fork({
+                "attempt_dir": str(spec.attempt_dir), "cwd": spec.workdir, "env": self._standby_env(spec),
+                "lock_path": str(spec.lock_path), "monitor_args": _monitor_args(spec.ranks.world_size),
+                "command": [*spec.command, "--standby"],
+            })
+        except OSError as exc:
+            log.warning("job %s: %s; its standbys are exec'd from now on", spec.job_id, exc)
+            self._stop_zygote(spec.job_id)
+            self._exec_only.add(spec.job_id)
+            return self._exec_standby(spec)
+        return self._register(spec, _config_of(spec.command), pid, start_time(pid) or 0.0, "forked")
+
+    def _register(self, spec: AttemptSpec, config: Path, pid: int, started: float, how: str) -> RunnerState:
+        world_size = spec.ranks.world_size
         standby = Standby(job_id=spec.job_id, attempt=spec.attempt, attempt_dir=spec.attempt_dir,
                           job_dir=spec.lock_path.parent, monitor_pid=pid, monitor_started=started,
                           config_path=config, config_mtime=_mtime(config), handle=ProcessHandle(pid, started),
                           world_size=world_size)
         self._standbys[spec.job_id] = standby
         self._publish(standby)
-        log.info("job %s: standby for attempt %d starting (monitor pid %d)", spec.job_id, spec.attempt, pid)
+        log.info("job %s: standby for attempt %d %s (monitor pid %d)", spec.job_id, spec.attempt, how, pid)
         return {"monitor_pid": pid, "monitor_started": started, "standby": True, "world_size": world_size}
+
+    @staticmethod
+    def _standby_env(spec: AttemptSpec) -> dict[str, str]:
+        env = dict(spec.env)
+        env[STANDBY_ENV] = spec.job_id
+        # The standby's CUDA_VISIBLE_DEVICES is empty (its GPUs come with the handover), and CUDA reads it once,
+        # when first asked: with this, torch.cuda.is_available() (called by many libraries as they import)
+        # asks NVML instead of initialising CUDA (trainer/standby.py checks that nothing did, before it is ready).
+        env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+        if os.geteuid() == 0:  # only where we can undo it at the promotion: lowering a niceness needs root
+            env[NICE_ENV] = str(STANDBY_NICE)
+        return env
+
+    # -- the zygotes -------------------------------------------------------------------------------
+    def _zygote_for(self, spec: AttemptSpec) -> Zygote | None:
+        """The job's zygote, started if it has none; None when the job's standbys are exec'd (it failed)."""
+        zygote = self._zygotes.get(spec.job_id)
+        if zygote is not None:
+            zygote.poll()
+            if zygote.state == ZygoteState.FAILED:
+                log.warning("job %s: its zygote failed (%s); its standbys are exec'd from now on", spec.job_id,
+                            zygote.failure)
+                self._stop_zygote(spec.job_id)
+                self._exec_only.add(spec.job_id)
+                return None
+            if zygote.state == ZygoteState.READY and zygote.stale():
+                log.info("job %s: its zygote is stale (code or config changed); starting a fresh one", spec.job_id)
+                self._stop_zygote(spec.job_id)
+                zygote = None
+        if zygote is None:
+            try:
+                zygote = start_zygote(spec.job_id, list(spec.command), cwd=spec.workdir,
+                                      env=self._standby_env(spec), log_path=spec.lock_path.parent / ZYGOTE_LOG)
+            except OSError as exc:
+                log.warning("job %s: cannot start its zygote (%s); its standbys are exec'd", spec.job_id, exc)
+                self._exec_only.add(spec.job_id)
+                return None
+            self._zygotes[spec.job_id] = zygote
+            log.info("job %s: zygote starting (pid %d)", spec.job_id, zygote.proc.pid)
+        return zygote
+
+    def _stop_zygote(self, job_id: str) -> None:
+        zygote = self._zygotes.pop(job_id, None)
+        if zygote is not None:
+            zygote.stop()
 
     # -- promote -----------------------------------------------------------------------------------
     def promote(self, job_id: str, spec: AttemptSpec) -> RunnerState | None:
@@ -143,6 +240,10 @@ class StandbyLocalRunner(LocalRunner):
 
         Raises ``LaunchRefused(retry=True)`` while a trainer of the job still holds its lock.
         """
+        self.serve_pending(job_id)
+        if job_id in self._pending:  # its zygote still imports: a cold start is sooner
+            self.drop_standby(job_id)
+            return None
         standby = self._standbys.get(job_id)
         if standby is None:
             return None
@@ -193,6 +294,8 @@ class StandbyLocalRunner(LocalRunner):
     def tick(self) -> None:
         """Drop standbys that died or went stale (the core prepares a fresh one at its next poll)."""
         super().tick()
+        for job_id in list(self._pending):
+            self.serve_pending(job_id)
         for job_id, standby in list(self._standbys.items()):
             if not standby.handle.alive():
                 if standby.state == StandbyState.PREPARING:
@@ -232,6 +335,9 @@ class StandbyLocalRunner(LocalRunner):
 
     def drop_standby(self, job_id: str) -> None:
         """Kill the job's standby (monitor and trainer) and remove its attempt dir."""
+        pending = self._pending.pop(job_id, None)
+        if pending is not None:
+            _remove(pending.lock_path.parent / VIEW_FILE)
         standby = self._standbys.pop(job_id, None)
         if standby is None:
             return
@@ -244,21 +350,36 @@ class StandbyLocalRunner(LocalRunner):
         shutil.rmtree(standby.attempt_dir, ignore_errors=True)
 
     def forget_job(self, job_id: str) -> None:
-        """The job ended for good: no standby for it."""
+        """The job ended for good: no standby for it, nor a zygote."""
         self.drop_standby(job_id)
+        self._stop_zygote(job_id)
+        self._exec_only.discard(job_id)
         for key in [k for k in self.failed_prepares if k[0] == job_id]:
             del self.failed_prepares[key]
 
     def close(self) -> None:
-        for job_id in list(self._standbys):
+        for job_id in [*self._standbys, *self._pending]:
             self.drop_standby(job_id)
+        for job_id in list(self._zygotes):
+            self._stop_zygote(job_id)
         super().close()
 
     def _publish(self, standby: Standby) -> None:
-        write_json_atomic(standby.job_dir / VIEW_FILE, {
-            "state": standby.state, "attempt": standby.attempt, "monitor_pid": standby.monitor_pid,
-            "pid": standby.trainer_pid, "attempt_dir": str(standby.attempt_dir),
-        }, durable=False)
+        _publish_view(standby.job_dir, standby.state, standby.attempt, standby.monitor_pid, standby.trainer_pid,
+                      standby.attempt_dir)
+
+
+def _publish_view(job_dir: Path, state: str, attempt: int, monitor_pid: int | None, pid: int | None,
+                  attempt_dir: Path) -> None:
+    write_json_atomic(job_dir / VIEW_FILE, {"state": state, "attempt": attempt, "monitor_pid": monitor_pid,
+                                            "pid": pid, "attempt_dir": str(attempt_dir)}, durable=False)
+
+
+def _monitor_args(world_size: int) -> list[str]:
+    args = ["--standby"]
+    if world_size > 1:
+        args += ["--nproc-per-node", str(world_size), "--rank-stop-grace", str(RANK_STOP_GRACE_S)]
+    return args
 
 
 def standby_view(job_dir: Path) -> dict[str, Any] | None:
@@ -294,13 +415,21 @@ def kill_leftover_standbys(state_dir: Path) -> list[int]:
     killed: list[int] = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline") or []
-        if "supervisor.attempt_monitor" not in cmdline or "--standby" not in cmdline:
+        zygote = cmdline[1:3] == ["-m", ZYGOTE_MODULE]
+        if not zygote and ("supervisor.attempt_monitor" not in cmdline or "--standby" not in cmdline):
             continue
         try:
             env = proc.environ()
         except psutil.Error:
             continue
         if STANDBY_ENV not in env or env.get(OWN_ENV_KEY) != str(state_dir):
+            continue
+        if zygote:  # it exits once it sees our predecessor's pipe closed; it may still be importing
+            try:
+                proc.kill()
+                killed.append(proc.pid)
+            except psutil.Error:
+                pass
             continue
         attempt_dir = Path(cmdline[cmdline.index("--attempt-dir") + 1])
         if (attempt_dir / HANDOVER_FILE).exists():

@@ -77,11 +77,14 @@ def test_after_a_sigkill_the_standby_takes_over_from_best_and_a_dead_standby_is_
     pid1 = d.live_pid(job, 1)
     first = _standby(d, job)
     assert first["pid"] != pid1 and first["rss_mb"] > 50  # torch and Lightning are in it
+    zygote = psutil.Process(first["pid"]).parent().parent()  # forked: the job's zygote imported them, once
+    assert zygote.cmdline()[1:3] == ["-m", "trainer.zygote"]
     # Background work while it waits (where the daemon can undo it: lowering a niceness needs root).
     base = psutil.Process(first["pid"]).parent().nice()  # the monitor's, as a cold attempt runs at
     assert _niceness(first["pid"]) == {min(19, base + STANDBY_NICE) if os.geteuid() == 0 else base}
     _kill_and_wait(first["pid"])
     second = _standby(d, job, not_pid=first["pid"])
+    assert psutil.Process(second["pid"]).parent().parent().pid == zygote.pid
     os.kill(pid1, signal.SIGKILL)
     assert d.live_pid(job, 2) == second["pid"]
     assert _niceness(second["pid"]) == {psutil.Process(second["pid"]).parent().nice()}  # the monitor's, promoted
@@ -94,6 +97,7 @@ def test_after_a_sigkill_the_standby_takes_over_from_best_and_a_dead_standby_is_
     # The last standby is killed and removed as the job ends (just after the ending is committed).
     wait_for(lambda: not (Path(final["job_dir"]) / "attempts" / "3").exists(), timeout=30,
              what="the last standby's attempt dir removed")
+    wait_for(lambda: not zygote.is_running(), timeout=30, what="the zygote gone with its job")
 
 
 def test_attempt_1_is_a_standby_started_beside_the_submit_check_and_a_refused_submit_leaves_nothing(

@@ -1,0 +1,295 @@
+"""``python -m trainer.zygote``: one job's fork server for its standby trainers.
+
+A standby started by exec pays the imports (torch, Lightning, W&B, the user's
+modules: ~4-10 s of CPU on the dev box) after every takeover, beside the attempt
+it backs up; on a small node that slows the training it is there to protect.
+The zygote pays them once per job. The daemon starts it (``supervisor/runners/
+zygote.py``) with the job's trainer command line; it imports what that job's
+standby would, then reads requests, one JSON line each on stdin, and answers
+each on ``--reply-fd``:
+
+    -> {"ready": true, "pid": P, "modules": {path: mtime}}   once, after the imports
+       or {"failed": why}                                    (and it exits)
+    <- {"attempt_dir": D, "cwd": C, "env": {...}, "lock_path": L, "monitor_args": [...], "command": [...]}
+    -> {"attempt_dir": D, "pid": P}                          the standby's monitor, forked
+       or {"attempt_dir": D, "error": why}
+
+Each request forks a standby's attempt monitor: the child takes a session of its
+own, shows the monitor's command line (``trainer.proctitle``), opens the job's
+lock (not locked: as the daemon does for an exec'd standby) and runs
+``supervisor.attempt_monitor.main`` with ranks that are forked too
+(``fork_rank``): each runs ``python -m trainer ... --standby`` in-process, so a
+standby is ready in the time its model and data take to build. From there on it
+is the same standby: same files, same handover, same lock, same exit record.
+
+Forking is safe here because the zygote never computes: it runs no thread but
+OpenBLAS's, which stops them before a fork (checked before each fork:
+``fork_unsafe``), CUDA is never touched (a standby's GPUs come with its
+handover), and no OpenMP pool exists yet (one starts with the first parallel
+op, in the child).
+``gc.freeze`` keeps the imported objects out of the collector, so the children
+share their pages with the zygote instead of copying them on the first
+collection. The zygote exits when its stdin closes (the daemon is gone: standbys
+are never adopted) and is stale, like a standby, when the config or a user's
+module changes on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import runpy
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from supervisor.errors import ConfigError
+from supervisor.jobfiles.standbyfiles import LOCK_FD_ENV, NICE_ENV, ROOM_ARG
+from trainer.proctitle import set_command_line, set_environment_block
+
+
+@dataclass
+class ForkedRank:
+    """A rank forked by a zygote-born monitor: what ``attempt_monitor.RankGroup`` reads of a ``Popen``."""
+
+    pid: int
+    returncode: int | None = None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Import the job's standby modules, say so, then fork a standby monitor per request until stdin closes."""
+    own = argparse.ArgumentParser(prog="python -m trainer.zygote", allow_abbrev=False)
+    own.add_argument("--reply-fd", type=int, required=True)
+    own.add_argument("--module", default="trainer", help="the trainer module its standbys run (python -m MODULE)")
+    args, trainer_argv = own.parse_known_args([a for a in (sys.argv[1:] if argv is None else argv) if a != ROOM_ARG])
+    reply = os.fdopen(args.reply_fd, "w", buffering=1)
+    base_nice = os.getpriority(os.PRIO_PROCESS, 0)
+    nice = os.environ.get(NICE_ENV)
+    if nice:  # background work, like an exec'd standby's start-up; each forked monitor takes base_nice back
+        os.nice(int(nice))
+    try:
+        modules = import_job(trainer_argv) if args.module == "trainer" else {}  # another module: imported at its run
+        why = fork_unsafe()
+    except ConfigError as exc:
+        why = exc.message
+    except Exception as exc:  # the daemon falls back to exec'd standbys for this job
+        why = f"{type(exc).__name__}: {exc}"
+    if why:
+        _say(reply, {"failed": why})
+        return 1
+    _say(reply, {"ready": True, "pid": os.getpid(), "modules": modules})
+    gc.collect()
+    gc.freeze()  # the imports' objects: never collected, so never written to, so shared with every child
+    signal.signal(signal.SIGCHLD, _reap)
+    for line in sys.stdin:
+        request = json.loads(line)
+        why = fork_unsafe()
+        if why:
+            _say(reply, {"attempt_dir": request["attempt_dir"], "error": why})
+            continue
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            _say(reply, {"attempt_dir": request["attempt_dir"], "error": f"fork: {exc}"})
+            continue
+        if pid == 0:
+            reply.close()
+            run_monitor(request, modules, base_nice)  # never returns
+        _say(reply, {"attempt_dir": request["attempt_dir"], "pid": pid})
+    return 0  # stdin closed: the daemon is gone (or dropped us)
+
+
+def import_job(trainer_argv: Sequence[str]) -> dict[str, float]:
+    """Import what a standby of this job imports; the user's modules, with their mtimes."""
+    from supervisor.config import load_job_config
+    from trainer.build import resolve_job
+    from trainer.cli import apply_environment, build_parser
+    from trainer.standby import cuda_touched, user_module_mtimes
+
+    args = build_parser().parse_intermixed_args(list(trainer_argv))
+    cfg = load_job_config(args.config, args.overrides)
+    apply_environment(cfg, args.config)
+    import supervisor.attempt_monitor  # noqa: F401 - what each forked monitor runs
+    import trainer.checkpoint_cache  # the standby's cache of the resume checkpoint
+    import trainer.runner  # noqa: F401 - torch and Lightning: the slow part
+
+    resolve_job(cfg, args.config)  # the user's model and data modules (imported, not built)
+    if str(cfg.logger.wandb.mode) != "disabled":
+        import pytorch_lightning.loggers.wandb  # noqa: F401
+        import wandb  # noqa: F401
+    touched = cuda_touched()
+    if touched:
+        raise RuntimeError(f"CUDA was initialised by the imports ({touched}): a fork could not get its own GPUs")
+    return user_module_mtimes(Path(cfg.workdir or os.getcwd()))
+
+
+def fork_unsafe(task_dir: str = "/proc/self/task") -> str | None:
+    """Why forking this process now would be unsafe (a thread we cannot account for), or None.
+
+    A fork copies only the calling thread: a lock another thread holds stays held for
+    ever in the child. The threads allowed are OpenBLAS's (numpy and scipy each load
+    one, and it starts its workers at load): OpenBLAS stops them before any fork
+    (its ``pthread_atfork`` handler) and starts them again when next used, in the
+    child too. Counted through ``threadpoolctl``, which finds every BLAS/OpenMP
+    library loaded and its thread count.
+    """
+    try:
+        threads = len(os.listdir(task_dir))
+    except OSError:
+        threads = threading.active_count()
+    allowed = 1 + openblas_workers()
+    if threads > allowed:
+        return (f"the zygote runs {threads} threads, {allowed} accounted for (the main one and OpenBLAS's): "
+                "an import started one, and a fork would copy only the calling thread")
+    return None
+
+
+def openblas_workers() -> int:
+    """Worker threads the loaded OpenBLAS libraries (with their own pthreads pool) may run now."""
+    from threadpoolctl import threadpool_info
+
+    return sum(max(0, int(pool["num_threads"]) - 1) for pool in threadpool_info()
+               if pool.get("internal_api") == "openblas" and pool.get("threading_layer") == "pthreads")
+
+
+def run_monitor(request: dict[str, Any], modules: dict[str, float], base_nice: int) -> None:
+    """In the forked child: become the standby's attempt monitor (``supervisor.attempt_monitor``), then exit."""
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()  # a session of its own, as spawn_attempt_monitor gives an exec'd monitor
+        if os.getpriority(os.PRIO_PROCESS, 0) != base_nice:
+            try:  # the monitor runs at the daemon's priority; its ranks lower their own (trainer.standby.serve)
+                os.setpriority(os.PRIO_PROCESS, 0, base_nice)
+            except PermissionError:
+                pass
+        attempt_dir = Path(request["attempt_dir"])
+        attempt_dir.mkdir(parents=True, exist_ok=True)
+        _redirect(attempt_dir / "monitor.log", attempt_dir / "monitor.log")
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in request["env"].items()})
+        lock_fd = os.open(request["lock_path"], os.O_RDWR | os.O_CREAT, 0o600)  # not locked: the ranks lock it
+        os.environ[LOCK_FD_ENV] = str(lock_fd)
+        monitor_argv = ["--attempt-dir", str(attempt_dir), "--cwd", str(request["cwd"]), "--lock-fd", str(lock_fd),
+                        *request["monitor_args"], "--", *request["command"]]
+        if not set_command_line([sys.executable, "-m", "supervisor.attempt_monitor", *monitor_argv]):
+            raise RuntimeError("the monitor's command line does not fit in the zygote's argv room")
+        if not set_environment_block(os.environ):
+            raise RuntimeError("the monitor's environment does not fit in the zygote's environment room")
+        import trainer.standby
+
+        trainer.standby.INHERITED_MODULE_MTIMES.update(modules)  # the code in memory is as old as the zygote's
+        from supervisor.attempt_monitor import main as monitor_main
+
+        code = monitor_main(monitor_argv, launch=fork_rank)
+    except BaseException:  # a forked child must never return into the zygote's loop
+        traceback.print_exc()
+    _leave(code)
+
+
+def fork_rank(command: list[str], cwd: str, env: dict[str, str] | None, stdout: int, stderr: int, pgid: int,
+              lock_fd: int | None) -> ForkedRank:
+    """``attempt_monitor``'s rank launcher: fork, and run ``command`` (``python -m trainer ...``) in the child."""
+    del lock_fd  # a fork keeps every fd: the rank holds the lock's open file as an exec'd one does
+    pid = os.fork()
+    if pid:
+        try:  # set on both sides: the monitor may signal the group before the child has run at all
+            os.setpgid(pid, pgid or pid)
+        except OSError:
+            pass
+        return ForkedRank(pid)
+    code = 1
+    try:
+        try:
+            os.setpgid(0, pgid or 0)
+        except OSError:
+            pass
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)  # what an exec would give it: the monitor's are Python handlers
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.set_wakeup_fd(-1)
+        os.dup2(stdout, 1)
+        os.dup2(stderr, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.chdir(cwd)
+        if env is not None:
+            os.environ.clear()
+            os.environ.update(env)
+        if not (set_command_line(command) and set_environment_block(os.environ)):
+            raise RuntimeError("the rank's command line or environment does not fit in the zygote's room")
+        code = _run_trainer(command)
+    except BaseException:  # as in run_monitor: never return into the monitor's loop
+        traceback.print_exc()
+    _leave(code)
+    raise AssertionError("unreachable")  # for the type checker: _leave exits
+
+
+def _run_trainer(command: list[str]) -> int:
+    """``python -m MODULE ARGS`` in this process (``runpy``, as the interpreter runs ``-m``); its exit code."""
+    if list(command[1:2]) != ["-m"] or len(command) < 3:
+        raise RuntimeError(f"a zygote runs python -m MODULE only, not {command[:3]}")
+    sys.argv = [command[2], *command[3:]]  # run_module puts the module's file in sys.argv[0]
+    try:
+        runpy.run_module(command[2], run_name="__main__", alter_sys=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def _leave(code: int) -> None:
+    """Exit a forked child: the ``atexit`` handlers (W&B, logging), the streams, then ``os._exit``.
+
+    Never the interpreter's own exit: the zygote's stack, below us, is not ours to unwind.
+    """
+    from trainer.cli import exit_now
+    from trainer.ranks import rank_from_env
+
+    if rank_from_env().multi:  # as trainer/__main__.py: torch.distributed's teardown would hang on a dead peer
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+    exit_now(code)
+
+
+def _redirect(stdout: Path, stderr: Path) -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    for fd, path in ((1, stdout), (2, stderr)):
+        out = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        os.dup2(out, fd)
+        os.close(out)
+
+
+def _reap(signum: int, frame: FrameType | None) -> None:
+    """SIGCHLD: reap the monitors we forked that have ended (their records are their own to write)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _say(reply: Any, message: dict[str, Any]) -> None:
+    reply.write(json.dumps(message) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
