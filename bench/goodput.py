@@ -7,9 +7,12 @@ trainer SIGKILLed every ``--kill-every`` seconds; goodput = its final global ste
 ml-supervisor runs with a standby, resuming from ``last`` and from ``best``
 (``val_loss``, validated once an epoch: rewinding to best gives up the steps
 since the best validation at every crash). The issue's full run is
-``--duration 600 --kill-every 60``.
+``--duration 600 --kill-every 60``. ``--hang-every 180`` adds a series where the
+trainer hangs instead (SIGSTOP: alive, no progress) every 180 s: only a supervisor
+that watches progress gets the run going again (ml-supervisor's default
+``hang_timeout: auto``: 5x the slowest step, at least 60 s).
 
-    .venv/bin/python bench/goodput.py [--duration 600] [--kill-every 60] [--every 10]
+    .venv/bin/python bench/goodput.py [--duration 600] [--kill-every 60] [--every 10] [--hang-every 180]
 """
 
 from __future__ import annotations
@@ -40,28 +43,44 @@ CONTENDERS: list[Any] = [PlainLoop, Torchrun, Supervised, SupervisedStandby, Sup
 FIRST_STEP_AFTER: dict[str, float] = {}
 
 
-def run(contender: Contender, duration: float, kill_every: float | None, label: str | None = None) -> int:
-    """Start, kill every ``kill_every`` s, and return the global step reached ``duration`` s after the start."""
+def run(contender: Contender, duration: float, kill_every: float | None, label: str | None = None,
+        hang_every: float | None = None) -> int:
+    """Start, SIGKILL the trainer every ``kill_every`` s (or SIGSTOP it, a hang, every ``hang_every`` s),
+    and return the global step reached ``duration`` s after the start."""
     contender.prepare()
     start = time.time()
     contender.start()
+    hung: list[int] = []
     try:
         next_kill = start + kill_every if kill_every else float("inf")
+        next_hang = start + hang_every if hang_every else float("inf")
         while time.time() < start + duration:
-            if time.time() >= next_kill:
+            for due, signum in ((next_kill, signal.SIGKILL), (next_hang, signal.SIGSTOP)):
+                if time.time() < due:
+                    continue
                 stamps = step_stamps(contender.stamps)
                 if stamps:
                     try:
-                        os.kill(stamps[-1][2], signal.SIGKILL)
+                        os.kill(stamps[-1][2], signum)
+                        if signum == signal.SIGSTOP:
+                            hung.append(stamps[-1][2])
                     except ProcessLookupError:
                         pass
-                next_kill += kill_every  # type: ignore[operator]
+                if signum == signal.SIGKILL:
+                    next_kill += kill_every  # type: ignore[operator]
+                else:
+                    next_hang += hang_every  # type: ignore[operator]
             time.sleep(0.05)
         steps = step_stamps(contender.stamps)
         if steps:
             FIRST_STEP_AFTER[label or contender.name] = steps[0][1] - start
         return global_step(contender.stamps)
     finally:
+        for pid in hung:  # a stopped process holds its signals: let it take the stop
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
         contender.stop()
 
 
@@ -79,6 +98,10 @@ def main() -> int:
     parser.add_argument("--step-delay", type=float, default=0.02)
     parser.add_argument("--only", action="append", choices=[c.name for c in CONTENDERS],
                         help="run only this contender besides the baseline (repeatable; default: all)")
+    parser.add_argument("--hang-every", type=float, default=0.0,
+                        help="also a series where the trainer hangs (SIGSTOP) every this many seconds, no kills")
+    parser.add_argument("--hang-only", action="append", choices=[c.name for c in CONTENDERS],
+                        help="the contenders of the hang series (repeatable; default: those of --only)")
     args = parser.parse_args()
     args.settle = 0.0
     args.accelerator = "cpu"  # restart_compare's contenders read it (its --accelerator gpu is for bench/gpu/)
@@ -91,14 +114,21 @@ def main() -> int:
             contender = make(Path(tmp), args)
             results[contender.name] = run(contender, args.duration, args.kill_every)
             print(f"{contender.name}: step {results[contender.name]}  {load()}", flush=True)
+        hang_series = args.hang_only or args.only
+        for make in [c for c in CONTENDERS if args.hang_every and (not hang_series or c.name in hang_series)]:
+            contender = make(Path(tmp) / "hang", args)
+            name = f"{contender.name}, hangs"
+            results[name] = run(contender, args.duration, None, name, hang_every=args.hang_every)
+            print(f"{name}: step {results[name]}  {load()}", flush=True)
         after = run(PlainLoop(Path(tmp) / "base2", args), args.duration, None, "uninterrupted (last)")
         print(f"uninterrupted (last): step {after}  {load()}", flush=True)
         results = {"uninterrupted": round((before + after) / 2), **results}
     base = results["uninterrupted"]
-    print(f"\ngoodput, {args.duration:.0f} s from launch, SIGKILL every {args.kill_every:.0f} s, checkpoint every "
-          f"{args.every} steps, digits on CPU ({os.cpu_count()} cores, shared)")
+    print(f"\ngoodput, {args.duration:.0f} s from launch, SIGKILL every {args.kill_every:.0f} s "
+          f"(\", hangs\": instead a SIGSTOP every {args.hang_every:.0f} s), checkpoint every {args.every} steps, "
+          f"digits on CPU ({os.cpu_count()} cores, shared)")
     for name, step in results.items():
-        print(f"  {name:18s} final step {step:6d}  goodput {step / base:6.1%}")
+        print(f"  {name:25s} final step {step:6d}  goodput {step / base:6.1%}")
     print("first optimizer step after launch (the daemon already up; ml-supervisor's includes the submit's check):")
     for name, after_s in FIRST_STEP_AFTER.items():
         print(f"  {name:22s} {after_s:5.1f} s")
