@@ -114,14 +114,15 @@ def main() -> int:
             contender = make(Path(tmp), args)
             results[contender.name] = run(contender, args.duration, args.kill_every)
             print(f"{contender.name}: step {results[contender.name]}  {load()}", flush=True)
+        after = run(PlainLoop(Path(tmp) / "base2", args), args.duration, None, "uninterrupted (last)")
+        print(f"uninterrupted (last): step {after}  {load()}", flush=True)
+        # The hang series after the last baseline: what the kill series found is complete (and printed) first.
         hang_series = args.hang_only or args.only
         for make in [c for c in CONTENDERS if args.hang_every and (not hang_series or c.name in hang_series)]:
             contender = make(Path(tmp) / "hang", args)
             name = f"{contender.name}, hangs"
             results[name] = run(contender, args.duration, None, name, hang_every=args.hang_every)
             print(f"{name}: step {results[name]}  {load()}", flush=True)
-        after = run(PlainLoop(Path(tmp) / "base2", args), args.duration, None, "uninterrupted (last)")
-        print(f"uninterrupted (last): step {after}  {load()}", flush=True)
         results = {"uninterrupted": round((before + after) / 2), **results}
     base = results["uninterrupted"]
     print(f"\ngoodput, {args.duration:.0f} s from launch, SIGKILL every {args.kill_every:.0f} s "
