@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _say(reply, {"ready": True, "pid": os.getpid(), "modules": modules})
     gc.collect()
-    gc.freeze()  # the imports' objects: never collected, so never written to, so shared with every child
+    gc.freeze()  # the imports' objects leave the collector's walks, which would write to (and copy) their pages
     signal.signal(signal.SIGCHLD, _reap)
     for line in sys.stdin:
         request = json.loads(line)
