@@ -194,7 +194,10 @@ def run_monitor(request: dict[str, Any], modules: dict[str, float], base_nice: i
         code = monitor_main(monitor_argv, launch=fork_rank)
     except BaseException:  # a forked child must never return into the zygote's loop
         traceback.print_exc()
-    _leave(code)
+    # As an exec'd monitor leaves (attempt_monitor's __main__): at once, no atexit handlers (the zygote's
+    # imports registered some): the daemon hears of the attempt's end through this exit.
+    _flush_streams()
+    os._exit(code)
 
 
 def fork_rank(command: list[str], cwd: str, env: dict[str, str] | None, stdout: int, stderr: int, pgid: int,
@@ -249,21 +252,25 @@ def _run_trainer(command: list[str]) -> int:
 
 
 def _leave(code: int) -> None:
-    """Exit a forked child: the ``atexit`` handlers (W&B, logging), the streams, then ``os._exit``.
+    """Exit a forked rank: the ``atexit`` handlers (W&B, logging), the streams, then ``os._exit``.
 
-    Never the interpreter's own exit: the zygote's stack, below us, is not ours to unwind.
+    Never the interpreter's own exit: the monitor's and zygote's stack, below us, is not ours to unwind.
     """
     from trainer.cli import exit_now
     from trainer.ranks import rank_from_env
 
     if rank_from_env().multi:  # as trainer/__main__.py: torch.distributed's teardown would hang on a dead peer
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        _flush_streams()
         os._exit(code)
     exit_now(code)
+
+
+def _flush_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken pipe: nothing more can reach it
 
 
 def _redirect(stdout: Path, stderr: Path) -> None:
