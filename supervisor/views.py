@@ -17,6 +17,7 @@ from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
 from supervisor.rank_files import job_world_size
 from supervisor.runners.standby import standby_view
+from supervisor.runners.zygotes import zygote_view
 from supervisor.store import AttemptRow, JobRow, Store
 
 
@@ -74,6 +75,7 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         "wandb": wandb,
         "checkpointing": _checkpointing_view(frozen),
         "standby": standby_view(Path(job.job_dir)),
+        "zygote": zygote_view(Path(job.job_dir)),
     }
 
 

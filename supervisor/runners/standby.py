@@ -27,8 +27,9 @@ From a job's second standby on, the standby is forked from the job's zygote
 it backs up does not share the CPU with a new standby's imports after each
 takeover. A standby asked for while the zygote still imports is pending (shown
 as ``preparing``, without a pid) and forked when it is ready; a relaunch meanwhile
-starts cold. A zygote that fails (an import started a thread, CUDA was touched,
-it died) leaves the job with exec'd standbys, as before.
+starts cold. A zygote that refuses (an import started a thread, CUDA was
+touched) leaves the job with exec'd standbys, as before; one that was killed is
+replaced (``runners/zygotes.py``).
 
 Standbys live only in this runner's memory: a daemon restart never adopts one.
 A new runner kills the standbys a previous daemon left (their processes carry
@@ -49,7 +50,7 @@ from typing import Any
 
 import psutil
 
-from supervisor.attempt_monitor import DEFAULT_MASTER_ADDR, choose_master_port, port_is_free
+from supervisor.attempt_monitor import DEFAULT_MASTER_ADDR, DEFAULT_PORT_WAIT_S, choose_master_port, port_is_free
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
@@ -57,8 +58,8 @@ from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_EN
 from supervisor.process import ProcessHandle, kill_tree, reap_monitors, spawn_attempt_monitor, start_time, try_lock
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
 from supervisor.runners.local import RANK_STOP_GRACE_S, LocalRunner
-from supervisor.runners.zygote import LOG_FILE as ZYGOTE_LOG
-from supervisor.runners.zygote import ZYGOTE_MODULE, Zygote, ZygoteState, start_zygote
+from supervisor.runners.zygote import ZYGOTE_MODULE, Zygote, ZygoteState
+from supervisor.runners.zygotes import JobZygotes
 
 log = logging.getLogger("ml_supervisor")
 
@@ -106,9 +107,9 @@ class StandbyLocalRunner(LocalRunner):
         super().__init__(*args, **kwargs)
         self._standbys: dict[str, Standby] = {}
         self._pending: dict[str, AttemptSpec] = {}  # job -> the standby its importing zygote will fork
-        self._zygotes: dict[str, Zygote] = {}
-        self._exec_only: set[str] = set()  # jobs whose zygote failed: their standbys are exec'd
+        self._zygotes = JobZygotes()
         self.failed_prepares: dict[tuple[str, int], int] = {}  # (job, attempt) -> standbys that died unready
+        self._port_busy_since: dict[str, float] = {}  # job -> when a promotion first found its fixed port held
         kill_leftover_standbys(self._state_dir)
 
     # -- prepare -----------------------------------------------------------------------------------
@@ -121,7 +122,7 @@ class StandbyLocalRunner(LocalRunner):
         self.drop_standby(spec.job_id)
         if spec.attempt_dir.exists():  # left by an earlier standby: a fresh attempt dir for the fresh one
             shutil.rmtree(spec.attempt_dir, ignore_errors=True)
-        if spec.attempt > 1 and spec.job_id not in self._exec_only:  # attempt 1's: nothing imported to fork yet
+        if spec.attempt > 1:  # attempt 1's is exec'd: nothing is imported to fork from yet
             zygote = self._zygote_for(spec)
             if zygote is not None and zygote.state == ZygoteState.READY:
                 return self._fork_standby(zygote, spec)
@@ -172,10 +173,8 @@ class StandbyLocalRunner(LocalRunner):
                 "command": [*spec.command, "--standby"],
             })
         except OSError as exc:
-            log.warning("job %s: %s; its standbys are exec'd from now on", spec.job_id, exc)
-            self._stop_zygote(spec.job_id)
-            self._exec_only.add(spec.job_id)
-            return self._exec_standby(spec)
+            self._zygotes.failed(spec.job_id, str(exc))
+            return self._exec_standby(spec)  # wanted now: a replaced zygote serves the next one
         return self._register(spec, _config_of(spec.command), pid, start_time(pid) or 0.0, "forked")
 
     def _register(self, spec: AttemptSpec, config: Path, pid: int, started: float, how: str) -> RunnerState:
@@ -203,36 +202,9 @@ class StandbyLocalRunner(LocalRunner):
 
     # -- the zygotes -------------------------------------------------------------------------------
     def _zygote_for(self, spec: AttemptSpec) -> Zygote | None:
-        """The job's zygote, started if it has none; None when the job's standbys are exec'd (it failed)."""
-        zygote = self._zygotes.get(spec.job_id)
-        if zygote is not None:
-            zygote.poll()
-            if zygote.state == ZygoteState.FAILED:
-                log.warning("job %s: its zygote failed (%s); its standbys are exec'd from now on", spec.job_id,
-                            zygote.failure)
-                self._stop_zygote(spec.job_id)
-                self._exec_only.add(spec.job_id)
-                return None
-            if zygote.state == ZygoteState.READY and zygote.stale():
-                log.info("job %s: its zygote is stale (code or config changed); starting a fresh one", spec.job_id)
-                self._stop_zygote(spec.job_id)
-                zygote = None
-        if zygote is None:
-            try:
-                zygote = start_zygote(spec.job_id, list(spec.command), cwd=spec.workdir,
-                                      env=self._standby_env(spec), log_path=spec.lock_path.parent / ZYGOTE_LOG)
-            except OSError as exc:
-                log.warning("job %s: cannot start its zygote (%s); its standbys are exec'd", spec.job_id, exc)
-                self._exec_only.add(spec.job_id)
-                return None
-            self._zygotes[spec.job_id] = zygote
-            log.info("job %s: zygote starting (pid %d)", spec.job_id, zygote.proc.pid)
-        return zygote
-
-    def _stop_zygote(self, job_id: str) -> None:
-        zygote = self._zygotes.pop(job_id, None)
-        if zygote is not None:
-            zygote.stop()
+        """The job's zygote, started if it has none; None when the job's standbys are exec'd."""
+        return self._zygotes.get(spec.job_id, list(spec.command), cwd=spec.workdir, env=self._standby_env(spec),
+                                 job_dir=spec.lock_path.parent)
 
     # -- promote -----------------------------------------------------------------------------------
     def promote(self, job_id: str, spec: AttemptSpec) -> RunnerState | None:
@@ -252,7 +224,7 @@ class StandbyLocalRunner(LocalRunner):
             log.info("job %s: not promoting the standby: %s", job_id, why)
             self.drop_standby(job_id)
             return None
-        master_port = _master_port(spec) if standby.world_size > 1 else None
+        master_port = self._master_port(spec) if standby.world_size > 1 else None
         lock_fd = try_lock(spec.lock_path)
         if lock_fd is None:
             raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
@@ -275,6 +247,20 @@ class StandbyLocalRunner(LocalRunner):
                 "trainer_pid": None, "pgid": None, "standby": True, "world_size": standby.world_size,
                 "uid": os.getuid()}
 
+    def _master_port(self, spec: AttemptSpec) -> int:
+        """The promoted attempt's ``MASTER_PORT``, as its monitor would choose it on a cold start: the job's
+        own ``env.MASTER_PORT`` when it sets one (``busy_port_refusal`` while something holds it), else a
+        port free now."""
+        port, fixed = choose_master_port(None, spec.env)
+        if not fixed or port_is_free(DEFAULT_MASTER_ADDR, port):
+            self._port_busy_since.pop(spec.job_id, None)
+            return port
+        now = time.monotonic()
+        refusal = busy_port_refusal(port, now - self._port_busy_since.setdefault(spec.job_id, now))
+        if not refusal.retry:
+            del self._port_busy_since[spec.job_id]  # the launch after the back-off waits as long again
+        raise refusal
+
     def _unusable(self, standby: Standby, spec: AttemptSpec) -> str | None:
         if standby.attempt != spec.attempt or standby.attempt_dir != spec.attempt_dir:
             return f"it was prepared for attempt {standby.attempt}, attempt {spec.attempt} is starting"
@@ -294,6 +280,7 @@ class StandbyLocalRunner(LocalRunner):
     def tick(self) -> None:
         """Drop standbys that died or went stale (the core prepares a fresh one at its next poll)."""
         super().tick()
+        self._zygotes.tick()
         for job_id in list(self._pending):
             self.serve_pending(job_id)
         for job_id, standby in list(self._standbys.items()):
@@ -352,16 +339,15 @@ class StandbyLocalRunner(LocalRunner):
     def forget_job(self, job_id: str) -> None:
         """The job ended for good: no standby for it, nor a zygote."""
         self.drop_standby(job_id)
-        self._stop_zygote(job_id)
-        self._exec_only.discard(job_id)
+        self._zygotes.forget(job_id)
+        self._port_busy_since.pop(job_id, None)
         for key in [k for k in self.failed_prepares if k[0] == job_id]:
             del self.failed_prepares[key]
 
     def close(self) -> None:
         for job_id in [*self._standbys, *self._pending]:
             self.drop_standby(job_id)
-        for job_id in list(self._zygotes):
-            self._stop_zygote(job_id)
+        self._zygotes.close()
         super().close()
 
     def _publish(self, standby: Standby) -> None:
@@ -474,16 +460,13 @@ def _kill_monitor(standby: Standby) -> None:
     reap_monitors()
 
 
-def _master_port(spec: AttemptSpec) -> int:
-    """The promoted attempt's ``MASTER_PORT``, as its monitor would choose it on a cold start.
-
-    The job's own ``env.MASTER_PORT`` when it sets one (refused, to be retried, while
-    something still holds it), else a port free now.
-    """
-    port, fixed = choose_master_port(None, spec.env)
-    if fixed and not port_is_free(DEFAULT_MASTER_ADDR, port):
-        raise LaunchRefused(f"MASTER_PORT {port} is still in use", retry=True)
-    return port
+def busy_port_refusal(port: int, busy_for_s: float, wait_s: float = DEFAULT_PORT_WAIT_S) -> LaunchRefused:
+    """Why a promotion does not start while a job's fixed ``MASTER_PORT`` is held: retried within ``wait_s``
+    (the previous attempt's ranks are still leaving), then a failed launch, as a cold monitor fails after
+    waiting as long (the job backs off and tries again, with an event that says why)."""
+    if busy_for_s < wait_s:
+        return LaunchRefused(f"MASTER_PORT {port} is still in use", retry=True)
+    return LaunchRefused(f"MASTER_PORT {port} is still in use after {busy_for_s:.0f}s", retry=False)
 
 
 def _ranks_broken(standby: Standby) -> str | None:

@@ -49,6 +49,7 @@ class Zygote:
     config_mtime: float
     state: str = ZygoteState.IMPORTING
     failure: str | None = None
+    said_why: bool = False  # it reported its failure (and would again); else it died without a word: killed
     modules: dict[str, float] = field(default_factory=dict)
     _buffer: bytes = b""
 
@@ -81,6 +82,7 @@ class Zygote:
                     continue
                 if "pid" in message:
                     return int(message["pid"])
+                self.said_why = True  # e.g. a thread it cannot account for: it would refuse again
                 raise OSError(f"the zygote could not fork: {message.get('error')}")
             if not self.alive():
                 break
@@ -112,7 +114,7 @@ class Zygote:
             self.state = ZygoteState.READY
             self.modules = {str(k): float(v) for k, v in (message.get("modules") or {}).items()}
         elif "failed" in message:
-            self.state, self.failure = ZygoteState.FAILED, str(message["failed"])
+            self.state, self.failure, self.said_why = ZygoteState.FAILED, str(message["failed"]), True
 
     def _messages(self, timeout: float) -> list[dict[str, Any]]:
         ready, _, _ = select.select([self.reply_fd], [], [], timeout)

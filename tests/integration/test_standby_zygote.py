@@ -68,6 +68,8 @@ def test_later_standbys_are_forked_from_the_jobs_zygote_and_look_exec_d(daemon: 
         assert env[STANDBY_ENV] == job and env[OWN_ENV_KEY] == str(d.state_dir)
         assert "ML_SUPERVISOR_ENVIRONMENT_ROOM" not in env  # the zygote's room, overwritten
     assert monitor.parent().pid == zygote.pid and os.getsid(monitor.pid) == monitor.pid  # a session of its own
+    shown = d.status(job)["zygote"]  # status shows the zygote, and what memory it holds
+    assert (shown["state"], shown["pid"]) == ("ready", zygote.pid) and shown["rss_mb"] > 5
 
     os.kill(pid1, signal.SIGKILL)
     assert d.live_pid(job, 2) == standby  # the forked standby took over
@@ -80,6 +82,29 @@ def test_later_standbys_are_forked_from_the_jobs_zygote_and_look_exec_d(daemon: 
     assert [a["reason"] for a in final["attempts"]] == ["crash", "crash", "completed"]
     wait_for(lambda: not zygote.is_running() or zygote.status() == psutil.STATUS_ZOMBIE, timeout=30,
              what="the zygote gone with its job")
+    assert d.status(job)["zygote"] is None
+
+
+def test_a_killed_zygote_is_replaced_and_the_next_standby_forked_from_the_new_one(daemon: DaemonProc) -> None:
+    d = daemon
+    job = _job(d, "zygote-killed")
+    pid1 = d.live_pid(job, 1)
+    standby = _ready_standby(d, job)
+    zygote = psutil.Process(standby).parent().parent()
+    assert zygote.cmdline()[1:3] == ZYGOTE
+    zygote.kill()  # the OOM killer's way: no word to the daemon
+    wait_for(lambda: d.status(job)["zygote"] is None, timeout=30, what="status without the killed zygote")
+    os.kill(pid1, signal.SIGKILL)
+    assert d.live_pid(job, 2) == standby  # its forked standby lives on (a session of its own) and takes over
+    third = _ready_standby(d, job, not_pid=standby)
+    fresh = psutil.Process(third).parent().parent()
+    assert fresh.cmdline()[1:3] == ZYGOTE and fresh.pid != zygote.pid  # forked again, from a new zygote
+    assert d.status(job)["zygote"]["pid"] == fresh.pid
+    assert "its zygote died" in d.log.read_text()
+    os.kill(standby, signal.SIGKILL)
+    assert d.live_pid(job, 3) == third
+    final = d.wait_state(job, "completed", "failed", timeout=120)
+    assert final["state"] == "completed" and final["global_step"] == 400, final["detail"]
 
 
 def test_the_zygote_ends_with_its_daemon(daemon: DaemonProc) -> None:

@@ -14,6 +14,7 @@ import psutil
 
 from supervisor.jobfiles.standbyfiles import ROOM_ARG, ROOM_ENV
 from supervisor.runners.zygote import job_arguments
+from supervisor.runners.zygotes import MAX_ZYGOTE_STARTS, replace_after_failure
 from tests.support.harness import REPO
 from trainer.proctitle import ARG_END, ARG_START, encode_entries, memory_region
 
@@ -74,3 +75,9 @@ def test_openblas_threads_are_accounted_for_and_any_other_thread_refuses_the_for
     refused = _fork_unsafe_in_child("import numpy, threading, time\n"
                                     "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()")
     assert "a fork would copy only the calling thread" in refused
+
+
+def test_a_zygote_that_said_why_is_given_up_on_and_a_killed_one_replaced_a_bounded_number_of_times() -> None:
+    assert not replace_after_failure(said_why=True, starts=1)  # it would refuse again
+    assert [replace_after_failure(said_why=False, starts=n) for n in range(1, MAX_ZYGOTE_STARTS + 2)] == \
+        [True] * (MAX_ZYGOTE_STARTS - 1) + [False, False]
