@@ -181,12 +181,17 @@ def exit_now(code: int) -> None:
     file left open and unflushed.
     """
     atexit._run_exitfuncs()
+    flush_streams()
+    os._exit(code)
+
+
+def flush_streams() -> None:
+    """Flush stdout and stderr before an ``os._exit`` (which skips the interpreter's own flush)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass  # a closed or broken pipe: nothing more can reach it
-    os._exit(code)
 
 
 def describe_failure(exc: BaseException, signals: SignalState, state: Any, record: ExitRecord, *,

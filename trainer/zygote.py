@@ -194,9 +194,11 @@ def run_monitor(request: dict[str, Any], modules: dict[str, float], base_nice: i
         code = monitor_main(monitor_argv, launch=fork_rank)
     except BaseException:  # a forked child must never return into the zygote's loop
         traceback.print_exc()
+    from trainer.cli import flush_streams  # light; already imported when the job runs our trainer
+
     # As an exec'd monitor leaves (attempt_monitor's __main__): at once, no atexit handlers (the zygote's
     # imports registered some): the daemon hears of the attempt's end through this exit.
-    _flush_streams()
+    flush_streams()
     os._exit(code)
 
 
@@ -256,21 +258,13 @@ def _leave(code: int) -> None:
 
     Never the interpreter's own exit: the monitor's and zygote's stack, below us, is not ours to unwind.
     """
-    from trainer.cli import exit_now
+    from trainer.cli import exit_now, flush_streams
     from trainer.ranks import rank_from_env
 
     if rank_from_env().multi:  # as trainer/__main__.py: torch.distributed's teardown would hang on a dead peer
-        _flush_streams()
+        flush_streams()
         os._exit(code)
     exit_now(code)
-
-
-def _flush_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass  # a closed or broken pipe: nothing more can reach it
 
 
 def _redirect(stdout: Path, stderr: Path) -> None:

@@ -45,6 +45,7 @@ class Zygote:
     job_id: str
     proc: subprocess.Popen[bytes]
     reply_fd: int
+    job_dir: Path  # its log and its status file are there
     config_path: Path
     config_mtime: float
     state: str = ZygoteState.IMPORTING
@@ -136,12 +137,12 @@ class Zygote:
 
 
 def start_zygote(job_id: str, trainer_command: list[str], *, cwd: str, env: dict[str, str],
-                 log_path: Path) -> Zygote:
+                 job_dir: Path) -> Zygote:
     """Start ``python -m trainer.zygote`` for a job whose standbys run ``trainer_command`` (``python -m trainer``)."""
     reply_r, reply_w = os.pipe()
     os.set_blocking(reply_r, False)
     try:
-        log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        log = os.open(job_dir / LOG_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", ZYGOTE_MODULE, "--reply-fd", str(reply_w), "--module", trainer_command[2],
@@ -156,7 +157,8 @@ def start_zygote(job_id: str, trainer_command: list[str], *, cwd: str, env: dict
     finally:
         os.close(reply_w)
     config = Path(trainer_command[trainer_command.index("--config") + 1])
-    return Zygote(job_id=job_id, proc=proc, reply_fd=reply_r, config_path=config, config_mtime=_mtime(config))
+    return Zygote(job_id=job_id, proc=proc, reply_fd=reply_r, job_dir=job_dir, config_path=config,
+                  config_mtime=_mtime(config))
 
 
 def job_arguments(trainer_args: list[str]) -> list[str]:

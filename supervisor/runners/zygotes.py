@@ -17,8 +17,8 @@ from typing import Any
 import psutil
 
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
-from supervisor.process import start_time
-from supervisor.runners.zygote import LOG_FILE, ZYGOTE_MODULE, Zygote, ZygoteState, start_zygote
+from supervisor.process import is_same_process, start_time
+from supervisor.runners.zygote import Zygote, ZygoteState, start_zygote
 
 log = logging.getLogger("ml_supervisor")
 
@@ -36,17 +36,8 @@ class JobZygotes:
 
     def __init__(self) -> None:
         self._zygotes: dict[str, Zygote] = {}
-        self._job_dirs: dict[str, Path] = {}
         self._starts: dict[str, int] = {}
         self._exec_only: set[str] = set()  # jobs whose zygote refused: their standbys are exec'd
-
-    def exec_only(self, job_id: str) -> bool:
-        """Whether the job's standbys are exec'd (its zygote refused, or was killed too often)."""
-        return job_id in self._exec_only
-
-    def running(self, job_id: str) -> Zygote | None:
-        """The job's zygote if it has one now (none is started)."""
-        return self._zygotes.get(job_id)
 
     def get(self, job_id: str, trainer_command: list[str], *, cwd: str, env: dict[str, str],
             job_dir: Path) -> Zygote | None:
@@ -55,7 +46,7 @@ class JobZygotes:
             return None
         zygote = self._zygotes.get(job_id)
         if zygote is not None:
-            self._poll(job_id, zygote)
+            _poll(zygote)
             if zygote.state == ZygoteState.FAILED:
                 self.failed(job_id, zygote.failure or "failed")
                 if job_id in self._exec_only:
@@ -67,15 +58,14 @@ class JobZygotes:
                 zygote = None
         if zygote is None:
             try:
-                zygote = start_zygote(job_id, trainer_command, cwd=cwd, env=env, log_path=job_dir / LOG_FILE)
+                zygote = start_zygote(job_id, trainer_command, cwd=cwd, env=env, job_dir=job_dir)
             except OSError as exc:
                 log.warning("job %s: cannot start its zygote (%s); its standbys are exec'd", job_id, exc)
                 self._exec_only.add(job_id)
                 return None
             self._zygotes[job_id] = zygote
-            self._job_dirs[job_id] = job_dir
             self._starts[job_id] = self._starts.get(job_id, 0) + 1
-            self._publish(job_id, zygote)
+            _publish(zygote)
             log.info("job %s: zygote starting (pid %d)", job_id, zygote.proc.pid)
         return zygote
 
@@ -94,19 +84,14 @@ class JobZygotes:
 
     def tick(self) -> None:
         """Read what each zygote said, so ``status`` shows it ready (or gone) without waiting for a fork."""
-        for job_id, zygote in list(self._zygotes.items()):
-            self._poll(job_id, zygote)
+        for zygote in self._zygotes.values():
+            _poll(zygote)
 
     def stop(self, job_id: str) -> None:
         """Kill the job's zygote, if it has one."""
         zygote = self._zygotes.pop(job_id, None)
-        job_dir = self._job_dirs.pop(job_id, None)
-        if job_dir is not None:
-            try:
-                (job_dir / VIEW_FILE).unlink()
-            except FileNotFoundError:
-                pass
         if zygote is not None:
+            (zygote.job_dir / VIEW_FILE).unlink(missing_ok=True)
             zygote.stop()
 
     def forget(self, job_id: str) -> None:
@@ -120,17 +105,17 @@ class JobZygotes:
         for job_id in list(self._zygotes):
             self.stop(job_id)
 
-    def _poll(self, job_id: str, zygote: Zygote) -> None:
-        before = zygote.state
-        zygote.poll()
-        if zygote.state != before:
-            self._publish(job_id, zygote)
 
-    def _publish(self, job_id: str, zygote: Zygote) -> None:
-        job_dir = self._job_dirs.get(job_id)
-        if job_dir is not None:
-            write_json_atomic(job_dir / VIEW_FILE, {"state": zygote.state, "pid": zygote.proc.pid,
-                                                    "started": start_time(zygote.proc.pid)}, durable=False)
+def _poll(zygote: Zygote) -> None:
+    before = zygote.state
+    zygote.poll()
+    if zygote.state != before:
+        _publish(zygote)
+
+
+def _publish(zygote: Zygote) -> None:
+    write_json_atomic(zygote.job_dir / VIEW_FILE, {"state": zygote.state, "pid": zygote.proc.pid,
+                                                   "started": start_time(zygote.proc.pid)}, durable=False)
 
 
 def zygote_view(job_dir: Path) -> dict[str, Any] | None:
@@ -143,12 +128,10 @@ def zygote_view(job_dir: Path) -> dict[str, Any] | None:
     if not isinstance(data, dict) or not data.get("pid"):
         return None
     pid = int(data["pid"])
+    if not is_same_process(pid, data.get("started")):
+        return None  # gone (its pid may be someone else's now)
     try:
-        proc = psutil.Process(pid)
-        cmdline = proc.cmdline()
-        rss = proc.memory_info().rss / 2**20
+        rss = psutil.Process(pid).memory_info().rss / 2**20
     except psutil.Error:
         return None
-    if cmdline[1:3] != ["-m", ZYGOTE_MODULE] or start_time(pid) != data.get("started"):
-        return None  # the pid was reused: the zygote is gone
     return {"state": data.get("state"), "pid": pid, "rss_mb": round(rss, 1)}

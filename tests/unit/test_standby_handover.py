@@ -4,6 +4,7 @@ fixed port it waits for (a real socket holds it)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ import pytest
 from supervisor.attempt_monitor import DEFAULT_PORT_WAIT_S, rank_environment
 from supervisor.jobfiles.standbyfiles import LOCK_FD_ENV, READY_FILE, ready_file_name
 from supervisor.process import try_lock
+from supervisor.runners import standby as standby_module
 from supervisor.runners.base import AttemptSpec, LaunchRefused
-from supervisor.runners.standby import StandbyLocalRunner
 from trainer.standby import RANK_ENV_KEYS, Handover, apply_handover_environment, inherited_lock_fd
 
 
@@ -98,17 +99,13 @@ def test_only_an_inherited_fd_of_the_lock_file_itself_counts(tmp_path: Path, mon
 
 def test_a_fixed_port_held_at_a_promotion_is_waited_for_then_fails_the_launch_then_is_waited_for_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
-
-    from supervisor.runners import standby as standby_module
-
     held = socket.socket()
     held.bind(("127.0.0.1", 0))
     held.listen()
     port = held.getsockname()[1]
     spec = AttemptSpec(job_id="j", attempt=2, command=("python", "-m", "trainer"), env={"MASTER_PORT": str(port)},
                        workdir=str(tmp_path), attempt_dir=tmp_path / "a2", lock_path=tmp_path / "lock")
-    runner = StandbyLocalRunner(tmp_path, lambda notice: None, watch_exits=False)
+    runner = standby_module.StandbyLocalRunner(tmp_path, lambda notice: None, watch_exits=False)
     clock = [1000.0]
     monkeypatch.setattr(standby_module.time, "monotonic", lambda: clock[0])
     try:
