@@ -19,9 +19,9 @@ from supervisor.api.ops import Operations
 from supervisor.api.server import ApiServer
 from supervisor.core import Supervisor
 from supervisor.errors import SupervisorError
+from supervisor.rules.states import JobState
 from supervisor.sdnotify import Notifier
 from supervisor.settings import DaemonSettings
-from supervisor.states import JobState
 from supervisor.store import JobRow
 from supervisor.sweep.alerts import sweep_alert
 from supervisor.sweep.files import SweepDir

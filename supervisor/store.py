@@ -19,9 +19,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from supervisor.causes import Cause, EventKind
 from supervisor.errors import JobNotFound, StoreError
-from supervisor.states import JobState, check_transition
+from supervisor.rules.causes import Cause, EventKind
+from supervisor.rules.states import JobState, check_transition
 
 SCHEMA_VERSION = 4
 """1: the first cut (local attempt monitors in dedicated columns). 2: runner kind + runner-owned JSON state.

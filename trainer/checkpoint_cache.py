@@ -1,7 +1,7 @@
 """The standby's copy, in memory, of the checkpoint the next attempt will most likely resume from.
 
 While it waits for its handover, a standby re-reads the job's manifest when it
-changes and loads the checkpoint ``supervisor.resume.choose_resume`` would pick
+changes and loads the checkpoint ``supervisor.rules.resume.choose_resume`` would pick
 now (the ranking only: the daemon verifies the file at the restart, as always),
 on the CPU, exactly as Lightning would (``TorchCheckpointIO.load_checkpoint``).
 At the handover ``CachedCheckpointIO`` serves Lightning's ``load_checkpoint``
@@ -27,7 +27,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from supervisor.jobfiles.layout import manifest_path
 from supervisor.jobfiles.manifest import live_checkpoints
-from supervisor.resume import choose_resume
+from supervisor.rules.resume import choose_resume
 
 LIMIT_ENV = "ML_SUPERVISOR_STANDBY_CACHE_MB"  # the most a standby may hold in memory; 0 turns the cache off
 DEFAULT_LIMIT_MB = 2048

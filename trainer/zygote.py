@@ -17,7 +17,7 @@ each on ``--reply-fd``:
 Each request forks a standby's attempt monitor: the child takes a session of its
 own, shows the monitor's command line (``trainer.proctitle``), opens the job's
 lock (not locked: as the daemon does for an exec'd standby) and runs
-``supervisor.attempt_monitor.main`` with ranks that are forked too
+``supervisor.processes.attempt_monitor.main`` with ranks that are forked too
 (``fork_rank``): each runs ``python -m trainer ... --standby`` in-process, so a
 standby is ready in the time its model and data take to build. From there on it
 is the same standby: same files, same handover, same lock, same exit record.
@@ -119,7 +119,7 @@ def import_job(trainer_argv: Sequence[str]) -> dict[str, float]:
     args = build_parser().parse_intermixed_args(list(trainer_argv))
     cfg = load_job_config(args.config, args.overrides)
     apply_environment(cfg, args.config)
-    import supervisor.attempt_monitor  # noqa: F401 - what each forked monitor runs
+    import supervisor.processes.attempt_monitor  # noqa: F401 - what each forked monitor runs
     import trainer.checkpoint_cache  # the standby's cache of the resume checkpoint
     import trainer.runner  # noqa: F401 - torch and Lightning: the slow part
 
@@ -163,7 +163,7 @@ def openblas_workers() -> int:
 
 
 def run_monitor(request: dict[str, Any], modules: dict[str, float], base_nice: int) -> None:
-    """In the forked child: become the standby's attempt monitor (``supervisor.attempt_monitor``), then exit."""
+    """In the forked child: become the standby's attempt monitor (``processes.attempt_monitor``), then exit."""
     code = 1
     try:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -182,14 +182,14 @@ def run_monitor(request: dict[str, Any], modules: dict[str, float], base_nice: i
         os.environ[LOCK_FD_ENV] = str(lock_fd)
         monitor_argv = ["--attempt-dir", str(attempt_dir), "--cwd", str(request["cwd"]), "--lock-fd", str(lock_fd),
                         *request["monitor_args"], "--", *request["command"]]
-        if not set_command_line([sys.executable, "-m", "supervisor.attempt_monitor", *monitor_argv]):
+        if not set_command_line([sys.executable, "-m", "supervisor.processes.attempt_monitor", *monitor_argv]):
             raise RuntimeError("the monitor's command line does not fit in the zygote's argv room")
         if not set_environment_block(os.environ):
             raise RuntimeError("the monitor's environment does not fit in the zygote's environment room")
         import trainer.standby
 
         trainer.standby.INHERITED_MODULE_MTIMES.update(modules)  # the code in memory is as old as the zygote's
-        from supervisor.attempt_monitor import main as monitor_main
+        from supervisor.processes.attempt_monitor import main as monitor_main
 
         code = monitor_main(monitor_argv, launch=fork_rank)
     except BaseException:  # a forked child must never return into the zygote's loop

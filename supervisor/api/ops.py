@@ -17,16 +17,16 @@ from typing import Any
 from supervisor import __version__
 from supervisor.access import Caller, daemon_caller
 from supervisor.api.arguments import BadRequest, check_arguments
+from supervisor.api.views import attempt_view, job_status
 from supervisor.core import Supervisor
+from supervisor.core.submit import SubmitRequest
 from supervisor.errors import JobNotFound, SupervisorError
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.store import JobRow, Store
-from supervisor.submit import SubmitRequest
 from supervisor.sweep import ops as sweep_ops
 from supervisor.sweep.files import SweepDir
 from supervisor.sweep.manager import SweepManager
 from supervisor.sweep.ops import SweepNotFound
-from supervisor.views import attempt_view, job_status
 
 LOG_CHUNK = 256 * 1024
 

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from supervisor.core.submit import SubmitRequest, load_request_config
 from supervisor.errors import SupervisorError
 from supervisor.settings import STATE_DIR_ENV, resolve_state_dir
-from supervisor.submit import SubmitRequest, load_request_config
 
 _STATE_DIR_HELP = (f"state directory (default: ${STATE_DIR_ENV}, else /var/lib/ml-supervisor for root, "
                    "else ~/.local/state/ml-supervisor)")

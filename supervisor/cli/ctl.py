@@ -25,7 +25,7 @@ from supervisor.cli.common import add_state_dir, run_guarded, share_global_flags
 from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table, make_console
 from supervisor.cli.sweep import add_sweep_parser, run_sweep_command
 from supervisor.errors import SupervisorError
-from supervisor.states import TERMINAL_STATES
+from supervisor.rules.states import TERMINAL_STATES
 from supervisor.web.token import read_web_url
 
 PROG = "supervisorctl"

@@ -30,9 +30,9 @@ from supervisor.config import format_duration
 from supervisor.daemon import Daemon
 from supervisor.errors import SupervisorError
 from supervisor.logsetup import setup_logging
+from supervisor.rules.states import TERMINAL_STATES
 from supervisor.sdnotify import Notifier
 from supervisor.settings import load_settings
-from supervisor.states import TERMINAL_STATES
 from supervisor.systemd_unit import install_unit
 
 PROG = "ml-supervisor"
@@ -117,7 +117,7 @@ def _install_systemd(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     import subprocess
 
-    from supervisor.submit import load_request_config
+    from supervisor.core.submit import load_request_config
 
     req = submit_request(args.config, args.overrides, None)
     cfg = load_request_config(req)
@@ -133,7 +133,7 @@ def _inspect(args: argparse.Namespace) -> int:
     """``inspect``/``tune``: validate the config here (one-line errors), then run it under the job's python."""
     import subprocess
 
-    from supervisor.submit import load_request_config
+    from supervisor.core.submit import load_request_config
 
     overrides = [a for a in args.args if "=" in a and not a.startswith("-")]
     cfg = load_request_config(submit_request(args.config, overrides, None))

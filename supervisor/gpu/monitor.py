@@ -32,11 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from supervisor.attempt_monitor import current_boot_id
 from supervisor.gpu.backend import GpuBackend, GpuLost, GpuReading, XidEvent
 from supervisor.gpu.health import DEGRADED, FAILED, HEALTHY, GpuThresholds, Health, classify, classify_xid
 from supervisor.gpu.types import GpuReadError
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
+from supervisor.processes.attempt_monitor import current_boot_id
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import psutil
 
 from supervisor.gpu.backend import GpuBackend, GpuLost, GpuProcess
 from supervisor.gpu.types import GpuReadError
-from supervisor.process import is_same_process
+from supervisor.processes.control import is_same_process
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The attempt monitor's two files: ``monitor.json`` (started) and ``monitor-exit.json`` (ended).
 
-Both are written durably by ``supervisor.attempt_monitor`` and read by the local runner
+Both are written durably by ``supervisor.processes.attempt_monitor`` and read by the local runner
 with typed readers like the exit record's: a missing, torn or foreign file reads as
 ``None``, never as an exception. The top-level keys
 are those of a single-process attempt, so readers that know nothing of ranks

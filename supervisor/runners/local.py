@@ -1,7 +1,7 @@
 """The local runner: each attempt is an attempt monitor on this node, pinned by pidfds.
 
 The only code that starts or signals trainer processes. An attempt is a
-``python -m supervisor.attempt_monitor`` process (the conmon idea: it owns the
+``python -m supervisor.processes.attempt_monitor`` process (the conmon idea: it owns the
 trainer, survives the daemon, and writes ``monitor-exit.json`` durably); the
 exit of every monitor is one pidfd in the exit watcher's epoll set, so the loop
 hears of a crash the instant it happens, with no polling.
@@ -42,12 +42,12 @@ from typing import Any
 
 import psutil
 
-from supervisor.attempt_monitor import current_boot_id
 from supervisor.gpu.backend import GpuBackend
 from supervisor.gpu.preflight import preflight
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_start
-from supervisor.process import (
+from supervisor.processes.attempt_monitor import current_boot_id
+from supervisor.processes.control import (
     ProcessHandle,
     group_members,
     has_env_marker,
@@ -59,6 +59,8 @@ from supervisor.process import (
     spawn_attempt_monitor,
     try_lock,
 )
+from supervisor.processes.stacks import dump_stacks
+from supervisor.processes.watcher import ExitWatcher
 from supervisor.runners.base import (
     OWN_ENV_KEY,
     AttemptRef,
@@ -71,8 +73,6 @@ from supervisor.runners.base import (
     RunnerNotice,
     RunnerState,
 )
-from supervisor.stacks import dump_stacks
-from supervisor.watcher import ExitWatcher
 
 log = logging.getLogger("ml_supervisor")
 

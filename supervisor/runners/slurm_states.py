@@ -13,8 +13,8 @@ import signal as signal_module
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.causes import Cause
 from supervisor.jobfiles.monitorfiles import MonitorExit
+from supervisor.rules.causes import Cause
 from supervisor.runners.base import Phase
 
 SQUEUE_FORMAT = "%i|%T|%N|%j"

@@ -50,12 +50,24 @@ from typing import Any
 
 import psutil
 
-from supervisor.attempt_monitor import DEFAULT_MASTER_ADDR, DEFAULT_PORT_WAIT_S, choose_master_port, port_is_free
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
 from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_ENV, ready_file_name
-from supervisor.process import ProcessHandle, kill_tree, reap_monitors, spawn_attempt_monitor, start_time, try_lock
+from supervisor.processes.attempt_monitor import (
+    DEFAULT_MASTER_ADDR,
+    DEFAULT_PORT_WAIT_S,
+    choose_master_port,
+    port_is_free,
+)
+from supervisor.processes.control import (
+    ProcessHandle,
+    kill_tree,
+    reap_monitors,
+    spawn_attempt_monitor,
+    start_time,
+    try_lock,
+)
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
 from supervisor.runners.local import RANK_STOP_GRACE_S, LocalRunner
 from supervisor.runners.zygote import ZYGOTE_MODULE, Zygote, ZygoteState
@@ -402,7 +414,7 @@ def kill_leftover_standbys(state_dir: Path) -> list[int]:
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline") or []
         zygote = cmdline[1:3] == ["-m", ZYGOTE_MODULE]
-        if not zygote and ("supervisor.attempt_monitor" not in cmdline or "--standby" not in cmdline):
+        if not zygote and ("supervisor.processes.attempt_monitor" not in cmdline or "--standby" not in cmdline):
             continue
         try:
             env = proc.environ()

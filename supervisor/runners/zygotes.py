@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
-from supervisor.process import is_same_process, start_time
+from supervisor.processes.control import is_same_process, start_time
 from supervisor.runners.zygote import Zygote, ZygoteState, start_zygote
 
 log = logging.getLogger("ml_supervisor")

@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from supervisor.alerts.model import Alert, WandbTarget
+from supervisor.core.submit import SubmitRequest, load_request_config
 from supervisor.errors import SupervisorError
-from supervisor.submit import SubmitRequest, load_request_config
 from supervisor.sweep.files import SweepDir
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from supervisor.jobfiles.atomic import write_json_atomic
-from supervisor.process import try_lock
+from supervisor.processes.control import try_lock
 from supervisor.sweep.files import FINISHED, SweepDir, list_sweeps
 
 log = logging.getLogger("ml_supervisor.sweep")

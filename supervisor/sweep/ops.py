@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from supervisor.core.submit import SubmitRequest, load_request_config
 from supervisor.errors import ConfigError, SupervisorError
 from supervisor.jobfiles.atomic import write_json_atomic
-from supervisor.submit import SubmitRequest, load_request_config
 from supervisor.sweep.files import FINISHED, SweepDir, list_sweeps, new_sweep_dir, sweeps_dir
 from supervisor.sweep.spec import SweepSpec, load_sweep_file, override_for
 

@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from supervisor.api.client import Client
 from supervisor.errors import DaemonUnavailable, SupervisorError
-from supervisor.process import try_lock
+from supervisor.processes.control import try_lock
 from supervisor.sweep import search
 from supervisor.sweep.files import SweepDir, TrialRecord
 from supervisor.sweep.spec import SweepSpec, override_for

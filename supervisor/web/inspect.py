@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.config import parse_job_config
+from supervisor.core.submit import trainer_environment
 from supervisor.errors import ConfigError, SupervisorError
-from supervisor.submit import trainer_environment
 
 WHATS = ("data", "model")
 DEFAULT_TIMEOUT = 180.0

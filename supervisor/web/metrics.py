@@ -24,8 +24,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from supervisor.policy import FAILURE_CAUSES, RESTART_NOW_CAUSES
-from supervisor.states import JobState
+from supervisor.rules.policy import FAILURE_CAUSES, RESTART_NOW_CAUSES
+from supervisor.rules.states import JobState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "ml_supervisor_"

@@ -36,7 +36,7 @@ def test_the_sampler_sees_two_trainers_of_one_job_and_not_a_monitor(tmp_path: Pa
     state = tmp_path / "state"
     attempt = str(state / "jobs" / "j1" / "attempts")
     procs = [_sleeper("--attempt-dir", f"{attempt}/1"), _sleeper("--attempt-dir", f"{attempt}/2"),
-             _sleeper("-m", "supervisor.attempt_monitor", "--attempt-dir", f"{attempt}/3")]
+             _sleeper("-m", "supervisor.processes.attempt_monitor", "--attempt-dir", f"{attempt}/3")]
     try:
         sampler = TrainerSampler(state)
         time.sleep(0.3)  # let the command lines appear

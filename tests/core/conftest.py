@@ -12,10 +12,10 @@ import pytest
 
 from supervisor.alerts.events import AlertEvent
 from supervisor.core import AlertHook, Supervisor
+from supervisor.core.submit import SubmitRequest
+from supervisor.rules.states import JobState
 from supervisor.settings import DaemonSettings
-from supervisor.states import JobState
 from supervisor.store import JobRow, Store
-from supervisor.submit import SubmitRequest
 from tests.support.fake_runner import FakeClock, FakeRunner
 from tests.support.harness import REPO, SUPPORT, write_config
 

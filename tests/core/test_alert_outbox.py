@@ -14,9 +14,9 @@ import pytest
 
 from supervisor.alerts import AlertDispatcher, make_alert, read_alerts
 from supervisor.alerts.events import AlertEvent, GpuFaultAlert, RebootAlert, RestartAlert, StoppedAlert
-from supervisor.causes import Cause
 from supervisor.gpu import GpuEvent
-from supervisor.states import JobState
+from supervisor.rules.causes import Cause
+from supervisor.rules.states import JobState
 from supervisor.store import JobRow
 from tests.core.conftest import Core, MakeCore
 

@@ -8,12 +8,12 @@ import pytest
 
 from supervisor.alerts import make_alert
 from supervisor.alerts.events import RestartAlert, StoppedAlert
-from supervisor.causes import Cause
+from supervisor.core.timers import TimerKind
 from supervisor.errors import SupervisorError
 from supervisor.jobfiles.heartbeat import Heartbeat, write_heartbeat
+from supervisor.rules.causes import Cause
+from supervisor.rules.states import JobState
 from supervisor.runners.base import LaunchRefused, Phase
-from supervisor.states import JobState
-from supervisor.timers import TimerKind
 from tests.core.conftest import MakeCore
 from tests.support.fake_runner import FakeRunner
 

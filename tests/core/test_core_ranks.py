@@ -7,13 +7,13 @@ from pathlib import Path
 
 import yaml
 
-from supervisor.causes import Cause
+from supervisor.core.submit import SubmitRequest
 from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, write_heartbeat
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import RankEnding
-from supervisor.states import JobState
-from supervisor.submit import SubmitRequest
+from supervisor.rules.causes import Cause
+from supervisor.rules.states import JobState
 from tests.core.conftest import Core, MakeCore
 
 

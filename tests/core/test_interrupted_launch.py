@@ -17,11 +17,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.causes import Cause, EventKind
-from supervisor.process import has_env_marker
+from supervisor.processes.control import has_env_marker
+from supervisor.rules.causes import Cause, EventKind
+from supervisor.rules.states import JobState
 from supervisor.runners.base import OWN_ENV_KEY, AttemptRef, AttemptSpec, Phase, RunnerState
 from supervisor.runners.local import LocalRunner
-from supervisor.states import JobState
 from tests.core.conftest import MakeCore
 from tests.support.fake_runner import FakeAttempt, FakeRunner
 from tests.support.harness import REPO

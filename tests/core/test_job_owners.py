@@ -17,12 +17,12 @@ import yaml
 from supervisor.access import Caller, RunAs
 from supervisor.api.arguments import BadRequest
 from supervisor.api.ops import Operations
-from supervisor.causes import EventKind
+from supervisor.core.launching import attempt_spec
+from supervisor.core.submit import SubmitRequest
 from supervisor.errors import JobNotFound, SupervisorError
-from supervisor.launch import attempt_spec
-from supervisor.resume import ResumeChoice
-from supervisor.states import JobState
-from supervisor.submit import SubmitRequest
+from supervisor.rules.causes import EventKind
+from supervisor.rules.resume import ResumeChoice
+from supervisor.rules.states import JobState
 from supervisor.sweep.ops import SweepNotFound
 from tests.core.conftest import Core, MakeCore
 from tests.support.harness import write_config
@@ -131,8 +131,8 @@ def test_the_nodes_gpus_are_cleared_by_admins_only(make_core: MakeCore) -> None:
 
 def test_another_users_job_cannot_use_a_backend_that_runs_as_the_daemon(tmp_path: Path) -> None:
     """sbatch from the daemon submits as the daemon: refused at submit, before anything runs as anyone."""
+    from supervisor.core.submit import prepare_job
     from supervisor.errors import ConfigError
-    from supervisor.submit import prepare_job
 
     try:
         other = pwd.getpwnam("nobody").pw_uid

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from supervisor.core.loop import Loop
+from supervisor.core.timers import Timers
 from supervisor.errors import CallPending, CallTimedOut
-from supervisor.loop import Loop
-from supervisor.timers import Timers
 
 
 @pytest.fixture

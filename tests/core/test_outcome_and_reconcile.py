@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.causes import Cause
+from supervisor.core.reconciling import Verdict, classify
 from supervisor.jobfiles.exitrecord import ExitRecord
 from supervisor.jobfiles.monitorfiles import MonitorExit
-from supervisor.outcome import classify_end
-from supervisor.reconcile import Verdict, classify
+from supervisor.rules.causes import Cause
+from supervisor.rules.outcome import classify_end
 from supervisor.runners.base import Observation, Phase
 
 
@@ -70,7 +70,7 @@ def test_reconcile_classify(seen: Observation, recorded_boot: str | None, verdic
 
 def test_every_job_state_is_an_event_kind() -> None:
     """A transition without its own kind records the new state's name: it must be a kind of event."""
-    from supervisor.causes import EventKind
-    from supervisor.states import JobState
+    from supervisor.rules.causes import EventKind
+    from supervisor.rules.states import JobState
 
     assert {s.value for s in JobState} <= {k.value for k in EventKind}

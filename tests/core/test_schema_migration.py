@@ -18,15 +18,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.causes import Cause
 from supervisor.core import Supervisor
+from supervisor.core.submit import SubmitRequest, prepare_job
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
 from supervisor.jobfiles.layout import JobLayout
+from supervisor.rules.causes import Cause
+from supervisor.rules.states import JobState
 from supervisor.settings import DaemonSettings
-from supervisor.states import JobState
 from supervisor.store import SCHEMA_VERSION, Store
-from supervisor.submit import SubmitRequest, prepare_job
 from tests.support.harness import REPO, SUPPORT, write_config
 
 # The jobs table of schemas 1 and 2 (no owner), as they created it.

@@ -18,12 +18,12 @@ from typing import Any
 import psutil
 import pytest
 
+from supervisor.core.standby_keeping import AUTO_MIN_AVAILABLE_BYTES, standby_wanted
 from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_start
 from supervisor.runners.standby import STANDBY_NICE
-from supervisor.standby_keeping import AUTO_MIN_AVAILABLE_BYTES, standby_wanted
 from tests.support.chaos_checks import TrainerSampler
 from tests.support.harness import REPO, DaemonProc, best_left_by, real_env, standby_processes, wait_for
 

@@ -87,7 +87,7 @@ def test_unknown_choice_is_one_error_line(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_daemon_side_imports_no_torch() -> None:
-    code = ("import sys, supervisor.gpu, supervisor.hang, supervisor.stacks; "
+    code = ("import sys, supervisor.gpu, supervisor.rules.hang, supervisor.processes.stacks; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'pytorch_lightning', 'wandb')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

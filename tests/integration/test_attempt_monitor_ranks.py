@@ -21,7 +21,7 @@ import pytest
 
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import MonitorExit, MonitorStart, read_monitor_exit, read_monitor_start
-from supervisor.stacks import dump_stacks
+from supervisor.processes.stacks import dump_stacks
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_RANK = REPO / "tests" / "support" / "fake_rank.py"
@@ -76,7 +76,8 @@ def monitors() -> Iterator[list[Monitor]]:
 def start_monitor(monitors: list[Monitor], attempt_dir: Path, rank_args: Sequence[str] = (), *,
                   nproc: int = 2, monitor_args: Sequence[str] = (), env: dict[str, str] | None = None) -> Monitor:
     attempt_dir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "supervisor.attempt_monitor", "--attempt-dir", str(attempt_dir), "--cwd", str(REPO),
+    argv = [sys.executable, "-m", "supervisor.processes.attempt_monitor", "--attempt-dir", str(attempt_dir),
+            "--cwd", str(REPO),
             "--nproc-per-node", str(nproc), *monitor_args, "--", sys.executable, str(FAKE_RANK), str(attempt_dir),
             *rank_args]
     with open(attempt_dir / "monitor.log", "ab") as log:

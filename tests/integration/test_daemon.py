@@ -14,7 +14,7 @@ import pytest
 
 from supervisor.jobfiles.atomic import read_json
 from supervisor.jobfiles.layout import JobLayout
-from supervisor.process import try_lock
+from supervisor.processes.control import try_lock
 from tests.support.harness import DaemonProc, wait_for, write_config
 
 pytestmark = pytest.mark.e2e

@@ -24,7 +24,7 @@ def test_the_next_daemon_kills_the_unrecorded_attempt_and_relaunches_it_as_the_n
     job = daemon.submit(cfg)
     trainer = psutil.Process(daemon.live_pid(job, 1))
     monitor = trainer.parent()
-    assert monitor is not None and "supervisor.attempt_monitor" in " ".join(monitor.cmdline())
+    assert monitor is not None and "supervisor.processes.attempt_monitor" in " ".join(monitor.cmdline())
     daemon.kill(signal.SIGKILL)
     with sqlite3.connect(daemon.state_dir / "supervisor.db") as db:
         db.execute("UPDATE attempts SET runner_state = '{}', pid = NULL WHERE job_id = ? AND n = 1", (job,))

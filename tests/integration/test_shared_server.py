@@ -62,7 +62,7 @@ def _interpreter_problem(user: str, interp: Interpreter) -> str | None:
     """Why ``user`` cannot run ``interp`` with our packages (``None``: they can)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **interp.env}
     proc = subprocess.run(["runuser", "-u", user, "--", interp.python, "-c",
-                           "import supervisor.attempt_monitor, omegaconf, psutil, fake_trainer"],
+                           "import supervisor.processes.attempt_monitor, omegaconf, psutil, fake_trainer"],
                           env=env, capture_output=True, text=True, timeout=60, cwd="/")
     if proc.returncode == 0:
         return None

@@ -60,7 +60,7 @@ def test_later_standbys_are_forked_from_the_jobs_zygote_and_look_exec_d(daemon: 
     assert "--attempt-dir" not in zygote.cmdline()  # outlives attempts: names none (the tests' and runner's key)
     # ...yet its monitor and rank show the command lines and environments an exec gives them.
     attempt2 = str(Path(d.status(job)["job_dir"]) / "attempts" / "2")
-    for proc, program in ((monitor, "supervisor.attempt_monitor"), (psutil.Process(standby), "fake_trainer")):
+    for proc, program in ((monitor, "supervisor.processes.attempt_monitor"), (psutil.Process(standby), "fake_trainer")):
         cmdline = [arg for arg in proc.cmdline() if arg]
         assert cmdline[1:3] == ["-m", program] and "--standby" in cmdline
         assert cmdline[cmdline.index("--attempt-dir") + 1] == attempt2

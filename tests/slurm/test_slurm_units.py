@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.causes import Cause
 from supervisor.config.loader import load_job_config
 from supervisor.errors import ConfigError
-from supervisor.outcome import classify_end
+from supervisor.rules.causes import Cause
+from supervisor.rules.outcome import classify_end
 from supervisor.runners.base import Phase
 from supervisor.runners.slurm_script import render_batch_script, sbatch_options, slurm_job_name
 from supervisor.runners.slurm_states import end_exit, ending_of, parse_sbatch, parse_squeue, phase_of

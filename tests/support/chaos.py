@@ -29,9 +29,9 @@ from random import Random
 from typing import Any
 
 from supervisor.alerts.store import read_alerts
+from supervisor.core.submit import SubmitRequest, load_request_config
 from supervisor.errors import JobNotFound, SupervisorError
 from supervisor.jobfiles.atomic import read_json
-from supervisor.submit import SubmitRequest, load_request_config
 from tests.support import chaos_checks as checks
 from tests.support import chaos_faults as faults
 from tests.support.harness import DaemonProc, fake_env, real_env

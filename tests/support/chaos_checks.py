@@ -25,7 +25,7 @@ import psutil
 from supervisor.alerts.store import read_alerts
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.manifest import CheckpointEntry, _entry_from_event
-from supervisor.resume import choose_resume, verify_checkpoint
+from supervisor.rules.resume import choose_resume, verify_checkpoint
 
 TERMINAL = ("completed", "failed", "stopped")
 BUDGET_OVERRUN_LIMIT_S = 15.0

@@ -39,7 +39,7 @@ def _cache(checkpoint_dir: Path, limit_bytes: int = 2**30) -> Any:
 def _newest(checkpoint_dir: Path) -> str:
     from supervisor.jobfiles.layout import manifest_path
     from supervisor.jobfiles.manifest import live_checkpoints
-    from supervisor.resume import choose_resume
+    from supervisor.rules.resume import choose_resume
 
     path = choose_resume(live_checkpoints(manifest_path(checkpoint_dir)), "last").path
     assert path is not None

@@ -1,6 +1,6 @@
 """DDP on CPU (gloo, 2 ranks): real Lightning fits of the digits example, every rank started by the attempt monitor.
 
-Driven through ``python -m supervisor.attempt_monitor`` directly (the daemon's side is wired elsewhere):
+Driven through ``python -m supervisor.processes.attempt_monitor`` directly (the daemon's side is wired elsewhere):
 a 2-rank fit against a 1-rank fit of the same global batch; SIGKILL of rank 1 mid-fit and the resume from
 best on both ranks; SIGTERM to rank 0 alone; a rank hanging in ``training_step``.
 """
@@ -20,15 +20,15 @@ import psutil
 import pytest
 from trainer_testkit import DIGITS_CONFIG, REPO, is_complete_zip, trainer_env
 
-from supervisor.hang import check_hang
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.exitrecord import ExitRecord, read_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
 from supervisor.jobfiles.monitorfiles import MonitorExit, MonitorStart, read_monitor_exit, read_monitor_start
-from supervisor.rank_outcome import classify_ranks_end, slowest_rank_heartbeat
-from supervisor.resume import choose_resume
+from supervisor.rules.hang import check_hang
+from supervisor.rules.rank_outcome import classify_ranks_end, slowest_rank_heartbeat
+from supervisor.rules.resume import choose_resume
 from supervisor.settings import HangConfig
 
 pytestmark = pytest.mark.lightning
@@ -124,7 +124,8 @@ def launch(job_root: Path, overrides: Sequence[str], *, nproc: int = 2, n: int =
                "--checkpoint-dir", str(job.checkpoints), "--attempt", str(n), "--restarts", str(n - 1)]
     if ckpt is not None:
         trainer += ["--ckpt", ckpt]
-    argv = [sys.executable, "-m", "supervisor.attempt_monitor", "--attempt-dir", str(attempt_dir), "--cwd", str(REPO),
+    argv = [sys.executable, "-m", "supervisor.processes.attempt_monitor", "--attempt-dir", str(attempt_dir),
+            "--cwd", str(REPO),
             "--nproc-per-node", str(nproc), *monitor_args, "--", *trainer, *overrides]
     # One thread per rank: two ranks share a 2-core box with other tests.
     env = trainer_env(OMP_NUM_THREADS="1")

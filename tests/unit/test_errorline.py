@@ -12,7 +12,7 @@ import pytest
 from supervisor.errorline import MAX_CHARS, exception_line, raised_at
 from supervisor.jobfiles.exitrecord import ExitRecord
 from supervisor.jobfiles.monitorfiles import MonitorExit
-from supervisor.outcome import classify_end
+from supervisor.rules.outcome import classify_end
 from trainer.cli import describe_exception
 
 MODEL_SOURCE = '''

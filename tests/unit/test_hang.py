@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.hang import check_hang, hang_timeout, update_slowest_step
 from supervisor.jobfiles.heartbeat import Heartbeat
+from supervisor.processes.stacks import dump_stacks
+from supervisor.rules.hang import check_hang, hang_timeout, update_slowest_step
 from supervisor.settings import HangConfig
-from supervisor.stacks import dump_stacks
 
 T0 = 1_700_000_000.0
 S = HangConfig(startup_allowance=900.0, phase_allowance=600.0, multiple=5.0, min_timeout=60.0)

@@ -14,8 +14,8 @@ import pytest
 from supervisor.config import load_job_config, name_override, parse_job_config
 from supervisor.config.patterns import checkpoint_filename_problem
 from supervisor.config.safe_yaml import MAX_BYTES, MAX_DEPTH, MAX_EXPANDED_NODES, MAX_INTERPOLATION_DEPTH
+from supervisor.core.submit import SubmitRequest, load_request_config
 from supervisor.errors import ConfigError
-from supervisor.submit import SubmitRequest, load_request_config
 
 BASE = "name: digits\nmodel: {class_path: pkg.models.Net}\ndata: {class_path: pkg.data.Digits}\n"
 

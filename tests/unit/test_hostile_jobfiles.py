@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.hang import FUTURE_SKEW_S, check_hang
 from supervisor.jobfiles.bounds import MAX_COUNT, bounded_int, clamped_count, finite_float
 from supervisor.jobfiles.exitrecord import read_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat
 from supervisor.jobfiles.manifest import live_checkpoints
+from supervisor.rules.hang import FUTURE_SKEW_S, check_hang
 from supervisor.settings import HangConfig
 from tests.support.harness import REPO
 
@@ -167,7 +167,7 @@ def test_out_of_file_descriptors_is_an_error_to_retry_not_a_missing_file(tmp_pat
 
 def test_a_link_planted_where_the_daemon_writes_a_stack_report_is_not_followed(tmp_path: Path) -> None:
     """Shared-server mode: the attempt dir is the job owner's; the daemon (root) writes py-spy's report there."""
-    from supervisor.stacks import _write_report
+    from supervisor.processes.stacks import _write_report
 
     victim = tmp_path / "victim"
     victim.write_text("precious\n")

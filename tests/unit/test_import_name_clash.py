@@ -2,7 +2,7 @@
 
 For real: the installed console scripts run in a fresh process, with a temporary site
 directory on PYTHONPATH holding a fake distribution (a dist-info with METADATA and a
-RECORD, as pip leaves it) that claims supervisord's `supervisor/process.py`.
+RECORD, as pip leaves it) that claims supervisord's `supervisor/processes/control.py`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _run(script: str, site: Path | None, *args: str) -> subprocess.CompletedProc
 @pytest.mark.parametrize("script", ["ml-supervisor", "supervisorctl", "ml-supervisorctl"])
 def test_supervisord_next_to_us_is_one_line_naming_it_and_the_fix(tmp_path: Path, script: str) -> None:
     _fake_distribution(tmp_path, "supervisor", "4.2.5",
-                       ["supervisor/__init__.py", "supervisor/process.py", "supervisor/states.py"])
+                       ["supervisor/__init__.py", "supervisor/processes/control.py", "supervisor/rules/states.py"])
     proc = _run(script, tmp_path, "--help")
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
@@ -67,7 +67,7 @@ def test_a_trainer_package_declared_in_top_level_is_found(tmp_path: Path) -> Non
 def test_an_unrelated_distribution_does_not_trip_the_check(tmp_path: Path) -> None:
     # a path that merely starts like ours, and a file named after it in a subfolder
     _fake_distribution(tmp_path, "supervisor-tools", "1.0",
-                       ["supervisor_tools/__init__.py", "supervisor_tools/supervisor/process.py"])
+                       ["supervisor_tools/__init__.py", "supervisor_tools/supervisor/processes/control.py"])
     proc = _run("supervisorctl", tmp_path, "--help")
     assert proc.returncode == 0, proc.stderr
     assert "usage: supervisorctl" in proc.stdout

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from supervisor.config import parse_job_config
-from supervisor.policy import (
+from supervisor.rules.policy import (
     CAUSES,
     END_REASONS,
     FAILURE_CAUSES,
@@ -351,6 +351,6 @@ def test_a_disk_full_wait_that_would_outlast_the_budget_ends_the_job_as_budget()
     (None, False),
 ])
 def test_is_disk_full_reads_the_details_the_trainer_and_monitor_write(detail: str | None, full: bool) -> None:
-    from supervisor.outcome import is_disk_full
+    from supervisor.rules.outcome import is_disk_full
 
     assert is_disk_full(detail) is full

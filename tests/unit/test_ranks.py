@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.attempt_monitor import choose_master_port, port_is_free, rank_environment, wait_port_free
-from supervisor.hang import check_hang
 from supervisor.jobfiles.exitrecord import ExitRecord, read_exit_record, write_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat, write_heartbeat
 from supervisor.jobfiles.layout import AttemptLayout, per_rank_name
@@ -24,8 +22,10 @@ from supervisor.jobfiles.monitorfiles import (
     write_monitor_exit,
     write_monitor_start,
 )
-from supervisor.outcome import classify_end
-from supervisor.rank_outcome import classify_ranks_end, slowest_rank_heartbeat
+from supervisor.processes.attempt_monitor import choose_master_port, port_is_free, rank_environment, wait_port_free
+from supervisor.rules.hang import check_hang
+from supervisor.rules.outcome import classify_end
+from supervisor.rules.rank_outcome import classify_ranks_end, slowest_rank_heartbeat
 from supervisor.settings import HangConfig
 
 T = 1_700_000_000.0

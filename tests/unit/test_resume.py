@@ -16,7 +16,7 @@ from supervisor.jobfiles.manifest import (
     record_remove,
     record_save,
 )
-from supervisor.resume import NON_FINITE, ResumeChoice, choose_resume, verify_checkpoint
+from supervisor.rules.resume import NON_FINITE, ResumeChoice, choose_resume, verify_checkpoint
 
 T = 1_700_000_000.0
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from supervisor.alerts.events import GpuFaultAlert
-from supervisor.causes import Cause, EventKind
-from supervisor.corebase import CoreBase
+from supervisor.core.corebase import CoreBase
 from supervisor.gpu import GpuEvent, GpuMonitor, GpuThresholds, open_backend
-from supervisor.states import JobState
+from supervisor.rules.causes import Cause, EventKind
+from supervisor.rules.states import JobState
 from supervisor.store import OutboxAlert
 
 

@@ -24,11 +24,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from supervisor.causes import Cause
 from supervisor.jobfiles.exitrecord import ExitRecord
 from supervisor.jobfiles.heartbeat import Heartbeat
 from supervisor.jobfiles.monitorfiles import MonitorExit, RankEnding
-from supervisor.outcome import Outcome, classify_end
+from supervisor.rules.causes import Cause
+from supervisor.rules.outcome import Outcome, classify_end
 
 # Phases that get a generous allowance in ``hang.py``; one rank in them makes every other rank wait legitimately.
 _WAITING_PHASES = ("setup", "checkpoint", "validate", "done")

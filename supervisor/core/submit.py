@@ -33,7 +33,7 @@ from supervisor.config.safe_yaml import read_config_text
 from supervisor.errors import ConfigError, ResourceUnavailable, SupervisorError
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.layout import JobLayout
-from supervisor.states import JobState
+from supervisor.rules.states import JobState
 from supervisor.store import JobRow
 
 

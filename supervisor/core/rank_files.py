@@ -13,7 +13,7 @@ from supervisor.config.ranks import local_ranks
 from supervisor.jobfiles.exitrecord import ExitRecord, read_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat
 from supervisor.jobfiles.layout import AttemptLayout
-from supervisor.rank_outcome import slowest_rank_heartbeat
+from supervisor.rules.rank_outcome import slowest_rank_heartbeat
 
 
 def job_world_size(cfg: DictConfig) -> int:

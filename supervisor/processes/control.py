@@ -26,11 +26,13 @@ from typing import Any
 import psutil
 
 from supervisor.access import RunAs
-from supervisor.attempt_monitor import current_boot_id
 from supervisor.jobfiles.layout import AttemptLayout
+from supervisor.processes.attempt_monitor import current_boot_id
 
 # psutil's create_time has a resolution of a clock tick; allow for rounding.
 _CREATE_TIME_SLACK_S = 0.05
+# What ``spawn_attempt_monitor`` runs (also how a standby's monitor is told from a stranger by its command line).
+MONITOR_MODULE = "supervisor.processes.attempt_monitor"
 
 
 def try_lock(path: Path) -> int | None:
@@ -47,7 +49,7 @@ def try_lock(path: Path) -> int | None:
 def spawn_attempt_monitor(attempt: AttemptLayout, command: Sequence[str], *, cwd: str, env: Mapping[str, str],
                           lock_fd: int | None, monitor_args: Sequence[str] = (),
                           run_as: RunAs | None = None) -> tuple[int, float]:
-    """Start ``python -m supervisor.attempt_monitor`` for ``command``; return its pid and start time.
+    """Start ``python -m supervisor.processes.attempt_monitor`` for ``command``; return its pid and start time.
 
     The monitor gets a session of its own (``start_new_session``): a daemon
     killed by a terminal, by systemd (``KillMode=process``) or by SIGKILL leaves
@@ -57,7 +59,7 @@ def spawn_attempt_monitor(attempt: AttemptLayout, command: Sequence[str], *, cwd
     the attempt dir becomes theirs.
     """
     attempt.dir.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "supervisor.attempt_monitor", "--attempt-dir", str(attempt.dir), "--cwd", cwd]
+    argv = [sys.executable, "-m", MONITOR_MODULE, "--attempt-dir", str(attempt.dir), "--cwd", cwd]
     pass_fds: tuple[int, ...] = ()
     if lock_fd is not None:
         argv += ["--lock-fd", str(lock_fd)]

@@ -15,18 +15,18 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from supervisor.alerts.events import AlertEvent, event_from_details
-from supervisor.causes import Cause
+from supervisor.core.loop import Loop
+from supervisor.core.timers import Timers
+from supervisor.core.tracking import AttemptTracker
 from supervisor.errors import SupervisorError
 from supervisor.gpu import GpuMonitor
 from supervisor.jobfiles.layout import JobLayout
-from supervisor.loop import Loop
+from supervisor.processes.watcher import CheckpointWatcher
+from supervisor.rules.causes import Cause
+from supervisor.rules.states import JobState
 from supervisor.runners.base import AttemptExit, AttemptRef, AttemptRunner
 from supervisor.settings import DaemonSettings
-from supervisor.states import JobState
 from supervisor.store import AttemptRow, JobRow, OutboxAlert, Store
-from supervisor.timers import Timers
-from supervisor.tracking import AttemptTracker
-from supervisor.watcher import CheckpointWatcher
 
 log = logging.getLogger("ml_supervisor")
 

@@ -27,7 +27,7 @@ from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHan
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
-from supervisor.process import is_alive
+from supervisor.processes.control import is_alive
 
 log = logging.getLogger("ml_supervisor")
 EMITTER_TIMEOUT_S = 5.0

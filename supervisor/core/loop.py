@@ -16,8 +16,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
+from supervisor.core.timers import Timers
 from supervisor.errors import CallPending, CallTimedOut
-from supervisor.timers import Timers
 
 log = logging.getLogger("ml_supervisor")
 T = TypeVar("T")

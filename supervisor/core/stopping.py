@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 
-from supervisor import policy as restart_policy
-from supervisor.causes import Cause, EventKind
 from supervisor.config import parse_duration
-from supervisor.corebase import CoreBase
-from supervisor.states import JobState
+from supervisor.core.corebase import CoreBase
+from supervisor.core.timers import TimerKind
+from supervisor.rules import policy as restart_policy
+from supervisor.rules.causes import Cause, EventKind
+from supervisor.rules.states import JobState
 from supervisor.store import AttemptRow, JobRow, OutboxAlert
-from supervisor.timers import TimerKind
 
 log = logging.getLogger("ml_supervisor")
 

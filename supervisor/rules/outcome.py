@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from supervisor.causes import Cause
 from supervisor.errorline import exception_line
 from supervisor.jobfiles.exitrecord import ExitRecord
 from supervisor.jobfiles.monitorfiles import MonitorExit
+from supervisor.rules.causes import Cause
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psutil
 
-from supervisor.corebase import CoreBase
+from supervisor.core.corebase import CoreBase
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
-from supervisor.resume import ResumeChoice
+from supervisor.rules.resume import ResumeChoice
 from supervisor.runners.base import AttemptSpec, RunnerState
 from supervisor.runners.standby import StandbyLocalRunner
 from supervisor.store import AttemptRow, JobRow
@@ -110,7 +110,7 @@ class StandbyKeeping(CoreBase):
 
     def standby_spec(self, job: JobRow, n: int) -> AttemptSpec:
         """The spec a standby for attempt ``n`` starts with (from scratch, no GPUs: the handover says the rest)."""
-        from supervisor.launch import attempt_spec
+        from supervisor.core.launching import attempt_spec
 
         return attempt_spec(job, self.job_config(job), n, ResumeChoice(None, None, "scratch", ()), gpus=[],
                             first_started_at=job.first_started_at or self.clock(),

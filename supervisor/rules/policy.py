@@ -55,9 +55,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from supervisor.causes import Cause, EndReason
 from supervisor.config.durations import format_duration, parse_duration
-from supervisor.states import TERMINAL_STATES, JobState
+from supervisor.rules.causes import Cause, EndReason
+from supervisor.rules.states import TERMINAL_STATES, JobState
 
 FAILURE_CAUSES = (Cause.CRASH, Cause.HANG, Cause.GPU_FAULT, Cause.VANISHED)
 """Causes that are the job's failures: they count toward max_restarts, no-progress and the backoff."""

@@ -15,10 +15,10 @@ import logging
 from enum import StrEnum
 
 from supervisor.alerts.events import RebootAlert
-from supervisor.causes import Cause, EventKind
-from supervisor.corebase import CoreBase
+from supervisor.core.corebase import CoreBase
+from supervisor.rules.causes import Cause, EventKind
+from supervisor.rules.states import LIVE_STATES, JobState
 from supervisor.runners.base import Observation, Phase
-from supervisor.states import LIVE_STATES, JobState
 from supervisor.store import AttemptRow, JobRow, OutboxAlert
 
 log = logging.getLogger("ml_supervisor")

@@ -1,9 +1,9 @@
 """The supervisor core: one loop that launches, watches, stops and relaunches jobs.
 
-One thread (the loop, ``supervisor.loop``) owns every decision and every write
+One thread (the loop, ``supervisor.core.loop``) owns every decision and every write
 to the store. Other threads only put work on its queue: runner notices (an
 attempt ended), checkpoint events (watchdog), GPU events, API requests and
-signal handlers; timers (``supervisor.timers``) run on the injected clock.
+signal handlers; timers (``supervisor.core.timers``) run on the injected clock.
 ``tick()`` polls every job; tests call it directly.
 
 The core drives attempts through a runner (``supervisor.runners``) and never
@@ -27,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from supervisor import policy as restart_policy
 from supervisor.alerts.events import (
     BudgetAlert,
     CompletedAlert,
@@ -36,37 +35,38 @@ from supervisor.alerts.events import (
     RestartAlert,
     StoppedAlert,
 )
-from supervisor.attempt_monitor import current_boot_id
-from supervisor.causes import Cause, EndReason, EventKind
-from supervisor.corebase import AlertHook
+from supervisor.core.corebase import AlertHook
+from supervisor.core.gpu_actions import GpuActions
+from supervisor.core.launching import Launching
+from supervisor.core.loop import Loop
+from supervisor.core.rank_files import attempt_heartbeat, job_world_size, rank_exit_records
+from supervisor.core.reconciling import Reconciling
+from supervisor.core.standby_keeping import StandbyKeeping
+from supervisor.core.stopping import Stopping
+from supervisor.core.submit import SubmitRequest, prepare_job
+from supervisor.core.timers import TimerKind, Timers
+from supervisor.core.tracking import AttemptTracker
 from supervisor.errors import AlreadyRunning, InvalidTransition, SupervisorError
 from supervisor.gpu import allocate
-from supervisor.gpu_actions import GpuActions
-from supervisor.hang import check_hang, update_slowest_step
 from supervisor.jobfiles.atomic import read_json_lines, read_json_lines_from
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
-from supervisor.launch import Launching
-from supervisor.loop import Loop
-from supervisor.outcome import is_disk_full
-from supervisor.process import try_lock
-from supervisor.rank_files import attempt_heartbeat, job_world_size, rank_exit_records
-from supervisor.rank_outcome import classify_ranks_end
-from supervisor.reconcile import Reconciling
-from supervisor.resume import choose_resume
+from supervisor.processes.attempt_monitor import current_boot_id
+from supervisor.processes.control import try_lock
+from supervisor.processes.watcher import CheckpointWatcher
+from supervisor.rules import policy as restart_policy
+from supervisor.rules.causes import Cause, EndReason, EventKind
+from supervisor.rules.hang import check_hang, update_slowest_step
+from supervisor.rules.outcome import is_disk_full
+from supervisor.rules.rank_outcome import classify_ranks_end
+from supervisor.rules.resume import choose_resume
+from supervisor.rules.states import JobState
 from supervisor.runners.base import AttemptExit, AttemptRunner, Phase, RunnerNotice
 from supervisor.runners.slurm import SlurmRunner
 from supervisor.runners.standby import StandbyLocalRunner
 from supervisor.settings import DaemonSettings
-from supervisor.standby_keeping import StandbyKeeping
-from supervisor.states import JobState
-from supervisor.stopping import Stopping
 from supervisor.store import AttemptRow, JobRow, OutboxAlert, Store
-from supervisor.submit import SubmitRequest, prepare_job
-from supervisor.timers import TimerKind, Timers
-from supervisor.tracking import AttemptTracker
-from supervisor.watcher import CheckpointWatcher
 
 log = logging.getLogger("ml_supervisor")
 T = TypeVar("T")

@@ -16,18 +16,18 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from supervisor.access import RunAs, run_as_for
-from supervisor.causes import EventKind
-from supervisor.corebase import CoreBase
+from supervisor.core.corebase import CoreBase
+from supervisor.core.rank_files import job_world_size
+from supervisor.core.submit import trainer_environment
+from supervisor.core.timers import TimerKind
 from supervisor.gpu import allocate, cuda_environment
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
-from supervisor.rank_files import job_world_size
-from supervisor.resume import ResumeChoice, choose_resume
+from supervisor.rules.causes import EventKind
+from supervisor.rules.resume import ResumeChoice, choose_resume
+from supervisor.rules.states import LIVE_STATES, JobState
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RankLayout, RunnerState
-from supervisor.states import LIVE_STATES, JobState
 from supervisor.store import AttemptRow, JobRow
-from supervisor.submit import trainer_environment
-from supervisor.timers import TimerKind
 
 log = logging.getLogger("ml_supervisor")
 

@@ -29,7 +29,7 @@ is. A monitor that cannot record its trainer (``monitor.json`` unwritable: disk
 full) kills every rank before it exits: nobody could find and stop an
 unrecorded trainer.
 
-    python -m supervisor.attempt_monitor --attempt-dir DIR --cwd DIR [--lock-fd N]
+    python -m supervisor.processes.attempt_monitor --attempt-dir DIR --cwd DIR [--lock-fd N]
         [--nproc-per-node N [--master-port P] [--master-addr A] [--rank-stop-grace S] [--rank-exit-grace S]]
         [--standby] -- CMD...
 """
@@ -357,7 +357,7 @@ def start_ranks(command: list[str], cwd: str, layout: AttemptLayout, *, nproc: i
 
 def build_parser() -> argparse.ArgumentParser:
     """The monitor's command line (the daemon builds it in ``process.spawn_attempt_monitor``)."""
-    parser = argparse.ArgumentParser(prog="python -m supervisor.attempt_monitor")
+    parser = argparse.ArgumentParser(prog="python -m supervisor.processes.attempt_monitor")
     parser.add_argument("--attempt-dir", required=True, type=Path)
     parser.add_argument("--cwd", required=True)
     parser.add_argument("--lock-fd", type=int, default=None)
