@@ -58,7 +58,7 @@ from trainer.proctitle import set_command_line, set_environment_block
 
 @dataclass
 class ForkedRank:
-    """A rank forked by a zygote-born monitor: what ``attempt_monitor.RankGroup`` reads of a ``Popen``."""
+    """A rank forked by a zygote-born monitor: what ``rank_group.RankGroup`` reads of a ``Popen``."""
 
     pid: int
     returncode: int | None = None

@@ -52,7 +52,7 @@ from supervisor.jobfiles.atomic import read_json_lines, read_json_lines_from
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
-from supervisor.processes.attempt_monitor import current_boot_id
+from supervisor.processes.boot import current_boot_id
 from supervisor.processes.control import try_lock
 from supervisor.processes.watcher import CheckpointWatcher
 from supervisor.rules import policy as restart_policy

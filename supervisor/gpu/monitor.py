@@ -36,7 +36,7 @@ from supervisor.gpu.backend import GpuBackend, GpuLost, GpuReading, XidEvent
 from supervisor.gpu.health import DEGRADED, FAILED, HEALTHY, GpuThresholds, Health, classify, classify_xid
 from supervisor.gpu.types import GpuReadError
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
-from supervisor.processes.attempt_monitor import current_boot_id
+from supervisor.processes.boot import current_boot_id
 
 log = logging.getLogger(__name__)
 

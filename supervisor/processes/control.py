@@ -27,7 +27,7 @@ import psutil
 
 from supervisor.access import RunAs
 from supervisor.jobfiles.layout import AttemptLayout
-from supervisor.processes.attempt_monitor import current_boot_id
+from supervisor.processes.boot import current_boot_id
 
 # psutil's create_time has a resolution of a clock tick; allow for rounding.
 _CREATE_TIME_SLACK_S = 0.05

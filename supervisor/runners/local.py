@@ -46,7 +46,7 @@ from supervisor.gpu.backend import GpuBackend
 from supervisor.gpu.preflight import preflight
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_start
-from supervisor.processes.attempt_monitor import current_boot_id
+from supervisor.processes.boot import current_boot_id
 from supervisor.processes.control import (
     ProcessHandle,
     group_members,

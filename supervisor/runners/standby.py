@@ -54,12 +54,6 @@ from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
 from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_ENV, ready_file_name
-from supervisor.processes.attempt_monitor import (
-    DEFAULT_MASTER_ADDR,
-    DEFAULT_PORT_WAIT_S,
-    choose_master_port,
-    port_is_free,
-)
 from supervisor.processes.control import (
     ProcessHandle,
     kill_tree,
@@ -67,6 +61,12 @@ from supervisor.processes.control import (
     spawn_attempt_monitor,
     start_time,
     try_lock,
+)
+from supervisor.processes.ports import (
+    DEFAULT_MASTER_ADDR,
+    DEFAULT_PORT_WAIT_S,
+    choose_master_port,
+    port_is_free,
 )
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
 from supervisor.runners.local import RANK_STOP_GRACE_S, LocalRunner

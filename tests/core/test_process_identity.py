@@ -102,7 +102,7 @@ def test_a_users_forged_pids_never_name_another_users_process(tmp_path: Path,
                                                                 stranger: subprocess.Popen[bytes]) -> None:
     """Shared-server mode: a job run as its owner writes the monitor.json its pids come from. Pid, start time
     and boot id of someone else's process (here: ours) are easy to copy; the uid the runner recorded is not."""
-    from supervisor.processes.attempt_monitor import current_boot_id
+    from supervisor.processes.boot import current_boot_id
 
     started = psutil.Process(stranger.pid).create_time()
     forged = {"monitor_pid": stranger.pid, "monitor_started": started, "trainer_pid": stranger.pid,

@@ -160,6 +160,6 @@ def test_a_job_with_a_fixed_master_port_gets_it_back_at_the_handover(daemon: Dae
 
 
 def _free_port() -> int:
-    from supervisor.processes.attempt_monitor import free_port
+    from supervisor.processes.ports import free_port
 
     return free_port()

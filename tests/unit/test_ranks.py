@@ -22,7 +22,8 @@ from supervisor.jobfiles.monitorfiles import (
     write_monitor_exit,
     write_monitor_start,
 )
-from supervisor.processes.attempt_monitor import choose_master_port, port_is_free, rank_environment, wait_port_free
+from supervisor.processes.ports import choose_master_port, port_is_free, wait_port_free
+from supervisor.processes.rank_group import rank_environment
 from supervisor.rules.hang import check_hang
 from supervisor.rules.outcome import classify_end
 from supervisor.rules.rank_outcome import classify_ranks_end, slowest_rank_heartbeat

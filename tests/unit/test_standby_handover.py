@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from supervisor.jobfiles.standbyfiles import LOCK_FD_ENV, READY_FILE, ready_file_name
-from supervisor.processes.attempt_monitor import DEFAULT_PORT_WAIT_S, rank_environment
 from supervisor.processes.control import try_lock
+from supervisor.processes.ports import DEFAULT_PORT_WAIT_S
+from supervisor.processes.rank_group import rank_environment
 from supervisor.runners import standby as standby_module
 from supervisor.runners.base import AttemptSpec, LaunchRefused
 from trainer.standby import RANK_ENV_KEYS, Handover, apply_handover_environment, inherited_lock_fd
