@@ -16,7 +16,7 @@ from supervisor.core.rank_files import job_world_size
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
-from supervisor.runners.standby import standby_view
+from supervisor.runners.standby_process import standby_view
 from supervisor.runners.zygotes import zygote_view
 from supervisor.store import AttemptRow, JobRow, Store
 

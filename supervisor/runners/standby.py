@@ -1,40 +1,12 @@
 """The local runner with a standby trainer per job: a restart that skips the imports and the builds.
 
-While attempt ``n`` of a job runs, ``prepare`` starts attempt ``n + 1``'s
-monitor with ``python -m trainer --standby``: that trainer imports, builds the
-model and data, writes ``standby-ready.json`` in its attempt dir and waits.
-When attempt ``n`` ends and the policy says restart, ``promote`` checks the
-standby (alive, for this attempt number, not stale) and that the job's lock
-is free (the previous attempt's monitor, which holds it until every process
-of its trainer is dead, is gone: never two trainers of one job), then writes
-``handover.json``: the cold attempt's argv and environment. The standby takes
-the lock and fits; from then on the attempt is an ordinary local attempt
-(runner kind ``local``, adopted by a later daemon like any other).
-
-A DDP job's standby is one monitor with ``--nproc-per-node N --standby``: N
-standby ranks, each with its rank's environment, each writing its own ready
-file; the standby is ready when every rank is, and unusable when any rank died
-(the monitor then stops the others and exits: the standby is dropped and
-replaced). The monitor and the ranks share one open file of the job's lock,
-opened here and not locked; at the handover every rank locks that open file
-(``trainer.standby.take_lock``), so each proves for itself that no process of
-the previous attempt holds the lock, and the attempt then holds it as a cold
-one does. ``handover.json`` adds the attempt's ``MASTER_PORT``, chosen here as
-a cold launch's monitor chooses it (the job's fixed port, else a free one).
-
-From a job's second standby on, the standby is forked from the job's zygote
-(``runners/zygote.py``, ``trainer/zygote.py``), which imported once: the attempt
-it backs up does not share the CPU with a new standby's imports after each
-takeover. A standby asked for while the zygote still imports is pending (shown
-as ``preparing``, without a pid) and forked when it is ready; a relaunch meanwhile
-starts cold. A zygote that refuses (an import started a thread, CUDA was
-touched) leaves the job with exec'd standbys, as before; one that was killed is
-replaced (``runners/zygotes.py``).
-
-Standbys live only in this runner's memory: a daemon restart never adopts one.
-A new runner kills the standbys a previous daemon left (their processes carry
-``ML_SUPERVISOR_STANDBY``) and removes their attempt dirs. For people, the
-runner mirrors each standby in ``<job dir>/standby.json`` (read by ``status``).
+While attempt ``n`` runs, ``prepare`` starts attempt ``n + 1`` as ``python -m
+trainer --standby`` (one rank per process, forked from the job's zygote from the
+second standby on); it imports, builds, writes its ready file and waits.
+``promote`` checks it (alive, this attempt, not stale, the job's lock free) and
+writes ``handover.json``; from then on it is an ordinary local attempt.
+Standbys live only in this runner's memory: a new runner kills those an earlier
+daemon left. docs/architecture.md ("Standby trainers") tells the whole story.
 """
 
 from __future__ import annotations
@@ -42,13 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.layout import AttemptLayout
@@ -57,59 +25,42 @@ from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_EN
 from supervisor.processes.control import (
     ProcessHandle,
     kill_tree,
-    reap_monitors,
     spawn_attempt_monitor,
     start_time,
     try_lock,
 )
 from supervisor.processes.ports import (
     DEFAULT_MASTER_ADDR,
-    DEFAULT_PORT_WAIT_S,
     choose_master_port,
     port_is_free,
 )
-from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec, LaunchRefused, RunnerState
-from supervisor.runners.local import RANK_STOP_GRACE_S, LocalRunner
-from supervisor.runners.zygote import ZYGOTE_MODULE, Zygote, ZygoteState
+from supervisor.runners.base import AttemptSpec, LaunchRefused, RunnerState
+from supervisor.runners.local import LocalRunner
+from supervisor.runners.standby_process import (
+    STANDBY_ENV,
+    VIEW_FILE,
+    Standby,
+    StandbyState,
+    busy_port_refusal,
+    config_of,
+    kill_leftover_standbys,
+    kill_monitor,
+    monitor_args,
+    mtime,
+    publish_view,
+    ranks_broken,
+    remove_file,
+    restore_priority,
+)
+from supervisor.runners.zygote import Zygote, ZygoteState
 from supervisor.runners.zygotes import JobZygotes
 
 log = logging.getLogger("ml_supervisor")
 
-STANDBY_ENV = "ML_SUPERVISOR_STANDBY"  # value: the job id; marks a standby's processes
-VIEW_FILE = "standby.json"  # in the job dir: what status shows
-MONITOR_EXIT_WAIT_S = 2.0
 # A standby's start-up (imports, builds: seconds of CPU) is background work: it must not take CPU from the
 # training it backs up (on a small node it did: the running attempt slowed while its next standby imported).
 # It runs at this niceness until promoted, when the runner gives every thread of it the monitor's back.
 STANDBY_NICE = 10
-
-
-class StandbyState:
-    """The states ``status`` shows."""
-
-    PREPARING = "preparing"
-    READY = "ready"
-    PROMOTING = "promoting"
-    STALE = "stale"
-
-
-@dataclass
-class Standby:
-    """One waiting trainer: attempt ``attempt`` of ``job_id``, not started yet."""
-
-    job_id: str
-    attempt: int
-    attempt_dir: Path
-    job_dir: Path
-    monitor_pid: int
-    monitor_started: float
-    config_path: Path
-    config_mtime: float
-    handle: ProcessHandle
-    world_size: int = 1  # ranks (one process each)
-    state: str = StandbyState.PREPARING
-    modules: dict[str, float] = field(default_factory=dict)
-    trainer_pid: int | None = None
 
 
 class StandbyLocalRunner(LocalRunner):
@@ -140,7 +91,7 @@ class StandbyLocalRunner(LocalRunner):
                 return self._fork_standby(zygote, spec)
             if zygote is not None:
                 self._pending[spec.job_id] = spec
-                _publish_view(spec.lock_path.parent, StandbyState.PREPARING, spec.attempt, None, None,
+                publish_view(spec.lock_path.parent, StandbyState.PREPARING, spec.attempt, None, None,
                               spec.attempt_dir)
                 return {"standby": True, "pending": True}
         return self._exec_standby(spec)
@@ -160,7 +111,7 @@ class StandbyLocalRunner(LocalRunner):
             self._exec_standby(spec)
 
     def _exec_standby(self, spec: AttemptSpec) -> RunnerState:
-        config = _config_of(spec.command)
+        config = config_of(spec.command)
         world_size = spec.ranks.world_size
         # The job's lock, opened and NOT locked: the monitor and every rank inherit this one open file, and
         # the ranks lock it at the handover (module docstring). The running attempt holds the lock meanwhile.
@@ -170,7 +121,7 @@ class StandbyLocalRunner(LocalRunner):
         try:
             pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
                                                  cwd=spec.workdir, env=env, lock_fd=lock_fd,
-                                                 monitor_args=_monitor_args(world_size))
+                                                 monitor_args=monitor_args(world_size))
         finally:
             os.close(lock_fd)
         return self._register(spec, config, pid, started, "started")
@@ -181,19 +132,19 @@ class StandbyLocalRunner(LocalRunner):
         try:
             pid = zygote.fork({
                 "attempt_dir": str(spec.attempt_dir), "cwd": spec.workdir, "env": self._standby_env(spec),
-                "lock_path": str(spec.lock_path), "monitor_args": _monitor_args(spec.ranks.world_size),
+                "lock_path": str(spec.lock_path), "monitor_args": monitor_args(spec.ranks.world_size),
                 "command": [*spec.command, "--standby"],
             })
         except OSError as exc:
             self._zygotes.failed(spec.job_id, str(exc))
             return self._exec_standby(spec)  # wanted now: a replaced zygote serves the next one
-        return self._register(spec, _config_of(spec.command), pid, start_time(pid) or 0.0, "forked")
+        return self._register(spec, config_of(spec.command), pid, start_time(pid) or 0.0, "forked")
 
     def _register(self, spec: AttemptSpec, config: Path, pid: int, started: float, how: str) -> RunnerState:
         world_size = spec.ranks.world_size
         standby = Standby(job_id=spec.job_id, attempt=spec.attempt, attempt_dir=spec.attempt_dir,
                           job_dir=spec.lock_path.parent, monitor_pid=pid, monitor_started=started,
-                          config_path=config, config_mtime=_mtime(config), handle=ProcessHandle(pid, started),
+                          config_path=config, config_mtime=mtime(config), handle=ProcessHandle(pid, started),
                           world_size=world_size)
         self._standbys[spec.job_id] = standby
         self._publish(standby)
@@ -242,7 +193,7 @@ class StandbyLocalRunner(LocalRunner):
             raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
         try:
             standby.state = StandbyState.PROMOTING
-            _restore_priority(standby)
+            restore_priority(standby)
             write_json_atomic(standby.attempt_dir / HANDOVER_FILE, {
                 "argv": list(spec.command[3:]),  # after "python -m trainer"
                 "env": dict(spec.env), "lock_path": str(spec.lock_path), "master_port": master_port,
@@ -252,7 +203,7 @@ class StandbyLocalRunner(LocalRunner):
             os.close(lock_fd)  # the standby takes it now (it waits for it a little while, should we be slow)
         del self._standbys[job_id]
         standby.handle.close()
-        _remove(standby.job_dir / VIEW_FILE)
+        remove_file(standby.job_dir / VIEW_FILE)
         self._watch(job_id, standby.monitor_pid, standby.monitor_started)
         log.info("job %s: standby promoted to attempt %d", job_id, spec.attempt)
         return {"monitor_pid": standby.monitor_pid, "monitor_started": standby.monitor_started,
@@ -280,7 +231,7 @@ class StandbyLocalRunner(LocalRunner):
             return "it died"
         if spec.ranks.world_size != standby.world_size:
             return f"it has {standby.world_size} rank(s), the attempt runs {spec.ranks.world_size}"
-        broken = _ranks_broken(standby)
+        broken = ranks_broken(standby)
         if broken:  # a rank died: its monitor is stopping the others and will exit (the tick replaces it)
             return broken
         self._refresh(standby)
@@ -328,24 +279,24 @@ class StandbyLocalRunner(LocalRunner):
 
     @staticmethod
     def _changed(standby: Standby) -> bool:
-        if _mtime(standby.config_path) != standby.config_mtime:
+        if mtime(standby.config_path) != standby.config_mtime:
             return True
-        return any(_mtime(Path(path)) != mtime for path, mtime in standby.modules.items())
+        return any(mtime(Path(path)) != seen for path, seen in standby.modules.items())
 
     def drop_standby(self, job_id: str) -> None:
         """Kill the job's standby (monitor and trainer) and remove its attempt dir."""
         pending = self._pending.pop(job_id, None)
         if pending is not None:
-            _remove(pending.lock_path.parent / VIEW_FILE)
+            remove_file(pending.lock_path.parent / VIEW_FILE)
         standby = self._standbys.pop(job_id, None)
         if standby is None:
             return
         # First: the job may have just ended, and `status` must not show a standby being killed (up to 2 s).
-        _remove(standby.job_dir / VIEW_FILE)
+        remove_file(standby.job_dir / VIEW_FILE)
         started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
         pgid = started.pgid if started is not None else None
         kill_tree(standby.monitor_pid, pgid)
-        _kill_monitor(standby)
+        kill_monitor(standby)
         shutil.rmtree(standby.attempt_dir, ignore_errors=True)
 
     def forget_job(self, job_id: str) -> None:
@@ -363,158 +314,7 @@ class StandbyLocalRunner(LocalRunner):
         super().close()
 
     def _publish(self, standby: Standby) -> None:
-        _publish_view(standby.job_dir, standby.state, standby.attempt, standby.monitor_pid, standby.trainer_pid,
+        publish_view(standby.job_dir, standby.state, standby.attempt, standby.monitor_pid, standby.trainer_pid,
                       standby.attempt_dir)
 
 
-def _publish_view(job_dir: Path, state: str, attempt: int, monitor_pid: int | None, pid: int | None,
-                  attempt_dir: Path) -> None:
-    write_json_atomic(job_dir / VIEW_FILE, {"state": state, "attempt": attempt, "monitor_pid": monitor_pid,
-                                            "pid": pid, "attempt_dir": str(attempt_dir)}, durable=False)
-
-
-def _monitor_args(world_size: int) -> list[str]:
-    args = ["--standby"]
-    if world_size > 1:
-        args += ["--nproc-per-node", str(world_size), "--rank-stop-grace", str(RANK_STOP_GRACE_S)]
-    return args
-
-
-def standby_view(job_dir: Path) -> dict[str, Any] | None:
-    """``status``'s ``standby``: ``{state, pid, rss_mb}`` of the job's standby, or None.
-
-    ``pid`` is rank 0's. A standby of several ranks adds ``ranks`` (``[{rank, pid, rss_mb}]``), and its
-    ``rss_mb`` is their sum: the memory the node gives to having a standby at all.
-    """
-    data = read_json(job_dir / VIEW_FILE)
-    if not isinstance(data, dict):
-        return None
-    started = read_monitor_start(AttemptLayout(Path(str(data.get("attempt_dir")))).monitor_start)
-    pids = started.pids() if started is not None else {}
-    pid = data.get("pid") or pids.get(0)  # still importing: the trainer's pid is only in monitor.json
-    if not pid:
-        return {"state": data.get("state"), "pid": None, "rss_mb": None}
-    ranks = []
-    for rank, rank_pid in sorted((pids or {0: int(pid)}).items()):
-        try:
-            rss = psutil.Process(int(rank_pid)).memory_info().rss / 2**20
-        except psutil.Error:
-            return None  # a rank is gone: the runner drops the standby at its next tick
-        ranks.append({"rank": rank, "pid": rank_pid, "rss_mb": round(rss, 1)})
-    view: dict[str, Any] = {"state": data.get("state"), "pid": pid,
-                            "rss_mb": round(sum(r["rss_mb"] for r in ranks), 1)}
-    if len(ranks) > 1:
-        view["ranks"] = ranks
-    return view
-
-
-def kill_leftover_standbys(state_dir: Path) -> list[int]:
-    """Kill the standbys an earlier daemon of ``state_dir`` left (never adopted) and remove their dirs."""
-    killed: list[int] = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        zygote = cmdline[1:3] == ["-m", ZYGOTE_MODULE]
-        if not zygote and ("supervisor.processes.attempt_monitor" not in cmdline or "--standby" not in cmdline):
-            continue
-        try:
-            env = proc.environ()
-        except psutil.Error:
-            continue
-        if STANDBY_ENV not in env or env.get(OWN_ENV_KEY) != str(state_dir):
-            continue
-        if zygote:  # it exits once it sees our predecessor's pipe closed; it may still be importing
-            try:
-                proc.kill()
-                killed.append(proc.pid)
-            except psutil.Error:
-                pass
-            continue
-        attempt_dir = Path(cmdline[cmdline.index("--attempt-dir") + 1])
-        if (attempt_dir / HANDOVER_FILE).exists():
-            continue  # promoted: a live attempt, adopted like any other
-        started = read_monitor_start(AttemptLayout(attempt_dir).monitor_start)
-        killed += kill_tree(proc.pid, started.pgid if started is not None else None)
-        try:
-            proc.kill()
-            proc.wait(MONITOR_EXIT_WAIT_S)
-        except psutil.Error:
-            pass
-        killed.append(proc.pid)
-        shutil.rmtree(attempt_dir, ignore_errors=True)
-        _remove(attempt_dir.parent.parent / VIEW_FILE)
-        log.info("killed the standby an earlier daemon left in %s", attempt_dir)
-    return killed
-
-
-def _restore_priority(standby: Standby) -> None:
-    """Give every thread of the standby's ranks its monitor's niceness (they lowered their own while preparing)."""
-    try:
-        monitor = psutil.Process(standby.monitor_pid)
-        base = monitor.nice()
-        for proc in monitor.children(recursive=True):  # every rank, and anything a rank started
-            for thread in proc.threads():  # niceness is per thread on Linux
-                if os.getpriority(os.PRIO_PROCESS, thread.id) != base:
-                    os.setpriority(os.PRIO_PROCESS, thread.id, base)
-    except (psutil.Error, OSError) as exc:  # a thread that just ended; or no right to (not root): it trains niced
-        log.warning("job %s: could not restore the promoted standby's priority: %s", standby.job_id, exc)
-
-
-def _kill_monitor(standby: Standby) -> None:
-    """SIGKILL the standby's monitor (it ignores SIGTERM) and wait for it, so its files are final."""
-    try:
-        os.kill(standby.monitor_pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    deadline = time.monotonic() + MONITOR_EXIT_WAIT_S
-    while standby.handle.alive() and time.monotonic() < deadline:
-        time.sleep(0.005)
-    standby.handle.close()
-    reap_monitors()
-
-
-def busy_port_refusal(port: int, busy_for_s: float, wait_s: float = DEFAULT_PORT_WAIT_S) -> LaunchRefused:
-    """Why a promotion does not start while a job's fixed ``MASTER_PORT`` is held: retried within ``wait_s``
-    (the previous attempt's ranks are still leaving), then a failed launch, as a cold monitor fails after
-    waiting as long (the job backs off and tries again, with an event that says why)."""
-    if busy_for_s < wait_s:
-        return LaunchRefused(f"MASTER_PORT {port} is still in use", retry=True)
-    return LaunchRefused(f"MASTER_PORT {port} is still in use after {busy_for_s:.0f}s", retry=False)
-
-
-def _ranks_broken(standby: Standby) -> str | None:
-    """Why a multi-rank standby cannot take over as a whole (a rank not a live child of its monitor), or None."""
-    if standby.world_size <= 1:
-        return None
-    started = read_monitor_start(AttemptLayout(standby.attempt_dir).monitor_start)
-    if started is None:
-        return "its monitor has not recorded its ranks yet"
-    try:
-        children = {child.pid: child for child in psutil.Process(standby.monitor_pid).children()}
-    except psutil.Error:
-        children = {}
-    dead = []
-    for rank, pid in sorted(started.pids().items()):
-        try:
-            if pid not in children or children[pid].status() == psutil.STATUS_ZOMBIE:
-                dead.append(rank)
-        except psutil.Error:
-            dead.append(rank)
-    return f"its rank(s) {', '.join(map(str, dead))} died" if dead else None
-
-
-def _config_of(command: tuple[str, ...]) -> Path:
-    return Path(command[command.index("--config") + 1])
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return -1.0
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass

@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from supervisor.runners.base import OWN_ENV_KEY
-from supervisor.runners.standby import STANDBY_ENV
+from supervisor.runners.standby_process import STANDBY_ENV
 from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
 
 pytestmark = pytest.mark.e2e
