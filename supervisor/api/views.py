@@ -12,10 +12,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from supervisor.core.rank_files import job_world_size
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
+from supervisor.runners.registry import BACKENDS, job_world_size
 from supervisor.runners.standby_process import standby_view
 from supervisor.runners.zygotes import zygote_view
 from supervisor.store import AttemptRow, JobRow, Store
@@ -85,9 +85,9 @@ def attempt_view(a: AttemptRow) -> dict[str, Any]:
         "exit_code": a.exit_code, "signal": a.signal, "reason": a.reason, "detail": a.detail,
         "resumed_from": a.resumed_from, "new_checkpoints": a.new_checkpoints, "global_step": a.global_step,
     }
-    if a.runner_kind == "slurm":  # where the attempt ran: its Slurm job and node list
-        view.update(slurm_job_id=a.runner_state.get("slurm_job_id"), slurm_state=a.runner_state.get("state"),
-                    nodes=a.runner_state.get("nodes") or None)
+    backend = BACKENDS.get(a.runner_kind)
+    if backend is not None:  # where the attempt ran, as its backend tells it (e.g. a Slurm job and its nodes)
+        view.update(backend.describe(a.runner_state))
     return view
 
 

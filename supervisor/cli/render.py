@@ -50,8 +50,8 @@ def attempts_table(attempts: list[dict[str, Any]]) -> Table:
         exit_text = a["signal"] or ("" if a["exit_code"] is None else str(a["exit_code"]))
         where = str(a["pid"] or "-")
         gpus = ",".join(map(str, a["gpus"])) or "-"
-        if a.get("slurm_job_id"):  # a Slurm attempt: its job id and nodes instead of a local pid and GPUs
-            where, gpus = f"slurm {a['slurm_job_id']}", a.get("nodes") or "-"
+        if a.get("where"):  # the backend says where it ran (a Slurm job and its nodes) instead of a pid and GPUs
+            where, gpus = a["where"], a.get("placement") or "-"
         table.add_row(str(a["n"]), when(a["started_at"]), when(a["ended_at"]), where, gpus, exit_text,
                       a["reason"] or "", a.get("detail") or "",
                       Path(a["resumed_from"]).name if a["resumed_from"] else "scratch")

@@ -1,7 +1,7 @@
 """The job config schema: one YAML file describes a whole supervised run.
 
 These dataclasses are OmegaConf structured configs: OmegaConf checks key names
-and types when a YAML file is merged into them, and ``loader.py`` adds the
+and types when a YAML file is merged into them, and ``validate.py`` adds the
 checks types cannot express (durations, choices, ranges). Section and key names
 are part of the user interface: change them only with a migration note.
 """

@@ -7,21 +7,10 @@ reads exactly the files a single-process attempt has.
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
-
-from supervisor.config.ranks import local_ranks
 from supervisor.jobfiles.exitrecord import ExitRecord, read_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, read_heartbeat
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.rules.rank_outcome import slowest_rank_heartbeat
-
-
-def job_world_size(cfg: DictConfig) -> int:
-    """The ranks every attempt of a job runs (from its frozen config; the same rule the launch uses)."""
-    if str(cfg.supervision.backend) == "slurm":  # srun starts ntasks_per_node on each node
-        return int(cfg.slurm.ntasks_per_node) * int(cfg.slurm.nodes)
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=False)
-    return local_ranks(trainer_args) if isinstance(trainer_args, dict) else 1
 
 
 def rank_exit_records(layout: AttemptLayout, world_size: int) -> dict[int, ExitRecord | None]:

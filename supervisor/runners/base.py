@@ -53,8 +53,8 @@ class LaunchRefused(Exception):
 class RankLayout:
     """Which ranks an attempt runs: ``world_size`` ranks, ``local_ranks`` of them on each node.
 
-    Today every attempt is one rank on one node. A DDP runner starts one process
-    per local rank; a Slurm runner spreads ``world_size / len(local_ranks)`` nodes.
+    The local runner starts one process per local rank (DDP on one node); the Slurm
+    runner spreads them over ``world_size / len(local_ranks)`` nodes.
     """
 
     world_size: int = 1
@@ -138,7 +138,7 @@ Notify = Callable[[RunnerNotice], None]
 class AttemptRunner(Protocol):
     """Starts, watches, stops and adopts attempts. Called on the loop thread only."""
 
-    kind: str  # persisted in attempts.runner_kind: "local", later "standby", "slurm", ...
+    kind: str  # persisted in attempts.runner_kind: the backend's name ("local", "slurm")
 
     def launch(self, spec: AttemptSpec) -> RunnerState:
         """Start the attempt; its state. Raises ``LaunchRefused`` or ``OSError`` when it cannot."""
@@ -208,4 +208,24 @@ class StandbyRunner(AttemptRunner, Protocol):
 
     def promote(self, job_id: str, spec: AttemptSpec) -> RunnerState | None:
         """Hand the job's waiting process attempt ``spec``; the attempt's state, or None when none is usable."""
+        ...
+
+    def has_standby(self, job_id: str) -> bool:
+        """Whether the job has a standby, started or asked for."""
+        ...
+
+    def serve_pending(self, job_id: str) -> None:
+        """Start a standby that was asked for and could not start yet (its zygote was still importing)."""
+        ...
+
+    def failed_prepares(self, job_id: str, attempt: int) -> int:
+        """Standbys for ``attempt`` of the job that died before they were ready."""
+        ...
+
+    def drop_standby(self, job_id: str) -> None:
+        """Kill the job's standby, if it has one."""
+        ...
+
+    def forget_job(self, job_id: str) -> None:
+        """The job ended for good: no standby for it, nor anything kept to make one."""
         ...

@@ -71,13 +71,18 @@ class StandbyLocalRunner(LocalRunner):
         self._standbys: dict[str, Standby] = {}
         self._pending: dict[str, AttemptSpec] = {}  # job -> the standby its importing zygote will fork
         self._zygotes = JobZygotes()
-        self.failed_prepares: dict[tuple[str, int], int] = {}  # (job, attempt) -> standbys that died unready
+        self._failed_prepares: dict[tuple[str, int], int] = {}  # (job, attempt) -> standbys that died unready
         self._port_busy_since: dict[str, float] = {}  # job -> when a promotion first found its fixed port held
         kill_leftover_standbys(self._state_dir)
 
     # -- prepare -----------------------------------------------------------------------------------
     def has_standby(self, job_id: str) -> bool:
+        """Whether the job has a standby, started or pending."""
         return job_id in self._standbys or job_id in self._pending
+
+    def failed_prepares(self, job_id: str, attempt: int) -> int:
+        """Standbys for ``attempt`` of the job that died before they were ready."""
+        return self._failed_prepares.get((job_id, attempt), 0)
 
     def prepare(self, spec: AttemptSpec) -> RunnerState:
         """Start attempt ``spec.attempt``'s standby: forked from the job's zygote, else a monitor running
@@ -250,7 +255,7 @@ class StandbyLocalRunner(LocalRunner):
             if not standby.handle.alive():
                 if standby.state == StandbyState.PREPARING:
                     key = (job_id, standby.attempt)
-                    self.failed_prepares[key] = self.failed_prepares.get(key, 0) + 1
+                    self._failed_prepares[key] = self._failed_prepares.get(key, 0) + 1
                 log.warning("job %s: the standby for attempt %d died; replacing it", job_id, standby.attempt)
                 self.drop_standby(job_id)
                 continue
@@ -304,8 +309,8 @@ class StandbyLocalRunner(LocalRunner):
         self.drop_standby(job_id)
         self._zygotes.forget(job_id)
         self._port_busy_since.pop(job_id, None)
-        for key in [k for k in self.failed_prepares if k[0] == job_id]:
-            del self.failed_prepares[key]
+        for key in [k for k in self._failed_prepares if k[0] == job_id]:
+            del self._failed_prepares[key]
 
     def close(self) -> None:
         for job_id in [*self._standbys, *self._pending]:

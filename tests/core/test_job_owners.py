@@ -17,12 +17,13 @@ import yaml
 from supervisor.access import Caller, RunAs
 from supervisor.api.arguments import BadRequest
 from supervisor.api.ops import Operations
-from supervisor.core.launching import attempt_spec
+from supervisor.core.spec import attempt_spec
 from supervisor.core.submit import SubmitRequest
 from supervisor.errors import JobNotFound, SupervisorError
 from supervisor.rules.causes import EventKind
 from supervisor.rules.resume import ResumeChoice
 from supervisor.rules.states import JobState
+from supervisor.runners.local_backend import LOCAL
 from supervisor.sweep.ops import SweepNotFound
 from tests.core.conftest import Core, MakeCore
 from tests.support.harness import write_config
@@ -107,8 +108,8 @@ def test_the_attempt_of_another_users_job_runs_as_them_with_their_home(make_core
     core.turn()
     job_id = job.id
     user = RunAs(uid=ALICE, gid=ALICE, groups=(ALICE, 44), name="alice", home="/home/alice")
-    spec = attempt_spec(job, core.sup.job_config(job), 2, ResumeChoice(None, None, "scratch", ()), gpus=[],
-                        first_started_at=0.0, trainer_module="fake_trainer", boot_id="b", state_dir=Path("/s"),
+    spec = attempt_spec(job, core.sup.job_config(job), 2, ResumeChoice(None, None, "scratch", ()), backend=LOCAL,
+                        gpus=[], first_started_at=0.0, trainer_module="fake_trainer", boot_id="b", state_dir=Path("/s"),
                         base_env={"HOME": "/root", "USER": "root", "LOGNAME": "root", "PATH": "/usr/bin"},
                         run_as=user)
     assert spec.run_as == user

@@ -1,0 +1,57 @@
+"""The backend record: everything backend-specific the core and the views ask about, in one place per backend.
+
+The daemon builds one runner per record at start (``registry.build_runners``);
+the core launches a job's attempts with the runner of ``supervision.backend``,
+follows an attempt with the runner of its persisted kind, and otherwise asks
+the record (rank layout, runner options, what it supports, how to show an
+attempt). Adding a backend is one module with its record plus its line in
+``registry.BACKENDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from supervisor.gpu.backend import GpuBackend
+from supervisor.runners.base import AttemptRunner, Notify, RankLayout, RunnerState
+from supervisor.settings import DaemonSettings
+
+
+@dataclass(frozen=True)
+class RunnerContext:
+    """What a backend's runner is built from (the daemon's side of it)."""
+
+    state_dir: Path
+    notify: Notify
+    settings: DaemonSettings
+    gpu_backend: Callable[[], GpuBackend | None]  # NVML, once the GPU monitor is open (None: no GPUs)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One value of ``supervision.backend``: its runner and its rules."""
+
+    name: str  # the config's value, and the runner's kind (``attempts.runner_kind``)
+    make_runner: Callable[[RunnerContext], AttemptRunner]
+    rank_layout: Callable[[DictConfig], RankLayout]  # the ranks every attempt of a job runs (frozen config)
+    options: Callable[[DictConfig], Mapping[str, Any]]  # ``AttemptSpec.options``: the runner's config sections
+    supports_standby: bool  # its runner keeps standby trainers (``base.StandbyRunner``)
+    supports_run_as: bool  # it can run another user's job as that user (shared-server mode)
+    # An attempt's runner state -> what ``status`` shows of it: ``where`` (e.g. "slurm 123") and
+    # ``placement`` (e.g. a node list) replace the local pid and GPUs in the table; other keys go to --json.
+    describe: Callable[[RunnerState], dict[str, Any]]
+
+
+def no_options(cfg: DictConfig) -> Mapping[str, Any]:
+    """A backend whose runner reads no config section of its own."""
+    return {}
+
+
+def nothing_to_describe(state: RunnerState) -> dict[str, Any]:
+    """A backend whose attempts ``status`` shows by pid and GPUs alone."""
+    return {}

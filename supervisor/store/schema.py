@@ -1,0 +1,136 @@
+"""The database's tables and the migrations from older schema versions, applied when the store opens."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from supervisor.errors import StoreError
+from supervisor.store.sql import transaction
+
+SCHEMA_VERSION = 4
+"""1: the first cut (local attempt monitors in dedicated columns). 2: runner kind + runner-owned JSON state.
+3: jobs have an owner (``owner_uid``: who submitted it; shared-server mode). 4: the alert outbox."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    end_reason TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    first_started_at REAL,
+    ended_at REAL,
+    job_dir TEXT NOT NULL,
+    workdir TEXT NOT NULL,
+    config_source TEXT NOT NULL,
+    budget_s REAL,
+    gpus_requested INTEGER NOT NULL DEFAULT 0,
+    restarts INTEGER NOT NULL DEFAULT 0,
+    wandb_run_id TEXT,
+    next_start_at REAL,
+    wait_reason TEXT,
+    stop_intent TEXT,
+    stop_deadline REAL,
+    best_checkpoint TEXT,
+    detail TEXT,
+    owner_uid INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id TEXT NOT NULL REFERENCES jobs(id),
+    n INTEGER NOT NULL,
+    runner_kind TEXT NOT NULL DEFAULT 'local',
+    runner_state TEXT NOT NULL DEFAULT '{}',
+    pid INTEGER,
+    boot_id TEXT,
+    gpus TEXT NOT NULL DEFAULT '[]',
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    exit_code INTEGER,
+    signal TEXT,
+    reason TEXT,
+    detail TEXT,
+    resumed_from TEXT,
+    new_checkpoints INTEGER NOT NULL DEFAULT 0,
+    global_step INTEGER,
+    PRIMARY KEY (job_id, n)
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    job_id TEXT,
+    attempt INTEGER,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_job ON events(job_id, id);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    event_id INTEGER PRIMARY KEY REFERENCES events(id),
+    job_id TEXT NOT NULL,
+    alert TEXT NOT NULL,
+    details TEXT NOT NULL DEFAULT '{}',
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS alert_outbox_pending ON alert_outbox(event_id) WHERE sent_at IS NULL;
+"""
+
+
+def ensure_schema(db: sqlite3.Connection, path: Path) -> None:
+    """Create the tables that are missing and migrate an older file to ``SCHEMA_VERSION``.
+
+    ``StoreError`` for a file of a newer schema than this version understands (``path`` names it).
+    """
+    fresh = not _has_table(db, "attempts")
+    # executescript commits on its own: it cannot run inside a transaction.
+    db.executescript(SCHEMA)
+    with transaction(db):
+        if fresh:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+                       (str(SCHEMA_VERSION),))
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row["value"]) if row is not None else 1
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path}: schema_version: {version} is newer than this ml-supervisor "
+                             f"understands ({SCHEMA_VERSION}); upgrade ml-supervisor")
+        if version < 2:
+            _migrate_1_to_2(db)
+        if version < 3:
+            _migrate_2_to_3(db, os.getuid())
+        if version < 4:
+            # The executescript above created the (empty) outbox: nothing owed from before.
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '4')")
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    row = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+    return row.fetchone() is not None
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Attempts of schema 1 were all local: their monitor/trainer columns become the local runner's state.
+
+    The old columns stay (SQLite drops columns poorly, and an old daemon could still read them);
+    nothing reads them any more.
+    """
+    db.execute("ALTER TABLE attempts ADD COLUMN runner_kind TEXT NOT NULL DEFAULT 'local'")
+    db.execute("ALTER TABLE attempts ADD COLUMN runner_state TEXT NOT NULL DEFAULT '{}'")
+    rows = db.execute("SELECT job_id, n, monitor_pid, monitor_started, pid, pgid FROM attempts").fetchall()
+    for r in rows:
+        state = {"monitor_pid": r["monitor_pid"], "monitor_started": r["monitor_started"], "trainer_pid": r["pid"],
+                 "pgid": r["pgid"]}
+        db.execute("UPDATE attempts SET runner_state = ? WHERE job_id = ? AND n = ?",
+                   (json.dumps(state), r["job_id"], r["n"]))
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '2')")
+
+
+def _migrate_2_to_3(db: sqlite3.Connection, daemon_uid: int) -> None:
+    """Jobs get an owner: those from before shared-server mode were all the daemon's user's."""
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
+    if "owner_uid" not in columns:  # a schema-1 file without a jobs table got it, owner_uid included, just now
+        db.execute(f"ALTER TABLE jobs ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT {int(daemon_uid)}")
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '3')")
