@@ -84,7 +84,7 @@ class Polling:
         if job.state is JobState.STARTING:
             if seen.phase is not Phase.RUNNING:
                 if seen.phase is Phase.PENDING and budget_spent(job.budget_s, job.first_started_at, now):
-                    # Queue wait counts against the budget: a Slurm job still queued at the deadline is cancelled.
+                    # Queue wait counts against the budget: an attempt still queued at the deadline is cancelled.
                     self._stopping.begin_stop(job, Cause.BUDGET,
                                               "the time budget was spent while the attempt was queued", now)
                 return

@@ -34,6 +34,7 @@ from supervisor.errors import ConfigError, ResourceUnavailable, SupervisorError
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.rules.states import JobState
+from supervisor.runners.registry import BACKENDS, backend_of
 from supervisor.store import JobRow
 
 
@@ -104,10 +105,12 @@ def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_
         have = "no GPUs (or no NVML)" if not gpu_count else f"{gpu_count} GPU{'s' if gpu_count != 1 else ''}"
         raise ResourceUnavailable(
             f"{source}: supervision.gpus: the job asks for {requested} GPUs; this node has {have}")
-    if run_as is not None and str(cfg.supervision.backend) != "local":
-        # sbatch from the daemon submits as the daemon (root): another user's code never runs that way
+    if run_as is not None and not backend_of(cfg).supports_run_as:
+        # e.g. sbatch from the daemon submits as the daemon (root): another user's code never runs that way
+        runs_as = ", ".join(name for name, backend in BACKENDS.items() if backend.supports_run_as)
         raise ConfigError(source, "supervision.backend", f"{cfg.supervision.backend} runs jobs as the daemon's "
-                                                         "user only; on a shared daemon use local (or your own daemon)")
+                                                         f"user only; on a shared daemon use {runs_as} "
+                                                         "(or your own daemon)")
     cfg.workdir = str(workdir)
     cfg.python = python
 

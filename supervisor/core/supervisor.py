@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,7 +52,7 @@ T = TypeVar("T")
 
 __all__ = ["AlertHook", "RunnerFactory", "Supervisor"]
 
-# Replaces the local backend's runner (tests drive the core with a fake one): the supervisor -> the runner.
+# Replaces a backend's runner (tests drive the core with a fake one): the supervisor -> the runner.
 RunnerFactory = Callable[["Supervisor"], AttemptRunner]
 
 
@@ -80,7 +80,7 @@ class Supervisor:
 
     def __init__(self, settings: DaemonSettings, *, clock: Callable[[], float] = time.time,
                  boot_id: str | None = None, alert_hook: AlertHook | None = None,
-                 runner: RunnerFactory | None = None) -> None:
+                 runners: Mapping[str, RunnerFactory] | None = None) -> None:
         assert settings.state_dir, "settings.state_dir must be resolved"
         self.settings = settings
         self.state_dir = Path(settings.state_dir)
@@ -88,7 +88,7 @@ class Supervisor:
         self.clock = clock
         self._boot_id = boot_id or current_boot_id()
         self._alert_hook = alert_hook
-        self._runner_factory = runner
+        self._runner_overrides = dict(runners or {})  # backend name -> factory
         self.tracker = AttemptTracker()
         self.timers = Timers(clock, self.wake_job)
         self.loop = Loop(poll=self.poll_job, tick=self.tick, timers=self.timers, clock=clock,
@@ -135,9 +135,9 @@ class Supervisor:
         runners = build_runners(RunnerContext(state_dir=self.state_dir, notify=self.on_runner_notice,
                                               settings=self.settings,
                                               gpu_backend=lambda: gpus.backend if gpus is not None else None))
-        if self._runner_factory is not None:
-            runners["local"].close()
-            runners["local"] = self._runner_factory(self)
+        for name, factory in self._runner_overrides.items():
+            runners.pop(name).close()
+            runners[name] = factory(self)
         self._parts = parts = _assemble(ctx, RunnerSet(runners), Outbox(store, self.clock, self._alert_hook))
         parts.reconciling.reconcile()
         parts.outbox.send_pending()  # what a killed daemon committed and had not sent yet

@@ -25,7 +25,7 @@ class TrackedAttempt:
     manifest_offset: int = 0  # bytes of the manifest already turned into events
     hang_setting: str | None = None
     world_size: int | None = None  # ranks of the attempt (read once from the config)
-    # When the runner first reported it running: a Slurm attempt may wait in the queue for hours,
+    # When the runner first reported it running: an attempt may wait in a batch queue for hours,
     # and the start-up allowance counts from here, not from the submission.
     running_since: float | None = None
     standby_setting: str | None = None  # supervision.standby, read once per attempt

@@ -89,7 +89,7 @@ def make_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeC
         settings = DaemonSettings(state_dir=str(tmp_path / "state"), trainer_module="fake_trainer",
                                   tick_interval=1.0, watch_files=False, check_timeout=60)
         alerts: list[tuple[str, AlertEvent]] = []
-        sup = Supervisor(settings, clock=clock, boot_id=boot_id, runner=factory,
+        sup = Supervisor(settings, clock=clock, boot_id=boot_id, runners={"local": factory},
                          alert_hook=alert_hook or (lambda job, what: alerts.append((job.id, what))))
         sup.open()
         opened.append(sup)

@@ -61,7 +61,7 @@ def test_notify_ready_status_and_watchdog_stop_when_the_loop_hangs(tmp_path: Pat
             pings = [m for m in listener.drain(1.5) if m.get("WATCHDOG") == "1"]
             assert len(pings) >= 3, "the loop pings at half of WATCHDOG_USEC"
             # hang the loop itself (run a blocking call on its thread): the pings must stop
-            daemon.supervisor.core.loop.put("call", (time.sleep, (2.0,), _Future()))
+            daemon.supervisor.loop.put("call", (time.sleep, (2.0,), _Future()))
             time.sleep(0.3)
             during = [m for m in listener.drain(1.4) if m.get("WATCHDOG") == "1"]
             assert during == [], "a hung loop must not ping the watchdog"
