@@ -1,4 +1,4 @@
-"""``python -m trainer``: see ``trainer.cli``."""
+"""``python -m trainer``: run ``trainer.cli.main``, then leave (at once when one rank of several)."""
 
 import os
 import sys
@@ -8,7 +8,7 @@ from trainer.ranks import rank_from_env
 
 code = main()
 if rank_from_env().multi:
-    # One of several ranks: the exit record is written and the output flushed (``cli.finish``). Leave now:
+    # One of several ranks: the exit record is written and the output flushed (``attempt.finish``). Leave now:
     # interpreter teardown runs torch.distributed's destructors, which wait seconds on a dead or finished
     # peer, and the monitor would SIGKILL this rank in the middle of that.
     sys.stdout.flush()

@@ -42,12 +42,13 @@ class ResolvedClass:
     init_args: dict[str, Any] = field(default_factory=dict)
 
     def build(self) -> Any:
+        """An instance of the class, built with its ``init_args``."""
         return self.cls(**self.init_args)
 
 
 @dataclass
 class ResolvedJob:
-    """Everything ``--check`` validates, ready for the runner to build."""
+    """Everything ``--check`` validates, ready for the fit (``trainer.fit``) to build."""
 
     model: ResolvedClass
     data: ResolvedClass
@@ -65,7 +66,7 @@ def resolve_job(cfg: DictConfig, source: str) -> ResolvedJob:
     Imports torch and Lightning (through the user's classes and for the base
     classes). Raises ``ConfigError`` on the first problem.
     """
-    from pytorch_lightning import Callback, LightningDataModule, LightningModule
+    from pytorch_lightning import Callback, LightningDataModule, LightningModule  # once the job's env is applied
 
     model = _resolve_spec(cfg.model, "model", source, LightningModule, "LightningModule")
     data = _resolve_spec(cfg.data, "data", source, LightningDataModule, "LightningDataModule")
@@ -78,7 +79,7 @@ def resolve_job(cfg: DictConfig, source: str) -> ResolvedJob:
 
 def trainer_args(cfg: DictConfig, source: str) -> dict[str, Any]:
     """``cfg.trainer`` as ``Trainer`` keyword arguments, each key checked against ``Trainer.__init__``."""
-    from pytorch_lightning import Trainer
+    from pytorch_lightning import Trainer  # as in resolve_job: this module is torch-free at import
 
     args: dict[str, Any] = _plain(cfg.trainer)
     accepted = inspect.signature(Trainer.__init__).parameters

@@ -1,17 +1,11 @@
 """The standby's copy, in memory, of the checkpoint the next attempt will most likely resume from.
 
-While it waits for its handover, a standby re-reads the job's manifest when it
-changes and loads the checkpoint ``supervisor.rules.resume.choose_resume`` would pick
-now (the ranking only: the daemon verifies the file at the restart, as always),
-on the CPU, exactly as Lightning would (``TorchCheckpointIO.load_checkpoint``).
-At the handover ``CachedCheckpointIO`` serves Lightning's ``load_checkpoint``
-from that copy when the daemon chose the same file and the file is unchanged
-on disk (same inode, size and mtime); any other load reads the disk.
-
-The copy is handed over once and then forgotten: the fit owns it from then on
-(optimizer ``load_state_dict`` may keep references into it), and no later load
-can see what training did to it. A checkpoint bigger than the limit is not
-loaded (the restart reads it from disk, as a cold one does).
+While it waits, a standby keeps the checkpoint ``supervisor.rules.resume.choose_resume``
+would pick now loaded on the CPU, as Lightning would load it (re-read when the
+manifest changes; not when bigger than the limit). At the handover
+``CachedCheckpointIO`` serves Lightning's ``load_checkpoint`` from that copy when
+the daemon chose the same, unchanged file (inode, size, mtime); any other load
+reads the disk. The copy is handed over once, then forgotten: the fit owns it.
 """
 
 from __future__ import annotations

@@ -1,57 +1,34 @@
 """``python -m trainer``: run (or ``--check``) one attempt of a job.
 
     python -m trainer --config FILE --attempt-dir DIR [--checkpoint-dir DIR] [--ckpt PATH]
-                      [--attempt N] [--restarts N] [--deadline UNIX_TIME] [--check] [key=value ...]
-    python -m trainer inspect data|model CONFIG ... | python -m trainer tune lr CONFIG ...  (trainer.inspect)
+                      [--attempt N] [--restarts N] [--deadline UNIX_TIME] [--check] [--standby] [key=value ...]
+    python -m trainer inspect data|model CONFIG ... | python -m trainer tune lr CONFIG ...  (trainer.inspect.cli)
 
 Exit codes: 0 completed (or ``--check`` passed), 1 exception, 2 config error,
 128 + signal number after a stop signal (143 for SIGTERM, 130 for SIGINT).
-Whatever the exit code, ``<attempt-dir>/exit.json`` says how the attempt
-ended; it is written on every path but SIGKILL. Started as one rank of several
-(``RANK``/``WORLD_SIZE`` set by the attempt monitor), the process writes its own
-files (``exit.rank1.json``, ``heartbeat.rank1.json``, ``stacks.rank1.txt``; see
-``supervisor/jobfiles/layout.py``); rank 0 keeps the plain names.
-
-This module stays torch-free at import: signal handlers and the first
-heartbeat are in place before the slow torch import starts.
+Whatever the exit code, ``<attempt-dir>/exit.json`` (``exit.rank<N>.json`` for
+rank N > 0 of several) says how the attempt ended (``trainer.attempt``).
+Torch-free at import, like everything it imports.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
-import os
-import signal
 import sys
 import time
-import traceback
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
-
-from supervisor.config import load_job_config
 from supervisor.errors import ConfigError
-from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
-from supervisor.jobfiles.layout import EXIT_COMPLETED, EXIT_CONFIG_ERROR, EXIT_EXCEPTION, AttemptLayout
-from trainer.progress import HeartbeatWriter, interval_from_env
-from trainer.ranks import RankInfo, rank_from_env
-from trainer.signals import SignalState, Terminated, exit_code_for
-
-if TYPE_CHECKING:
-    from trainer.standby import PreparedRun
-
-TRACEBACK_TAIL = 4000
-# Set for the user's code (and the example's fault injection) to read.
-ATTEMPT_ENV = "ML_SUPERVISOR_ATTEMPT"
-RESTARTS_ENV = "ML_SUPERVISOR_RESTARTS"
-ATTEMPT_DIR_ENV = "ML_SUPERVISOR_ATTEMPT_DIR"
-CHECKPOINT_DIR_ENV = "ML_SUPERVISOR_CHECKPOINT_DIR"
+from supervisor.jobfiles.layout import EXIT_COMPLETED, EXIT_CONFIG_ERROR
+from trainer.attempt import run_attempt
+from trainer.inspect.cli import COMMANDS as INSPECT_COMMANDS
+from trainer.inspect.cli import main as inspect_main
+from trainer.job import load_config
+from trainer.standby import serve
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m trainer``."""
+    """The command line of ``python -m trainer`` (the zygote parses its standbys' with it too)."""
     parser = argparse.ArgumentParser(
         prog="python -m trainer",
         description="Run one supervised attempt of a Lightning job config (or check the config).",
@@ -74,9 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the process exit code."""
     started_at = time.time()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("inspect", "tune"):  # the checks before a run: trainer/inspect/cli.py
-        from trainer.inspect.cli import main as inspect_main
-
+    if argv and argv[0] in INSPECT_COMMANDS:  # the checks before a run
         return inspect_main(argv)
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)
@@ -85,18 +60,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.attempt_dir:
         parser.error("--attempt-dir is required (unless --check)")
     if args.standby:
-        from trainer.standby import serve
-
         return serve(args, parser)
-    return fit(args, started_at)
+    return run_attempt(args, started_at)
 
 
 def check(config: str, overrides: Sequence[str]) -> int:
     """``--check``: load the config, import and check what it names. 0 if fine, 2 with one line if not."""
     try:
-        cfg = load_job_config(config, overrides)
-        apply_environment(cfg, config)
-        from trainer.runner import check_job
+        cfg = load_config(config, overrides)
+        from trainer.fit import check_job  # torch and Lightning: only after the config's env is applied
 
         check_job(cfg, config)
     except ConfigError as exc:
@@ -104,182 +76,6 @@ def check(config: str, overrides: Sequence[str]) -> int:
         return EXIT_CONFIG_ERROR
     print(f"{config}: ok", flush=True)
     return EXIT_COMPLETED
-
-
-def fit(args: argparse.Namespace, started_at: float, prepared: PreparedRun | None = None) -> int:
-    """One attempt: fit, then write the exit record whatever happened, and return the exit code.
-
-    ``prepared``: what a standby built before its handover (its config, model and data module).
-    """
-    attempt_dir = Path(args.attempt_dir).absolute()
-    attempt_dir.mkdir(parents=True, exist_ok=True)
-    layout = AttemptLayout(attempt_dir)
-    rank = rank_from_env()
-    checkpoint_dir = Path(args.checkpoint_dir).absolute() if args.checkpoint_dir else attempt_dir / "checkpoints"
-    signals = SignalState(layout.stacks_of(rank.rank))
-    # Live curves come from rank 0 alone: the other ranks' metrics are their shard's.
-    heartbeat = HeartbeatWriter(layout.heartbeat_of(rank.rank), layout.metrics if rank.rank == 0 else None,
-                                attempt=args.attempt, started_at=started_at, interval=interval_from_env(),
-                                rank=rank.rank)
-    state = None
-    record = ExitRecord(status="completed", time=0.0, pid=os.getpid(), rank=rank.rank)
-    try:
-        # Inside the try from the handlers' installation on: a SIGTERM from here on raises
-        # Terminated, which must become an exit record and exit 143, never a traceback.
-        signals.install()
-        heartbeat.write()  # "setup": the process is alive before the slow imports
-        os.environ.update({
-            ATTEMPT_ENV: str(args.attempt),
-            RESTARTS_ENV: str(args.restarts),
-            ATTEMPT_DIR_ENV: str(attempt_dir),
-            CHECKPOINT_DIR_ENV: str(checkpoint_dir),
-        })
-        if os.environ.get("CUDA_VISIBLE_DEVICES"):  # which GPUs it has (a standby learns it at the handover)
-            print(f"[trainer] attempt {args.attempt}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}",
-                  file=sys.stderr, flush=True)
-        if prepared is None:
-            cfg = load_job_config(args.config, args.overrides)
-            apply_environment(cfg, args.config)
-        else:
-            cfg = prepared.cfg
-        from trainer.runner import FitOptions, RunState, run_fit
-
-        heartbeat.mark("imports_done")
-
-        state = RunState()
-        opts = FitOptions(attempt_dir=attempt_dir, checkpoint_dir=checkpoint_dir, ckpt=args.ckpt,
-                          attempt=args.attempt, restarts=args.restarts, deadline=args.deadline, rank=rank)
-        if rank.multi:
-            opts.on_failure = lambda exc: write_early_record(exc, signals, state, layout, rank)
-        record.reason = run_fit(cfg, args.config, opts, signals, heartbeat, state, prepared)
-        code = EXIT_COMPLETED
-    except ConfigError as exc:
-        print(exc.message, file=sys.stderr, flush=True)
-        record.status, record.message = "config_error", exc.message
-        code = EXIT_CONFIG_ERROR
-    except BaseException as exc:
-        signals.finishing = True
-        code = describe_failure(exc, signals, state, record, report=True)
-    signals.finishing = True  # from here on a late signal only records
-    code = finish(record, code, state, heartbeat, layout, rank)
-    if code != EXIT_COMPLETED and not rank.multi:  # several ranks leave in __main__, the same way
-        exit_now(code)
-    return code
-
-
-def exit_now(code: int) -> None:
-    """Leave at once after a failure or a stop, skipping the interpreter's teardown.
-
-    The job's lock (and so the next attempt, or the standby's promotion) waits for
-    this process to be gone, and tearing down an interpreter with torch loaded
-    takes seconds (module and object finalisation; 2.6-5 s on the loaded dev box)
-    and saves nothing: the exit record and the checkpoints are already durable.
-    What must be flushed still is: the ``atexit`` handlers run (W&B's teardown,
-    which waits for wandb-core to write the run file; ``logging.shutdown``; the
-    user's own hooks; multiprocessing's, which ends DataLoader workers), then
-    stdout and stderr. Not run: finalisers of objects still alive, e.g. a user's
-    file left open and unflushed.
-    """
-    atexit._run_exitfuncs()
-    flush_streams()
-    os._exit(code)
-
-
-def flush_streams() -> None:
-    """Flush stdout and stderr before an ``os._exit`` (which skips the interpreter's own flush)."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass  # a closed or broken pipe: nothing more can reach it
-
-
-def describe_failure(exc: BaseException, signals: SignalState, state: Any, record: ExitRecord, *,
-                     report: bool = False) -> int:
-    """Fill ``record`` for a fit that raised ``exc``; returns the exit code (``report``: tell stderr too)."""
-    if signals.stop_signal is None and type(exc).__name__ == "SIGTERMException":
-        # A multi-rank stop agreed on because another rank got SIGTERM: this rank stops for the same signal.
-        signals.stop_signal = signal.SIGTERM
-    if signals.stop_signal is None:
-        if report:
-            traceback.print_exception(exc)
-        record.status = "exception"
-        record.exception = describe_exception(exc)
-        return EXIT_EXCEPTION
-    # Stopped by a signal, whatever it raised on the way: Lightning's SIGTERMException,
-    # our Terminated, KeyboardInterrupt, or an error the signal caused elsewhere (a
-    # DataLoader worker killed by the same process-group SIGTERM).
-    record.status, record.signal = "signal", signals.stop_signal_name
-    if state is not None and state.checkpoint is not None:
-        record.checkpoint = state.checkpoint.signal_checkpoint
-    if not isinstance(exc, (Terminated, KeyboardInterrupt, SystemExit)):
-        record.message = f"{type(exc).__name__}: {exc}".strip()
-        if report:
-            traceback.print_exception(exc)
-    if report:
-        print(f"[trainer] stopped by {record.signal}"
-              + (f"; saved {record.checkpoint}" if record.checkpoint else "; no checkpoint saved"),
-              file=sys.stderr, flush=True)
-    return exit_code_for(signals.stop_signal)
-
-
-def write_early_record(exc: BaseException, signals: SignalState, state: Any, layout: AttemptLayout,
-                       rank: RankInfo) -> None:
-    """One of several ranks failed: its exit record now, before Lightning's teardown.
-
-    When a rank dies the monitor stops the others within a second; a rank busy
-    in teardown then would leave no record. ``finish`` rewrites it at the end
-    (atomically: a reader sees one or the other).
-    """
-    if type(exc).__name__ == "SIGTERMException":
-        return  # an agreed stop: every rank saves and ends its own way, nobody is rushed
-    record = ExitRecord(status="exception", time=time.time(), pid=os.getpid(), rank=rank.rank)
-    describe_failure(exc, signals, state, record)
-    record.global_step, record.epoch = state.progress() if state is not None else (0, 0)
-    write_exit_record(layout.exit_record_of(rank.rank), record)
-
-
-def finish(record: ExitRecord, code: int, state: object | None, heartbeat: HeartbeatWriter,
-           layout: AttemptLayout, rank: RankInfo | None = None) -> int:
-    """Close W&B, mark the heartbeat done and write the exit record durably (the last thing before exit)."""
-    if "wandb" in sys.modules:
-        from trainer.wandb_run import finish_wandb
-
-        finish_wandb(code)
-    step, epoch = state.progress() if state is not None else (0, 0)  # type: ignore[attr-defined]
-    record.global_step, record.epoch = step, epoch
-    try:
-        heartbeat.set_phase("done", step=step, epoch=epoch)
-    except OSError:
-        pass  # the exit record matters more than the last beat
-    record.time, record.pid = time.time(), os.getpid()
-    write_exit_record(layout.exit_record_of(rank.rank if rank is not None else 0), record)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return code
-
-
-def apply_environment(cfg: DictConfig, source: str) -> None:
-    """Put the job's ``workdir`` first on ``sys.path`` and its ``env`` in ``os.environ``."""
-    workdir = Path(cfg.workdir).expanduser() if cfg.workdir else Path.cwd()
-    if not workdir.is_dir():
-        raise ConfigError(source, "workdir", f"no such directory: {cfg.workdir}")
-    workdir_text = str(workdir.absolute())
-    if workdir_text in sys.path:
-        sys.path.remove(workdir_text)
-    sys.path.insert(0, workdir_text)
-    for key, value in cfg.env.items():
-        os.environ[str(key)] = str(value)
-
-
-def describe_exception(exc: BaseException) -> dict[str, str]:
-    """The exit record's ``exception``: type, message and the traceback's last 4000 characters."""
-    text = "".join(traceback.format_exception(exc))
-    return {
-        "type": type(exc).__name__,
-        "message": str(exc),
-        "traceback": text[-TRACEBACK_TAIL:],
-    }
 
 
 if __name__ == "__main__":  # pragma: no cover - use python -m trainer

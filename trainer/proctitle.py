@@ -1,20 +1,11 @@
 """Rewrite this process's command line and environment as ``/proc/<pid>/{cmdline,environ}`` show them.
 
-A process forked from the standby zygote (``trainer.zygote``) without an exec
-keeps the zygote's command line and exec-time environment in those files, but
-the daemon tells an attempt's processes by them: ``--attempt-dir DIR`` names the
-attempt and ``--standby`` a standby's monitor (``supervisor/runners/local.py``,
-``supervisor/runners/standby.py``), the environment says whose process it is,
-which job's standby and which rank (``supervisor/process.has_env_marker``). So
-each forked monitor and rank writes what an exec would have given it into the
-memory the kernel reads those files from (``arg_start..arg_end`` and
-``env_start..env_end`` of ``/proc/self/stat``), as ``setproctitle`` does for the
-title; unlike it, entries stay NUL-separated, so ``psutil`` reads them one by
-one (a command line is followed by empty strings for the unused room). The
-zygote reserves the room (``supervisor.jobfiles.standbyfiles.ROOM_ARG`` and
-``ROOM_ENV``). Python's ``sys.argv`` is a copy and is not touched; nothing may
-point into the old environment block any more (``os.environ`` was replaced:
-``setenv`` copies every value it is given).
+A monitor or rank forked by the zygote (``trainer.zygote``), with no exec, would
+show the zygote's; the daemon tells an attempt's processes by those files
+(``--attempt-dir``, ``--standby``, its environment markers). So each writes what
+an exec would have given it into the memory the kernel reads them from
+(``arg_start..arg_end``, ``env_start..env_end`` of ``/proc/self/stat``), entries
+NUL-separated, in the room the zygote reserved (``standbyfiles.ROOM_ARG``/``ROOM_ENV``).
 """
 
 from __future__ import annotations

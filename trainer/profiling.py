@@ -23,7 +23,7 @@ def profiler_into_attempt_dir(trainer_args: dict[str, Any], attempt_dir: Path) -
     name = trainer_args.get("profiler")
     if not isinstance(name, str) or name.lower() not in PROFILERS:
         return trainer_args  # None, an object, or a name Lightning will judge itself
-    import pytorch_lightning.profilers as profilers
+    import pytorch_lightning.profilers as profilers  # Lightning, at the fit only
 
     cls = getattr(profilers, PROFILERS[name.lower()])
     return {**trainer_args, "profiler": cls(dirpath=str(attempt_dir), filename=PROFILE_FILENAME)}

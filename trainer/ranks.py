@@ -1,13 +1,11 @@
 """Which rank this trainer process is, and the hand-off of the resume preparation from rank 0 (torch-free).
 
-Under the attempt monitor a multi-rank attempt is one ``python -m trainer``
-per rank, started with the environment Lightning reads for externally launched
-processes (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ...). Every rank writes its
-own heartbeat, exit record and stacks (``layout.py`` names them); rank 0 alone
-rewinds the manifest for the resume and then writes ``resume-ready.json``. The
-other ranks wait for that file before they build anything, so every rank sees
-the same checkpoint directory (top-k bookkeeping must agree across ranks, or
-one rank would enter a save's collective alone).
+A multi-rank attempt is one ``python -m trainer`` per rank, started with the
+environment Lightning reads for externally launched processes (``RANK``,
+``WORLD_SIZE``, ...); each writes its own files. Rank 0 alone rewinds the
+manifest, then writes ``resume-ready.json``, which the others wait for: every
+rank must see the same checkpoint directory (or top-k bookkeeping would differ
+and one rank would enter a save's collective alone).
 """
 
 from __future__ import annotations
@@ -33,6 +31,7 @@ class RankInfo:
 
     @property
     def multi(self) -> bool:
+        """Whether this is one rank of several."""
         return self.world_size > 1
 
 

@@ -91,6 +91,7 @@ class SignalState:
 
     @property
     def stop_signal_name(self) -> str | None:
+        """The stop signal's name (``SIGTERM``), or None before one came."""
         return signal.Signals(self.stop_signal).name if self.stop_signal is not None else None
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:

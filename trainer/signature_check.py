@@ -31,7 +31,7 @@ def check_argument_types(cls: Any, args: dict[str, Any], *, key: str, source: st
     checked); ``skip`` are parameters the supervisor sets itself. A class whose
     signature jsonargparse cannot read is left to its constructor.
     """
-    from jsonargparse import ArgumentParser
+    from jsonargparse import ArgumentParser  # slow to import: only when checking
 
     skip = set(skip or ())
     try:

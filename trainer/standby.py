@@ -1,30 +1,14 @@
 """``python -m trainer --standby``: a trainer that does its slow start-up now and fits later.
 
-The daemon starts it (through an attempt monitor, in the directory of the
-attempt it would become) while the job's current attempt still runs. It loads
-the config, imports torch, Lightning, W&B and the user's modules, seeds and
-builds the model and data module, writes ``standby-ready.json``, then waits.
-When the running attempt ends and the policy says restart, the daemon writes
-``handover.json`` (the cold attempt's argv and environment, and the job's lock
-path); the standby takes the job's lock and fits exactly as a cold attempt
-would (same exit record, heartbeat and manifest rules).
-
-A DDP job's standby is one such process per rank, each started by the standby's
-attempt monitor with its rank's environment (``RANK``, ``LOCAL_RANK``,
-``WORLD_SIZE``, ... but no ``MASTER_PORT``: the daemon picks it at the handover,
-as a cold launch's monitor does at its start). Each writes its own ready file
-(``supervisor/jobfiles/standbyfiles.py``); the daemon counts the standby ready
-when every rank's is there. At the handover each rank applies the attempt's
-environment under its own rank variables, then locks the job's lock through the
-open file every rank inherited (see ``take_lock``) before it fits.
-
-What depends on the attempt is left for the handover: the GPUs (CUDA reads
-``CUDA_VISIBLE_DEVICES`` once, when it initialises, so nothing here touches
-CUDA or builds the ``Trainer``), the checkpoint, the deadline, W&B (the run
-belongs to the running attempt until it ends; it opens in the background after
-the handover: ``trainer.wandb_opening``). While it waits, the standby keeps the
-checkpoint the daemon would choose now loaded on the CPU
-(``trainer.checkpoint_cache``), so the restart need not read it from disk.
+It loads the config, imports torch, Lightning, W&B and the user's modules,
+builds the model and data module, writes its ready file and waits (one such
+process per rank of a DDP job). When the daemon writes ``handover.json`` it
+takes on the cold attempt's argv and environment (under its own rank
+variables), takes the job's lock and runs the attempt as a cold start would
+(``trainer.attempt``). What depends on the attempt waits for the handover: the
+GPUs (nothing here touches CUDA), the checkpoint (kept loaded meanwhile:
+``trainer.checkpoint_cache``), the deadline and the W&B run. Torch-free at
+import: ``prepare`` imports the fit. See docs/architecture.md, "Standby trainers".
 """
 
 from __future__ import annotations
@@ -38,13 +22,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig
 
 from supervisor.errors import ConfigError
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.layout import EXIT_CONFIG_ERROR, EXIT_EXCEPTION
 from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_ENV, ready_file_name
+from trainer.attempt import run_attempt
+from trainer.job import load_config
 from trainer.ranks import RankInfo, rank_from_env
+
+if TYPE_CHECKING:
+    from trainer.checkpoint_cache import CheckpointCache
+    from trainer.fit import PreparedRun
 
 # What the attempt monitor gives each rank (rank_environment) and the handover must not overwrite:
 # the attempt's environment is the job's, the same for every rank; these say which rank this process is.
@@ -54,17 +46,6 @@ LOCK_WAIT_S = 30.0  # the daemon saw the lock free before the handover; this onl
 # A standby forked by the job's zygote (trainer.zygote) runs the code the zygote imported: path -> the mtime
 # it had then. Reported instead of the file's mtime now, so an edit made since makes this standby stale.
 INHERITED_MODULE_MTIMES: dict[str, float] = {}
-
-
-@dataclass
-class PreparedRun:
-    """What a standby built before its handover (``trainer.runner.run_fit`` skips building these)."""
-
-    cfg: Any  # DictConfig
-    job: Any  # trainer.build.ResolvedJob
-    model: Any  # the LightningModule, on the CPU
-    datamodule: Any
-    checkpoint_cache: Any = None  # trainer.checkpoint_cache.CheckpointCache: the likely resume checkpoint
 
 
 @dataclass
@@ -82,15 +63,11 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     nice = os.environ.get(NICE_ENV)
     if nice:  # background work until the handover, when the daemon gives us our priority back
         os.nice(int(nice))
-    from supervisor.config import load_job_config
-    from trainer.cli import apply_environment, fit
-
     attempt_dir = Path(args.attempt_dir).absolute()
     attempt_dir.mkdir(parents=True, exist_ok=True)
     rank = rank_from_env()
     try:
-        cfg = load_job_config(args.config, args.overrides)
-        apply_environment(cfg, args.config)
+        cfg = load_config(args.config, args.overrides)
         prepared = prepare(cfg, args.config)
     except ConfigError as exc:
         _not_ready(attempt_dir, rank, exc.message)
@@ -105,15 +82,15 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                    "to the handover, which names the GPUs: the job restarts cold")
         return EXIT_EXCEPTION
     announce_ready(attempt_dir, rank, user_module_mtimes(Path(cfg.workdir or os.getcwd())))
-    prepared.checkpoint_cache = checkpoint_cache(args, cfg, attempt_dir)
-    handover = wait_for_handover(attempt_dir, idle=prepared.checkpoint_cache.refresh)
+    cache = prepared.checkpoint_cache = checkpoint_cache(args, cfg, attempt_dir)
+    handover = wait_for_handover(attempt_dir, idle=cache.refresh)
     if handover is None:
         return EXIT_EXCEPTION  # the monitor is gone: nobody would record this attempt
     started_at = time.time()
     fit_args = become(handover, parser, attempt_dir)
     if fit_args is None:
         return EXIT_EXCEPTION
-    return fit(fit_args, started_at, prepared=prepared)
+    return run_attempt(fit_args, started_at, prepared=prepared)
 
 
 def announce_ready(attempt_dir: Path, rank: RankInfo, modules: dict[str, float]) -> None:
@@ -157,9 +134,9 @@ def apply_handover_environment(handover: Handover, environ: Any = os.environ) ->
         environ["MASTER_PORT"] = str(handover.master_port)
 
 
-def prepare(cfg: Any, source: str) -> PreparedRun:
+def prepare(cfg: DictConfig, source: str) -> PreparedRun:
     """Everything that does not depend on the checkpoint, the GPUs or the W&B run: imports, model, data."""
-    from trainer.runner import prepare_run
+    from trainer.fit import PreparedRun, prepare_run  # torch and Lightning: after the config's env is applied
 
     job, model, datamodule = prepare_run(cfg, source)
     if str(cfg.logger.wandb.mode) != "disabled":
@@ -190,9 +167,9 @@ def cuda_touched(maps: str | None = None) -> str | None:
     return None
 
 
-def checkpoint_cache(args: argparse.Namespace, cfg: Any, attempt_dir: Path) -> Any:
+def checkpoint_cache(args: argparse.Namespace, cfg: DictConfig, attempt_dir: Path) -> CheckpointCache:
     """The cache of the checkpoint the next attempt will likely resume from (``trainer.checkpoint_cache``)."""
-    from trainer.checkpoint_cache import CheckpointCache, limit_from_env
+    from trainer.checkpoint_cache import CheckpointCache, limit_from_env  # Lightning (prepare loaded it)
 
     checkpoint_dir = Path(args.checkpoint_dir).absolute() if args.checkpoint_dir else attempt_dir / "checkpoints"
     return CheckpointCache(checkpoint_dir, str(cfg.supervision.resume_from), limit_from_env())

@@ -1,19 +1,13 @@
 """A W&B logger whose run opens in a background thread, so that opening it never delays the first step.
 
-``wandb.init`` takes 0.5-3 s even offline (it starts the wandb-core service and
-registers the run), and Lightning opens the run in its setup hook, before the
-checkpoint is restored: on a restart that is all on the path from the crash to
-the next optimizer step. ``OpeningWandbLogger`` wraps the job's ``WandbLogger``:
-the run opens in a thread while Lightning restores and trains; whatever is
-logged before it is open is kept, in order, and replayed on the main thread at
-the first logging call after it opened (or at ``settle``, which every way out
-of the fit calls). All W&B calls but ``wandb.init`` stay on the main thread.
-
-Lightning touches ``logger.experiment`` in its setup hook only to create it:
-until the run is open ``experiment`` is a stand-in that waits for the run on
-first use (``logger.experiment.log(...)`` in user code works, and waits).
-Anything else a ``WandbLogger`` has (``log_image``, ``log_table``, ...) waits
-for the run too, then runs at once.
+``wandb.init`` takes 0.5-3 s even offline, and Lightning calls it in its setup
+hook, before the checkpoint is restored: on a restart that is on the path to the
+next step. ``OpeningWandbLogger`` wraps the job's ``WandbLogger``: the run opens
+in a thread while Lightning restores and trains; what is logged before it is
+open is kept in order and replayed on the main thread (at the next logging call,
+or at ``settle``, which every way out of the fit calls). ``logger.experiment``
+is a stand-in that waits for the run on first use; all W&B calls but
+``wandb.init`` stay on the main thread.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def build_wandb_logger(cfg: DictConfig, attempt_dir: Path) -> Any | None:
         _log(note)
     if mode == "disabled":
         return None
-    from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.loggers import WandbLogger  # here: the attempt imports this module before torch
 
     run_id = wcfg.run_id
     if not run_id:

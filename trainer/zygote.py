@@ -1,12 +1,9 @@
 """``python -m trainer.zygote``: one job's fork server for its standby trainers.
 
-A standby started by exec pays the imports (torch, Lightning, W&B, the user's
-modules: ~4-10 s of CPU on the dev box) after every takeover, beside the attempt
-it backs up; on a small node that slows the training it is there to protect.
-The zygote pays them once per job. The daemon starts it (``supervisor/runners/
-zygote.py``) with the job's trainer command line; it imports what that job's
-standby would, then reads requests, one JSON line each on stdin, and answers
-each on ``--reply-fd``:
+It pays a standby's imports (torch, Lightning, W&B, the user's modules) once per
+job, then forks each standby's attempt monitor, and that monitor's ranks, from
+itself, so a takeover does not slow the training with a new standby's imports.
+Protocol (one JSON line each way; started by ``supervisor/runners/zygote.py``)::
 
     -> {"ready": true, "pid": P, "modules": {path: mtime}}   once, after the imports
        or {"failed": why}                                    (and it exits)
@@ -14,24 +11,9 @@ each on ``--reply-fd``:
     -> {"attempt_dir": D, "pid": P}                          the standby's monitor, forked
        or {"attempt_dir": D, "error": why}
 
-Each request forks a standby's attempt monitor: the child takes a session of its
-own, shows the monitor's command line (``trainer.proctitle``), opens the job's
-lock (not locked: as the daemon does for an exec'd standby) and runs
-``supervisor.processes.attempt_monitor.main`` with ranks that are forked too
-(``fork_rank``): each runs ``python -m trainer ... --standby`` in-process, so a
-standby is ready in the time its model and data take to build. From there on it
-is the same standby: same files, same handover, same lock, same exit record.
-
-Forking is safe here because the zygote never computes: it runs no thread but
-OpenBLAS's, which stops them before a fork (checked before each fork:
-``fork_unsafe``), CUDA is never touched (a standby's GPUs come with its
-handover), and no OpenMP pool exists yet (one starts with the first parallel
-op, in the child).
-``gc.freeze`` keeps the imported objects out of the collector, so the children
-share their pages with the zygote instead of copying them on the first
-collection. The zygote exits when its stdin closes (the daemon is gone: standbys
-are never adopted) and is stale, like a standby, when the config or a user's
-module changes on disk.
+Forking is safe because the zygote never computes: no thread but OpenBLAS's
+(``fork_unsafe``), CUDA never touched, no OpenMP pool yet. It exits when its
+stdin closes. See docs/architecture.md, "The zygote".
 """
 
 from __future__ import annotations
@@ -51,9 +33,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from threadpoolctl import threadpool_info
+
 from supervisor.errors import ConfigError
 from supervisor.jobfiles.standbyfiles import LOCK_FD_ENV, NICE_ENV, ROOM_ARG
+from trainer.attempt import exit_now, flush_streams
+from trainer.build import resolve_job
+from trainer.cli import build_parser
+from trainer.job import load_config
 from trainer.proctitle import set_command_line, set_environment_block
+from trainer.ranks import rank_from_env
+from trainer.standby import INHERITED_MODULE_MTIMES, cuda_touched, user_module_mtimes
 
 
 @dataclass
@@ -111,17 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def import_job(trainer_argv: Sequence[str]) -> dict[str, float]:
     """Import what a standby of this job imports; the user's modules, with their mtimes."""
-    from supervisor.config import load_job_config
-    from trainer.build import resolve_job
-    from trainer.cli import apply_environment, build_parser
-    from trainer.standby import cuda_touched, user_module_mtimes
-
     args = build_parser().parse_intermixed_args(list(trainer_argv))
-    cfg = load_job_config(args.config, args.overrides)
-    apply_environment(cfg, args.config)
+    cfg = load_config(args.config, args.overrides)
+    # Imported here, once the config's env is applied, and kept for every fork:
     import supervisor.processes.attempt_monitor  # noqa: F401 - what each forked monitor runs
     import trainer.checkpoint_cache  # the standby's cache of the resume checkpoint
-    import trainer.runner  # noqa: F401 - torch and Lightning: the slow part
+    import trainer.fit  # noqa: F401 - torch and Lightning: the slow part
 
     resolve_job(cfg, args.config)  # the user's model and data modules (imported, not built)
     if str(cfg.logger.wandb.mode) != "disabled":
@@ -156,8 +141,6 @@ def fork_unsafe(task_dir: str = "/proc/self/task") -> str | None:
 
 def openblas_workers() -> int:
     """Worker threads the loaded OpenBLAS libraries (with their own pthreads pool) may run now."""
-    from threadpoolctl import threadpool_info
-
     return sum(max(0, int(pool["num_threads"]) - 1) for pool in threadpool_info()
                if pool.get("internal_api") == "openblas" and pool.get("threading_layer") == "pthreads")
 
@@ -186,16 +169,12 @@ def run_monitor(request: dict[str, Any], modules: dict[str, float], base_nice: i
             raise RuntimeError("the monitor's command line does not fit in the zygote's argv room")
         if not set_environment_block(os.environ):
             raise RuntimeError("the monitor's environment does not fit in the zygote's environment room")
-        import trainer.standby
-
-        trainer.standby.INHERITED_MODULE_MTIMES.update(modules)  # the code in memory is as old as the zygote's
-        from supervisor.processes.attempt_monitor import main as monitor_main
+        INHERITED_MODULE_MTIMES.update(modules)  # the code in memory is as old as the zygote's
+        from supervisor.processes.attempt_monitor import main as monitor_main  # import_job preloaded it (trainer)
 
         code = monitor_main(monitor_argv, launch=fork_rank)
     except BaseException:  # a forked child must never return into the zygote's loop
         traceback.print_exc()
-    from trainer.cli import flush_streams  # light; already imported when the job runs our trainer
-
     # As an exec'd monitor leaves (attempt_monitor's __main__): at once, no atexit handlers (the zygote's
     # imports registered some): the daemon hears of the attempt's end through this exit.
     flush_streams()
@@ -258,9 +237,6 @@ def _leave(code: int) -> None:
 
     Never the interpreter's own exit: the monitor's and zygote's stack, below us, is not ours to unwind.
     """
-    from trainer.cli import exit_now, flush_streams
-    from trainer.ranks import rank_from_env
-
     if rank_from_env().multi:  # as trainer/__main__.py: torch.distributed's teardown would hang on a dead peer
         flush_streams()
         os._exit(code)

@@ -126,7 +126,7 @@ def test_the_trainer_runs_lightnings_slurm_environment_without_auto_requeue() ->
     # auto_requeue would `scontrol requeue` on SIGUSR1 and run a second copy beside the daemon's resubmission.
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-    from trainer.runner import slurm_plugins
+    from trainer.fit import slurm_plugins
 
     given = SLURMEnvironment(auto_requeue=True)
     other = object()

@@ -241,8 +241,8 @@ def test_filename_patterns_the_schema_allows_are_safe_in_lightnings_formatting()
 def test_ranks_started_must_match_the_devices() -> None:
     """With externally started ranks, a devices count that disagrees is a config error naming the key."""
     from supervisor.errors import ConfigError
+    from trainer.fit import check_world_size
     from trainer.ranks import RankInfo
-    from trainer.runner import check_world_size
 
     check_world_size({"devices": 2}, RankInfo(1, 1, 2), "job.yaml")  # agrees: nothing to say
     check_world_size({"devices": "auto"}, RankInfo(0, 0, 2), "job.yaml")  # Lightning checks that itself

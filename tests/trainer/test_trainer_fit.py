@@ -257,7 +257,7 @@ CRASH_AT = 5
 CRASH_RUN_ID = "trcrash01"
 # The user's callback in the crashing fit: at the exception it registers an exit hook and prints
 # without flushing (stdout to a file, not unbuffered): the trainer leaves without the interpreter's
-# teardown (cli.exit_now), and neither may be lost.
+# teardown (attempt.exit_now), and neither may be lost.
 CRASH_USER = """
 import atexit
 import os

@@ -242,7 +242,7 @@ def test_deadline_is_due_at_its_stop_time() -> None:
 def test_apply_environment_puts_workdir_first_and_sets_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from supervisor.config import build_job_config
     from supervisor.errors import ConfigError
-    from trainer.cli import apply_environment
+    from trainer.job import apply_environment
 
     monkeypatch.setattr("sys.path", ["/somewhere", str(tmp_path)])
     monkeypatch.delenv("TRAINER_TEST_VAR", raising=False)

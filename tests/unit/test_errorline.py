@@ -13,7 +13,7 @@ from supervisor.errorline import MAX_CHARS, exception_line, raised_at
 from supervisor.jobfiles.exitrecord import ExitRecord
 from supervisor.jobfiles.monitorfiles import MonitorExit
 from supervisor.rules.outcome import classify_end
-from trainer.cli import describe_exception
+from trainer.attempt import describe_exception
 
 MODEL_SOURCE = '''
 def empty_assert(loss):

@@ -1,20 +1,12 @@
 """``ManifestCheckpoint``: Lightning's ModelCheckpoint, made crash-safe and readable without torch.
 
-What it adds to ``ModelCheckpoint``:
-
-- every save goes to a temp file in the same directory, is fsynced and renamed
-  into place, and only then gets a ``save`` line in ``manifest.jsonl``: a
-  manifest entry never points to a partial file, whatever is killed when;
-- every top-k removal gets a ``remove`` line;
-- ``last.ckpt`` at the same step as a top-k save is a hard link to it (one
-  write instead of two; a plain copy where links are not supported);
-- SIGTERM (Lightning raises ``SIGTERMException`` at a batch boundary) saves
-  ``last.ckpt`` with kind ``signal`` on the way out; SIGUSR1 saves ``last.ckpt``
-  at the next train batch end and training goes on;
-- the state at the end of a fit is saved as ``last.ckpt`` (Lightning only saves
-  "last" at train end when nothing was saved during the fit);
-- with no monitor, top-k keeps the newest ``save_top_k`` files (Lightning
-  accepts only k in -1, 0, 1 there): it ranks by the always-present ``step``.
+- every save goes to a temp file, is fsynced and renamed into place, and only
+  then gets a ``save`` line in ``manifest.jsonl`` (never a partial file); every
+  top-k removal gets a ``remove`` line;
+- ``last.ckpt`` at a top-k save's step is a hard link to it (a copy where links fail);
+- SIGTERM saves ``last.ckpt`` (kind ``signal``) on the way out; SIGUSR1 saves it
+  at the next train batch end and training goes on; the end of a fit saves it too;
+- with no monitor, top-k keeps the newest ``save_top_k`` files (ranked by ``step``).
 """
 
 from __future__ import annotations

@@ -23,8 +23,11 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
 from supervisor.errors import ConfigError
+from trainer.inspect.data import first_batch
 from trainer.inspect.fields import Field, fields_of, label_field, short_text
 from trainer.inspect.model import call_forward, model_input
+from trainer.inspect.tables import samples_table
+from trainer.job import LoadedJob, guarded
 
 TABLE_KEY = "val_samples"
 
@@ -77,8 +80,6 @@ class LogSamples(Callback):
             return
         if self.disabled_reason is not None:
             return
-        from trainer.inspect.tables import samples_table
-
         datamodule = getattr(trainer, "datamodule", None)  # set by fit(datamodule=...); not in Trainer's stubs
         image_shape = getattr(datamodule, "image_shape", None)
         fields = fields_of([batch], self.count, image_shape)
@@ -92,14 +93,11 @@ class LogSamples(Callback):
         self.logger.log_metrics({TABLE_KEY: samples_table(fields, extra)}, step=trainer.global_step)
 
 
-def check_log_samples(loaded: Any) -> None:
+def check_log_samples(loaded: LoadedJob) -> None:
     """At submit (``--check``): refuse ``log_samples`` when W&B is off or the module has no prediction to show.
 
     Builds the module and the DataModule and runs one validation batch through forward (on the CPU).
     """
-    from trainer.inspect.common import guarded
-    from trainer.inspect.data import first_batch
-
     source = loaded.source
     if str(loaded.cfg.logger.wandb.mode) == "disabled":
         raise ConfigError(source, "callbacks.log_samples", "needs W&B: logger.wandb.mode is disabled")

@@ -1,30 +1,15 @@
 """``RankAgreement``: every rank of a multi-rank fit acts on a stop or save request at the same step.
 
-A signal reaches the ranks at different moments (or only one of them: the
-daemon signals rank 0). A rank that stops or saves on its own enters a
-collective the others never join and the job hangs until the collective
-timeout (30 min). Lightning's own SIGTERM handling does not prevent this on
-the supported range: 2.4/2.5 raise ``SIGTERMException`` per rank, and 2.6
-calls ``dist.broadcast`` from inside the signal handler, an unmatched
-collective on whichever rank got the signal. So in a multi-rank fit this
-callback takes SIGTERM over:
-
-- Lightning installs no SIGTERM handler; the trainer's own handler only
-  records the signal (``SignalState``).
-- At train start and after every train batch, one all-reduce (MAX) of
-  ``[stop requested, save requested]`` across ranks.
-- An agreed stop sets Lightning's ``received_sigterm`` on every rank at the
-  same step, so each raises ``SIGTERMException`` at the same batch boundary
-  and ``ManifestCheckpoint`` saves once, collectively (one complete
-  checkpoint, or none when the fit is killed before it is recorded).
-- An agreed save becomes ``SignalState.agreed_save`` for ``ManifestCheckpoint``.
-- Any other exception (a peer died: gloo/NCCL errors in the next collective)
-  calls ``on_failure`` first thing, so the rank's exit record is written
-  before Lightning's teardown: the monitor SIGKILLs survivors within a second.
-
-It is the first callback (``runner.run_fit`` inserts it), so its decision is
-made before the checkpoint callback's batch-end hook reads it. The cost is one
-two-element all-reduce per step (Lightning 2.6 already does a broadcast per step).
+A signal reaches the ranks at different moments (or only rank 0), and a rank
+that stops or saves alone enters a collective the others never join (a 30 min
+hang); Lightning's own SIGTERM handling does not prevent that on 2.4-2.6. So in
+a multi-rank fit our handler only records, and after every train batch one
+all-reduce (MAX) of ``[stop, save]`` decides for all ranks: an agreed stop sets
+Lightning's ``received_sigterm`` everywhere at the same step (``ManifestCheckpoint``
+then saves once, collectively), an agreed save becomes ``SignalState.agreed_save``.
+Any other exception (a dead peer) calls ``on_failure`` first, so the rank's exit
+record precedes Lightning's teardown. The first callback (``fit.run_fit`` inserts
+it), so its decision precedes the checkpoint callback's batch-end hook.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def main(argv: Sequence[str]) -> int:
 
 def _run(args: argparse.Namespace) -> Any:
     if args.command == "tune":
-        from trainer.inspect.lr import find_lr
+        from trainer.inspect.lr import find_lr  # the commands import torch: only the one that runs
 
         return find_lr(args.config, args.overrides, cpu=args.cpu, out=args.out, steps=args.steps)
     if args.what == "data":
@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> Any:
 
 
 def _print(args: argparse.Namespace, report: Any) -> None:
-    from rich.console import Console
+    from rich.console import Console  # the tables only (not --json)
 
     from trainer.inspect import show
 

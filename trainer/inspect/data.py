@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.errors import ConfigError
-from trainer.inspect.common import LoadedJob, guarded, load_job
-from trainer.inspect.fields import Field, batch_length, fields_of, label_field, named_fields
+from trainer.inspect.fields import Field, batch_length, classify, fields_of, label_field, named_fields
+from trainer.inspect.tables import samples_table
+from trainer.inspect.wandb_log import log_to_wandb
+from trainer.job import LoadedJob, guarded, load_job
 
 SPLITS = ("train", "val", "test", "predict")
 STAGE_OF = {"train": "fit", "val": "fit", "test": "test", "predict": "predict"}
@@ -41,6 +43,7 @@ class DataReport:
     wandb_run: str | None = None  # the W&B run directory the table went to
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready values (``--json``)."""
         return asdict(self)
 
     def summary_lines(self) -> list[str]:
@@ -64,7 +67,7 @@ def inspect_data(config: str, overrides: Sequence[str] = (), *, split: str = "tr
     When the config has W&B on (and ``log_wandb``), the samples also go to a
     ``wandb.Table`` in a run of the job's project (job type ``inspect-data``).
     """
-    from trainer.inspect.render import image_grid_png, samples_html, table_cells, table_png
+    from trainer.inspect.render import image_grid_png, samples_html, table_cells, table_png  # matplotlib: slow
 
     loaded = load_job(config, overrides)
     datamodule = loaded.build_data()
@@ -128,7 +131,7 @@ def first_batch(loaded: LoadedJob, split: str = "train") -> Any:
 
 def defines_loader(datamodule: Any, split: str) -> bool:
     """Whether the DataModule overrides ``<split>_dataloader`` (Lightning's default raises)."""
-    from pytorch_lightning import LightningDataModule
+    from pytorch_lightning import LightningDataModule  # Lightning: once load_job applied the job's env
 
     name = f"{split}_dataloader"
     return getattr(type(datamodule), name, None) is not getattr(LightningDataModule, name)
@@ -155,8 +158,6 @@ def split_sizes(loaded: LoadedJob, datamodule: Any, split: str) -> dict[str, int
 def _sample_and_count(loader: Any, n: int, image_shape: Any, limit: int, source: str, split: str
                       ) -> tuple[list[Any], dict[str, int] | None, int]:
     """The first batches holding ``n`` items, and the label counts over the split (up to ``limit`` items)."""
-    from trainer.inspect.fields import classify
-
     batches: list[Any] = []
     drawn = 0
     counts: Counter[int] = Counter()
@@ -191,7 +192,4 @@ def _sample_and_count(loader: Any, n: int, image_shape: Any, limit: int, source:
 
 def log_samples_to_wandb(loaded: LoadedJob, fields: Sequence[Field], out_dir: Path) -> str | None:
     """Log the samples as a ``wandb.Table`` (``samples``) to a run of the job's project; None when W&B is off."""
-    from trainer.inspect.tables import samples_table
-    from trainer.inspect.wandb_log import log_to_wandb
-
     return log_to_wandb(loaded, out_dir, "inspect-data", lambda run: run.log({"samples": samples_table(fields)}))

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.errors import ConfigError
-from trainer.inspect.common import cpu_trainer_args, guarded, load_job
+from trainer.inspect.common import cpu_trainer_args
+from trainer.job import guarded, load_job
 
 LR_NAMES = ("lr", "learning_rate")
 # Lightning's suggestion skips this many points at each end of the curve (LRFinder.suggestion defaults).
@@ -37,12 +38,13 @@ class LrReport:
     reason: str | None = None  # why there is no suggestion
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready values (``--json``)."""
         return asdict(self)
 
 
 def lr_attribute(model: Any) -> str | None:
     """The name under which ``model`` exposes its learning rate (as Lightning's finder looks it up), or None."""
-    from pytorch_lightning.utilities.parsing import lightning_hasattr
+    from pytorch_lightning.utilities.parsing import lightning_hasattr  # Lightning: after the job's env is applied
 
     return next((name for name in LR_NAMES if lightning_hasattr(model, name)), None)
 
@@ -50,7 +52,7 @@ def lr_attribute(model: Any) -> str | None:
 def find_lr(config: str, overrides: Sequence[str] = (), *, cpu: bool = False, out: str | Path = "inspect",
             steps: int = 100, min_lr: float = 1e-8, max_lr: float = 1.0) -> LrReport:
     """Run ``Tuner.lr_find`` on the config's module and data; write ``out/lr_find.png``."""
-    import pytorch_lightning as pl
+    import pytorch_lightning as pl  # after load_job applied the job's env (as every Lightning import here)
     from pytorch_lightning.tuner import Tuner
 
     loaded = load_job(config, overrides)
@@ -96,7 +98,7 @@ def find_lr(config: str, overrides: Sequence[str] = (), *, cpu: bool = False, ou
 
 def write_plot(finder: Any, path: Path, *, suggest: bool) -> None:
     """The loss-vs-learning-rate curve (log x axis), with the suggestion marked when there is one."""
-    import matplotlib
+    import matplotlib  # slow to import: only when plotting
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -20,7 +20,10 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from supervisor.errors import ConfigError
-from trainer.inspect.common import LoadedJob, choose_device, guarded, load_job
+from trainer.inspect.common import choose_device
+from trainer.inspect.data import first_batch
+from trainer.inspect.wandb_log import log_to_wandb
+from trainer.job import LoadedJob, guarded, load_job
 
 NO_INPUT_HINT = ("set `example_input_array` on the module (a tensor, a tuple of positional arguments, "
                  "or a dict of keyword arguments for forward)")
@@ -56,6 +59,7 @@ class ModelReport:
     wandb_run: str | None = None  # the W&B run the ONNX file was saved in
 
     def as_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-ready values (``--json``)."""
         return asdict(self)
 
 
@@ -67,8 +71,6 @@ def inspect_model(config: str, overrides: Sequence[str] = (), *, cpu: bool = Fal
     ``onnx``: also export the module to this ONNX file with that batch (needs the ``onnx`` package),
     and save it in a W&B run of the job's project when W&B is on and ``log_wandb``.
     """
-    from trainer.inspect.data import first_batch
-
     loaded = load_job(config, overrides)
     model = loaded.build_model()
     if getattr(model, "example_input_array", None) is not None:
@@ -87,8 +89,6 @@ def inspect_model(config: str, overrides: Sequence[str] = (), *, cpu: bool = Fal
 
 def log_onnx_to_wandb(loaded: LoadedJob, path: Path) -> str | None:
     """Save the ONNX file in a run of the job's project (W&B shows it in its model viewer); None when W&B is off."""
-    from trainer.inspect.wandb_log import log_to_wandb
-
     def save(run: Any) -> None:
         run.save(str(path.absolute()), base_path=str(path.absolute().parent), policy="now")
 
@@ -133,7 +133,7 @@ def call_forward(model: nn.Module, inputs: Any) -> Any:
 def summarize(model: nn.Module, batch: Any, *, device: torch.device | None = None, depth: int = -1,
               source: str = "<module>") -> ModelReport:
     """The layer table, totals and FLOPs of ``model`` for one forward of ``batch`` (in eval mode, no grad)."""
-    from pytorch_lightning.utilities.model_summary import ModelSummary
+    from pytorch_lightning.utilities.model_summary import ModelSummary  # Lightning: once the job's env is applied
 
     inputs, input_source = model_input(model, batch, source)
     device = device or torch.device("cpu")

@@ -10,7 +10,7 @@ from trainer.inspect.fields import Field
 
 def samples_table(fields: Sequence[Field], extra: Mapping[str, Sequence[Any]] | None = None) -> Any:
     """A ``wandb.Table`` with a column per field (and per ``extra`` column), a row per item."""
-    import wandb
+    import wandb  # only when W&B is on
 
     extra = extra or {}
     count = max((len(f.items) for f in fields), default=0)

@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.inspect.common import LoadedJob
+from trainer.job import LoadedJob
+from trainer.wandb_run import resolve_mode
 
 
 def log_to_wandb(loaded: LoadedJob, out_dir: Path, job_type: str, write: Callable[[Any], None]) -> str | None:
@@ -15,13 +16,11 @@ def log_to_wandb(loaded: LoadedJob, out_dir: Path, job_type: str, write: Callabl
     None when the config has W&B disabled (``logger.wandb.mode``, or ``WANDB_MODE``). The
     run goes to ``logger.wandb.dir`` when set, else ``out_dir/wandb``.
     """
-    from trainer.wandb_run import resolve_mode
-
     wcfg = loaded.cfg.logger.wandb
     mode, _ = resolve_mode(str(wcfg.mode))
     if mode == "disabled":
         return None
-    import wandb
+    import wandb  # only when W&B is on
 
     save_dir = Path(wcfg.dir).expanduser() if wcfg.dir else out_dir / "wandb"
     save_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
-"""Build the Lightning run a job config describes, with the supervisor's callbacks, and fit it.
+"""The fit: build the Lightning run a job config describes, with the supervisor's callbacks, and fit it.
 
-Imports torch and Lightning: the CLI imports this module only once the config
-is loaded and the environment applied (``env`` may hold CUDA_VISIBLE_DEVICES
-or thread counts that must be set before torch loads).
+Imports torch and Lightning: ``trainer.attempt`` (and ``--check``, the standby)
+import it only once the config's environment is applied (``env`` may hold
+CUDA_VISIBLE_DEVICES or thread counts that must be set before torch loads).
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.plugins import CheckpointIO
 from omegaconf import DictConfig
 from pytorch_lightning.callbacks import Callback, EarlyStopping, LearningRateMonitor, Timer
+from pytorch_lightning.plugins.environments import SLURMEnvironment
 
 from supervisor.config import parse_duration
 from supervisor.errors import ConfigError
@@ -26,16 +28,17 @@ from supervisor.jobfiles.layout import AttemptLayout, manifest_path
 from supervisor.jobfiles.manifest import abandon_after, abandon_all
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
+from trainer.callbacks.log_samples import LogSamples, check_log_samples
 from trainer.callbacks.progress import ProgressCallback
 from trainer.callbacks.rank_sync import RankAgreement
 from trainer.callbacks.run_info import WandbAttemptInfo
-from trainer.checkpoint_cache import CachedCheckpointIO
+from trainer.checkpoint_cache import CachedCheckpointIO, CheckpointCache
 from trainer.deadline import Deadline
+from trainer.job import LoadedJob
 from trainer.profiling import profiler_into_attempt_dir
 from trainer.progress import HeartbeatWriter
 from trainer.ranks import RankInfo, wait_resume_ready, write_resume_ready
 from trainer.signals import SignalState
-from trainer.standby import PreparedRun
 from trainer.wandb_opening import OpeningWandbLogger
 from trainer.wandb_run import build_wandb_logger
 
@@ -62,6 +65,17 @@ class FitOptions:
 
 
 @dataclass
+class PreparedRun:
+    """What a standby built before its handover (``run_fit`` skips building these)."""
+
+    cfg: DictConfig
+    job: ResolvedJob
+    model: Any  # the LightningModule, on the CPU
+    datamodule: Any
+    checkpoint_cache: CheckpointCache | None = None  # the likely resume checkpoint, loaded in memory
+
+
+@dataclass
 class RunState:
     """The parts of the run the exit record needs, whatever way the fit ends."""
 
@@ -83,8 +97,6 @@ def slurm_plugins(plugins: Any) -> list[Any]:
     The supervisor owns restarts: ``auto_requeue`` would ``scontrol requeue`` the job on
     SIGUSR1 (our "save a checkpoint" signal) and run a second copy beside the daemon's.
     """
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
-
     given = list(plugins) if isinstance(plugins, (list, tuple)) else ([] if plugins is None else [plugins])
     kept = [p for p in given if not isinstance(p, SLURMEnvironment)]
     return [*kept, SLURMEnvironment(auto_requeue=False)]
@@ -92,8 +104,6 @@ def slurm_plugins(plugins: Any) -> list[Any]:
 
 def with_checkpoint_io(plugins: Any, checkpoint_io: Any) -> list[Any]:
     """The Trainer's plugins plus ``checkpoint_io``, unless they already hold a CheckpointIO (the user's wins)."""
-    from lightning_fabric.plugins import CheckpointIO
-
     given = list(plugins) if isinstance(plugins, (list, tuple)) else ([] if plugins is None else [plugins])
     if any(isinstance(p, CheckpointIO) for p in given):
         return given
@@ -104,9 +114,6 @@ def check_job(cfg: DictConfig, source: str) -> ResolvedJob:
     """``--check``: import and check everything the config names; build nothing unless an option needs a look."""
     job = resolve_job(cfg, source)
     if cfg.callbacks.log_samples:  # refused at submit when the module has no prediction to show
-        from trainer.callbacks.log_samples import check_log_samples
-        from trainer.inspect.common import LoadedJob
-
         check_log_samples(LoadedJob(cfg=cfg, source=source, job=job))
     return job
 
@@ -291,8 +298,6 @@ def build_callbacks(
         if logger is None:
             _log("callbacks.log_samples needs W&B and W&B is disabled: not logging samples")
         else:
-            from trainer.callbacks.log_samples import LogSamples
-
             callbacks.append(LogSamples(logger, count=int(cfg.callbacks.log_samples_count)))
     callbacks.extend(spec.build() for spec in job.callbacks)
     return callbacks
