@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 
 from supervisor.errors import ConfigError
 from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
-from supervisor.jobfiles.layout import EXIT_COMPLETED, EXIT_CONFIG_ERROR, EXIT_EXCEPTION, AttemptLayout
+from supervisor.jobfiles.layout import EXIT_COMPLETED, EXIT_CONFIG_ERROR, EXIT_DIVERGED, EXIT_EXCEPTION, AttemptLayout
+from trainer.divergence import Diverged
 from trainer.job import load_config
 from trainer.progress import HeartbeatWriter, interval_from_env
 from trainer.ranks import RankInfo, rank_from_env
@@ -80,7 +81,8 @@ def run_attempt(args: argparse.Namespace, started_at: float, prepared: PreparedR
 
         state = RunState()
         opts = FitOptions(attempt_dir=attempt_dir, checkpoint_dir=checkpoint_dir, ckpt=args.ckpt,
-                          attempt=args.attempt, restarts=args.restarts, deadline=args.deadline, rank=rank)
+                          attempt=args.attempt, restarts=args.restarts, deadline=args.deadline, rank=rank,
+                          skip_batches=args.skip_batches, lr_scale=args.lr_scale)
         if rank.multi:
             opts.on_failure = lambda exc: write_early_record(exc, signals, state, layout, rank)
         record.reason = run_fit(cfg, args.config, opts, signals, heartbeat, state, prepared)
@@ -130,6 +132,12 @@ def describe_failure(exc: BaseException, signals: SignalState, state: RunState |
     if signals.stop_signal is None and type(exc).__name__ == "SIGTERMException":
         # A multi-rank stop agreed on because another rank got SIGTERM: this rank stops for the same signal.
         signals.stop_signal = signal.SIGTERM
+    if signals.stop_signal is None and isinstance(exc, Diverged):
+        record.status, record.message = "diverged", str(exc)
+        record.divergence = exc.divergence.to_record()
+        if report:
+            print(f"[trainer] {exc}; no checkpoint of these weights was saved", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
     if signals.stop_signal is None:
         if report:
             traceback.print_exception(exc)

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attempt", type=int, default=1, help="attempt number (default 1)")
     parser.add_argument("--restarts", type=int, default=0, help="restarts the job has had (recorded in W&B)")
     parser.add_argument("--deadline", type=float, help="unix time the job's budget ends; the fit stops before it")
+    parser.add_argument("--skip-batches", type=int, default=0,
+                        help="a rollback after a divergence: drop this many training batches first")
+    parser.add_argument("--lr-scale", type=float, default=1.0,
+                        help="a rollback after a divergence: multiply the learning rates by this, once")
     parser.add_argument("--check", action="store_true", help="validate the config and its classes, do not fit")
     parser.add_argument("--standby", action="store_true",
                         help="prepare (imports, model, data), then wait for the daemon's handover (trainer.standby)")

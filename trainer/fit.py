@@ -25,15 +25,17 @@ from pytorch_lightning.plugins.environments import SLURMEnvironment
 from supervisor.config import parse_duration
 from supervisor.errors import ConfigError
 from supervisor.jobfiles.layout import AttemptLayout, manifest_path
-from supervisor.jobfiles.manifest import abandon_after, abandon_all
+from supervisor.jobfiles.manifest import abandon_after, abandon_all, record_unusable
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
+from trainer.callbacks.divergence import DivergenceGuard, RollbackActions
 from trainer.callbacks.log_samples import LogSamples, check_log_samples
 from trainer.callbacks.progress import ProgressCallback
 from trainer.callbacks.rank_sync import RankAgreement
 from trainer.callbacks.run_info import WandbAttemptInfo
 from trainer.checkpoint_cache import CachedCheckpointIO, CheckpointCache
 from trainer.deadline import Deadline
+from trainer.divergence import ANOMALY, NON_FINITE_METRIC, Diverged, Divergence, SpikeDetector
 from trainer.job import LoadedJob
 from trainer.profiling import profiler_into_attempt_dir
 from trainer.progress import HeartbeatWriter
@@ -62,6 +64,8 @@ class FitOptions:
     rank: RankInfo = field(default_factory=RankInfo)
     # Multi-rank: called with the exception the moment the fit fails, before Lightning's teardown.
     on_failure: Callable[[BaseException], None] | None = None
+    skip_batches: int = 0  # a rollback: drop this many training batches first
+    lr_scale: float = 1.0  # a rollback: scale the learning rates once
 
 
 @dataclass
@@ -187,10 +191,28 @@ def _fit(cfg: DictConfig, source: str, opts: FitOptions, signals: SignalState, h
     signals.deferred = True  # inside fit, Lightning acts on SIGTERM at the next batch boundary
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        reason = stop_reason(trainer, state)
+        if reason == "non_finite_metric" and cfg.supervision.divergence.enabled:
+            raise Diverged(Divergence(step=trainer.global_step, check=NON_FINITE_METRIC))
+    except Diverged as exc:
+        mark_unusable(opts, exc)
+        raise
+    except RuntimeError as exc:
+        if cfg.supervision.divergence.enabled and "returned nan values" in str(exc):  # torch's detect_anomaly
+            diverged = Diverged(Divergence(step=trainer.global_step, check=ANOMALY, rank=opts.rank.rank))
+            mark_unusable(opts, diverged)
+            raise diverged from exc
+        raise
     finally:
         signals.deferred = False
         signals.register_stack_dump()  # Lightning's teardown reset SIGUSR2 to SIG_DFL
-    return stop_reason(trainer, state)
+    return "early_stopping" if reason == "non_finite_metric" else reason
+
+
+def mark_unusable(opts: FitOptions, exc: Diverged) -> None:
+    """Rank 0: every checkpoint saved at the first bad step or later is unusable (in case one slipped through)."""
+    if opts.rank.rank == 0:
+        record_unusable(manifest_path(opts.checkpoint_dir), exc.divergence.step, opts.attempt, str(exc))
 
 
 def prepare_run(cfg: DictConfig, source: str) -> tuple[ResolvedJob, Any, Any]:
@@ -283,6 +305,14 @@ def build_callbacks(
     state.checkpoint = checkpoint
     state.deadline = Deadline(opts.deadline) if opts.deadline is not None else None
     callbacks: list[Callback] = [ProgressCallback(heartbeat, state.deadline), checkpoint]
+    div = cfg.supervision.divergence
+    if div.enabled:
+        callbacks.append(DivergenceGuard(SpikeDetector(
+            spike_factor=None if div.spike_factor is None else float(div.spike_factor),
+            patience=int(div.spike_patience), window=int(div.spike_window), warmup_steps=int(div.warmup_steps))))
+    if opts.skip_batches or opts.lr_scale != 1.0:
+        callbacks.append(RollbackActions(opts.attempt_dir, skip_batches=opts.skip_batches, lr_scale=opts.lr_scale,
+                                         resumed_step=None))
     es = cfg.callbacks.early_stopping
     if es.monitor is not None:
         callbacks.append(EarlyStopping(monitor=es.monitor, patience=int(es.patience), mode=es.mode,
@@ -307,7 +337,8 @@ def stop_reason(trainer: pl.Trainer, state: RunState) -> str:
     """Why a fit that returned normally stopped (the exit record's ``reason``)."""
     for callback in _callbacks(trainer):
         if isinstance(callback, EarlyStopping) and _early_stopped(callback):
-            return "early_stopping"
+            reason = getattr(getattr(callback, "stopping_reason", None), "name", "")
+            return "non_finite_metric" if reason == "NON_FINITE_METRIC" else "early_stopping"
     if state.deadline is not None and state.deadline.triggered:
         return "deadline"
     for callback in _callbacks(trainer):

@@ -45,6 +45,7 @@ class RestartAlert(AlertEvent):
     resumed_step: int | None = None
     resumed_score: float | None = None
     last_step: int | None = None
+    diverged_at: int | None = None  # cause diverged: the first bad step (the relaunch rolls back before it)
 
 
 @dataclass(frozen=True)

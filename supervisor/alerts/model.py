@@ -172,6 +172,8 @@ def make_alert(
         raise ValueError(f"unknown alert event {event!r}; expected one of {', '.join(ALERT_EVENTS)}")
     words, level = _EVENT_TITLES[event]
     facts = normalise(event, details)
+    if facts.get("cause") == "diverged" or facts.get("end_reason") == "diverged":
+        words = "loss diverged, rolled back" if event == "restart" else "loss kept diverging, gave up"
     facts.setdefault("host", socket.gethostname())
     # The text builders consume the facts they word (pop); details must keep them all
     # (alerts.jsonl had lost the new attempt's number, found by the chaos soak).

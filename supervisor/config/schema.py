@@ -104,6 +104,23 @@ class BackoffConfig:
 
 
 @dataclass
+class DivergenceConfig:
+    """A diverging loss (NaN/inf, or a spike): roll back to the checkpoint before it (docs/divergence.md)."""
+
+    enabled: bool = True
+    # A spike: after warmup_steps, the loss above spike_factor x the median of the last spike_window finite
+    # losses for spike_patience consecutive steps. None: non-finite losses only.
+    spike_factor: float | None = 10.0
+    spike_patience: int = 5
+    spike_window: int = 50
+    warmup_steps: int = 100
+    rollback_margin_steps: int = 0  # resume from a checkpoint at least this many steps before the first bad step
+    skip_batches: int = 0  # the resumed attempt drops this many training batches (data that caused a spike)
+    lr_scale: float = 1.0  # the resumed attempt multiplies its learning rates by this, once
+    max_rollbacks: int = 3  # divergences before the job ends failed (end_reason: diverged)
+
+
+@dataclass
 class SupervisionConfig:
     """The supervision policy, read by the daemon (validated here so errors come early)."""
 
@@ -121,6 +138,7 @@ class SupervisionConfig:
     standby: str = "auto"
     alerts: list[str] = field(default_factory=lambda: list(DEFAULT_ALERTS))
     backend: str = "local"  # local | slurm (the ``slurm:`` section then says how; docs/slurm.md)
+    divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
 
 
 @dataclass

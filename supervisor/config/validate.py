@@ -149,6 +149,18 @@ def check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None:
     at_least("callbacks.early_stopping.patience", 0)
     at_least("logger.wandb.watch_log_freq", 1)
     at_least("callbacks.log_samples_count", 1)
+    at_least("supervision.divergence.spike_patience", 1)
+    at_least("supervision.divergence.spike_window", 3)
+    at_least("supervision.divergence.warmup_steps", 0)
+    at_least("supervision.divergence.rollback_margin_steps", 0)
+    at_least("supervision.divergence.skip_batches", 0)
+    at_least("supervision.divergence.max_rollbacks", 0)
+    spike_factor = get("supervision.divergence.spike_factor")
+    if spike_factor is not None and not spike_factor > 1.0:
+        fail("supervision.divergence.spike_factor", f"must be above 1 (or null: no spike check); got {spike_factor}")
+    lr_scale = get("supervision.divergence.lr_scale")
+    if not 0.0 < lr_scale <= 1.0:
+        fail("supervision.divergence.lr_scale", f"must be in (0, 1]; got {lr_scale}")
     triggers = [k for k in ("every_n_train_steps", "train_time_interval", "every_n_epochs")
                 if cfg.checkpoint[k] is not None]
     if len(triggers) > 1:

@@ -10,7 +10,7 @@ from typing import Any
 from supervisor.alerts.events import BudgetAlert, CompletedAlert, FailedAlert, HangAlert, RestartAlert, StoppedAlert
 from supervisor.core.context import CoreContext
 from supervisor.core.outbox import Outbox
-from supervisor.core.rank_files import rank_exit_records
+from supervisor.core.rank_files import diverged_at, rank_exit_records
 from supervisor.core.runner_set import RunnerSet
 from supervisor.core.standby_keeping import StandbyKeeper
 from supervisor.core.timers import TimerKind
@@ -22,7 +22,7 @@ from supervisor.rules import policy as restart_policy
 from supervisor.rules.causes import Cause, EndReason, EventKind
 from supervisor.rules.outcome import is_disk_full
 from supervisor.rules.rank_outcome import classify_ranks_end
-from supervisor.rules.resume import choose_resume
+from supervisor.rules.rollback import next_resume, rollback_after
 from supervisor.rules.states import JobState
 from supervisor.runners.base import AttemptExit
 from supervisor.runners.registry import job_world_size
@@ -65,13 +65,15 @@ class Ending:
         ctx.timers.cancel(job.id, TimerKind.ESCALATE)
         ctx.timers.cancel(job.id, TimerKind.STARTED)
         history = [restart_policy.PastAttempt(n=a.n, started_at=a.started_at, ended_at=a.ended_at, cause=a.cause,
-                                              new_checkpoints=a.new_checkpoints, disk_full=is_disk_full(a.detail))
+                                              new_checkpoints=a.new_checkpoints, disk_full=is_disk_full(a.detail),
+                                              diverged_at=diverged_at(jl.attempt(a.n), world_size)
+                                              if a.cause == Cause.DIVERGED else None)
                    for a in store.attempts(job.id) if a.n != attempt.n]
         supervision = ctx.job_config(job).supervision
         decision = restart_policy.decide(
             restart_policy.AttemptEnd(cause=outcome.cause, ended_at=ended_at, new_checkpoints=len(saves),
                                       completion_reason=outcome.completion_reason,
-                                      disk_full=is_disk_full(outcome.detail)),
+                                      disk_full=is_disk_full(outcome.detail), diverged_at=outcome.diverged_at),
             history, now=now, first_started_at=job.first_started_at or attempt.started_at,
             policy=restart_policy.RestartPolicy.from_config(supervision),
             counting_since=store.last_event_time(job.id, EventKind.REQUEUED))
@@ -86,14 +88,15 @@ class Ending:
             return
         when = now + decision.delay
         # Which checkpoint the relaunch will take (verified again at launch; this is the preview for people).
-        preview = choose_resume(live_checkpoints(jl.manifest), str(supervision.resume_from),
-                                verify=lambda entry: None).entry
+        rollback = rollback_after(outcome.diverged_at, supervision.divergence)
+        preview = next_resume(live_checkpoints(jl.manifest), str(supervision.resume_from), rollback,
+                              verify=lambda entry: None).entry
         facts: dict[str, Any] = dict(
             cause=outcome.cause.value, detail=outcome.detail, attempt=attempt.n + 1, restarts=job.restarts + 1,
             max_restarts=int(supervision.max_restarts), delay_s=decision.delay, message=decision.message,
             gpus=attempt.gpus, logs=str(al.stderr), resumed_from=preview.path if preview else None,
             resumed_step=preview.step if preview else None, resumed_score=preview.score if preview else None,
-            last_step=step)
+            last_step=step, diverged_at=outcome.diverged_at)
         what = (HangAlert(**facts, stacks=str(al.stacks) if al.stacks.exists() else None)
                 if outcome.cause is Cause.HANG else RestartAlert(**facts))
         # Committed with the restart (the outbox), then sent: a daemon killed in between sends it at its next start.

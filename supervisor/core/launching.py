@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from supervisor.access import run_as_for
 from supervisor.core.context import CoreContext
 from supervisor.core.following import Following
 from supervisor.core.placement import Placement
+from supervisor.core.rank_files import diverged_at
 from supervisor.core.reconciling import Reconciling
 from supervisor.core.runner_set import RunnerSet
 from supervisor.core.spec import attempt_spec
@@ -17,13 +19,19 @@ from supervisor.core.standby_keeping import StandbyKeeper
 from supervisor.core.timers import TimerKind
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
-from supervisor.rules.causes import EventKind
-from supervisor.rules.resume import choose_resume
+from supervisor.rules.causes import Cause, EventKind
+from supervisor.rules.rollback import Rollback, next_resume, rollback_after
 from supervisor.rules.states import JobState
 from supervisor.runners.base import LaunchRefused
+from supervisor.runners.registry import job_world_size
 from supervisor.store import AttemptRow, JobRow
 
 log = logging.getLogger("ml_supervisor")
+
+
+def _changes(rollback: Rollback) -> list[str]:
+    changes = [f"skipping {rollback.skip_batches} batches"] if rollback.skip_batches else []
+    return changes + ([f"learning rates x{rollback.lr_scale:g}"] if rollback.lr_scale != 1.0 else [])
 
 # The monitor reports the trainer's pid within milliseconds: look again this soon rather than at the tick.
 STARTED_CHECK_S = 0.2
@@ -56,7 +64,8 @@ class Launching:
         gpus = self._placement.allocate_gpus(job, now)
         if gpus is None:
             return
-        choice = choose_resume(live_checkpoints(jl.manifest), str(cfg.supervision.resume_from))
+        rollback = self._rollback(job, last)
+        choice = next_resume(live_checkpoints(jl.manifest), str(cfg.supervision.resume_from), rollback)
         for path, why in choice.skipped:
             store.add_event(job.id, EventKind.CHECKPOINT_REJECTED, f"not resuming from {path}: {why}", now=now,
                             data={"path": path, "why": why})
@@ -69,7 +78,8 @@ class Launching:
             return
         spec = attempt_spec(job, cfg, n, choice, backend=self._runners.backend(cfg), gpus=gpus,
                             first_started_at=first_started_at, trainer_module=ctx.settings.trainer_module,
-                            boot_id=ctx.boot_id, state_dir=ctx.state_dir, base_env=os.environ, run_as=run_as)
+                            boot_id=ctx.boot_id, state_dir=ctx.state_dir, base_env=os.environ, run_as=run_as,
+                            rollback=rollback)
         runner = self._runners.for_job(cfg)
         # Record first: the row exists (runner state empty: "maybe started") before any process does, so a
         # daemon killed at any moment leaves a next daemon that knows this attempt (reconcile kills what may
@@ -95,15 +105,27 @@ class Launching:
             return
         store.update_attempt(job.id, n, runner_state=state)
         resumed = f"from {Path(choice.path).name} ({choice.rule})" if choice.path else "from scratch"
+        if rollback is not None:
+            resumed += f" after the divergence at step {rollback.diverged_at}" + "".join(
+                f", {what}" for what in _changes(rollback))
         job = store.transition(job.id, JobState.STARTING, now=now, attempt=n, kind=EventKind.LAUNCH,
                                message=f"attempt {n} starting {resumed}",
-                               data={"resumed_from": choice.path, "rule": choice.rule, "gpus": gpus},
+                               data={"resumed_from": choice.path, "rule": choice.rule, "gpus": gpus,
+                                     "rollback": asdict(rollback) if rollback is not None else None},
                                first_started_at=first_started_at, next_start_at=None, wait_reason=None,
                                stop_intent=None, stop_deadline=None)
         self._following.follow(job, n)
         ctx.timers.schedule(job.id, TimerKind.STARTED, now + STARTED_CHECK_S)
         self._following.schedule_timers(job)
         log.info("job %s: attempt %d started %s", job.id, n, resumed)
+
+    def _rollback(self, job: JobRow, last: AttemptRow | None) -> Rollback | None:
+        """After an attempt whose loss diverged: what the next one rolls back to (None otherwise)."""
+        if last is None or last.cause != Cause.DIVERGED:
+            return None
+        cfg = self._ctx.job_config(job)
+        layout = JobLayout(Path(job.job_dir)).attempt(last.n)
+        return rollback_after(diverged_at(layout, job_world_size(cfg)), cfg.supervision.divergence)
 
     def _launch_failed(self, job: JobRow, n: int, why: str, now: float) -> None:
         store = self._ctx.store

@@ -18,6 +18,13 @@ def rank_exit_records(layout: AttemptLayout, world_size: int) -> dict[int, ExitR
     return {rank: read_exit_record(layout.exit_record_of(rank)) for rank in range(max(1, world_size))}
 
 
+def diverged_at(layout: AttemptLayout, world_size: int) -> int | None:
+    """The first bad step of an attempt whose loss diverged (the lowest any rank recorded), else None."""
+    steps = [r.diverged_at for r in rank_exit_records(layout, world_size).values() if r is not None]
+    known = [step for step in steps if step is not None]
+    return min(known) if known else None
+
+
 def attempt_heartbeat(layout: AttemptLayout, world_size: int) -> Heartbeat | None:
     """The heartbeat the hang clock reads: rank 0's for one rank, the slowest rank's for several."""
     if world_size <= 1:

@@ -12,6 +12,7 @@ from supervisor.core.submit import trainer_environment
 from supervisor.gpu import cuda_environment
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.rules.resume import ResumeChoice
+from supervisor.rules.rollback import Rollback
 from supervisor.runners.backend import Backend
 from supervisor.runners.base import OWN_ENV_KEY, AttemptSpec
 from supervisor.store import JobRow
@@ -19,7 +20,8 @@ from supervisor.store import JobRow
 
 def attempt_spec(job: JobRow, cfg: DictConfig, n: int, resume: ResumeChoice, *, backend: Backend,
                  gpus: Sequence[int], first_started_at: float, trainer_module: str, boot_id: str, state_dir: Path,
-                 base_env: Mapping[str, str], run_as: RunAs | None = None) -> AttemptSpec:
+                 base_env: Mapping[str, str], run_as: RunAs | None = None,
+                 rollback: Rollback | None = None) -> AttemptSpec:
     """What attempt ``n`` of ``job`` runs (pure: everything it depends on is an argument)."""
     jl = JobLayout(Path(job.job_dir))
     command = [str(cfg.python), "-m", trainer_module, "--config", str(jl.config),
@@ -30,6 +32,8 @@ def attempt_spec(job: JobRow, cfg: DictConfig, n: int, resume: ResumeChoice, *, 
     deadline = None if job.budget_s is None else first_started_at + job.budget_s
     if deadline is not None:
         command += ["--deadline", f"{deadline:.3f}"]
+    if rollback is not None:  # after a divergence: drop the batches that followed, scale the rates
+        command += rollback.trainer_args()
     # The owner's HOME/USER/LOGNAME first: the config's own `env` may still set them.
     env = trainer_environment(cfg, Path(job.workdir), run_as.environment(base_env) if run_as else dict(base_env))
     env.update({"ML_SUPERVISOR_JOB_ID": job.id, "ML_SUPERVISOR_ATTEMPT": str(n),

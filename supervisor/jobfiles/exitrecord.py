@@ -8,6 +8,7 @@ of completion; a missing file means the process died without a word.
     {"status": "signal", "signal": "SIGTERM", "checkpoint": ABS, "global_step": 120, ...}
     {"status": "exception", "exception": {"type": "RuntimeError", "message": "...", "traceback": "..."}, ...}
     {"status": "config_error", "message": "configs/x.yaml: model.class_path: ...", ...}
+    {"status": "diverged", "divergence": {"step": 120, "check": "non_finite_loss", "value": "nan", "rank": 0}, ...}
 
 ``reason`` (completed only): max_epochs, max_steps, early_stopping, max_time, stopped.
 ``rank`` is the writer's global rank (0 for a single process; records of
@@ -23,7 +24,7 @@ from typing import Any
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
 from supervisor.jobfiles.bounds import MAX_PID, bounded_int, clamped_count, unix_time
 
-STATUSES = ("completed", "exception", "signal", "config_error")
+STATUSES = ("completed", "exception", "signal", "config_error", "diverged")
 
 
 @dataclass
@@ -39,6 +40,17 @@ class ExitRecord:
     message: str | None = None
     exception: dict[str, str] | None = None
     rank: int = 0
+    divergence: dict[str, Any] | None = None  # status diverged: step, check, value, baseline, rank
+
+    @property
+    def diverged_at(self) -> int | None:
+        """The first bad step of a diverged attempt (None otherwise, or when the record says no valid one)."""
+        if self.status != "diverged" or not isinstance(self.divergence, dict):
+            return None
+        try:
+            return bounded_int(self.divergence.get("step"))
+        except (TypeError, ValueError):
+            return None
 
     @property
     def completed(self) -> bool:
@@ -68,6 +80,7 @@ def read_exit_record(path: str | Path) -> ExitRecord | None:
             message=data.get("message"),
             exception=data.get("exception"),
             rank=int(data.get("rank", 0)),
+            divergence=data.get("divergence") if isinstance(data.get("divergence"), dict) else None,
         )
     except (TypeError, ValueError):
         return None

@@ -24,6 +24,7 @@ from pathlib import Path
 EXIT_COMPLETED = 0
 EXIT_EXCEPTION = 1
 EXIT_CONFIG_ERROR = 2
+EXIT_DIVERGED = 3  # the loss diverged (trainer/divergence.py); the daemon rolls back
 
 
 def per_rank_name(name: str, rank: int) -> str:

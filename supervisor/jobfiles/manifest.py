@@ -6,6 +6,7 @@ It lets the daemon pick "best" and "last" without torch. Events:
      "mode": "min", "size": 123456, "time": 1.7e9, "attempt": 2, "kind": "topk", "finite": true}
     {"event": "remove", "path": ABS, "time": ..., "attempt": 2}
     {"event": "abandon", "paths": [ABS, ...], "resumed_from": ABS, "step": 20, "time": ..., "attempt": 3}
+    {"event": "unusable", "from_step": 120, "why": "diverged at step 120: ...", "time": ..., "attempt": 2}
 
 A ``save`` line is appended only once the file is complete and renamed into
 place. ``kind`` is ``topk`` (kept by score), ``last`` (``last.ckpt``, replaced
@@ -60,6 +61,12 @@ def record_remove(manifest: str | Path, path: str, attempt: int) -> None:
     append_json_line(manifest, {"event": "remove", "path": str(path), "time": time.time(), "attempt": attempt})
 
 
+def record_unusable(manifest: str | Path, from_step: int, attempt: int, why: str) -> None:
+    """Every checkpoint saved so far at ``from_step`` or later holds bad weights (the loss diverged there)."""
+    append_json_line(manifest, {"event": "unusable", "from_step": int(from_step), "why": why, "time": time.time(),
+                                "attempt": attempt})
+
+
 def live_checkpoints(manifest: str | Path, *, require_file: bool = True) -> list[CheckpointEntry]:
     """The current timeline's checkpoints, in save order (oldest first).
 
@@ -91,6 +98,13 @@ def live_in(events: Iterable[Any]) -> list[CheckpointEntry]:
         elif kind == "abandon" and isinstance(event.get("paths"), list):
             for path in event["paths"]:
                 live.pop(str(path), None)
+        elif kind == "unusable":  # saves after this line (a rolled-back timeline) stay live
+            try:
+                from_step = bounded_int(event.get("from_step"))
+            except (TypeError, ValueError):
+                continue
+            for path in [p for p, e in live.items() if e.step >= from_step]:
+                del live[path]
     return list(live.values())
 
 

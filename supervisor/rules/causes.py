@@ -30,6 +30,7 @@ class Cause(StrEnum):
     USER_RESTART = "user_restart"
     BUDGET = "budget"
     CONFIG_ERROR = "config_error"
+    DIVERGED = "diverged"  # the loss went non-finite or spiked: roll back to a checkpoint before it
 
 
 class EndReason(StrEnum):
@@ -41,6 +42,7 @@ class EndReason(StrEnum):
     NO_PROGRESS = "no_progress"
     USER = "user"
     CONFIG_ERROR = "config_error"
+    DIVERGED = "diverged"  # more divergences than max_rollbacks
 
 
 class EventKind(StrEnum):

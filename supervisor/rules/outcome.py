@@ -23,6 +23,7 @@ class Outcome:
     exit_code: int | None
     signal: str | None
     completion_reason: str | None = None  # the exit record's reason when completed: max_epochs, deadline, ...
+    diverged_at: int | None = None  # cause diverged: the first bad step
 
 
 def classify_end(record: ExitRecord | None, process_exit: MonitorExit | None, intent: Cause | None,
@@ -38,6 +39,9 @@ def classify_end(record: ExitRecord | None, process_exit: MonitorExit | None, in
                        completion_reason=record.reason)
     if record is not None and record.status == "config_error":
         return Outcome(Cause.CONFIG_ERROR, record.message or "config error", exit_code, signal_name)
+    if record is not None and record.status == "diverged":  # the trainer's own verdict, before any intent
+        return Outcome(Cause.DIVERGED, record.message or "the loss diverged", exit_code, signal_name,
+                       diverged_at=record.diverged_at)
     if intent:
         return Outcome(Cause(intent), intent_detail or intent.replace("_", " "), exit_code, signal_name)
     if process_exit is not None and process_exit.error:

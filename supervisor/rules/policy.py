@@ -68,7 +68,10 @@ RESTART_NOW_CAUSES = (Cause.REBOOT, Cause.USER_RESTART)
 TERMINAL_CAUSES = (Cause.COMPLETED, Cause.USER_STOP, Cause.BUDGET, Cause.CONFIG_ERROR)
 """Causes that always end the job."""
 
-CAUSES = FAILURE_CAUSES + RESTART_NOW_CAUSES + TERMINAL_CAUSES
+ROLLBACK_CAUSES = (Cause.DIVERGED,)
+"""Causes that roll back at once, counted against max_rollbacks alone (never as failures)."""
+
+CAUSES = FAILURE_CAUSES + RESTART_NOW_CAUSES + TERMINAL_CAUSES + ROLLBACK_CAUSES
 
 ACTIONS = ("restart", "finish")
 FINAL_STATES = tuple(sorted(TERMINAL_STATES))
@@ -88,6 +91,7 @@ class AttemptEnd:
     new_checkpoints: int  # checkpoints this attempt saved
     completion_reason: str | None = None
     disk_full: bool = False  # a failure because the disk was full (outcome.is_disk_full)
+    diverged_at: int | None = None  # cause diverged: the first bad step
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,7 @@ class PastAttempt:
     cause: Cause | str | None  # None: its cause was never recorded
     new_checkpoints: int
     disk_full: bool = False
+    diverged_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,7 @@ class RestartPolicy:
     backoff_max: float
     no_progress_attempts: int
     budget: float | None  # seconds from first start; None = no budget
+    max_rollbacks: int = 3  # divergences (counted apart from failures) before the job ends failed
 
     def __post_init__(self) -> None:
         # The config loader already rejects these; a policy built by hand must not
@@ -125,6 +131,8 @@ class RestartPolicy:
             raise ValueError(f"backoff_factor must be >= 1; got {self.backoff_factor!r}")
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0; got {self.max_restarts!r}")
+        if self.max_rollbacks < 0:
+            raise ValueError(f"max_rollbacks must be >= 0; got {self.max_rollbacks!r}")
         if self.no_progress_attempts < 1:
             raise ValueError(f"no_progress_attempts must be >= 1; got {self.no_progress_attempts!r}")
         if self.budget is not None and not (math.isfinite(self.budget) and self.budget > 0):
@@ -147,6 +155,7 @@ class RestartPolicy:
             backoff_max=parse_duration(backoff["max"]),
             no_progress_attempts=int(supervision["no_progress_attempts"]),
             budget=None if budget is None else parse_duration(budget),
+            max_rollbacks=int(supervision["divergence"]["max_rollbacks"]) if "divergence" in supervision else 3,
         )
 
 
@@ -277,6 +286,8 @@ def decide(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, first
         return Decision("restart", 0.0, message=f"{label}; restarting now")
 
     history = since_user_restart(history, counting_since)
+    if cause in ROLLBACK_CAUSES:
+        return _decide_rollback(end, history, policy)
     if end.disk_full and cause in FAILURE_CAUSES:
         return _wait_for_disk(end, history, now=now, deadline=deadline, policy=policy, label=label)
     streak = no_progress_streak(end, history)
@@ -299,6 +310,19 @@ def decide(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, first
     when = f"retrying in {format_duration(delay)}" if delay > 0 else "retrying now"
     return Decision("restart", delay,
                     message=f"{label}; restart {failures} of {policy.max_restarts} in {window_text} window; {when}")
+
+
+def _decide_rollback(end: AttemptEnd, history: Sequence[PastAttempt], policy: RestartPolicy) -> Decision:
+    """A divergence: roll back at once, or give up after more than ``max_rollbacks`` of them."""
+    steps = [p.diverged_at for p in _ordered(history) if p.cause in ROLLBACK_CAUSES] + [end.diverged_at]
+    at = ", ".join("?" if step is None else str(step) for step in steps)
+    if len(steps) > policy.max_rollbacks:
+        return _finish(JobState.FAILED, EndReason.DIVERGED,
+                       f"the loss diverged {_plural(len(steps), 'time')} (at step{'s' if len(steps) > 1 else ''} "
+                       f"{at}), more than max_rollbacks={policy.max_rollbacks}; giving up")
+    where = f" at step {end.diverged_at}" if end.diverged_at is not None else ""
+    return Decision("restart", 0.0, message=f"the loss diverged{where}; rollback {len(steps)} of "
+                                            f"{policy.max_rollbacks}; rolling back to a checkpoint before it now")
 
 
 def _wait_for_disk(end: AttemptEnd, history: Sequence[PastAttempt], *, now: float, deadline: float | None,
@@ -340,6 +364,7 @@ _CAUSE_TEXT = {
     Cause.VANISHED: "trainer vanished",
     Cause.REBOOT: "node rebooted",
     Cause.USER_RESTART: "restart requested",
+    Cause.DIVERGED: "the loss diverged",
 }
 
 

@@ -52,6 +52,10 @@ def classify_ranks_end(monitor_exit: MonitorExit | None, records: Mapping[int, E
         record = records.get(rank)
         if record is not None and record.status == "config_error":
             return Outcome(Cause.CONFIG_ERROR, record.message or "config error", exit_code, signal_name)
+    diverged = [rec for rec in (records.get(r) for r in ranks) if rec is not None and rec.status == "diverged"]
+    if diverged:  # every rank stops at the agreed step; the rank whose own loss diverged says what happened
+        own = next((rec for rec in diverged if (rec.divergence or {}).get("check") != "rank"), diverged[0])
+        return classify_end(own, monitor_exit, None)
     if intent:
         return Outcome(Cause(intent), intent_detail or intent.replace("_", " "), exit_code, signal_name)
     if monitor_exit is None:

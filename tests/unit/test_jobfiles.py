@@ -412,7 +412,7 @@ def test_only_a_completed_exit_record_is_completion(tmp_path: Path) -> None:
         read = read_exit_record(path)
         assert read is not None
         seen[status] = read.completed
-    assert seen == {"completed": True, "exception": False, "signal": False, "config_error": False}
+    assert seen == {"completed": True, "exception": False, "signal": False, "config_error": False, "diverged": False}
 
 
 @pytest.mark.parametrize("content", [None, "", "{", "[]", '{"status": "finished", "time": 1, "pid": 1}',

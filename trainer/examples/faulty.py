@@ -7,6 +7,8 @@ slow saves inside a real Lightning fit:
       class_path: trainer.examples.faulty.FaultyDigitsClassifier
       init_args: {hang_at_step: 30}          # blocks forever in training_step at global step 30
       # or {crash_at_step: 30}               # raises RuntimeError there
+      # or {nan_at_step: 30}                 # the loss is NaN there (the supervisor rolls back)
+      # record_batches: true                 # append each trained batch to <attempt dir>/batches.jsonl
       # fault_on_attempt: 1 (default)        # only attempt 1 misbehaves; the relaunch completes
       # fault_on_rank: 1                     # only that global rank misbehaves (default: every rank)
       # step_delay: 0.05                     # seconds of sleep per step (slow the fit down)
@@ -19,6 +21,7 @@ trainer`` sets from ``--attempt``. Not a model to copy.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -53,6 +56,8 @@ class FaultyDigitsClassifier(DigitsClassifier):
         step_delay: float = 0.0,
         delay_on_attempt: int | None = None,
         ballast_mb: int = 0,
+        nan_at_step: int | None = None,
+        record_batches: bool = False,
         **digits_args: float,
     ) -> None:
         super().__init__(**digits_args)  # type: ignore[arg-type]
@@ -62,6 +67,8 @@ class FaultyDigitsClassifier(DigitsClassifier):
         self.fault_on_rank = fault_on_rank
         self.step_delay = step_delay
         self.delay_on_attempt = delay_on_attempt
+        self.nan_at_step = nan_at_step
+        self.record_batches = record_batches
         if ballast_mb > 0:
             # A saved buffer, not a parameter: it makes every checkpoint ballast_mb bigger
             # (and its save slower) without adding optimizer state or compute.
@@ -76,7 +83,12 @@ class FaultyDigitsClassifier(DigitsClassifier):
                 _block_forever()
             if self.crash_at_step is not None and self.global_step == self.crash_at_step:
                 raise InjectedFault(f"injected crash at global step {self.global_step}")
-        return super().training_step(batch, batch_idx)
+        if self.record_batches:
+            _record_batch(self.global_step, batch_idx, batch[1])
+        loss = super().training_step(batch, batch_idx)
+        if self.nan_at_step is not None and self.global_step == self.nan_at_step and self._faulty_attempt():
+            return loss * float("nan")  # as a bad batch or an overflow would: the run lives on, diverged
+        return loss
 
     def _faulty_attempt(self) -> bool:
         if self.fault_on_rank is not None and self.global_rank != self.fault_on_rank:
@@ -103,6 +115,13 @@ class CrashingDigitsClassifier(FaultyDigitsClassifier):
 
     def __init__(self, crash_at_step: int = 30, **kwargs: float) -> None:
         super().__init__(crash_at_step=crash_at_step, **kwargs)  # type: ignore[arg-type]
+
+
+def _record_batch(step: int, batch_idx: int, targets: Tensor) -> None:
+    """One line per trained batch: which step, which batch of the epoch, its labels (to tell batches apart)."""
+    path = os.path.join(os.environ.get("ML_SUPERVISOR_ATTEMPT_DIR", "."), "batches.jsonl")
+    with open(path, "a") as f:
+        f.write(json.dumps({"step": step, "batch_idx": batch_idx, "targets": targets.tolist()[:8]}) + "\n")
 
 
 def _block_forever() -> None:
