@@ -25,6 +25,8 @@ EXIT_COMPLETED = 0
 EXIT_EXCEPTION = 1
 EXIT_CONFIG_ERROR = 2
 EXIT_DIVERGED = 3  # the loss diverged (trainer/divergence.py); the daemon rolls back
+# In a rollback attempt's dir: the batches it skipped and the rate scale it applied (trainer/callbacks/divergence.py).
+ROLLBACK_FILE = "rollback.json"
 
 
 def per_rank_name(name: str, rank: int) -> str:

@@ -205,3 +205,24 @@ def test_stop_during_ddp_training_leaves_one_complete_checkpoint_and_records_the
     assert not any(e["kind"] == "sigkill" for e in d.client().call("events", job=job))  # no hang, no kill
     assert not _alive(list(start.pids().values()))
 
+
+
+def test_a_nan_on_rank_1_only_rolls_the_whole_job_back(daemon: DaemonProc) -> None:
+    d = daemon
+    job = d.submit(DIGITS, *DDP, FAULTY, "trainer.max_epochs=3", "model.init_args.nan_at_step=30",
+                   "model.init_args.fault_on_rank=1")
+    final = d.wait_state(job, "completed", "failed", timeout=2 * START_TIMEOUT + 120)
+    assert final["state"] == "completed", final["detail"]
+    first = final["attempts"][0]
+    assert first["reason"] == "diverged", first
+    # rank 1's own record names the cause; rank 0 stopped at the same step because the collective said so
+    assert first["detail"] == "diverged at step 30: non-finite loss (nan) on rank 1"
+    records = {r: read_exit_record(_layout(d, job, 1).exit_record_of(r)) for r in (0, 1)}
+    assert all(rec is not None and rec.status == "diverged" and rec.diverged_at == 30 for rec in records.values())
+    lines = read_json_lines(JobLayout(Path(final["job_dir"])).manifest)
+    saves = [e for e in lines if e.get("event") == "save" and e["attempt"] == 1]
+    # nothing saved after the bad step (a save AT it holds the weights whose loss was NaN: marked unusable)
+    assert saves and max(e["step"] for e in saves) <= 30
+    assert [e["from_step"] for e in lines if e.get("event") == "unusable"] == [30]
+    resumed = [e["step"] for e in saves if e["path"] == final["attempts"][1]["resumed_from"]][-1]
+    assert resumed < 30 and final["divergence"]["first_bad_steps"] == [30]

@@ -21,9 +21,8 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from supervisor.jobfiles.atomic import write_json_atomic
+from supervisor.jobfiles.layout import ROLLBACK_FILE
 from trainer.divergence import OTHER_RANK, Diverged, Divergence, SpikeDetector
-
-ROLLBACK_FILE = "rollback.json"  # in the attempt dir: what the rollback attempt skipped and scaled
 
 
 def step_loss(outputs: Any) -> torch.Tensor | None:
