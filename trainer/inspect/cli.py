@@ -2,7 +2,8 @@
 
     python -m trainer inspect data CONFIG [key=value ...] [--split train|val|test|predict] [-n 16] [--out DIR]
     python -m trainer inspect model CONFIG [key=value ...] [--depth N] [--onnx FILE]
-    python -m trainer tune lr CONFIG [key=value ...] [--out DIR] [--steps 100]
+    python -m trainer tune lr CONFIG [key=value ...] [--out DIR] [--steps 100] [--min-lr X] [--max-lr X]
+                                 [--verify [N]] [--verify-steps K]
     (each also takes --cpu and --json)
 
 ``ml-supervisor inspect ...`` / ``ml-supervisor tune lr`` run these under the
@@ -22,13 +23,14 @@ from typing import Any
 
 from supervisor.errors import ConfigError
 from supervisor.jobfiles.layout import EXIT_COMPLETED, EXIT_CONFIG_ERROR
+from trainer.inspect.lr_rules import VERIFY_STEPS, VERIFY_TOP  # torch-free, as this module must stay
 
 COMMANDS = ("inspect", "tune")
 
 
 LEAVES = {("inspect", "data"): "sample a split, plot it, count its labels",
           ("inspect", "model"): "layer table, parameter counts and FLOPs for one real batch",
-          ("tune", "lr"): "Lightning's learning-rate finder"}
+          ("tune", "lr"): "Lightning's learning-rate finder, read by several rules (and --verify: short fits)"}
 
 
 def build_parser(command: str, what: str) -> argparse.ArgumentParser:
@@ -50,6 +52,13 @@ def build_parser(command: str, what: str) -> argparse.ArgumentParser:
     else:
         p.add_argument("--out", default="inspect", help="where lr_find.png goes (default ./inspect)")
         p.add_argument("--steps", type=int, default=100, help="finder steps (default 100)")
+        p.add_argument("--min-lr", type=float, default=1e-8, help="the finder's first rate (default 1e-8)")
+        p.add_argument("--max-lr", type=float, default=1.0, help="the finder's last rate (default 1)")
+        p.add_argument("--verify", nargs="?", const=str(VERIFY_TOP), default="0", metavar="N",
+                       help=f"also train briefly at the top N suggestions (default {VERIFY_TOP}) and at the "
+                       "config's rate, and name the one with the best validation metric")
+        p.add_argument("--verify-steps", type=int, default=VERIFY_STEPS, metavar="K",
+                       help=f"steps of each --verify fit (default {VERIFY_STEPS})")
     return p
 
 
@@ -69,6 +78,10 @@ def main(argv: Sequence[str]) -> int:
         return EXIT_CONFIG_ERROR
     args = build_parser(argv[0], argv[1]).parse_intermixed_args(argv[2:])
     args.command, args.what = argv[0], argv[1]
+    if args.command == "tune" and not _verify_count(args):
+        print(f"{args.config}: --verify: expected a number of suggestions to try, got {args.verify!r}",
+              file=sys.stderr)
+        return EXIT_CONFIG_ERROR
     if getattr(args, "n", 1) < 1:
         print(f"{args.config}: -n: expected a positive number of samples, got {args.n}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
@@ -87,11 +100,24 @@ def main(argv: Sequence[str]) -> int:
     return EXIT_COMPLETED
 
 
+def _verify_count(args: argparse.Namespace) -> bool:
+    """``--verify`` takes an optional number: a ``key=value`` right after it is an override, not N."""
+    if "=" in args.verify and not args.verify.startswith("-"):
+        args.overrides.append(args.verify)
+        args.verify = str(VERIFY_TOP)
+    try:
+        args.verify = int(args.verify)
+    except ValueError:
+        return False
+    return args.verify >= 0 and args.verify_steps > 0
+
+
 def _run(args: argparse.Namespace) -> Any:
     if args.command == "tune":
         from trainer.inspect.lr import find_lr  # the commands import torch: only the one that runs
 
-        return find_lr(args.config, args.overrides, cpu=args.cpu, out=args.out, steps=args.steps)
+        return find_lr(args.config, args.overrides, cpu=args.cpu, out=args.out, steps=args.steps,
+                       min_lr=args.min_lr, max_lr=args.max_lr, verify=args.verify, verify_steps=args.verify_steps)
     if args.what == "data":
         from trainer.inspect.data import inspect_data
 

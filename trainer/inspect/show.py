@@ -49,10 +49,40 @@ def print_data(console: Console, report: Any) -> None:
 
 
 def print_lr(console: Console, report: Any) -> None:
-    """The suggestion and the override to use, or why there is none."""
+    """Every rule's rate (the default marked), the warnings, --verify's table, and the override to use."""
+    descent = report.descent
+    where = (f"the loss falls from {descent['from_lr']:.3g} to its lowest at {descent['to_lr']:.3g}"
+             if descent else "no descent region")
+    console.print(f"learning-rate finder: {report.points} points, seed {report.seed}; {where}", markup=False)
+    table = Table(title_justify="left", box=None, pad_edge=False)
+    for name, justify in (("", "left"), ("rule", "left"), ("rate", "right"), ("", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for s in report.suggestions:
+        note = s["description"]
+        if s["before_descent"]:
+            note += " [yellow](before the loss falls)[/]"
+        table.add_row("[bold]*[/]" if s["default"] else "", s["rule"], f"{s['lr']:.3g}", note)
+    if report.config_lr is not None:
+        table.add_row("", "config", f"{report.config_lr:.3g}", "the config's rate")
+    console.print(table)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if report.suggested_lr is not None:
-        console.print(f"suggested learning rate: [bold]{report.suggested_lr:.3g}[/]  ({report.points} points)")
-        console.print(f"use it with: {report.override}", markup=False)
+        console.print(f"suggested learning rate: [bold]{report.suggested_lr:.3g}[/] ({report.default_rule}, "
+                      "the middle of valley, steepest_descent and minimum_div_10)")
     else:
-        console.print(f"no suggestion: {report.reason}", markup=False)
+        console.print(f"[yellow]no suggestion:[/] {report.reason}", highlight=False)
+    if report.verify is not None:
+        verify = report.verify
+        console.print(f"--verify: {verify.steps} steps at each rate from the same start, then {verify.monitor} "
+                      f"({'lower' if verify.mode == 'min' else 'higher'} is better)", markup=False)
+        runs = Table()
+        for name, justify in (("rate", "right"), ("suggested by", "left"), (verify.monitor, "right"), ("", "left")):
+            runs.add_column(name, justify=justify)  # type: ignore[arg-type]
+        for run in verify.runs:
+            value = "not finite" if run.value is None else f"{run.value:.4g}"
+            runs.add_row(f"{run.lr:.3g}", ", ".join(run.labels), value, "[bold]best[/]" if run.winner else "")
+        console.print(runs)
+    if report.override is not None:
+        console.print(f"use it with: {report.override}", markup=False)
     console.print(f"wrote {report.plot}", markup=False)
