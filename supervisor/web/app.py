@@ -13,7 +13,7 @@ no route that accepts a config, a ``class_path`` or an interpreter.
     GET  /api/ping                          daemon pid, version, state dir
     GET  /api/templates                     the templates and their knobs
     POST /api/launch                        {template, values: {key: value}, name?} -> the new job (201)
-    POST /api/inspect                       {template, values, what: data|model} -> samples image / model table
+    POST /api/inspect                       {template, values, what: data|model|lr} -> samples / model table / lr
     GET  /api/jobs                          every job's status object
     GET  /api/jobs/{job}                    one job's status object
     GET  /api/jobs/{job}/history            its attempts
@@ -111,7 +111,7 @@ class InspectRequest(BaseModel):
 
     template: str = Field(min_length=1, max_length=64)
     values: dict[str, Any] = Field(default_factory=dict)
-    what: Literal["data", "model"]
+    what: Literal["data", "model", "lr"]
 
 
 class SafeJSONResponse(JSONResponse):

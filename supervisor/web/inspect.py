@@ -1,8 +1,10 @@
-"""The launch page's "Inspect" actions: the data samples image and the model table for the chosen knob values.
+"""The launch page's "Inspect" actions: the data samples image, the model table and the learning-rate finder's
+suggestions for the chosen knob values.
 
 The web server lives in the daemon, which never imports torch, so each
 inspection is a child process under the template's ``python``
-(``python -m trainer inspect data|model CONFIG <knob overrides> --json --cpu``),
+(``python -m trainer inspect data|model CONFIG <knob overrides> --json --cpu``,
+or ``python -m trainer tune lr ...`` for ``lr``),
 in the template's workdir and environment, with a timeout (the whole process
 group is killed after it) and bounded output. Results are cached per
 (template file and its modification time, what, knob values): pressing Inspect
@@ -32,7 +34,8 @@ from supervisor.config import parse_job_config
 from supervisor.core.submit import trainer_environment
 from supervisor.errors import ConfigError, SupervisorError
 
-WHATS = ("data", "model")
+WHATS = ("data", "model", "lr")
+IMAGES = {"data": "samples.png", "lr": "lr_find.png"}  # what each writes to its --out folder, shown on the page
 DEFAULT_TIMEOUT = 180.0
 MAX_OUTPUT = 1024 * 1024  # bytes of the child's stdout read (its JSON); stderr: the tail only
 MAX_STDERR_TAIL = 4096
@@ -71,7 +74,7 @@ class Inspector:
         self._run_lock = threading.Lock()  # one inspection at a time
 
     def inspect(self, template_path: Path, overrides: list[str], what: str, cwd: Path) -> dict[str, Any]:
-        """The result for ``what`` (``data`` or ``model``) of the template with ``overrides``; cached."""
+        """The result for ``what`` (``data``, ``model`` or ``lr``) of the template with ``overrides``; cached."""
         if what not in WHATS:
             raise ValueError(f"what must be one of {', '.join(WHATS)}")
         key = InspectKey(str(template_path), template_path.stat().st_mtime_ns, what, tuple(overrides))
@@ -106,9 +109,12 @@ class Inspector:
         python = cfg.python or sys.executable
         with tempfile.TemporaryDirectory(prefix="ml-supervisor-inspect-") as tmp:
             out_dir = Path(tmp) / "out"
-            command = [python, "-m", self.trainer_module, "inspect", what, source, *overrides, "--json", "--cpu"]
+            verb = ["tune", "lr"] if what == "lr" else ["inspect", what]
+            command = [python, "-m", self.trainer_module, *verb, source, *overrides, "--json", "--cpu"]
             if what == "data":
                 command += ["--out", str(out_dir), "-n", str(SAMPLES), "--no-wandb"]
+            elif what == "lr":
+                command += ["--out", str(out_dir)]
             code, stdout, stderr = self._child(command, workdir, trainer_environment(cfg, workdir), Path(tmp))
             if code != 0:
                 lines = [ln for ln in stderr.splitlines() if ln.strip()]
@@ -121,9 +127,13 @@ class Inspector:
             except ValueError:
                 raise InspectFailed(f"{source}: inspect {what} printed no JSON result") from None
             result: dict[str, Any] = {"what": what, "report": report}
+            if what in IMAGES:
+                result["image"] = _data_uri(out_dir / IMAGES[what])
+            # the temp dir is gone after: file names only
             if what == "data":
-                result["image"] = _data_uri(out_dir / "samples.png")
-                report["files"] = [Path(p).name for p in report.get("files", [])]  # the temp dir is gone after
+                report["files"] = [Path(p).name for p in report.get("files", [])]
+            elif what == "lr" and isinstance(report.get("plot"), str):
+                report["plot"] = Path(report["plot"]).name
             return result
 
     def _child(self, command: list[str], cwd: Path, env: dict[str, str], tmp: Path) -> tuple[int, str, str]:

@@ -74,6 +74,14 @@ def test_inspect_before_start_then_the_profiler_report_on_the_job_page(served: d
             assert image.evaluate("img => img.naturalWidth") == 8 * 150  # 16 digits, 8 a row of 150 px
             sync_api.expect(page.locator(".inspect-out ul.facts")).to_contain_text("train 1438")
             page.screenshot(path=str(shots / "launch-inspect.png"), full_page=True)
+
+            page.click("#inspect-lr")  # the finder's rules: four rates and the config's, the plot
+            rows = page.locator('[data-testid="lr-table"] tbody tr')
+            sync_api.expect(rows).to_have_count(5, timeout=RUN_TIMEOUT_MS)
+            sync_api.expect(page.locator('[data-testid="lr-suggestion"]')).to_contain_text("Suggested learning rate")
+            sync_api.expect(page.locator('[data-testid="lr-table"] tr.default')).to_have_count(1)
+            assert page.locator('[data-testid="lr-plot"]').evaluate("img => img.naturalWidth") == 960
+            page.screenshot(path=str(shots / "launch-inspect-lr.png"), full_page=True)
             assert ops.op_list() == []  # looking starts no job
 
             page.select_option("#knob-trainer-profiler", label="simple")

@@ -67,6 +67,24 @@ def test_inspect_model_and_data_for_the_chosen_knob_values_cached(make_web: Call
     assert png_size(base64.b64decode(data["image"][len(prefix):])) == (8 * 150, 2 * 150)  # 16 images, 8 a row
 
 
+@pytest.mark.lightning
+def test_inspect_lr_gives_every_rules_rate_and_the_plot(make_web: Callable[..., WebEnv]) -> None:
+    web = make_web(with_template=False)
+    web.write_template("digits", digits_template())
+    body = {"template": "digits", "values": {"model.init_args.hidden_size": 32}, "what": "lr"}
+    answer = web.client.post("/api/inspect", json=body, timeout=240)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    report = result["report"]
+    assert [s["rule"] for s in report["suggestions"]] == ["valley", "steepest_descent", "minimum_div_10", "lightning"]
+    assert report["suggested_lr"] is not None and report["default_rule"] is not None
+    assert report["override"] == f"model.init_args.lr={report['suggested_lr']:.3g}"
+    assert report["config_lr"] == 0.003 and report["verify"] is None and report["plot"] == "lr_find.png"
+    prefix = "data:image/png;base64,"
+    assert result["image"].startswith(prefix)
+    assert png_size(base64.b64decode(result["image"][len(prefix):])) == (960, 560)
+
+
 def test_inspect_refuses_values_outside_the_knobs(make_web: Callable[..., WebEnv]) -> None:
     web = make_web(with_template=False)
     web.write_template("digits", digits_template())

@@ -44,7 +44,7 @@ BETA = 0.98  # the moving average Lightning's _LRCallback records
 LIGHTNING_SKIP = (10, 1)  # LRFinder.suggestion's skip_begin, skip_end
 SKIP_END = 5  # the last points: the divergence that stopped the finder (fastai skips 5 too)
 MIN_POINTS = 12  # fewer usable points than this: no suggestion
-DESCENT_FROM_TOP = 0.1  # the descent starts after the last point within this share of the drop from the top
+DESCENT_FROM_TOP = 0.05  # the descent starts after the last point within this share of the drop from the top
 MIN_RELATIVE_DROP = 0.02  # a fall smaller than this share of the loss is no descent
 MIN_NOISE_DROP = 10.0  # ... nor one under 10 times the noise of the smoothed curve (pure noise: up to ~8)
 

@@ -282,10 +282,11 @@ function inspectPanel(template, readValues, errors) {
     const values = readValues();
     if (values === null) return;
     buttons.forEach((b) => { b.disabled = true; });
-    out.replaceChildren(h("p", { class: "muted" }, `Inspecting the ${what} (a child process on the CPU; the first look loads torch)…`));
+    const doing = what === "lr" ? "Running the learning-rate finder (100 steps" : `Inspecting the ${what} (`;
+    out.replaceChildren(h("p", { class: "muted" }, `${doing}; a child process on the CPU; the first look loads torch)…`));
     try {
       const result = await api("POST", "/api/inspect", { template: template.name, values, what });
-      out.replaceChildren(what === "data" ? dataView(result) : modelView(result));
+      out.replaceChildren(what === "data" ? dataView(result) : what === "lr" ? lrView(result) : modelView(result));
     } catch (err) {
       if (!(err instanceof ApiError)) throw err;
       for (const [key, message] of Object.entries(err.fields || {})) {
@@ -298,10 +299,11 @@ function inspectPanel(template, readValues, errors) {
     }
   };
   buttons.push(h("button", { type: "button", id: "inspect-data", onclick: () => run("data") }, "Inspect data"),
-    h("button", { type: "button", id: "inspect-model", onclick: () => run("model") }, "Inspect model"));
+    h("button", { type: "button", id: "inspect-model", onclick: () => run("model") }, "Inspect model"),
+    h("button", { type: "button", id: "inspect-lr", onclick: () => run("lr") }, "Suggest a learning rate"));
   return h("div", { class: "inspect" }, h("h2", {}, "Look before you train"),
     h("div", { class: "actions" }, ...buttons,
-      h("span", { class: "muted" }, " Samples of the training data, or the layers, parameters and FLOPs of one batch, for the values above.")),
+      h("span", { class: "muted" }, " Samples of the training data, the layers, parameters and FLOPs of one batch, or the learning-rate finder's suggestions, for the values above.")),
     out);
 }
 
@@ -333,6 +335,29 @@ function modelView(result) {
       `${fmtCount(r.total_params)} parameters (${fmtCount(r.trainable_params)} trainable) · `,
       `${fmtCount(r.flops)}FLOPs for one forward of a batch of ${r.batch_size} · input ${shape(r.input_shape)} → output ${shape(r.output_shape)}`,
       result.cached ? " (cached)" : ""));
+}
+
+// the learning-rate finder: its plot, every rule's rate (the default marked), the warnings, the override to use
+function lrView(result) {
+  const r = result.report;
+  const rate = (x) => Number(x).toPrecision(3).replace(/\.?0+(e|$)/, "$1");
+  const rows = r.suggestions.map((s) => h("tr", { class: s.default ? "default" : null },
+    h("td", {}, s.default ? `${s.rule} (default)` : s.rule), h("td", { class: "num" }, rate(s.lr)),
+    h("td", {}, s.description + (s.before_descent ? " · before the loss falls" : ""))));
+  if (r.config_lr !== null && r.config_lr !== undefined) {
+    rows.push(h("tr", {}, h("td", {}, "config"), h("td", { class: "num" }, rate(r.config_lr)), h("td", {}, "the rate set above")));
+  }
+  return h("div", {},
+    r.suggested_lr !== null
+      ? h("p", { "data-testid": "lr-suggestion" }, "Suggested learning rate: ", h("strong", {}, rate(r.suggested_lr)),
+        ` (${r.default_rule}, the middle of valley, steepest_descent and minimum_div_10)${result.cached ? " (cached)" : ""}`)
+      : h("p", { class: "error", role: "alert", "data-testid": "lr-suggestion" }, `No suggestion: ${r.reason}`),
+    r.warnings.length ? h("ul", { class: "facts" }, r.warnings.map((w) => h("li", {}, `warning: ${w}`))) : null,
+    h("table", { class: "layers", "data-testid": "lr-table" },
+      h("thead", {}, h("tr", {}, h("th", {}, "Rule"), h("th", { class: "num" }, "Rate"), h("th", {}, ""))),
+      h("tbody", {}, rows)),
+    r.override ? h("p", { class: "muted" }, `Use it with ${r.override}, or run ml-supervisor tune lr CONFIG --verify to compare short fits.`) : null,
+    result.image ? h("img", { src: result.image, alt: "loss against learning rate", class: "plot", "data-testid": "lr-plot" }) : null);
 }
 
 function fmtCount(n) {
