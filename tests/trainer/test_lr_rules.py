@@ -146,6 +146,24 @@ def test_no_descent_gives_a_warning_not_a_number(seed: int) -> None:
     assert reading.get("lightning") is not None  # Lightning's rule gives a number on pure noise: why it is no default
 
 
+def cliff(x: float) -> float:
+    """Flat at 2.3 up to 1e-2, down to 0.3 within a fifth of a decade, then diverging."""
+    if x <= -2:
+        return 2.3
+    if x <= -1.8:
+        return 2.3 - 2.0 * (x + 2) / 0.2
+    return 0.3 * 10 ** (2 * (x + 1.8))
+
+
+def test_a_default_before_the_descent_is_a_warning_not_a_number() -> None:
+    reading = read_curve(*lightning_records(finder_rates(), cliff, noise=0.02))
+    assert reading.descent is not None and reading.default is None
+    assert reading.reason is not None and reading.reason.startswith("the suggestions lie where the loss had not yet")
+    early = {s.rule for s in reading.suggestions if s.before_descent}
+    assert {"valley", "minimum_div_10"} <= early  # two of the three: their middle is before the descent too
+    assert sum("had not yet started to fall" in w for w in reading.warnings) == len(early)
+
+
 def test_a_loss_that_only_rises_has_no_descent() -> None:
     reading = read_curve(*lightning_records(finder_rates(), lambda x: 1 + 10 ** (x + 2)))
     assert reading.default is None and reading.reason is not None and "no descent region" in reading.reason
