@@ -5,7 +5,7 @@ machine noise hits both alike:
 
     baseline   Lightning's plain ModelCheckpoint with the same schedule, no heartbeat
     supervised ManifestCheckpoint + ProgressCallback (heartbeat, and a deadline a day
-               away), as ``python -m trainer`` adds them
+               away) + the divergence guard (the loss read each step), as ``python -m trainer`` adds them
 
 Two measurements, printed with the ratio supervised / baseline:
 
@@ -44,8 +44,10 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.trainer import call
 
 from trainer.callbacks.checkpoint import ManifestCheckpoint
+from trainer.callbacks.divergence import LossGuard
 from trainer.callbacks.progress import ProgressCallback
 from trainer.deadline import Deadline
+from trainer.divergence import SpikeDetector
 from trainer.examples.digits import DigitsClassifier, DigitsDataModule
 from trainer.progress import HeartbeatWriter
 
@@ -59,7 +61,7 @@ PER_STEP_HOOKS: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("on_before_backward", (None,)),
     ("on_after_backward", ()),
     ("on_before_optimizer_step", (None,)),
-    ("on_train_batch_end", (None, None, 0)),
+    ("on_train_batch_end", ({"loss": torch.tensor(0.5)}, None, 0)),  # a step's output: the guard reads its loss
 )
 
 
@@ -101,7 +103,8 @@ def fit_once(arm: str, workdir: Path, epochs: int, heartbeat_interval: float) ->
         writer = HeartbeatWriter(workdir / "heartbeat.json", workdir / "metrics.jsonl", attempt=1,
                                  started_at=time.time(), interval=heartbeat_interval)
         callbacks += [
-            ProgressCallback(writer, Deadline(time.time() + 86400)),
+            ProgressCallback(writer, Deadline(time.time() + 86400),
+                             LossGuard(SpikeDetector(spike_factor=10.0, patience=5, window=50, warmup_steps=100))),
             ManifestCheckpoint(ckpt_dir, attempt=1, heartbeat=writer, **CHECKPOINT),
         ]
     pl.seed_everything(0, verbose=False)

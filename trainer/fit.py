@@ -28,7 +28,7 @@ from supervisor.jobfiles.layout import AttemptLayout, manifest_path
 from supervisor.jobfiles.manifest import abandon_after, abandon_all, record_unusable
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
-from trainer.callbacks.divergence import DivergenceGuard, RollbackActions
+from trainer.callbacks.divergence import LossGuard, RollbackActions
 from trainer.callbacks.log_samples import LogSamples, check_log_samples
 from trainer.callbacks.progress import ProgressCallback
 from trainer.callbacks.rank_sync import RankAgreement
@@ -304,12 +304,12 @@ def build_callbacks(
     )
     state.checkpoint = checkpoint
     state.deadline = Deadline(opts.deadline) if opts.deadline is not None else None
-    callbacks: list[Callback] = [ProgressCallback(heartbeat, state.deadline), checkpoint]
     div = cfg.supervision.divergence
-    if div.enabled:
-        callbacks.append(DivergenceGuard(SpikeDetector(
-            spike_factor=None if div.spike_factor is None else float(div.spike_factor),
-            patience=int(div.spike_patience), window=int(div.spike_window), warmup_steps=int(div.warmup_steps))))
+    guard = LossGuard(SpikeDetector(
+        spike_factor=None if div.spike_factor is None else float(div.spike_factor),
+        patience=int(div.spike_patience), window=int(div.spike_window),
+        warmup_steps=int(div.warmup_steps))) if div.enabled else None
+    callbacks: list[Callback] = [ProgressCallback(heartbeat, state.deadline, guard), checkpoint]
     if opts.skip_batches or opts.lr_scale != 1.0:
         callbacks.append(RollbackActions(opts.attempt_dir, skip_batches=opts.skip_batches, lr_scale=opts.lr_scale,
                                          resumed_step=None))

@@ -1,4 +1,4 @@
-"""``DivergenceGuard``: stop the fit at the first diverging loss; ``RollbackActions``: what a rollback attempt changes.
+"""``LossGuard``: stop the fit at the first diverging loss; ``RollbackActions``: what a rollback attempt changes.
 
 The guard reads the loss each training step returned (rank-aware: with several
 ranks one collective per step makes any rank's bad value every rank's, so all
@@ -31,25 +31,27 @@ def step_loss(outputs: Any) -> torch.Tensor | None:
     return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
 
 
-class DivergenceGuard(Callback):
-    """Raises ``Diverged`` at the first non-finite loss or confirmed spike (see the module docstring)."""
+class LossGuard:
+    """Raises ``Diverged`` at the first non-finite loss or confirmed spike (see the module docstring).
+
+    Not a callback of its own: ``ProgressCallback`` calls it from the hooks it already has, since
+    Lightning dispatches every hook to every callback on every step (a few µs each).
+    """
 
     def __init__(self, detector: SpikeDetector) -> None:
-        super().__init__()
         self.detector = detector
         self._step = 0  # the global step when the batch started: its weights produced the loss
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def batch_start(self, trainer: pl.Trainer) -> None:
         self._step = trainer.global_step
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, multi: bool) -> None:
+        """After a training step (before the checkpoint callback, which Lightning runs last)."""
         loss = step_loss(outputs)
         verdict = None
         if loss is not None:
             verdict = self.detector.update(self._step, float(loss.detach()), rank=trainer.global_rank)
-        if trainer.world_size > 1:
+        if multi:
             verdict = self._agree(trainer, pl_module, verdict)
         if verdict is not None:
             raise Diverged(verdict)

@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
 from supervisor.jobfiles.atomic import finite_or_none
+from trainer.callbacks.divergence import LossGuard
 from trainer.deadline import Deadline
 from trainer.progress import HeartbeatWriter
 
@@ -32,10 +33,12 @@ class ProgressCallback(Callback):
     ``max_steps`` does (``on_train_end`` runs, so the final state is saved).
     """
 
-    def __init__(self, writer: HeartbeatWriter, deadline: Deadline | None = None) -> None:
+    def __init__(self, writer: HeartbeatWriter, deadline: Deadline | None = None,
+                 guard: LossGuard | None = None) -> None:
         super().__init__()
         self.writer = writer
         self.deadline = deadline
+        self.guard = guard  # the divergence check (trainer/callbacks/divergence.py), on the same hooks
         self._trainer: pl.Trainer | None = None
         self._has_trained = False
         self._multi_process = False
@@ -55,10 +58,17 @@ class ProgressCallback(Callback):
         self.writer.set_phase(self.writer.phase)  # the step restored from a checkpoint, at once
         self._check_deadline(trainer)
 
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.guard is not None:
+            self.guard.batch_start(trainer)
+
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # Per step: keep this to the writer's clock check and one for the deadline.
+        # Per step: keep this to the loss check, the writer's clock check and one for the deadline.
+        if self.guard is not None:
+            self.guard.batch_end(trainer, pl_module, outputs, self._multi_process)
         self._has_trained = True
         self.writer.step_done()
         if self.deadline is not None:

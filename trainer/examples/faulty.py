@@ -121,7 +121,8 @@ def _record_batch(step: int, batch_idx: int, targets: Tensor) -> None:
     """One line per trained batch: which step, which batch of the epoch, its labels (to tell batches apart)."""
     path = os.path.join(os.environ.get("ML_SUPERVISOR_ATTEMPT_DIR", "."), "batches.jsonl")
     with open(path, "a") as f:
-        f.write(json.dumps({"step": step, "batch_idx": batch_idx, "targets": targets.tolist()[:8]}) + "\n")
+        f.write(json.dumps({"step": step, "batch_idx": batch_idx, "targets": targets.tolist()[:8],
+                            "time": time.time()}) + "\n")
 
 
 def _block_forever() -> None:
