@@ -8,6 +8,7 @@ slow saves inside a real Lightning fit:
       init_args: {hang_at_step: 30}          # blocks forever in training_step at global step 30
       # or {crash_at_step: 30}               # raises RuntimeError there
       # or {nan_at_step: 30}                 # the loss is NaN there (the supervisor rolls back)
+      # or {nan_val_at_epoch: 1}             # val_loss is NaN in that epoch's validation
       # record_batches: true                 # append each trained batch to <attempt dir>/batches.jsonl
       # fault_on_attempt: 1 (default)        # only attempt 1 misbehaves; the relaunch completes
       # fault_on_rank: 1                     # only that global rank misbehaves (default: every rank)
@@ -57,6 +58,7 @@ class FaultyDigitsClassifier(DigitsClassifier):
         delay_on_attempt: int | None = None,
         ballast_mb: int = 0,
         nan_at_step: int | None = None,
+        nan_val_at_epoch: int | None = None,
         record_batches: bool = False,
         **digits_args: float,
     ) -> None:
@@ -68,6 +70,7 @@ class FaultyDigitsClassifier(DigitsClassifier):
         self.step_delay = step_delay
         self.delay_on_attempt = delay_on_attempt
         self.nan_at_step = nan_at_step
+        self.nan_val_at_epoch = nan_val_at_epoch
         self.record_batches = record_batches
         if ballast_mb > 0:
             # A saved buffer, not a parameter: it makes every checkpoint ballast_mb bigger
@@ -89,6 +92,16 @@ class FaultyDigitsClassifier(DigitsClassifier):
         if self.nan_at_step is not None and self.global_step == self.nan_at_step and self._faulty_attempt():
             return loss * float("nan")  # as a bad batch or an overflow would: the run lives on, diverged
         return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """The digits validation, with a NaN ``val_loss`` in the configured epoch."""
+        if self.nan_val_at_epoch is None or self.current_epoch != self.nan_val_at_epoch \
+                or not self._faulty_attempt():
+            super().validation_step(batch, batch_idx)
+            return
+        images, labels = batch
+        loss = self.loss_fn(self(images), labels) * float("nan")  # (B, 10) logits -> NaN scalar
+        self.log("val_loss", loss, prog_bar=True)
 
     def _faulty_attempt(self) -> bool:
         if self.fault_on_rank is not None and self.global_rank != self.fault_on_rank:
