@@ -1,14 +1,16 @@
-"""Crash-safe small-file I/O: atomic JSON writes, one-line appends, tolerant reads."""
+"""Crash-safe small-file I/O: atomic JSON writes, one-line appends, tolerant and bounded reads (``safe_read``)."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import stat
 import threading
-import time
 from pathlib import Path
 from typing import Any
+
+from supervisor.jobfiles.safe_read import complete_lines, iter_lines, read_file
 
 
 def write_json_atomic(path: str | Path, obj: Any, *, durable: bool = True) -> None:
@@ -23,7 +25,11 @@ def write_json_atomic(path: str | Path, obj: Any, *, durable: bool = True) -> No
     # must not share a temp file, or the rename could publish a mix of both.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     data = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # A fresh file, never through what is already there: in an attempt dir the job's owner could have put a
+    # link (the daemon, as root, would write where it points) or a FIFO (an open for writing waits for a
+    # reader) at this name. Whatever is there is removed first; O_EXCL refuses it if it comes back.
+    _unlink_quietly(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     try:
         try:
             _write_all(fd, data)
@@ -44,12 +50,18 @@ def append_json_line(path: str | Path, obj: Any) -> None:
 
     A reader that finds a last line without its newline ignores it (see
     ``read_json_lines``), so a writer killed mid-line corrupts nothing.
+    Only to a regular file, never through a link: a FIFO, a link or a directory at ``path`` is an
+    ``OSError`` at once (``O_NONBLOCK``: opening a FIFO does not wait for a reader), never a wait.
     """
     line = (json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     try:
-        size = os.fstat(fd).st_size
-        if size and _last_byte(path, size) != b"\n":
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file: nothing is appended to it", os.fspath(path))
+        os.set_blocking(fd, True)
+        size = info.st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
             # A torn last line (writer killed mid-line): end it, or this line would be glued
             # onto it and skipped with it.
             line = b"\n" + line
@@ -64,12 +76,6 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
-
-
-def _last_byte(path: str | Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(size - 1)
-        return f.read(1)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -92,21 +98,16 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-# Out of file descriptors (this process: EMFILE; the system: ENFILE) says nothing about the file.
-_FD_SHORTAGE = (errno.EMFILE, errno.ENFILE)
-FD_RETRIES = 3
-FD_RETRY_DELAY_S = 0.05
-
-
-def read_json(path: str | Path) -> Any | None:
+def read_json(path: str | Path, cap: int | None = None) -> Any | None:
     """The JSON in ``path``, or ``None`` when it is missing or unreadable.
 
-    A shortage of file descriptors is not "missing": a finished attempt's exit
-    record read as absent would look like a vanished trainer. It is retried
-    briefly, then raised as ``OSError`` for the caller to retry later (the
-    daemon's tick polls the job again).
+    Read through ``safe_read``: never through a link, only a regular file, at most ``cap`` bytes (default:
+    its kind's, ``safe_read.cap_for``). A shortage of file descriptors is not "missing": a finished
+    attempt's exit record read as absent would look like a vanished trainer. It is retried briefly, then
+    raised as ``OSError`` for the caller to retry later (the daemon's tick polls the job again); so is a
+    file that does not answer in time (``FileStalled``, once the daemon has enabled the deadline).
     """
-    data = _read_bytes(path, 0)
+    data = read_file(path, cap)
     if data is None:
         return None
     try:
@@ -115,52 +116,38 @@ def read_json(path: str | Path) -> Any | None:
         return None
 
 
-def _no_follow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
+def read_json_lines(path: str | Path, *, total_cap: int | None = None) -> list[Any]:
+    """Every complete JSON line of ``path`` (a torn last line is skipped), read a chunk at a time.
 
-
-def _read_bytes(path: str | Path, offset: int) -> bytes | None:
-    """The bytes of ``path`` from ``offset``; ``None`` when it cannot be read; raises on a descriptor shortage."""
-    for attempt in range(FD_RETRIES):
-        try:
-            # Never through a link: a job run as its owner (shared-server mode) has its files in their hands,
-            # and the daemon reading as root must not read (and show) a file a planted link points at.
-            with open(path, "rb", opener=_no_follow) as f:
-                f.seek(offset)
-                return f.read()
-        except OSError as exc:
-            if exc.errno not in _FD_SHORTAGE:
-                return None
-            if attempt == FD_RETRIES - 1:
-                raise
-            time.sleep(FD_RETRY_DELAY_S * (attempt + 1))
-    return None
-
-
-def read_json_lines(path: str | Path) -> list[Any]:
-    """Every complete JSON line of ``path`` (a torn last line is skipped)."""
-    return read_json_lines_from(path, 0)[0]
+    ``total_cap``: a file larger than that is not read at all (default: its kind's cap, ``safe_read.CAPS``;
+    none for the daemon's own files). A line longer than a chunk (1 MiB) is skipped.
+    """
+    return [value for value in map(_json_line, iter_lines(path, total_cap=total_cap)) if value is not _SKIP]
 
 
 def read_json_lines_from(path: str | Path, offset: int) -> tuple[list[Any], int]:
-    """The complete JSON lines after byte ``offset``, and the offset to read from next time.
+    """The complete JSON lines after byte ``offset`` (at most a chunk of them), and the offset to read from next.
 
-    For following an append-only file without re-reading it: the returned
-    offset stops at the last newline, so a line being written is read whole later.
+    For following an append-only file without re-reading it: the returned offset stops at the last newline,
+    so a line being written is read whole later; what a chunk left is read at the next call.
     """
-    data = _read_bytes(path, offset)  # a descriptor shortage raises: no checkpoint may look gone
-    if data is None:
+    got = complete_lines(path, offset)  # a descriptor shortage raises: no checkpoint may look gone
+    if got is None:
         return [], offset
-    end = data.rfind(b"\n") + 1  # the part after the last newline is incomplete
-    out = []
-    for raw in data[:end].split(b"\n"):
-        if not raw.strip():
-            continue
-        try:
-            out.append(json.loads(raw))
-        except (ValueError, RecursionError):
-            continue
-    return out, offset + end
+    lines, after = got
+    return [value for value in map(_json_line, lines) if value is not _SKIP], after
+
+
+_SKIP = object()
+
+
+def _json_line(raw: bytes) -> Any:
+    if not raw.strip():
+        return _SKIP
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return _SKIP
 
 
 def finite_or_none(value: Any) -> float | None:
