@@ -19,6 +19,7 @@ from supervisor.api.ops import Operations
 from supervisor.api.server import ApiServer
 from supervisor.core import Supervisor
 from supervisor.errors import SupervisorError
+from supervisor.jobfiles import deadline
 from supervisor.rules.states import JobState
 from supervisor.sdnotify import Notifier
 from supervisor.settings import DaemonSettings
@@ -56,6 +57,8 @@ class Daemon:
     def start(self) -> None:
         """Open the state dir (lock, store, reconcile), start alerts, the API and the loop thread."""
         self.alerts.start()
+        # From here on a job's file that does not answer (a hung NFS mount) costs that job, not the loop.
+        deadline.enable(self.settings.file_timeout)
         self.supervisor.open()
         self.api = ApiServer(self.ops, self.supervisor.state_dir, group=self.settings.access.group,
                              admin_group=self.settings.access.admin_group)

@@ -79,6 +79,9 @@ class DaemonSettings:
     tick_interval: float = 10.0
     watch_files: bool = True  # inotify file events; off = polling every tick_interval only (benchmark baseline)
     check_timeout: float = 300.0  # submit-time import check of a config's classes
+    # A read, stat or listing of a job's files (the user's directories, a Slurm cluster's shared filesystem)
+    # that does not answer within this many seconds makes that job wait; every other job goes on.
+    file_timeout: float = 2.0
     hang: HangConfig = field(default_factory=HangConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
@@ -125,6 +128,8 @@ def load_settings(path: str | None = None, overrides: Sequence[str] = (), *, sta
     settings.state_dir = str(resolve_state_dir(state_dir or settings.state_dir, environ))
     settings.web.port = _web_port(source, settings.web.port)
     check_access(source, settings.access)
+    if not settings.file_timeout > 0:
+        raise ConfigError(source, "file_timeout", f"expected seconds > 0, got {settings.file_timeout!r}")
     return settings
 
 

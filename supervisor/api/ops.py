@@ -22,6 +22,7 @@ from supervisor.core import Supervisor
 from supervisor.core.submit import SubmitRequest
 from supervisor.errors import JobNotFound, SupervisorError
 from supervisor.jobfiles.layout import JobLayout
+from supervisor.jobfiles.safe_read import read_range
 from supervisor.store import JobRow, Store
 from supervisor.sweep import ops as sweep_ops
 from supervisor.sweep.files import SweepDir
@@ -213,11 +214,7 @@ class Operations:
 
 
 def _read_log(path: Path, start: int, owner_uid: int) -> bytes:
-    """Up to ``LOG_CHUNK`` bytes of a log from ``start``. The attempt dir of a job run as its owner is the
-    owner's: a link planted there, or a file that is not theirs, must not let them read as the daemon."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        if os.fstat(f.fileno()).st_uid not in (owner_uid, os.getuid()):
-            raise PermissionError(f"{path} is not the job owner's")
-        f.seek(start)
-        return f.read(LOG_CHUNK)
+    """Up to ``LOG_CHUNK`` bytes of a log from ``start`` (empty when there is none to read). The attempt dir
+    of a job run as its owner is the owner's: a link planted there, or a file that is not theirs, must not let
+    them read as the daemon; a FIFO or a file that does not answer must not hold the request (``safe_read``)."""
+    return read_range(path, start, LOG_CHUNK, total_cap=0, owners=(owner_uid, os.getuid())) or b""

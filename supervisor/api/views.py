@@ -7,18 +7,23 @@ never rename them.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 
+from supervisor.api.divergence_view import divergence_view
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
+from supervisor.jobfiles.safe_read import list_dir
 from supervisor.runners.registry import BACKENDS, job_world_size
 from supervisor.runners.standby_process import standby_view
 from supervisor.runners.zygotes import zygote_view
 from supervisor.store import AttemptRow, JobRow, Store
+
+T = TypeVar("T")
 
 
 def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
@@ -27,14 +32,14 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
     attempts = store.attempts(job.id)
     latest = attempts[-1] if attempts else None
     # The latest attempt's last heartbeat, live or not: after the end it still tells the epoch and metrics.
-    beat = read_heartbeat(layout.attempt(latest.n).heartbeat) if latest else None
+    beat = _or_none(lambda: read_heartbeat(layout.attempt(latest.n).heartbeat)) if latest else None
     steps = [a.global_step for a in attempts if a.global_step is not None]
     global_step = beat.step if beat else (steps[-1] if steps else 0)
     if latest is not None and latest.ended_at is not None and latest.global_step is not None:
         # Once the attempt ended, its exit record's step is the final one; the heartbeat is
         # throttled (at most every 2 s) and may be some steps behind it (found by the chaos soak).
         global_step = latest.global_step
-    ranked = rank_best(live_checkpoints(layout.manifest))
+    ranked = rank_best(_or_none(lambda: live_checkpoints(layout.manifest)) or [])
     started = job.first_started_at
     if started is None:
         used = 0.0
@@ -74,9 +79,19 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         },
         "wandb": wandb,
         "checkpointing": _checkpointing_view(frozen),
-        "standby": standby_view(Path(job.job_dir)),
-        "zygote": zygote_view(Path(job.job_dir)),
+        "divergence": divergence_view(layout, attempts, _world_size(frozen)),
+        "standby": _or_none(lambda: standby_view(Path(job.job_dir))),
+        "zygote": _or_none(lambda: zygote_view(Path(job.job_dir))),
     }
+
+
+def _or_none(read: Callable[[], T]) -> T | None:
+    """What ``read`` returns, or None when the job's files do not answer in time (``FileStalled``) or the
+    daemon is out of descriptors: ``status`` answers without them rather than wait or fail."""
+    try:
+        return read()
+    except OSError:
+        return None
 
 
 def attempt_view(a: AttemptRow) -> dict[str, Any]:
@@ -147,6 +162,8 @@ def _sync_command(wandb_dir: str | None, mode: str | None) -> str | None:
     if not wandb_dir or mode == "disabled":
         return None
     runs = Path(wandb_dir) / "wandb"
-    if mode != "offline" and not any(runs.glob("offline-run-*")):
-        return None
+    if mode != "offline":
+        names = _or_none(lambda: list_dir(runs)) or []  # the job owner's directory: never a wait, never whole
+        if not any(name.startswith("offline-run-") for name in names):
+            return None
     return f"wandb sync {shlex.quote(str(runs))}/offline-run-*"

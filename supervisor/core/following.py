@@ -9,6 +9,7 @@ from supervisor.core.timers import TimerKind
 from supervisor.errors import SupervisorError
 from supervisor.jobfiles.atomic import read_json_lines_from
 from supervisor.jobfiles.layout import JobLayout
+from supervisor.jobfiles.safe_read import regular_size
 from supervisor.rules.budget import deadline
 from supervisor.rules.causes import EventKind
 from supervisor.rules.states import JobState
@@ -71,6 +72,6 @@ class Following:
 def _size(path: Path) -> int:
     """The size of a file, 0 when it does not exist (yet)."""
     try:
-        return path.stat().st_size
+        return regular_size(path) or 0  # not through a link; a file that does not answer: 0
     except OSError:
         return 0

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from supervisor.core.context import CoreContext
 from supervisor.core.ending import Ending
+from supervisor.core.file_waits import poll_or_wait
 from supervisor.core.following import Following
 from supervisor.core.launching import Launching
 from supervisor.core.rank_files import attempt_heartbeat
@@ -45,7 +46,7 @@ class Polling:
         self._runners.tick()
         for job in self._ctx.store.list_jobs(states=[s for s in JobState if not s.terminal]):
             try:
-                self.poll_job(job.id, job)
+                poll_or_wait(self.poll_job, self._ctx, job.id, job)  # files that do not answer: it waits
             except Exception:
                 log.exception("error while polling job %s", job.id)
 

@@ -17,6 +17,7 @@ from enum import StrEnum
 from supervisor.alerts.events import RebootAlert
 from supervisor.core.context import CoreContext
 from supervisor.core.ending import Ending
+from supervisor.core.file_waits import or_wait
 from supervisor.core.following import Following
 from supervisor.core.runner_set import RunnerSet
 from supervisor.rules.causes import Cause, EventKind
@@ -90,7 +91,7 @@ class Reconciling:
         rebooted = [job_id for job_id, v in verdicts.items() if v is Verdict.REBOOTED]
         reboot_alert = RebootAlert(jobs=rebooted, previous_boot_id=previous_boot, boot_id=self._ctx.boot_id)
         for job, attempt, seen in seen_attempts:
-            self._apply(job, attempt, seen, verdicts[job.id], now, reboot_alert)
+            or_wait(self._ctx, job.id, self._apply, job, attempt, seen, verdicts[job.id], now, reboot_alert)
         store.set_meta("boot_id", self._ctx.boot_id)
         if rebooted:
             log.warning("recovered %d job(s) after a reboot (boot id was %s)", len(rebooted), previous_boot)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 
 from supervisor.core.context import CoreContext
 from supervisor.core.ending import Ending
+from supervisor.core.file_waits import poll_or_wait
 from supervisor.core.following import Following
 from supervisor.core.gpu_actions import GpuActions, close_gpu_monitor, open_gpu_monitor
 from supervisor.core.launching import Launching
@@ -280,7 +281,7 @@ class Supervisor:
 
     def poll_job(self, job_id: str, job: JobRow | None = None) -> None:
         """Look at one job and act."""
-        self.parts.polling.poll_job(job_id, job)
+        poll_or_wait(self.parts.polling.poll_job, self.parts.ctx, job_id, job)  # files that do not answer: it waits
 
     def _checkpoints_changed(self, job_id: str) -> None:
         self.parts.following.checkpoints_changed(job_id)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from supervisor.jobfiles.layout import AttemptLayout, per_rank_name
+from supervisor.jobfiles.safe_read import regular_size
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +80,9 @@ def _sigusr2_caught(pid: int) -> bool | None:
 
 
 def _size(path: Path) -> int:
+    """The size of the stack file (a regular file, not through a link); 0 when missing or not answering."""
     try:
-        return path.stat().st_size
+        return regular_size(path) or 0
     except OSError:
         return 0
 

@@ -27,6 +27,7 @@ from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHan
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
+from supervisor.jobfiles.deadline import FileStalled, guarded
 from supervisor.processes.control import is_alive
 
 log = logging.getLogger("ml_supervisor")
@@ -122,7 +123,13 @@ class CheckpointWatcher:
     def watch(self, job_id: str, checkpoint_dir: Path) -> None:
         if job_id in self._watches:
             return
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            # The job owner's directory: on a filesystem that does not answer, the loop does not wait on it
+            # (unwatched, the manifest is still read at every poll of the job).
+            guarded(checkpoint_dir, lambda: checkpoint_dir.mkdir(parents=True, exist_ok=True), key=checkpoint_dir)
+        except FileStalled:
+            log.warning("job %s: %s does not answer; its checkpoints are not watched", job_id, checkpoint_dir)
+            return
         self._watches[job_id] = self._observer.schedule(
             _CheckpointHandler(job_id, self._on_checkpoint), str(checkpoint_dir), recursive=False,
             event_filter=[FileClosedEvent])

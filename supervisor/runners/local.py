@@ -44,6 +44,7 @@ import psutil
 
 from supervisor.gpu.backend import GpuBackend
 from supervisor.gpu.preflight import preflight
+from supervisor.jobfiles.deadline import FileStalled
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_exit, read_monitor_start
 from supervisor.processes.boot import current_boot_id
@@ -141,10 +142,18 @@ class LocalRunner:
 
     # -- observing ---------------------------------------------------------------------------------
     def observe(self, ref: AttemptRef) -> Observation:
-        """The monitor's files and its liveness."""
+        """The monitor's files and its liveness; nothing known to have changed while its files do not answer
+        (the core's own reads of that attempt dir then make the job wait, said why)."""
         reap_monitors()
-        layout = AttemptLayout(ref.attempt_dir)
         state = dict(ref.state)
+        try:
+            return self._observe(ref, state)
+        except FileStalled:
+            phase = Phase.RUNNING if ref.state.get("trainer_pid") else Phase.PENDING
+            return Observation(phase, dict(ref.state), None, ref.state.get("trainer_pid"), ref.state.get("boot_id"))
+
+    def _observe(self, ref: AttemptRef, state: RunnerState) -> Observation:
+        layout = AttemptLayout(ref.attempt_dir)
         if not state.get("trainer_pid") or "boot_id" not in state:  # read monitor.json until it is known
             started = read_monitor_start(layout.monitor_start)
             if started is not None:

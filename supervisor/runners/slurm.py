@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.jobfiles.atomic import read_json
+from supervisor.jobfiles.deadline import FileStalled
 from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
+from supervisor.jobfiles.safe_read import list_dir, lstat
 from supervisor.runners.base import (
     AttemptExit,
     AttemptRef,
@@ -199,7 +201,10 @@ class SlurmRunner:
                 return Observation(Phase.ENDED, state, unshared)
         if phase is not Phase.ENDED:
             return Observation(phase, state)
-        record = read_json(ref.attempt_dir / END_RECORD)
+        try:
+            record = read_json(ref.attempt_dir / END_RECORD)
+        except FileStalled:  # the shared filesystem does not answer: nothing is known to have changed yet
+            return Observation(last_phase, dict(ref.state))
         slurm_state = state.get("state") if phase_of(state.get("state")) is Phase.ENDED else None
         ended = end_exit(record if isinstance(record, dict) else None, slurm_state, now=time.time())
         self._followed.pop(ref.job_id, None)
@@ -214,7 +219,10 @@ class SlurmRunner:
         """
         expected = int(state.get("nodes_expected") or 1)
         probe_dir = ref.attempt_dir / PROBE_DIR
-        seen = sorted(p.name for p in probe_dir.iterdir()) if probe_dir.is_dir() else []
+        try:
+            seen = sorted(list_dir(probe_dir) or [])
+        except FileStalled:
+            return None  # the shared filesystem does not answer: not counted as a missing probe
         if len(seen) >= expected:
             state["probed"] = True
             return None
@@ -271,12 +279,12 @@ class SlurmRunner:
 
     def dump_stacks(self, ref: AttemptRef, timeout_s: float) -> list[Path]:
         stacks = ref.attempt_dir / "stacks.txt"
-        before = stacks.stat().st_mtime if stacks.exists() else None
+        before = _mtime(stacks)
         if not self._scancel(ref, "--signal=USR2"):  # faulthandler in every rank
             return []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if stacks.exists() and stacks.stat().st_mtime != before:
+            if _mtime(stacks) not in (None, before):
                 return [stacks]
             time.sleep(0.2)
         return []
@@ -312,3 +320,12 @@ class SlurmRunner:
 
     def close(self) -> None:
         self._followed.clear()
+
+
+def _mtime(path: Path) -> float | None:
+    """``path``'s mtime (not through a link); None when missing or when the filesystem does not answer."""
+    try:
+        info = lstat(path)
+    except OSError:
+        return None
+    return info.st_mtime if info is not None else None

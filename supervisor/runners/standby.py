@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
+from supervisor.jobfiles.deadline import FileStalled
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
 from supervisor.jobfiles.standbyfiles import HANDOVER_FILE, LOCK_FD_ENV, NICE_ENV, ready_file_name
@@ -236,10 +237,13 @@ class StandbyLocalRunner(LocalRunner):
             return "it died"
         if spec.ranks.world_size != standby.world_size:
             return f"it has {standby.world_size} rank(s), the attempt runs {spec.ranks.world_size}"
-        broken = ranks_broken(standby)
-        if broken:  # a rank died: its monitor is stopping the others and will exit (the tick replaces it)
-            return broken
-        self._refresh(standby)
+        try:
+            broken = ranks_broken(standby)
+            if broken:  # a rank died: its monitor is stopping the others and will exit (the tick replaces it)
+                return broken
+            self._refresh(standby)
+        except FileStalled:
+            return "its files do not answer"
         if standby.state == StandbyState.STALE:
             return "stale (the config or the user's code changed since it imported them)"
         return None
@@ -260,7 +264,10 @@ class StandbyLocalRunner(LocalRunner):
                 self.drop_standby(job_id)
                 continue
             before = standby.state
-            self._refresh(standby)
+            try:
+                self._refresh(standby)
+            except FileStalled:
+                continue  # its files (or the user's code) do not answer: looked at again at the next tick
             if standby.state == StandbyState.STALE:
                 log.info("job %s: the standby is stale (code or config changed); replacing it", job_id)
                 self._publish(standby)

@@ -14,8 +14,10 @@ from typing import Any
 import psutil
 
 from supervisor.jobfiles.atomic import read_json, write_json_atomic
+from supervisor.jobfiles.deadline import FileStalled
 from supervisor.jobfiles.layout import AttemptLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
+from supervisor.jobfiles.safe_read import lstat, stat_following
 from supervisor.jobfiles.standbyfiles import HANDOVER_FILE
 from supervisor.processes.control import MONITOR_MODULE, ProcessHandle, kill_tree, reap_monitors
 from supervisor.processes.ports import DEFAULT_PORT_WAIT_S
@@ -121,9 +123,14 @@ def kill_leftover_standbys(state_dir: Path) -> list[int]:
                 pass
             continue
         attempt_dir = Path(cmdline[cmdline.index("--attempt-dir") + 1])
-        if (attempt_dir / HANDOVER_FILE).exists():
-            continue  # promoted: a live attempt, adopted like any other
-        started = read_monitor_start(AttemptLayout(attempt_dir).monitor_start)
+        try:
+            if lstat(attempt_dir / HANDOVER_FILE) is not None:
+                continue  # promoted: a live attempt, adopted like any other
+            started = read_monitor_start(AttemptLayout(attempt_dir).monitor_start)
+        except FileStalled:  # cannot tell whether it was promoted: never kill a live attempt on a guess
+            log.warning("cannot tell whether the standby in %s was promoted (its files do not answer): left alone",
+                        attempt_dir)
+            continue
         killed += kill_tree(proc.pid, started.pgid if started is not None else None)
         try:
             proc.kill()
@@ -198,10 +205,15 @@ def config_of(command: tuple[str, ...]) -> Path:
 
 
 def mtime(path: Path) -> float:
+    """``path``'s mtime (through links: a user's module may be one), -1 when it is gone; ``FileStalled``
+    when its filesystem does not answer (unknown, not changed)."""
     try:
-        return path.stat().st_mtime
+        info = stat_following(path)
+    except FileStalled:
+        raise
     except OSError:
         return -1.0
+    return info.st_mtime if info is not None else -1.0
 
 
 def remove_file(path: Path) -> None:

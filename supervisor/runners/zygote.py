@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from supervisor.jobfiles.deadline import FileStalled
+from supervisor.jobfiles.safe_read import stat_following
 from supervisor.jobfiles.standbyfiles import ROOM_ARG, ROOM_ENV
 
 ZYGOTE_MODULE = "trainer.zygote"
@@ -180,7 +182,12 @@ def job_arguments(trainer_args: list[str]) -> list[str]:
 
 
 def _mtime(path: Path) -> float:
+    """``path``'s mtime (through links: a user's module may be one), -1 when it is gone; ``FileStalled`` when
+    its filesystem does not answer (unknown, not changed: the caller's OSError handling waits)."""
     try:
-        return path.stat().st_mtime
+        info = stat_following(path)
+    except FileStalled:
+        raise
     except OSError:
         return -1.0
+    return info.st_mtime if info is not None else -1.0

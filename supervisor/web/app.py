@@ -59,6 +59,7 @@ from supervisor.errors import (
     SupervisorError,
 )
 from supervisor.jobfiles.layout import JobLayout
+from supervisor.jobfiles.safe_read import regular_size
 from supervisor.sweep.ops import SweepNotFound
 from supervisor.web.curves import Cursor, read_points
 from supervisor.web.inspect import InspectFailed, Inspector
@@ -331,7 +332,7 @@ def _tail_offsets(ops: Operations, job: str, attempt: int | None, tail: int) -> 
     offsets = {}
     for stream, path in (("stdout", layout.stdout), ("stderr", layout.stderr)):
         try:
-            offsets[stream] = max(0, path.stat().st_size - tail)
+            offsets[stream] = max(0, (regular_size(path) or 0) - tail)  # the owner's file: safe_read
         except OSError:
             offsets[stream] = 0
     return offsets

@@ -21,8 +21,10 @@ from typing import Any
 from supervisor.jobfiles.atomic import finite_or_none
 from supervisor.jobfiles.bounds import bounded_int
 from supervisor.jobfiles.layout import JobLayout
+from supervisor.jobfiles.safe_read import read_range
 
 MAX_READ = 1024 * 1024  # per poll; the page polls again for the rest
+MAX_SKIP = 64 * MAX_READ  # of one overlong line, per poll
 
 
 @dataclass(frozen=True)
@@ -48,18 +50,18 @@ def read_points(job_dir: str | Path, attempts: list[int], cursor: Cursor, *, max
     for n in sorted(a for a in attempts if a >= cursor.attempt):
         start = cursor.offset if n == cursor.attempt else 0
         try:
-            with open(layout.attempt(n).metrics, "rb") as f:
-                f.seek(start)
-                data = f.read(budget + 1)
-                if len(data) > budget:
-                    data, more = data[:budget], True
-                    if b"\n" not in data:  # one absurdly long line: skip it rather than stall here
-                        skipped = _skip_line(f, start)
-                        more = skipped != start
-                        start, data = skipped, b""
-        except OSError:  # no metrics (yet) for this attempt
+            # the trainer's file (safe_read: a regular file, never whole, never a wait past the deadline)
+            data = read_range(layout.attempt(n).metrics, start, budget + 1, total_cap=0)
+        except OSError:  # out of descriptors, or the file does not answer: the page asks again
+            data = None
+        if data is None:  # no metrics (yet) for this attempt
             current = Cursor(n, start)
             continue
+        if len(data) > budget:
+            data, more = data[:budget], True
+            if b"\n" not in data:  # one absurdly long line: skip it (at most MAX_SKIP a poll) rather than stall
+                current = Cursor(n, _skip_line(layout.attempt(n).metrics, start + len(data)))
+                break
         complete = data[: data.rfind(b"\n") + 1]  # only whole lines; a partial one is read next time
         for line in complete.splitlines():
             point = _point(line, n)
@@ -72,16 +74,22 @@ def read_points(job_dir: str | Path, attempts: list[int], cursor: Cursor, *, max
     return {"points": points, "cursor": {"attempt": current.attempt, "offset": current.offset}, "more": more}
 
 
-def _skip_line(f: Any, start: int) -> int:
-    """The offset just past the newline that ends the line starting at ``start`` (or ``start`` if none yet)."""
-    f.seek(start)
+def _skip_line(path: Path, start: int) -> int:
+    """The offset just past the next newline after ``start``, or ``MAX_SKIP`` bytes further when there is none
+    so far (a 50 GB file of zeros is skipped a bounded piece per poll); ``start`` at the end of the file."""
     position = start
-    while chunk := f.read(MAX_READ):
+    while position - start < MAX_SKIP:
+        try:
+            chunk = read_range(path, position, MAX_READ, total_cap=0)
+        except OSError:
+            return position
+        if not chunk:
+            return position
         end = chunk.find(b"\n")
         if end >= 0:
             return position + end + 1
         position += len(chunk)
-    return start
+    return position
 
 
 def _point(line: bytes, attempt: int) -> dict[str, Any] | None:

@@ -8,8 +8,11 @@ be large). Trace files of the PyTorch profiler are listed by name only.
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
+
+from supervisor.jobfiles.safe_read import list_dir, read_range, regular_size
 
 MAX_PROFILE = 256 * 1024
 REPORT_GLOB = "*-profile*.txt"
@@ -19,14 +22,22 @@ TRACE_GLOB = "*profile*.json"
 def read_profile(attempt_dir: Path) -> list[dict[str, Any]]:
     """``[{name, size, text, truncated}]`` for each report in ``attempt_dir`` (traces: ``text`` is None)."""
     out: list[dict[str, Any]] = []
-    for path in sorted(attempt_dir.glob(REPORT_GLOB)) + sorted(attempt_dir.glob(TRACE_GLOB)):
+    try:  # the trainer's directory and files (safe_read: regular files only, bounded, never a wait)
+        names = list_dir(attempt_dir) or []
+    except OSError:
+        return out
+    paths = [attempt_dir / name for pattern in (REPORT_GLOB, TRACE_GLOB)
+             for name in sorted(n for n in names if fnmatch(n, pattern))]
+    for path in paths:
         try:
-            size = path.stat().st_size
+            size = regular_size(path)
             text = None
-            if path.suffix == ".txt":
-                with open(path, "rb") as handle:
-                    text = handle.read(MAX_PROFILE).decode("utf-8", "replace")
+            if size is not None and path.suffix == ".txt":
+                data = read_range(path, 0, MAX_PROFILE, total_cap=0)
+                text = data.decode("utf-8", "replace") if data is not None else None
         except OSError:
-            continue  # removed while listing: nothing to show
+            continue  # does not answer: nothing to show
+        if size is None:
+            continue  # removed while listing, or not a regular file
         out.append({"name": path.name, "size": size, "text": text, "truncated": size > MAX_PROFILE})
     return out
