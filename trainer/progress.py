@@ -2,27 +2,35 @@
 
 Torch-free, so the CLI can report ``setup`` before the slow torch import. The
 Lightning side (``trainer.callbacks.heartbeat``) feeds it steps and metrics; this
-class decides when a write is due and does it. Writes happen only from the
-training process's main thread, at batch ends and phase changes: a hung step
+class decides when a write is due and does it. Writes are made only when the
+training process's main thread asks, at batch ends and phase changes: a hung step
 therefore stops the heartbeat, which is what the daemon's hang detection needs.
+Each write runs on a writer thread with a deadline (``WRITE_TIMEOUT_S``): a disk
+that does not answer loses beats, as a full one does, and never holds training.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from supervisor.jobfiles.deadline import Deadlines
 from supervisor.jobfiles.heartbeat import PHASES, Heartbeat, write_heartbeat
 
 INTERVAL_ENV = "ML_SUPERVISOR_HEARTBEAT_INTERVAL"
 DEFAULT_INTERVAL = 2.0
 # Step intervals averaged for step_time: enough to smooth noise, few enough to follow a slow-down.
 STEP_WINDOW = 32
+# A heartbeat write that takes longer than this is given up (the disk does not answer); training goes on.
+WRITE_TIMEOUT_S = 5.0
+_WRITES = Deadlines(WRITE_TIMEOUT_S, max_threads=2)
 
 
 def interval_from_env(environ: Mapping[str, str] = os.environ) -> float:
@@ -148,15 +156,20 @@ class HeartbeatWriter:
             rank=self.rank,
         )
         try:
-            write_heartbeat(self.path, beat)
-            self._append_metrics_line(beat)
+            # On a reader thread with a deadline: a disk that does not answer costs this beat (and the next
+            # ones fail at once until it answers), never the training loop (FileStalled is an OSError).
+            _WRITES.run(self.path, lambda: self._write_files(beat))
         except OSError as exc:
-            # Disk full: a lost heartbeat costs nothing, a crash here would cost the run. The next
-            # beat tries again; if none gets through, the daemon's hang clock says so.
+            # Disk full, or not answering: a lost heartbeat costs nothing, a crash (or a wait) here would cost
+            # the run. The next beat tries again; if none gets through, the daemon's hang clock says so.
             self.failed_writes += 1
             if self.failed_writes == 1 or self.failed_writes % 100 == 0:
                 print(f"ml-supervisor trainer: cannot write the heartbeat {self.path}: {exc.strerror or exc} "
                       f"({self.failed_writes} lost so far); training goes on", file=sys.stderr, flush=True)
+
+    def _write_files(self, beat: Heartbeat) -> None:
+        write_heartbeat(self.path, beat)
+        self._append_metrics_line(beat)
 
     def _append_metrics_line(self, beat: Heartbeat) -> None:
         if self.metrics_path is None or not beat.metrics:
@@ -175,8 +188,11 @@ def _append_line_unsynced(path: Path, obj: object) -> None:
     Readers use ``read_json_lines``, which skips a torn last line.
     """
     data = (json.dumps(obj, separators=(",", ":"), allow_nan=False) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    # Only to a regular file: a FIFO in its place fails at once (O_NONBLOCK) instead of waiting for a reader.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file: no metrics line is appended to it", str(path))
         os.write(fd, data)
     finally:
         os.close(fd)

@@ -15,7 +15,10 @@ to save yet, and waiting would only make the daemon escalate to SIGKILL.
 from __future__ import annotations
 
 import faulthandler
+import os
 import signal
+import stat
+import sys
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -71,7 +74,7 @@ class SignalState:
         if self._stacks_file is None:
             self.stacks_path.parent.mkdir(parents=True, exist_ok=True)
             # Line-buffered text file kept open for the process's life; faulthandler writes to its fd.
-            self._stacks_file = open(self.stacks_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._stacks_file = _open_stacks(self.stacks_path)
         faulthandler.unregister(signal.SIGUSR2)
         faulthandler.register(signal.SIGUSR2, file=self._stacks_file, all_threads=True, chain=False)
 
@@ -108,3 +111,22 @@ class SignalState:
 
     def _on_save_request(self, signum: int, frame: FrameType | None) -> None:
         self.save_requested = True
+
+
+def _open_stacks(path: Path) -> IO[str]:
+    """``stacks.txt`` to append to; stderr when it cannot be (a FIFO, a link or a directory in its place: the
+    open does not wait for a FIFO's reader, and the stacks still go to the attempt's log)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     0o644)
+    except OSError as exc:
+        print(f"ml-supervisor trainer: cannot write stacks to {path} ({exc.strerror}); they go to stderr",
+              file=sys.stderr, flush=True)
+        return sys.stderr
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        print(f"ml-supervisor trainer: {path} is not a regular file; stacks go to stderr", file=sys.stderr,
+              flush=True)
+        return sys.stderr
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", buffering=1, encoding="utf-8")
