@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +57,11 @@ class Deadlines:
             raise ValueError("a deadline needs timeout_s > 0 and max_threads >= 1")
         self.timeout_s = timeout_s
         self.max_threads = max_threads
+        self._reset()
+        _instances.add(self)
+
+    def _reset(self) -> None:
+        """No threads, nothing stalled: at creation, and in a forked child (which has none of the threads)."""
         self._lock = threading.Lock()
         self._tasks: queue.SimpleQueue[_Task] = queue.SimpleQueue()
         self._started = 0
@@ -123,6 +129,15 @@ class Deadlines:
 
 
 _active: Deadlines | None = None
+_instances: weakref.WeakSet[Deadlines] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for instance in list(_instances):
+        instance._reset()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def enable(timeout_s: float = DEFAULT_TIMEOUT_S, max_threads: int = DEFAULT_MAX_THREADS) -> Deadlines:

@@ -252,3 +252,17 @@ def test_the_readers_use_the_deadline_once_enabled(tmp_path: Path, monkeypatch: 
         read_exit_record(tmp_path / "exit.json")
     assert time.monotonic() - start < 1.0
     hung.set()
+
+
+def test_a_forked_child_starts_its_own_reader_threads() -> None:
+    """A fork copies no thread: a child that inherited "one thread started" would wait on nobody."""
+    d = Deadlines(timeout_s=1.0, max_threads=1)
+    assert d.run("/x/f", lambda: 1) == 1  # the parent's reader thread exists now
+    pid = os.fork()
+    if pid == 0:  # the child: answered by a thread of its own, in time
+        try:
+            os._exit(0 if d.run("/x/f", lambda: 2) == 2 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
