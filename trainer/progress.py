@@ -80,6 +80,8 @@ class HeartbeatWriter:
         # (global step, epoch) from the trainer, read only when a beat is written.
         self.read_progress: Callable[[], tuple[int, int]] | None = None
         self._intervals: deque[float] = deque(maxlen=STEP_WINDOW)
+        self._computes: deque[float] = deque(maxlen=STEP_WINDOW)  # per step: batch start -> loss ready
+        self._compute_best: float | None = None
         self._last_step_end: float | None = None
         self._last_write = float("-inf")
         self._last_metrics_line: tuple[int, dict[str, float]] | None = None
@@ -111,6 +113,19 @@ class HeartbeatWriter:
             self.set_phase("train")
         elif now - self._last_write >= self.interval:
             self.write()
+
+    def compute_done(self, seconds: float) -> None:
+        """A step's compute (its forward, before any collective), for the straggler scores."""
+        self._computes.append(seconds)
+
+    def _compute_median(self) -> float | None:
+        if not self._computes:
+            return None
+        ordered = sorted(self._computes)
+        median = ordered[len(ordered) // 2]
+        if len(ordered) == self._computes.maxlen:  # a full window: a fair "best" to compare against later
+            self._compute_best = median if self._compute_best is None else min(self._compute_best, median)
+        return median
 
     def tick(self) -> None:
         """Progress that is not a training step (a validation batch): refresh the beat if due."""
@@ -154,6 +169,8 @@ class HeartbeatWriter:
             metrics=self.metrics,
             marks=self.marks,
             rank=self.rank,
+            compute_time=self._compute_median(),
+            compute_best=self._compute_best,
         )
         try:
             # On a reader thread with a deadline: a disk that does not answer costs this beat (and the next

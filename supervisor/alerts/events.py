@@ -113,10 +113,25 @@ class RebootAlert(AlertEvent):
     boot_id: str
 
 
+@dataclass(frozen=True)
+class StragglerAlert(AlertEvent):
+    """A rank (or a single-process job) runs well below its peers' (or its own) pace; once per rank per attempt."""
+
+    event: ClassVar[str] = "straggler"
+    message: str  # the event's line: who, how slow, what NVML says of its GPU
+    attempt: int
+    rank: int | None = None  # None: a single-process job slowed down
+    gpu: int | None = None
+    relative: float | None = None
+    individual: float | None = None
+    action: str = "alert"  # or "restart_without": its GPU quarantined, the job relaunched without it
+    gpu_context: dict[str, Any] | None = None
+
+
 # The events that go through the store's outbox (every restart, every ending, a GPU fault, a reboot), by name.
 OUTBOX_EVENTS: dict[str, type[AlertEvent]] = {
     cls.event: cls for cls in (RestartAlert, HangAlert, CompletedAlert, BudgetAlert, FailedAlert, StoppedAlert,
-                               GpuFaultAlert, RebootAlert)
+                               GpuFaultAlert, RebootAlert, StragglerAlert)
 }
 
 

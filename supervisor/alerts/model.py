@@ -37,6 +37,7 @@ _EVENT_TITLES: dict[str, tuple[str, str]] = {
     "completed": ("completed", "INFO"),
     "stopped": ("stopped", "INFO"),
     "reboot": ("recovered after a node reboot", "WARN"),
+    "straggler": ("straggler", "WARN"),
 }
 assert set(_EVENT_TITLES) == set(ALERT_EVENTS), "every configurable alert event needs a title"
 

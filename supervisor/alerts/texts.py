@@ -156,6 +156,17 @@ def _reboot_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     return _finish(lines, job, job_id, f)
 
 
+def _straggler_text(job: str, job_id: str, f: dict[str, Any]) -> str:
+    lines = [str(f.pop("message", "a rank is running slower than its peers"))]
+    action = f.pop("action", None)
+    if action == "restart_without":
+        lines.append("Action: its GPU was quarantined and the job relaunched without it.")
+    context = f.pop("gpu_context", None)
+    if isinstance(context, dict) and context:
+        lines.append("GPU: " + ", ".join(f"{k}={v}" for k, v in context.items()))
+    return _finish(lines, job, job_id, f)
+
+
 _ENDING_EVENTS = frozenset({"failed", "budget", "completed", "stopped"})
 
 TEXT_BUILDERS = {
@@ -167,6 +178,7 @@ TEXT_BUILDERS = {
     "completed": _completed_text,
     "stopped": _stopped_text,
     "reboot": _reboot_text,
+    "straggler": _straggler_text,
 }
 
 

@@ -22,8 +22,9 @@ MODE_CHOICES = ("min", "max")
 WANDB_MODES = ("online", "offline", "disabled")
 WATCH_CHOICES = ("gradients", "parameters", "all", "none")
 BACKENDS = ("local", "slurm")
-ALERT_EVENTS = ("restart", "hang", "gpu_fault", "failed", "budget", "completed", "stopped", "reboot")
-DEFAULT_ALERTS = ["restart", "hang", "gpu_fault", "failed", "budget", "completed", "reboot"]
+ALERT_EVENTS = ("restart", "hang", "gpu_fault", "failed", "budget", "completed", "stopped", "reboot", "straggler")
+DEFAULT_ALERTS = ["restart", "hang", "gpu_fault", "failed", "budget", "completed", "reboot", "straggler"]
+STRAGGLER_ACTIONS = ("alert", "restart_without")
 
 
 @dataclass
@@ -121,6 +122,17 @@ class DivergenceConfig:
 
 
 @dataclass
+class StragglersConfig:
+    """A rank (or a single-process job) that runs but slows everyone down (docs/stragglers.md)."""
+
+    enabled: bool = True
+    threshold: float = 0.7  # a rank whose pace stays under this share of its peers' is a straggler
+    window: int = 6  # observations in a row (one per poll, with new steps on every rank)
+    slow_factor: float = 1.5  # a single-process job slower than this x its own best is slowed down
+    action: str = "alert"  # alert | restart_without (quarantine the straggler's GPU and relaunch elsewhere)
+
+
+@dataclass
 class SupervisionConfig:
     """The supervision policy, read by the daemon (validated here so errors come early)."""
 
@@ -139,6 +151,7 @@ class SupervisionConfig:
     alerts: list[str] = field(default_factory=lambda: list(DEFAULT_ALERTS))
     backend: str = "local"  # local | slurm (the ``slurm:`` section then says how; docs/slurm.md)
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
+    stragglers: StragglersConfig = field(default_factory=StragglersConfig)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from supervisor.config.schema import (
     MODE_CHOICES,
     RESUME_CHOICES,
     STANDBY_CHOICES,
+    STRAGGLER_ACTIONS,
     WANDB_MODES,
     WATCH_CHOICES,
 )
@@ -158,6 +159,13 @@ def check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None:
     spike_factor = get("supervision.divergence.spike_factor")
     if spike_factor is not None and not spike_factor > 1.0:
         fail("supervision.divergence.spike_factor", f"must be above 1 (or null: no spike check); got {spike_factor}")
+    at_least("supervision.stragglers.window", 2)
+    threshold = get("supervision.stragglers.threshold")
+    if not 0.0 < threshold < 1.0:
+        fail("supervision.stragglers.threshold", f"must be in (0, 1); got {threshold}")
+    if not get("supervision.stragglers.slow_factor") > 1.0:
+        fail("supervision.stragglers.slow_factor", f"must be above 1; got {get('supervision.stragglers.slow_factor')}")
+    choice("supervision.stragglers.action", STRAGGLER_ACTIONS)
     lr_scale = get("supervision.divergence.lr_scale")
     if not 0.0 < lr_scale <= 1.0:
         fail("supervision.divergence.lr_scale", f"must be in (0, 1]; got {lr_scale}")

@@ -11,6 +11,7 @@ from supervisor.core.file_waits import poll_or_wait
 from supervisor.core.following import Following
 from supervisor.core.launching import Launching
 from supervisor.core.rank_files import attempt_heartbeat
+from supervisor.core.rank_watch import RankWatch
 from supervisor.core.runner_set import RunnerSet
 from supervisor.core.standby_keeping import StandbyKeeper
 from supervisor.core.stopping import Stopping
@@ -31,7 +32,7 @@ class Polling:
     """``tick`` polls every unfinished job; notices and timers poll one (``poll_job``)."""
 
     def __init__(self, ctx: CoreContext, runners: RunnerSet, *, launching: Launching, stopping: Stopping,
-                 ending: Ending, keeper: StandbyKeeper, following: Following) -> None:
+                 ending: Ending, keeper: StandbyKeeper, following: Following, rank_watch: RankWatch) -> None:
         self._ctx = ctx
         self._runners = runners
         self._launching = launching
@@ -39,6 +40,7 @@ class Polling:
         self._ending = ending
         self._keeper = keeper
         self._following = following
+        self._rank_watch = rank_watch
 
     def tick(self) -> None:
         """Fire due timers and poll every job that is not finished (the safety net under notices and timers)."""
@@ -101,11 +103,13 @@ class Polling:
         if budget_spent(job.budget_s, job.first_started_at, now):
             self._stopping.begin_stop(job, Cause.BUDGET, "the time budget was spent", now)
             return
-        self._check_health(job, attempt, now)
+        if self._check_health(job, attempt, now):
+            return
+        self._rank_watch.check(job, attempt, self._ctx.tracker.get_or_track(job.id, attempt.n), now)
         self._keeper.keep_standby(job, attempt)
 
-    def _check_health(self, job: JobRow, attempt: AttemptRow, now: float) -> None:
-        """Hang detection: no progress in the heartbeat for longer than the attempt's timeout."""
+    def _check_health(self, job: JobRow, attempt: AttemptRow, now: float) -> bool:
+        """Hang detection: no progress in the heartbeat for longer than the attempt's timeout (True: hung)."""
         ctx = self._ctx
         layout = JobLayout(Path(job.job_dir)).attempt(attempt.n)
         tracked = ctx.tracker.get_or_track(job.id, attempt.n)
@@ -121,3 +125,4 @@ class Polling:
                              settings=ctx.settings.hang)
         if verdict.hung:
             self._stopping.begin_stop(job, Cause.HANG, f"hang: {verdict.reason}", now)
+        return verdict.hung

@@ -29,6 +29,7 @@ from supervisor.core.loop import Loop
 from supervisor.core.outbox import AlertHook, Outbox
 from supervisor.core.placement import Placement
 from supervisor.core.polling import Polling
+from supervisor.core.rank_watch import RankWatch
 from supervisor.core.reconciling import Reconciling, Verdict
 from supervisor.core.requests import Requests
 from supervisor.core.runner_set import RunnerSet
@@ -300,5 +301,5 @@ def _assemble(ctx: CoreContext, runners: RunnerSet, outbox: Outbox) -> _Parts:
                   stopping=stopping, reconciling=reconciling, placement=placement, launching=launching,
                   gpu_actions=GpuActions(ctx, runners, stopping, outbox),
                   polling=Polling(ctx, runners, launching=launching, stopping=stopping, ending=ending, keeper=keeper,
-                                  following=following),
+                                  following=following, rank_watch=RankWatch(ctx, stopping, outbox)),
                   requests=Requests(ctx, keeper, placement, stopping))

@@ -7,13 +7,14 @@ the manifest was read, the frozen config).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from supervisor.config import load_job_config
 from supervisor.jobfiles.layout import JobLayout
+from supervisor.rules.stragglers import SlowdownDetector, StragglerDetector
 
 
 @dataclass
@@ -29,6 +30,10 @@ class TrackedAttempt:
     # and the start-up allowance counts from here, not from the submission.
     running_since: float | None = None
     standby_setting: str | None = None  # supervision.standby, read once per attempt
+    # The straggler / slowdown detectors of this attempt, and the steps each rank had at the last observation.
+    stragglers: StragglerDetector | None = None
+    slowdown: SlowdownDetector | None = None
+    observed_steps: dict[int, int] = field(default_factory=dict)
 
 
 class AttemptTracker:

@@ -79,6 +79,7 @@ class GpuStatus:
     processes: list[tuple[int, int | None]] = field(default_factory=list)
     quarantined_since: float | None = None
     read_errors: int = 0  # transient NVML read errors so far (retried; never a reason to quarantine)
+    performance: dict[str, Any] = field(default_factory=dict)  # clocks, throttle reasons, power, PCIe link
 
     def as_dict(self, jobs: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
         """The ``supervisorctl gpus --json`` entry; ``jobs``: ids of the jobs the daemon placed on it."""
@@ -88,6 +89,7 @@ class GpuStatus:
             "memory_used_mib": self.memory_used_mib, "memory_total_mib": self.memory_total_mib,
             "processes": [{"pid": pid, "used_mib": used} for pid, used in self.processes],
             "quarantined_since": self.quarantined_since, "read_errors": self.read_errors,
+            "performance": dict(self.performance),
         }
 
 
@@ -301,8 +303,15 @@ class GpuMonitor:
                     processes=[(p.pid, p.used_mib) for p in reading.processes] if reading else [],
                     quarantined_since=record.since if record else None,
                     read_errors=self.read_errors.get(index, 0),
+                    performance=reading.performance() if reading else {},
                 ))
         return out
+
+    def last_reading(self, index: int) -> GpuReading | None:
+        """The GPU's latest reading (None before the first, or for no such GPU); no NVML call."""
+        with self._lock:
+            state = self._gpus.get(index)
+            return state.reading if state is not None else None
 
     def allocatable(self) -> list[int]:
         """GPUs a new attempt may use: read at least once, healthy or degraded, not quarantined.

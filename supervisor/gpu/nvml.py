@@ -82,6 +82,14 @@ class NvmlBackend:
         retired = opt(lambda: bool(nv.nvmlDeviceGetRetiredPagesPendingStatus(handle)))
         remap = opt(lambda: nv.nvmlDeviceGetRemappedRows(handle))
         procs = opt(lambda: nv.nvmlDeviceGetComputeRunningProcesses(handle))
+        sm_clock = opt(lambda: int(nv.nvmlDeviceGetClockInfo(handle, nv.NVML_CLOCK_SM)))
+        sm_clock_max = opt(lambda: int(nv.nvmlDeviceGetMaxClockInfo(handle, nv.NVML_CLOCK_SM)))
+        power_mw = opt(lambda: float(nv.nvmlDeviceGetPowerUsage(handle)))
+        limit_mw = opt(lambda: float(nv.nvmlDeviceGetEnforcedPowerLimit(handle)))
+        pcie_gen = opt(lambda: int(nv.nvmlDeviceGetCurrPcieLinkGeneration(handle)))
+        pcie_gen_max = opt(lambda: int(nv.nvmlDeviceGetMaxPcieLinkGeneration(handle)))
+        pcie_width = opt(lambda: int(nv.nvmlDeviceGetCurrPcieLinkWidth(handle)))
+        pcie_width_max = opt(lambda: int(nv.nvmlDeviceGetMaxPcieLinkWidth(handle)))
         return GpuReading(
             index=index,
             uuid=uuid,
@@ -96,6 +104,10 @@ class NvmlBackend:
             remapped_rows_pending=bool(remap[2]) if remap is not None else None,
             remapped_rows_failure=bool(remap[3]) if remap is not None else None,
             processes=tuple(_nvml_processes(procs or [])),
+            sm_clock_mhz=sm_clock, sm_clock_max_mhz=sm_clock_max,
+            power_w=None if power_mw is None else power_mw / 1000.0,
+            power_limit_w=None if limit_mw is None else limit_mw / 1000.0,
+            pcie_gen=pcie_gen, pcie_gen_max=pcie_gen_max, pcie_width=pcie_width, pcie_width_max=pcie_width_max,
         )
 
     def wait_xid(self, timeout_s: float) -> XidEvent | None:

@@ -15,6 +15,8 @@ defaults to its position). Optional fields beyond the issue's list:
 - ``throttle_reasons`` (list of names, see ``THROTTLE_REASON_BITS``, or an int
   bitmask as NVML returns it): current clock-event reasons.
 - ``processes`` (list of ``{"pid": int, "used_mib": int}``): compute processes.
+- ``sm_clock_mhz``, ``sm_clock_max_mhz``, ``power_w``, ``power_limit_w``, ``pcie_gen``,
+  ``pcie_gen_max``, ``pcie_width``, ``pcie_width_max`` (numbers): what a straggler report shows.
   As in real NVML, a process that has exited (or is a zombie) is not listed:
   its CUDA context is gone. When ``memory_used_mib`` is absent it is the sum of
   the listed live processes' ``used_mib``.
@@ -51,10 +53,13 @@ from supervisor.gpu.types import (
 log = logging.getLogger("supervisor.gpu.backend")
 
 
+# Numbers a straggler report shows (GpuReading's fields of the same names); absent: unknown, as on old drivers.
+PERFORMANCE_FIELDS = ("sm_clock_mhz", "sm_clock_max_mhz", "power_w", "power_limit_w", "pcie_gen", "pcie_gen_max",
+                      "pcie_width", "pcie_width_max")
 _FAKE_FIELDS = {
     "index", "uuid", "name", "memory_total_mib", "memory_used_mib", "temperature_c", "ecc_uncorrected",
     "ecc_corrected", "retired_pages_pending", "remapped_rows_pending", "remapped_rows_failure", "lost", "xid",
-    "throttle_reasons", "processes",
+    "throttle_reasons", "processes", *PERFORMANCE_FIELDS,
 }
 
 
@@ -114,6 +119,10 @@ class FakeNvmlBackend:
             remapped_rows_pending=_opt_bool(gpu.get("remapped_rows_pending", False)),
             remapped_rows_failure=_opt_bool(gpu.get("remapped_rows_failure", False)),
             processes=processes,
+            sm_clock_mhz=_opt_int(gpu.get("sm_clock_mhz")), sm_clock_max_mhz=_opt_int(gpu.get("sm_clock_max_mhz")),
+            power_w=_opt_float(gpu.get("power_w")), power_limit_w=_opt_float(gpu.get("power_limit_w")),
+            pcie_gen=_opt_int(gpu.get("pcie_gen")), pcie_gen_max=_opt_int(gpu.get("pcie_gen_max")),
+            pcie_width=_opt_int(gpu.get("pcie_width")), pcie_width_max=_opt_int(gpu.get("pcie_width_max")),
         )
 
     def wait_xid(self, timeout_s: float) -> XidEvent | None:
@@ -213,7 +222,8 @@ def _parse_fake(path: Path, data: bytes) -> list[dict[str, Any]]:
                 _fake_throttle(throttle)
             except ValueError as exc:
                 raise GpuBackendError(f"{where}.throttle_reasons: {exc}") from None
-        for key in ("temperature_c", "memory_used_mib", "memory_total_mib", "ecc_uncorrected", "ecc_corrected"):
+        for key in ("temperature_c", "memory_used_mib", "memory_total_mib", "ecc_uncorrected", "ecc_corrected",
+                    *PERFORMANCE_FIELDS):
             value = gpu.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise GpuBackendError(f"{where}.{key}: expected a number")

@@ -55,6 +55,27 @@ class GpuReading:
     remapped_rows_pending: bool | None = None
     remapped_rows_failure: bool | None = None
     processes: tuple[GpuProcess, ...] = field(default_factory=tuple)
+    # What a straggler report shows of its GPU (a slow GPU that still runs): clocks, power, the PCIe link.
+    sm_clock_mhz: int | None = None
+    sm_clock_max_mhz: int | None = None
+    power_w: float | None = None
+    power_limit_w: float | None = None
+    pcie_gen: int | None = None
+    pcie_gen_max: int | None = None
+    pcie_width: int | None = None
+    pcie_width_max: int | None = None
+
+    def performance(self) -> dict[str, object]:
+        """The fields that explain a slow GPU (for a straggler or slowdown event), the unknown ones left out."""
+        facts: dict[str, object] = {
+            "gpu": self.index, "name": self.name, "temperature_c": self.temperature_c,
+            "throttle_reasons": sorted(self.throttle_reasons) if self.throttle_reasons is not None else None,
+            "sm_clock_mhz": self.sm_clock_mhz, "sm_clock_max_mhz": self.sm_clock_max_mhz,
+            "power_w": self.power_w, "power_limit_w": self.power_limit_w,
+            "pcie_gen": self.pcie_gen, "pcie_gen_max": self.pcie_gen_max,
+            "pcie_width": self.pcie_width, "pcie_width_max": self.pcie_width_max,
+        }
+        return {k: v for k, v in facts.items() if v is not None}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ start-up milestones, each set once: ``imports_done`` (torch and Lightning
 imported), ``checkpoint_loaded`` (the resume checkpoint
 restored), ``train_start`` (fit loop starting, after the sanity check) and
 ``first_step`` (the first optimizer step of this attempt ended).
+``compute_time`` is the median of recent steps' compute (batch start to loss ready: the
+forward, before backward's gradient all-reduce waits for the other ranks), and
+``compute_best`` the lowest such median this process has seen over a full window;
+the daemon compares ranks with them (``rules/stragglers.py``).
 ``rank`` is the writer's global rank (ranks >= 1 write ``heartbeat.rank<N>.json``);
 a beat without it is rank 0's.
 """
@@ -45,6 +49,8 @@ class Heartbeat:
     metrics: dict[str, float] = field(default_factory=dict)
     marks: dict[str, float] = field(default_factory=dict)
     rank: int = 0
+    compute_time: float | None = None
+    compute_best: float | None = None
 
 
 def write_heartbeat(path: str | Path, beat: Heartbeat) -> None:
@@ -79,6 +85,8 @@ def read_heartbeat(path: str | Path) -> Heartbeat | None:
             metrics=_metrics(data.get("metrics")),
             marks=_metrics(data.get("marks")),
             rank=int(data.get("rank", 0)),
+            compute_time=optional_duration(data.get("compute_time")),
+            compute_best=optional_duration(data.get("compute_best")),
         )
     except (KeyError, TypeError, ValueError):
         return None

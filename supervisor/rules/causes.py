@@ -31,6 +31,7 @@ class Cause(StrEnum):
     BUDGET = "budget"
     CONFIG_ERROR = "config_error"
     DIVERGED = "diverged"  # the loss went non-finite or spiked: roll back to a checkpoint before it
+    STRAGGLER = "straggler"  # stopped to move off a straggling GPU (supervision.stragglers.action)
 
 
 class EndReason(StrEnum):
@@ -78,3 +79,5 @@ class EventKind(StrEnum):
     ADOPTED = "adopted"
     GPU = "gpu"
     XID = "xid"
+    STRAGGLER = "straggler"  # a rank runs well below its peers' pace
+    SLOW = "slow"  # a single-process job runs well below its own pace

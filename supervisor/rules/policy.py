@@ -62,7 +62,7 @@ from supervisor.rules.states import TERMINAL_STATES, JobState
 FAILURE_CAUSES = (Cause.CRASH, Cause.HANG, Cause.GPU_FAULT, Cause.VANISHED)
 """Causes that are the job's failures: they count toward max_restarts, no-progress and the backoff."""
 
-RESTART_NOW_CAUSES = (Cause.REBOOT, Cause.USER_RESTART)
+RESTART_NOW_CAUSES = (Cause.REBOOT, Cause.USER_RESTART, Cause.STRAGGLER)
 """Causes that restart at once and are not the job's failures."""
 
 TERMINAL_CAUSES = (Cause.COMPLETED, Cause.USER_STOP, Cause.BUDGET, Cause.CONFIG_ERROR)
@@ -365,6 +365,7 @@ _CAUSE_TEXT = {
     Cause.REBOOT: "node rebooted",
     Cause.USER_RESTART: "restart requested",
     Cause.DIVERGED: "the loss diverged",
+    Cause.STRAGGLER: "moved off a straggling GPU",
 }
 
 

@@ -272,6 +272,7 @@ def test_snapshot_entry_for_supervisorctl(gpu_file: FakeGpuFile, tmp_path: Path,
         "index": 0, "uuid": "GPU-fake-0", "name": "Fake H100", "health": "healthy", "reasons": [],
         "jobs": ["digits-1"], "temperature_c": 63.0, "memory_used_mib": 2048, "memory_total_mib": 81559,
         "processes": [], "quarantined_since": None, "read_errors": 0,
+        "performance": {"gpu": 0, "name": "Fake H100", "temperature_c": 63.0},
     }
     json.dumps(entry)
 

@@ -56,7 +56,10 @@ def driver(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedDriver]:
     }
     for name in ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons",
                  "nvmlDeviceGetTotalEccErrors", "nvmlDeviceGetRetiredPagesPendingStatus",
-                 "nvmlDeviceGetRemappedRows"):
+                 "nvmlDeviceGetRemappedRows", "nvmlDeviceGetClockInfo", "nvmlDeviceGetMaxClockInfo",
+                 "nvmlDeviceGetPowerUsage", "nvmlDeviceGetEnforcedPowerLimit", "nvmlDeviceGetCurrPcieLinkGeneration",
+                 "nvmlDeviceGetMaxPcieLinkGeneration", "nvmlDeviceGetCurrPcieLinkWidth",
+                 "nvmlDeviceGetMaxPcieLinkWidth"):
         calls[name] = _unsupported
     for name, fn in calls.items():
         monkeypatch.setattr(pynvml, name, fn)

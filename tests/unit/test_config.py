@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from supervisor.config.schema import DEFAULT_ALERTS
 from supervisor.errors import ConfigError
 
 BASE = "name: digits\nmodel: {class_path: pkg.models.Net}\ndata: {class_path: pkg.data.Digits}\n"
-ALERTS = "restart, hang, gpu_fault, failed, budget, completed, stopped, reboot"
+ALERTS = "restart, hang, gpu_fault, failed, budget, completed, stopped, reboot, straggler"
 CLI = " (set on the command line)"
 
 # id, YAML text, overrides, expected message after "<file>: "
@@ -196,15 +200,50 @@ def test_unreadable_file(tmp_path: Path, make: str) -> None:
     assert str(info.value) == f"{path}: {expected}"
 
 
+def _as_nobody(call: Callable[[], str]) -> str:
+    """``call()`` in a forked child that runs as ``nobody`` (file permissions do not stop root's reads)."""
+    nobody = pwd.getpwnam("nobody")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to nobody, answer on the pipe, never return into pytest
+        code = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(write_end, call().encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        text = answer.read().decode()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    return text
+
+
 def test_unreadable_permissions(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("running as root: file permissions do not stop reads")
-    path = tmp_path / "job.yaml"
-    path.write_text(BASE)
-    path.chmod(0)
-    with pytest.raises(ConfigError) as info:
-        load_job_config(path)
-    assert str(info.value) == f"{path}: cannot read the file: Permission denied"
+    """Run as ``nobody`` where the suite runs as root (CI does): root reads any file."""
+    shared = Path(tempfile.mkdtemp(prefix="mlsv-perm-", dir="/tmp"))  # tmp_path's parents are root's 0700
+    try:
+        shared.chmod(0o755)
+        path = shared / "job.yaml"
+        path.write_text(BASE)
+        path.chmod(0)
+
+        def load() -> str:
+            try:
+                load_job_config(path)
+            except ConfigError as exc:
+                return str(exc)
+            return "loaded"
+
+        said = _as_nobody(load) if os.geteuid() == 0 else load()
+        assert said == f"{path}: cannot read the file: Permission denied"
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 # --- good configs

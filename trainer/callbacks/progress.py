@@ -14,6 +14,7 @@ from pytorch_lightning.callbacks import Callback
 from torch import Tensor
 
 from supervisor.jobfiles.atomic import finite_or_none
+from trainer.callbacks.compute_timer import ComputeTimer
 from trainer.callbacks.divergence import LossGuard
 from trainer.deadline import Deadline
 from trainer.progress import HeartbeatWriter
@@ -39,6 +40,7 @@ class ProgressCallback(Callback):
         self.writer = writer
         self.deadline = deadline
         self.guard = guard  # the divergence check (trainer/callbacks/divergence.py), on the same hooks
+        self._compute = ComputeTimer()  # each step's forward, for the daemon's straggler scores
         self._trainer: pl.Trainer | None = None
         self._has_trained = False
         self._multi_process = False
@@ -60,8 +62,14 @@ class ProgressCallback(Callback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        self._compute.start(pl_module)
         if self.guard is not None:
             self.guard.batch_start(trainer)
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor) -> None:
+        seconds = self._compute.stop()
+        if seconds is not None:
+            self.writer.compute_done(seconds)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -14,6 +14,7 @@ slow saves inside a real Lightning fit:
       # fault_on_rank: 1                     # only that global rank misbehaves (default: every rank)
       # step_delay: 0.05                     # seconds of sleep per step (slow the fit down)
       # delay_on_attempt: 1                  # ... on that attempt only (default: every attempt)
+      # delay_on_rank: 1                     # ... on that global rank only (a straggler; default: every rank)
       # ballast_mb: 200                      # a big saved buffer, so checkpoint saves take time
 
 The attempt number comes from ``ML_SUPERVISOR_ATTEMPT``, which ``python -m
@@ -56,6 +57,7 @@ class FaultyDigitsClassifier(DigitsClassifier):
         fault_on_rank: int | None = None,
         step_delay: float = 0.0,
         delay_on_attempt: int | None = None,
+        delay_on_rank: int | None = None,
         ballast_mb: int = 0,
         nan_at_step: int | None = None,
         nan_val_at_epoch: int | None = None,
@@ -69,6 +71,7 @@ class FaultyDigitsClassifier(DigitsClassifier):
         self.fault_on_rank = fault_on_rank
         self.step_delay = step_delay
         self.delay_on_attempt = delay_on_attempt
+        self.delay_on_rank = delay_on_rank
         self.nan_at_step = nan_at_step
         self.nan_val_at_epoch = nan_val_at_epoch
         self.record_batches = record_batches
@@ -79,7 +82,8 @@ class FaultyDigitsClassifier(DigitsClassifier):
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """The digits step, after the configured fault (if this is the step and the attempt)."""
-        if self.step_delay > 0 and self.delay_on_attempt in (None, _attempt()):
+        if self.step_delay > 0 and self.delay_on_attempt in (None, _attempt()) \
+                and self.delay_on_rank in (None, self.global_rank):
             time.sleep(self.step_delay)
         if self._faulty_attempt():
             if self.hang_at_step is not None and self.global_step == self.hang_at_step:
