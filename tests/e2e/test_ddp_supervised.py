@@ -25,6 +25,7 @@ from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import AttemptLayout, JobLayout
 from supervisor.jobfiles.monitorfiles import MonitorStart, read_monitor_exit, read_monitor_start
 from tests.support.harness import REPO, DaemonProc, real_env, wait_for
+from tests.support.resume_oracle import resume_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.lightning]
 
@@ -142,10 +143,10 @@ def test_sigkill_of_one_rank_ends_the_attempt_at_once_and_both_ranks_resume_from
     died = next(e for e in end.ranks if e.rank == victim)
     print(f"rank {victim} killed: seen dead after {died.ended_at - killed_at:.2f}s, attempt over "
           f"{end.ended_at - died.ended_at:.2f}s later; survivor: {[e for e in end.ranks if e.rank != victim]}")
-    # Within the survivor's SIGTERM grace (0.8 s) and the monitor's poll, with room for a loaded box
-    # (1.04 s was seen at load 18 on 2 cores); left alone, the survivor would sit in gloo's all-reduce
-    # for its 30-minute timeout. How fast it is on a quiet box is bench/ddp_restart.py's figure.
-    assert end.ended_at - died.ended_at < 3.0, f"the other rank lived {end.ended_at - died.ended_at:.2f}s longer"
+    # Ended by the monitor (the survivor's SIGTERM grace is 0.8 s): left alone, the survivor would sit in
+    # gloo's all-reduce for its 30-minute timeout. The bound only tells those apart (a loaded box takes
+    # seconds); how fast it is on a quiet box is bench/ddp_restart.py's figure.
+    assert end.ended_at - died.ended_at < 60, f"the other rank lived {end.ended_at - died.ended_at:.2f}s longer"
     survivor = 1 - victim
     record = read_exit_record(_layout(d, job, 1).exit_record_of(survivor))
     assert record is not None and record.status in ("exception", "signal")  # the survivor had its say
@@ -157,9 +158,8 @@ def test_sigkill_of_one_rank_ends_the_attempt_at_once_and_both_ranks_resume_from
     final = d.wait_state(job, "completed", "failed", timeout=400)
     assert final["state"] == "completed", final["detail"]
     assert [a["reason"] for a in final["attempts"]] == ["crash", "completed"]
-    resumed = final["attempts"][1]["resumed_from"]
-    assert resumed is not None and resumed in [c["path"] for c in status["checkpoints"]] + [
-        status["best_checkpoint"]["path"]]
+    # the best checkpoint attempt 1 left, by the tests' own rule over its manifest lines (not the daemon's)
+    assert final["attempts"][1]["resumed_from"] == resume_for(JobLayout(Path(final["job_dir"])).manifest, 2)
     assert final["global_step"] == 3 * 23  # 23 steps an epoch at a global batch of 64
     for rank in (0, 1):
         layout = _layout(d, job, 2)
@@ -182,7 +182,7 @@ def test_a_rank_hanging_in_training_step_is_a_hang_with_both_stacks_and_a_relaun
     assert "pytorch_lightning" in waiting  # ...rank 0 waits for it inside Lightning (the all-reduce)
     saved = next(e for e in d.client().call("events", job=job) if e["kind"] == "stacks")
     assert "stacks.txt" in saved["message"] and "stacks.rank1.txt" in saved["message"]
-    assert final["attempts"][1]["resumed_from"] is not None
+    assert final["attempts"][1]["resumed_from"] == resume_for(JobLayout(Path(final["job_dir"])).manifest, 2)
 
 
 def test_stop_during_ddp_training_leaves_one_complete_checkpoint_and_records_the_signal(daemon: DaemonProc) -> None:
@@ -226,3 +226,25 @@ def test_a_nan_on_rank_1_only_rolls_the_whole_job_back(daemon: DaemonProc) -> No
     assert [e["from_step"] for e in lines if e.get("event") == "unusable"] == [30]
     resumed = [e["step"] for e in saves if e["path"] == final["attempts"][1]["resumed_from"]][-1]
     assert resumed < 30 and final["divergence"]["first_bad_steps"] == [30]
+
+
+def test_a_slow_rank_is_named_a_straggler_and_an_even_job_of_the_same_shape_is_not(daemon: DaemonProc) -> None:
+    d = daemon
+    shape = [*DDP, FAULTY, "trainer.max_epochs=12", "model.init_args.step_delay=0.08",
+             "supervision.stragglers.window=3"]
+    slow = d.submit(DIGITS, *shape, "model.init_args.delay_on_rank=1")
+
+    def named() -> list[dict[str, Any]]:
+        return [e for e in d.client().call("events", job=slow) if e["kind"] == "straggler"]
+
+    events = wait_for(named, timeout=START_TIMEOUT + 120, interval=0.5, what="a straggler event")
+    assert len(events) == 1 and events[0]["message"].startswith("straggler: rank 1 ")
+    assert events[0]["data"]["rank"] == 1 and events[0]["data"]["relative"] < 0.7
+    ranks = d.status(slow)["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[1]["step_ms"] > ranks[0]["step_ms"]
+    d.ctl("stop", slow)
+    d.wait_state(slow, "stopped", timeout=120)
+    even = d.submit(DIGITS, *shape)  # both ranks at the same pace, as long
+    final = d.wait_state(even, "completed", "failed", timeout=START_TIMEOUT + 180)
+    assert final["state"] == "completed"
+    assert not [e for e in d.client().call("events", job=even) if e["kind"] in ("straggler", "slow")]
