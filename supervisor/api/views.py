@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 
 from supervisor.api.divergence_view import divergence_view
+from supervisor.api.ranks_view import ranks_view
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
@@ -80,6 +81,7 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         "wandb": wandb,
         "checkpointing": _checkpointing_view(frozen),
         "divergence": divergence_view(layout, attempts, _world_size(frozen)),
+        "ranks": ranks_view(layout.attempt(latest.n), latest, _world_size(frozen)) if latest else None,
         "standby": _or_none(lambda: standby_view(Path(job.job_dir))),
         "zygote": _or_none(lambda: zygote_view(Path(job.job_dir))),
     }
