@@ -15,7 +15,6 @@ the sparse heartbeat was read whole (50 GB: the OOM killer).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import psutil
 import pytest
 
 from supervisor.api.client import Client
-from supervisor.jobfiles.layout import JobLayout
+from tests.support.chaos_hostile import job_files, plant
 from tests.support.harness import DaemonProc, wait_for, write_config
 
 pytestmark = pytest.mark.e2e
@@ -33,23 +32,6 @@ pytestmark = pytest.mark.e2e
 KINDS = ("fifo", "sparse", "directory", "link")
 ANSWER_S = 2.0
 RSS_LIMIT_MB = 400  # the daemon's usual RSS is ~60-90 MB; a 50 GB file read whole would be far past it
-
-
-def plant(path: Path, kind: str) -> None:
-    """Replace ``path`` by the hostile ``kind`` of file."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "sparse":
-        with open(path, "wb") as f:
-            f.truncate(50 * 2**30)  # 50 GB, no block written
-    elif kind == "directory":
-        path.mkdir()
-    else:
-        path.symlink_to("/dev/zero")
 
 
 def timed(client: Client, op: str, **args: Any) -> tuple[Any, float]:
@@ -72,12 +54,8 @@ def test_a_hostile_file_in_place_of_each_job_file_holds_up_no_other_job(daemon: 
     victim_pid = daemon.live_pid(victim, 1)
     wait_for(lambda: daemon.status(victim)["global_step"] >= 10, what="the victim's progress")
     time.sleep(0.3)  # at step 15 it stops writing: what is planted now stays
-    job_dir = JobLayout(Path(daemon.status(victim)["job_dir"]))
-    attempt = job_dir.attempt(1)
-    planted = [attempt.heartbeat, attempt.exit_record, attempt.monitor_exit, attempt.metrics, attempt.stacks,
-               attempt.stdout, attempt.stderr, job_dir.manifest]
-    for path in planted:
-        plant(path, kind)
+    for path in job_files(Path(daemon.status(victim)["job_dir"]), 1):
+        plant(path, kind)  # 50 GB sparse: no block written
     client = Client(daemon.state_dir, timeout=10)
     baseline_mb = rss_mb(daemon_pid)
 
