@@ -29,6 +29,7 @@ from typing import Any
 
 from supervisor.jobfiles.atomic import append_json_line, read_json_lines
 from supervisor.jobfiles.bounds import bounded_int, clamped_count, unix_time
+from supervisor.jobfiles.safe_read import stat_following
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def live_checkpoints(manifest: str | Path, *, require_file: bool = True) -> list
     """
     entries = live_in(read_json_lines(manifest))
     if require_file:
-        entries = [e for e in entries if os.path.exists(e.path)]
+        entries = [e for e in entries if stat_following(e.path) is not None]  # a stall raises: the job waits
     return entries
 
 
