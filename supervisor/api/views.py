@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from omegaconf import OmegaConf
 
 from supervisor.api.divergence_view import divergence_view
+from supervisor.api.progress_view import progress_view
 from supervisor.api.ranks_view import ranks_view
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
@@ -81,6 +82,7 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         "wandb": wandb,
         "checkpointing": _checkpointing_view(frozen),
         "divergence": divergence_view(layout, attempts, _world_size(frozen)),
+        "progress": progress_view(layout, job, attempts, frozen, global_step, now),
         "ranks": ranks_view(layout.attempt(latest.n), latest, _world_size(frozen)) if latest else None,
         "standby": _or_none(lambda: standby_view(Path(job.job_dir))),
         "zygote": _or_none(lambda: zygote_view(Path(job.job_dir))),
