@@ -6,6 +6,7 @@
     supervisorctl history JOB [--json]       supervisorctl events [JOB] [-f] [--json]
     supervisorctl stop JOB                   supervisorctl restart JOB
     supervisorctl gpus [--json]              supervisorctl gpus clear N
+    supervisorctl watch [JOB] [--interval S] (a live view; plain lines when not on a terminal)
     supervisorctl web-url
     supervisorctl sweep create|status|list|stop ...   (see supervisor/cli/sweep.py)
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -24,6 +26,7 @@ from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, share_global_flags, state_dir_of, submit_request
 from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table, make_console
 from supervisor.cli.sweep import add_sweep_parser, run_sweep_command
+from supervisor.cli.watch import REFRESH_S, watch
 from supervisor.errors import SupervisorError
 from supervisor.rules.states import TERMINAL_STATES
 from supervisor.web.token import read_web_url
@@ -63,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", nargs="?")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = sub.add_parser("watch", help="a live view of every job, or one: progress, speed, ETA, restarts, GPUs")
+    p.add_argument("job", nargs="?")
+    p.add_argument("--interval", type=float, default=REFRESH_S, help="seconds between refreshes (default 1)")
 
     p = sub.add_parser("gpus", help="GPU health, quarantine and placement")
     p.add_argument("action", nargs="?", choices=["clear"], help="clear N: lift GPU N's quarantine")
@@ -126,6 +133,10 @@ def _run(args: argparse.Namespace) -> int:
         return _logs(client, args)
     if cmd == "gpus":
         return _gpus(client, console, args)
+    if cmd == "watch":
+        if not sys.stdout.isatty():  # `watch | head`: end quietly when the reader leaves, as cat or grep do
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+        return watch(client, args.job, interval=max(0.1, args.interval))
     if cmd == "sweep":
         return run_sweep_command(client, console, args)
     if cmd == "web-url":

@@ -26,10 +26,63 @@ def when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
+BAR_CELLS = 10
+PARTIAL = " ▏▎▍▌▋▊▉"  # a cell's eighths
+
+
+def progress_bar(percent: float | None, cells: int = BAR_CELLS) -> str:
+    """``███████▍░░``: ``percent`` of ``cells``, in eighths of a cell (full only at 100%)."""
+    if percent is None:
+        return "░" * cells
+    eighths = min(cells * 8, max(0, int(cells * 8 * percent / 100.0 + 1e-9)))
+    full, part = divmod(eighths, 8)
+    bar = "█" * full + (PARTIAL[part] if part else "")
+    return bar + "░" * (cells - len(bar))
+
+
+def rate_text(steps_per_s: float | None) -> str:
+    """``41 it/s``, ``2.5 it/s``, or ``3.2 s/it`` below one step a second (as tqdm writes them)."""
+    if not steps_per_s:
+        return "- it/s"
+    if steps_per_s >= 10:
+        return f"{steps_per_s:.0f} it/s"
+    if steps_per_s >= 1:
+        return f"{steps_per_s:.1f} it/s"
+    return f"{1.0 / steps_per_s:.1f} s/it"
+
+
+def progress_text(progress: dict[str, Any] | None, *, bar: bool = True) -> str:
+    """``███████░░░ 68%  41 it/s  ETA 2h13m`` (``budget first`` when the budget ends before the target; a job
+    bounded only by its budget shows the share of the budget used). ``bar=False``: without the bar."""
+    if not progress:
+        return "-"
+    percent = progress.get("percent")
+    parts = []
+    if percent is not None:
+        share = f"{percent:.0f}%" + (" of budget" if progress.get("target_from") == "budget" else "")
+        parts.append(f"{progress_bar(percent)} {share}" if bar else share)
+    elif bar:
+        parts.append(progress_bar(None) + " ?")
+    parts.append(rate_text(progress.get("steps_per_s")))
+    eta = progress.get("eta_s")
+    if eta is not None:
+        late = progress.get("ends_by") == "budget" and progress.get("target_from") != "budget"
+        parts.append(f"ETA {format_duration(eta)}" + (" (budget first)" if late else ""))
+    return "  ".join(parts)
+
+
+def lost_text(progress: dict[str, Any] | None) -> str:
+    """``3m12s (4.2%)``: the time lost to faults and its share of the run so far; ``-`` when none."""
+    if not progress or not progress.get("lost_s"):
+        return "-"
+    share = progress.get("lost_share")
+    return format_duration(progress["lost_s"]) + ("" if share is None else f" ({100 * share:.1f}%)")
+
+
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
-    for col in ("JOB", "STATE", "REASON", "RESTARTS", "STEP", "BEST", "BUDGET LEFT"):
-        table.add_column(col)
+    for col in ("JOB", "STATE", "REASON", "RESTARTS", "STEP", "PROGRESS", "BEST", "BUDGET LEFT"):
+        table.add_column(col, no_wrap=col == "PROGRESS")
     for job in jobs:
         best = job.get("best_checkpoint") or {}
         score = best.get("score")
@@ -37,7 +90,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
         left = "-" if budget["remaining"] is None else format_duration(budget["remaining"])
         state = job["state"]
         table.add_row(job["id"], f"[{STATE_STYLE.get(state, '')}]{state}[/]", job.get("end_reason") or "",
-                      str(job["restarts"]), str(job["global_step"]),
+                      str(job["restarts"]), str(job["global_step"]), progress_text(job.get("progress")),
                       "-" if score is None else f"{score:.4g} @ {best.get('step')}", left)
     return table
 
@@ -71,6 +124,14 @@ def job_detail(console: Console, job: dict[str, Any]) -> None:
     console.print(f"  step {job['global_step']}  epoch {'-' if epoch is None else epoch}"
                   f"  phase {job.get('phase') or '-'}  restarts {job['restarts']}"
                   + (f"  {metrics}" if metrics else ""))
+    progress = job.get("progress")
+    if progress:
+        target = progress.get("target_step")
+        console.print(f"  progress {progress_text(progress)}"
+                      + ("" if target is None else f"  (target step {target}, {progress.get('target_from')})"))
+        if progress.get("lost_s"):
+            console.print(f"  lost to faults {lost_text(progress)}: downtime {format_duration(progress['downtime_s'])},"
+                          f" {progress.get('recomputed_steps', 0)} steps redone")
     budget = job["budget"]
     if budget["seconds"] is not None:
         console.print(f"  budget {format_duration(budget['seconds'])}: used {format_duration(budget['used'])},"
