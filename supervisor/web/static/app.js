@@ -134,6 +134,39 @@ function basename(path) {
   return path ? path.split("/").pop() : "–";
 }
 
+// "41 it/s", "2.5 it/s", or "3.2 s/it" below a step a second (as tqdm and supervisorctl write them)
+function fmtRate(stepsPerS) {
+  if (!stepsPerS) return "– it/s";
+  if (stepsPerS >= 10) return `${Math.round(stepsPerS)} it/s`;
+  if (stepsPerS >= 1) return `${stepsPerS.toFixed(1)} it/s`;
+  return `${(1 / stepsPerS).toFixed(1)} s/it`;
+}
+
+// status --json's progress as a bar and its numbers: "68% · 41 it/s · ETA 2h 13m" (the budget's share when
+// nothing else bounds the run; "budget ends first" when it ends before the target)
+function progressCell(progress) {
+  const p = progress || {};
+  const known = p.percent !== null && p.percent !== undefined;
+  const share = known ? `${Math.round(p.percent)}%${p.target_from === "budget" ? " of budget" : ""}` : "?";
+  const eta = p.eta_s !== null && p.eta_s !== undefined
+    ? `ETA ${fmtDuration(p.eta_s)}${p.ends_by === "budget" && p.target_from !== "budget" ? " · budget ends first" : ""}` : null;
+  const target = p.target_step !== null && p.target_step !== undefined && p.target_from !== "budget"
+    ? `step ${p.step} of ${p.target_step}` : null;
+  return h("div", { class: "progress", "data-testid": "progress", title: target || "" },
+    h("div", { class: "bar", role: "progressbar", "aria-valuemin": 0, "aria-valuemax": 100,
+      "aria-valuenow": known ? Math.round(p.percent) : null },
+      h("div", { class: "fill", style: { width: `${known ? Math.min(100, Math.max(0, p.percent)) : 0}%` } })),
+    h("span", { class: "numbers" }, [share, fmtRate(p.steps_per_s), eta].filter(Boolean).join(" · ")));
+}
+
+// time lost to faults: "3m 12s (4.2% of the run): downtime 2m 01s, 310 steps redone"
+function lostText(progress) {
+  const p = progress || {};
+  if (!p.lost_s) return "none";
+  const share = p.lost_share !== null && p.lost_share !== undefined ? ` (${(100 * p.lost_share).toFixed(1)}% of the run)` : "";
+  return `${fmtDuration(p.lost_s)}${share}: downtime ${fmtDuration(p.downtime_s)}, ${p.recomputed_steps} steps redone`;
+}
+
 // -- views: one at a time; each registers its timers so navigation stops them -----------------------
 const main = document.getElementById("main");
 let timers = [];
@@ -429,20 +462,21 @@ function jobsView() {
   main.replaceChildren(
     h("section", { class: "card" }, h("h1", {}, "Jobs"),
       h("table", { class: "jobs", "data-testid": "jobs" },
-        h("thead", {}, h("tr", {}, ["Job", "State", "Step", "Restarts", "Budget left", "Best", "Created"].map((t, i) =>
-          h("th", { class: i >= 2 && i <= 5 ? "num" : null }, t)))),
+        h("thead", {}, h("tr", {}, ["Job", "State", "Progress", "Step", "Restarts", "Budget left", "Best", "Created"].map((t, i) =>
+          h("th", { class: i >= 3 && i <= 6 ? "num" : null }, t)))),
         tbody)),
     gpuPanel());
   every(2000, async () => {
     const jobs = await api("GET", "/api/jobs");
     jobs.sort((a, b) => b.created_at - a.created_at);
     if (!jobs.length) {
-      tbody.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "no jobs yet: ", h("a", { href: "#/launch" }, "launch one"))));
+      tbody.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "no jobs yet: ", h("a", { href: "#/launch" }, "launch one"))));
       return;
     }
     tbody.replaceChildren(...jobs.map((j) => h("tr", {},
       h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(j.id)}` }, j.id)),
       h("td", {}, badge(j.state), j.wait_reason ? h("div", { class: "muted small" }, j.wait_reason) : null),
+      h("td", { class: "progress-cell" }, progressCell(j.progress)),
       h("td", { class: "num" }, j.global_step ?? "–"),
       h("td", { class: "num" }, j.restarts),
       h("td", { class: "num" }, j.budget.remaining === null ? "no budget" : fmtDuration(j.budget.remaining)),
@@ -518,7 +552,9 @@ function jobView(jobId) {
       ["Started", fmtTime(job.first_started_at)],
       ["Ended", fmtTime(job.ended_at)],
       ["Step / epoch", `${job.global_step ?? "–"} / ${job.epoch ?? (points.length ? points[points.length - 1].epoch : null) ?? "–"}${job.phase ? ` (${job.phase})` : ""}`],
+      ["Progress", progressCell(job.progress)],
       ["Restarts", String(job.restarts)],
+      ["Lost to faults", lostText(job.progress)],
       ["Budget", job.budget.seconds === null ? "none" : `${fmtDuration(job.budget.used)} used of ${fmtDuration(job.budget.seconds)}, ${fmtDuration(job.budget.remaining)} left`],
       ["Best checkpoint", best ? `${basename(best.path)}${best.score !== null && best.score !== undefined ? ` · ${best.monitor || "score"} ${fmtNumber(best.score)}` : ""}${best.step !== null && best.step !== undefined ? ` · step ${best.step}` : ""}` : "none yet"],
       ["Latest metrics", Object.entries(latestMetrics(job)).map(([k, v]) => `${k} ${fmtNumber(v)}`).join(" · ") || "–"],
@@ -625,6 +661,21 @@ function jobView(jobId) {
       svg.append(s("text", { x, y: H - B + 16, class: "tick", "text-anchor": "middle" }, String(xv)));
     }
     svg.append(s("text", { x: (L + W - R) / 2, y: H - 4, class: "axis", "text-anchor": "middle" }, "step"));
+    // each restart after a fault: a mark on the x-axis at the step it resumed from, and the span it made again
+    // (up to the step the attempt before had reached) shaded
+    const inRange = (x) => Math.min(Math.max(x, x0), x1);
+    for (const r of (status && status.progress && status.progress.restarts) || []) {
+      if (r.resumed_step === null || r.resumed_step === undefined || r.resumed_step > x1 || r.resumed_step < x0) continue;
+      const xr = X(r.resumed_step);
+      if (r.reached_step !== null && r.reached_step !== undefined && r.reached_step > r.resumed_step) {
+        const xe = X(inRange(r.reached_step));
+        svg.append(s("rect", { x: xr.toFixed(1), y: T, width: Math.max(1, xe - xr).toFixed(1), height: H - T - B,
+          class: "recomputed", "data-attempt": r.attempt },
+          s("title", {}, `attempt ${r.attempt} redid steps ${r.resumed_step}–${r.reached_step} after a ${r.after || "fault"}`)));
+      }
+      svg.append(s("line", { x1: xr.toFixed(1), x2: xr.toFixed(1), y1: T, y2: H - B + 4, class: "restart-mark", "data-attempt": r.attempt }));
+      svg.append(s("text", { x: (xr + 3).toFixed(1), y: T + 10, class: "restart-label" }, `↻ ${r.attempt}`));
+    }
     const legend = h("div", { class: "legend" });
     [...series.entries()].forEach(([attempt, list], i) => {
       const colour = SERIES_COLOURS[i % SERIES_COLOURS.length];
