@@ -14,6 +14,7 @@ import pytest
 
 from supervisor.api.client import Client
 from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
+from tests.support.resume_oracle import best_not_newest
 
 pytestmark = pytest.mark.e2e
 
@@ -34,7 +35,9 @@ def test_foreground_run_restarts_from_best_and_exits_0(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "restart" in out and "boom at step 12" in out
     assert "completed (finished)" in out
-    assert "step=10.ckpt" in out
+    job_dir = next((tmp_path / "state" / "jobs").iterdir())
+    row = next(line for line in out.splitlines() if line.split()[:1] == ["2"])  # attempt 2's history row
+    assert row.split()[-1] == Path(best_not_newest(job_dir, 2)).name == "step=5.ckpt"  # the best, not last.ckpt
 
 
 def test_foreground_run_of_a_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.monitorfiles import read_monitor_start
 from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
+from tests.support.resume_oracle import best_not_newest
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +58,7 @@ def test_xid_79_stops_the_attempt_quarantines_the_gpu_and_relaunches_elsewhere(g
     final = d.wait_state(job, "completed", "failed", timeout=60)
     first, second = final["attempts"][:2]
     assert first["reason"] == "gpu_fault" and "79" in first["detail"] and "gpu 0" in first["detail"]
-    assert second["gpus"] == [1] and second["resumed_from"] is not None
+    assert second["gpus"] == [1] and second["resumed_from"] == best_not_newest(final["job_dir"], 2)
     logs = d.ctl("logs", job, "--attempt", "2").stdout
     assert "CUDA_VISIBLE_DEVICES=1" in logs
     gpus = json.loads(d.ctl("gpus", "--json").stdout)

@@ -128,6 +128,7 @@ class Soak:
         why_not = faults.mount_supported() if "disk_full" in kinds else None
         if why_not:
             self.result.skipped["disk_full"] = why_not
+            log(f"disk_full left out: {why_not}")
         plan: list[tuple[str, bool, int]] = []  # jobs: (kind, real, injections in sequence)
         for kind in kinds:
             if kind in self.result.skipped:
@@ -323,8 +324,9 @@ class Soak:
         assert run.restart_s is not None
         self.result.restart_times.setdefault(run.kind, []).append(run.restart_s)
         run.injected_at = run.injected_attempt = run.restart_s = None
-        # past at least one more checkpoint than the resume point, so every attempt makes progress
-        run.trigger = int(status.get("global_step") or 0) + self.rng.randint(6, 12)
+        # past two more checkpoints than the resume point (every 5 steps; the fake trainer's second one scores
+        # better than the resume point, the first may not), so every attempt makes progress from its best
+        run.trigger = int(status.get("global_step") or 0) + self.rng.randint(11, 16)
 
     def _due(self, run: JobRun, status: dict[str, Any]) -> bool:
         if status["state"] != "running" or not status["attempts"]:

@@ -23,9 +23,7 @@ from typing import Any
 import psutil
 
 from supervisor.alerts.store import read_alerts
-from supervisor.jobfiles.atomic import read_json_lines
-from supervisor.jobfiles.manifest import CheckpointEntry, _entry_from_event
-from supervisor.rules.resume import choose_resume, verify_checkpoint
+from tests.support.resume_oracle import Save, expected_resume, live_saves, manifest_lines, whole_on_disk
 
 TERMINAL = ("completed", "failed", "stopped")
 BUDGET_OVERRUN_LIMIT_S = 15.0
@@ -157,43 +155,30 @@ class TrainerSampler(threading.Thread):
         self.join(timeout=5)
 
 
-def manifest_before(manifest: Path, attempt: int) -> list[CheckpointEntry]:
-    """The live checkpoints as the daemon saw them when it launched ``attempt``.
+def manifest_before(manifest: Path, attempt: int) -> list[Save]:
+    """The live checkpoints' save lines as the daemon saw them when it launched ``attempt``.
 
     Replays the manifest without the lines that attempt (or a later one) wrote: its own
     rewind (``abandon``) and saves happen after the daemon chose where it resumes from.
+    Read by the tests' own rule (``resume_oracle``), never the product's.
     """
-    live: dict[str, CheckpointEntry] = {}
-    for event in read_json_lines(manifest):
-        if not isinstance(event, dict) or int(event.get("attempt", 0)) >= attempt:
-            continue
-        kind = event.get("event")
-        if kind == "save":
-            entry = _entry_from_event(event)
-            live.pop(entry.path, None)
-            live[entry.path] = entry
-        elif kind == "remove":
-            live.pop(str(event.get("path")), None)
-        elif kind == "abandon":
-            for path in event.get("paths") or []:
-                live.pop(str(path), None)
-    return list(live.values())
+    return live_saves(manifest_lines(manifest), before_attempt=attempt)
 
 
-def _where_now(entry: CheckpointEntry, attempt: int) -> CheckpointEntry:
-    """The entry at its current place: the relaunched attempt may have moved it to ``abandoned/<attempt>/``."""
-    if os.path.exists(entry.path):
-        return entry
-    moved = Path(entry.path).parent / "abandoned" / str(attempt) / Path(entry.path).name
-    if moved.exists():
-        return CheckpointEntry(**{**entry.__dict__, "path": str(moved)})
-    return entry
+def _where_now(save: Save, attempt: int) -> Save:
+    """The save at its current place: the relaunched attempt may have moved it to ``abandoned/<attempt>/``."""
+    path = Path(save["path"])
+    if path.exists():
+        return save
+    moved = path.parent / "abandoned" / str(attempt) / path.name
+    return {**save, "path": str(moved)} if moved.exists() else save
 
 
 def check_resume(job_dir: Path, attempt: int, resumed_from: str | None, resume_from: str,
                  corrupted: Mapping[str, Sequence[float]], started_at: float) -> list[str]:
     """The relaunched ``attempt`` (launched at ``started_at``) resumed from a checkpoint that verifies,
-    the one the policy names.
+    the one the policy names: computed here over the manifest by ``resume_oracle``'s rule and its own
+    whole-file check, not by the product's ``choose_resume`` (which would agree with any daemon using it).
 
     ``corrupted``: files the soak broke on purpose, with each time it did. A corruption counts
     for this attempt when it came after that save of the file (a later save of the same name is
@@ -201,37 +186,38 @@ def check_resume(job_dir: Path, attempt: int, resumed_from: str | None, resume_f
     the attempt that resumed from it runs, and only the next launch can see it broken.
     """
     manifest = job_dir / "checkpoints" / "manifest.jsonl"
-    entries = manifest_before(manifest, attempt)
-    newer_than_entry: dict[str, float] = {e.path: e.time for e in entries}
-    broken = {e.path for e in entries if any(e.time <= when < started_at for when in corrupted.get(e.path, ()))}
+    saves = manifest_before(manifest, attempt)
+    saved_at: dict[str, float] = {str(s["path"]): float(s.get("time", 0.0)) for s in saves}
+    broken = {path for path, when_saved in saved_at.items()
+              if any(when_saved <= when < started_at for when in corrupted.get(path, ()))}
 
-    def verify(entry: CheckpointEntry) -> str | None:
-        if entry.path in broken:
+    def verify(save: Save) -> str | None:
+        if save["path"] in broken:
             return "corrupted by the soak"
-        now = _where_now(entry, attempt)
+        now = _where_now(save, attempt)
         try:
-            if now.path == entry.path and os.stat(now.path).st_mtime > newer_than_entry[entry.path] + 1.0:
+            if now["path"] == save["path"] and os.stat(now["path"]).st_mtime > saved_at[save["path"]] + 1.0:
                 return None  # replaced by a later save of the same name; it was whole when written
         except OSError:
             pass
-        return verify_checkpoint(now)
+        return whole_on_disk(now)
 
-    expected = choose_resume(entries, resume_from, verify=verify)
+    expected = expected_resume(saves, resume_from, verify=verify)
     problems = []
     if resumed_from is not None:
         if resumed_from in broken:
             problems.append(f"attempt {attempt} resumed from {resumed_from}, a checkpoint the soak corrupted")
         else:
-            entry = next((e for e in entries if e.path == resumed_from), None)
-            if entry is None:
+            save = next((s for s in saves if s["path"] == resumed_from), None)
+            if save is None:
                 problems.append(f"attempt {attempt} resumed from {resumed_from}, not a live checkpoint")
             else:
-                why = verify(entry)
+                why = verify(save)
                 if why is not None:
                     problems.append(f"attempt {attempt} resumed from {resumed_from}, which does not verify: {why}")
-    if (expected.path or None) != (resumed_from or None):
+    if (expected or None) != (resumed_from or None):
         problems.append(f"attempt {attempt} resumed from {resumed_from}; resume_from={resume_from} names "
-                        f"{expected.path} ({expected.rule})")
+                        f"{expected or 'scratch'}")
     return problems
 
 

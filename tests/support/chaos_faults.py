@@ -36,8 +36,8 @@ from typing import Any
 import yaml
 
 from supervisor.jobfiles.layout import AttemptLayout
-from supervisor.jobfiles.manifest import live_checkpoints, rank_newest
 from supervisor.jobfiles.monitorfiles import read_monitor_start
+from tests.support.resume_oracle import live_saves, manifest_lines, newest_first
 
 KINDS = ("trainer_sigkill", "exception", "daemon_kill", "reboot", "hang", "corrupt_ckpt", "disk_full", "xid",
          "gpu_lost", "rank_kill")
@@ -166,10 +166,11 @@ def corrupt_newest(job_dir: Path, pid: int | None) -> str | None:
     """Freeze the trainer, break its newest checkpoint (same size, bad bytes), kill it. Returns the path."""
     if not _signal(pid, signal.SIGSTOP):
         return None
-    entries = rank_newest(live_checkpoints(job_dir / "checkpoints" / "manifest.jsonl"))
+    saves = live_saves(manifest_lines(job_dir / "checkpoints" / "manifest.jsonl"))
+    entries = [save for save in newest_first(saves) if os.path.exists(save["path"])]
     broken = None
     if entries:
-        path = Path(entries[0].path)
+        path = Path(entries[0]["path"])
         data = bytearray(path.read_bytes())
         middle = len(data) // 2
         for i in range(middle, min(middle + 64, len(data))):

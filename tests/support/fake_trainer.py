@@ -8,7 +8,10 @@ job config's ``model.init_args``:
 
     steps: 20            total steps
     step_time: 0.02      seconds per step
-    ckpt_every: 5        save a checkpoint every N steps (score = 1 / step, mode min -> later is better)
+    ckpt_every: 5        save a checkpoint every N steps: ``step=N.ckpt`` (top-k), then ``last.ckpt`` at the same
+                         step, as Lightning's ModelCheckpoint(save_last=True) does; monitor "loss", mode min
+    worse_every: 2       every 2nd scheduled save scores worse than the one before it, so the best checkpoint
+                         is not the newest (see ``score_at``); 0: score 1 / step, later is always better
     faults_on: [1]       the attempts on which the faults below apply
     crash_at: null       raise at this step (exit record "exception", exit 1)
     die_at: null         SIGKILL itself at this step (no record)
@@ -19,8 +22,15 @@ job config's ``model.init_args``:
     check_error: null    make --check fail with this message
     heartbeat_every: 0   seconds between heartbeats (the real trainer: 2 s; 0 = every step)
     val_every: 0         a "validation" every N steps: a metrics.jsonl line with val_loss = objective(x, y) + 1/k
+    save_last: true      write last.ckpt (as above, and at the end of the fit)
+    hold_until: null     a path: before its last step, wait (beating) until that file exists, so a test can
+                         let the job end only once it has seen what it waits for (a daemon restart's adoption)
     standby_prepare_s: 0.3  ``--standby``: the "imports" before the ready file
     x: 0.0, y: 0.0       the hyperparameters val_loss is a known function of (optimum x=0.3, y=0.7; see objective)
+
+A save out of the schedule (SIGTERM's ``signal``, the deadline's or SIGUSR1's ``last.ckpt``, the final one
+at max_steps) carries the score of the last scheduled save, as the real trainer's carries the last
+validated value (none before the first).
 
 Under Slurm with several ranks (``SLURM_PROCID`` > 0) a rank other than 0 only
 follows: it waits for rank 0's exit record (then exits 0) or a signal, like a DDP
@@ -80,7 +90,21 @@ def _validate(layout: AttemptLayout, step: int, every: int, x: float, y: float) 
         f.write(json.dumps(line) + "\n")
 
 
-def _save(ckpt_dir: Path, step: int, attempt: int, kind: str = "topk") -> str:
+def score_at(step: int, every: int, worse_every: int) -> float | None:
+    """The monitor's value at ``step``: that of the last scheduled save (the last "validation"), mode min.
+
+    Scheduled save k (step k * every) scores 1 / step, but 3 / step when ``worse_every`` divides k: worse
+    than save k - 1 (3 (k - 1) > k for k >= 2), so the best live checkpoint is then an older one. Every
+    other save still improves on all before it, so a job resumed from its best goes on making progress.
+    """
+    k = step // every if every > 0 else 0
+    if k < 1:
+        return None
+    scheduled = k * every
+    return (3.0 if worse_every and k % worse_every == 0 else 1.0) / scheduled
+
+
+def _save(ckpt_dir: Path, step: int, attempt: int, score: float | None, kind: str = "topk") -> str:
     name = "last.ckpt" if kind != "topk" else f"step={step}.ckpt"
     path = ckpt_dir / name
     tmp = ckpt_dir / f".{name}.tmp"
@@ -88,7 +112,7 @@ def _save(ckpt_dir: Path, step: int, attempt: int, kind: str = "topk") -> str:
         zf.writestr("archive/data.pkl", f"step={step}".encode() * 64)
     os.replace(tmp, path)
     record_save(manifest_path(ckpt_dir), CheckpointEntry(
-        path=str(path), step=step, epoch=0, monitor="loss", score=1.0 / step, mode="min",
+        path=str(path), step=step, epoch=0, monitor="loss", score=score, mode="min",
         size=path.stat().st_size, time=time.time(), attempt=attempt, kind=kind, finite=True))
     return str(path)
 
@@ -149,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     opts: dict[str, Any] = {"steps": 20, "step_time": 0.02, "ckpt_every": 5, "faults_on": [1], "crash_at": None,
                             "die_at": None, "hang_at": None, "ignore_sigterm": False, "ignore_deadline": False,
                             "spawn_child": False, "check_error": None, "heartbeat_every": 0.0,
-                            "val_every": 0, "x": 0.0, "y": 0.0, "standby_prepare_s": 0.3}
+                            "val_every": 0, "x": 0.0, "y": 0.0, "standby_prepare_s": 0.3, "worse_every": 2,
+                            "save_last": True, "hold_until": None}
     opts.update(OmegaConf.to_container(cfg.model.init_args) or {})
     if args.check:
         if opts["check_error"]:
@@ -184,23 +209,35 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')}", flush=True)
     if opts["spawn_child"]:
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+    every, worse_every = int(opts["ckpt_every"]), int(opts["worse_every"])
+
+    def score() -> float | None:
+        return score_at(step, every, worse_every)
+
+    saved_at = step  # the step of the newest save (the resume point counts: already on disk)
     started = time.time()
     beat = Heartbeat(pid=os.getpid(), attempt=args.attempt, time=started, started_at=started, phase="train",
                      step=step)
     write_heartbeat(heartbeat_path, beat)
     while step < opts["steps"]:
         if _stop_signal is not None:
-            path = _save(ckpt_dir, step, args.attempt, kind="signal") if step and rank == 0 else None
+            path = _save(ckpt_dir, step, args.attempt, score(), kind="signal") if step and rank == 0 else None
             write_exit_record(exit_path, ExitRecord(
                 status="signal", time=time.time(), pid=os.getpid(), global_step=step,
                 signal=signal.Signals(_stop_signal).name, checkpoint=path))
             return 128 + _stop_signal
         if args.deadline and not opts["ignore_deadline"] and time.time() >= args.deadline - 0.2:
             if rank == 0:
-                _save(ckpt_dir, step, args.attempt, kind="last")
+                _save(ckpt_dir, step, args.attempt, score(), kind="last")
             write_exit_record(exit_path, ExitRecord(
                 status="completed", time=time.time(), pid=os.getpid(), global_step=step, reason="deadline"))
             return 0
+        if opts["hold_until"] and step >= opts["steps"] - 1 and not os.path.exists(opts["hold_until"]):
+            time.sleep(0.05)
+            if time.time() - beat.time >= 0.5:
+                beat.time = time.time()
+                write_heartbeat(heartbeat_path, beat)
+            continue
         time.sleep(opts["step_time"])
         step += 1
         if faulty and step == opts["hang_at"]:
@@ -217,17 +254,23 @@ def main(argv: list[str] | None = None) -> int:
         if _checkpoint_requested:
             _checkpoint_requested = False
             if rank == 0:
-                _save(ckpt_dir, step, args.attempt, kind="last")
+                _save(ckpt_dir, step, args.attempt, score(), kind="last")
+                saved_at = step
         if opts["val_every"] and step % opts["val_every"] == 0:
             _validate(layout, step, int(opts["val_every"]), float(opts["x"]), float(opts["y"]))
-        if step % opts["ckpt_every"] == 0 and rank == 0:
-            _save(ckpt_dir, step, args.attempt)
+        if step % every == 0 and rank == 0:
+            _save(ckpt_dir, step, args.attempt, score())
+            if opts["save_last"]:
+                _save(ckpt_dir, step, args.attempt, score(), kind="last")
+            saved_at = step
         if time.time() - beat.time >= opts["heartbeat_every"]:
             beat.time, beat.step = time.time(), step
             beat.step_time = beat.max_step_time = opts["step_time"]
             write_heartbeat(heartbeat_path, beat)
+    if rank == 0 and opts["save_last"] and step != saved_at:  # the real trainer's save at the end of the fit
+        _save(ckpt_dir, step, args.attempt, score(), kind="last")
     write_exit_record(exit_path, ExitRecord(status="completed", time=time.time(), pid=os.getpid(),
-                                                     global_step=step, reason="max_steps"))
+                                            global_step=step, reason="max_steps"))
     return 0
 
 

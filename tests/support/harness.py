@@ -15,8 +15,7 @@ import psutil
 import yaml
 
 from supervisor.api.client import Client
-from supervisor.jobfiles.atomic import read_json_lines
-from supervisor.jobfiles.manifest import CheckpointEntry, live_in, rank_best
+from tests.support.resume_oracle import resume_for
 
 REPO = Path(__file__).resolve().parents[2]
 SUPPORT = REPO / "tests" / "support"
@@ -72,20 +71,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
 
 
-def best_left_by(manifest: Path, n: int) -> CheckpointEntry | None:
+def best_left_by(manifest: Path, n: int) -> str | None:
     """The best checkpoint as attempt ``n`` left the manifest: what a ``best`` resume of attempt n+1 takes.
 
-    Read from the manifest's lines up to the first one of a later attempt (the manifest is append-only and
-    a later attempt writes only once every process of ``n`` is gone), so a successor that is already
-    training (a standby starts within a second) and saving cannot change the answer.
+    Read from the manifest's lines of attempts up to ``n`` (the manifest is append-only and a later attempt
+    writes only once every process of ``n`` is gone), so a successor that is already training (a standby
+    starts within a second) and saving cannot change the answer. Ranked by the tests' own rule
+    (``resume_oracle``), not the product's.
     """
-    events = []
-    for line in read_json_lines(manifest):
-        if isinstance(line, dict) and int(line.get("attempt") or 0) > n:
-            break
-        events.append(line)
-    ranked = rank_best(live_in(events))
-    return ranked[0] if ranked else None
+    return resume_for(manifest, n + 1)
 
 
 def standby_processes(state_dir: Path) -> list[int]:

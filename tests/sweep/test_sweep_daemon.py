@@ -19,6 +19,7 @@ from tests.alerts.wandb_offline_log import read_alerts as read_wandb_alerts
 from tests.alerts.wandb_offline_log import read_run_record
 from tests.support.fake_trainer import objective
 from tests.support.harness import DaemonProc, wait_for, write_config
+from tests.support.resume_oracle import best_not_newest
 
 pytestmark = pytest.mark.e2e
 
@@ -139,7 +140,8 @@ def test_a_crashing_trial_restarts_from_best_like_any_job(daemon: DaemonProc) ->
     for t in final["trials"]:
         job = daemon.status(t["job_id"])
         assert job["restarts"] == 1 and job["attempts"][0]["reason"] == "crash"
-        assert job["attempts"][1]["resumed_from"].endswith("step=10.ckpt")
+        # the best when attempt 1 crashed (step 5: step 10 scores worse), not the newest (last.ckpt)
+        assert job["attempts"][1]["resumed_from"] == best_not_newest(job["job_dir"], 2)
         # the value spans both attempts' timeline: the 4th validation (step 20) was in attempt 2
         assert t["value"] == pytest.approx(objective(t["params"]["model.init_args.x"], 0.0) + 0.25)
 
@@ -260,6 +262,7 @@ def test_a_reboot_mid_sweep_relaunches_its_trials_from_best_and_finishes_it(daem
     assert final["state"] == "completed" and len(final["trials"]) == 2
     for t in final["trials"]:
         job = daemon.status(t["job_id"])
-        assert job["attempts"][0]["reason"] == "reboot" and job["attempts"][1]["resumed_from"] is not None
+        assert job["attempts"][0]["reason"] == "reboot"
+        assert job["attempts"][1]["resumed_from"] == best_not_newest(job["job_dir"], 2)
         assert t["value"] == pytest.approx(objective(t["params"]["model.init_args.x"], 0.0) + 1 / 12)
     assert len([j for j in daemon.client().call("list") if j["name"].startswith(f"{sweep}-")]) == 2

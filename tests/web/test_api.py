@@ -13,6 +13,7 @@ from fastapi.routing import APIRoute
 
 from supervisor.jobfiles.layout import JobLayout
 from tests.support.harness import wait_for
+from tests.support.resume_oracle import best_not_newest, best_of
 from tests.web.conftest import TOKEN, WebEnv, fake_template
 
 GPU = {"index": 0, "uuid": "GPU-1234", "name": "NVIDIA H100 80GB HBM3", "health": "degraded",
@@ -76,7 +77,8 @@ def test_launch_with_a_changed_value_runs_the_job_with_that_value(web: WebEnv) -
     assert "model.init_args.steps=30" in submitted["overrides"]
     final = web.wait_state(job["id"], "completed", "failed", "stopped")
     assert final["state"] == "completed" and final["global_step"] == 30
-    assert final["best_checkpoint"]["step"] == 30
+    assert final["best_checkpoint"]["path"] == best_of(final["job_dir"])  # step 25: step 30 scores worse
+    assert final["best_checkpoint"]["step"] == 25
 
     history = web.client.get(f"/api/jobs/{job['id']}/history").json()
     assert [(a["n"], a["reason"], a["resumed_from"]) for a in history] == [(1, "completed", None)]
@@ -201,7 +203,9 @@ def test_stop_and_restart_from_the_page(web: WebEnv) -> None:
     restarted = web.client.post(f"/api/jobs/{job['id']}/restart")
     assert restarted.status_code == 200 and restarted.json()["state"] == "queued"
     running = web.wait_state(job["id"], "running")
-    assert running["attempts"][-1]["resumed_from"] is not None  # it continues from its best checkpoint
+    # it continues from its best checkpoint, not the newest (the signal save the stop made)
+    n = running["attempts"][-1]["n"]
+    assert running["attempts"][-1]["resumed_from"] == best_not_newest(running["job_dir"], n)
     web.client.post(f"/api/jobs/{job['id']}/stop")
     web.wait_state(job["id"], "stopped")
 
