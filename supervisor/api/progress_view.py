@@ -1,7 +1,8 @@
 """``status``'s ``progress``: the files the daemon already reads, turned into ``rules.progress``'s inputs.
 
 Per attempt: the heartbeat (its last sample, the ``first_step`` mark, the mean step time), the tail of
-``metrics.jsonl`` for the newest attempts (the speed's window: one line per heartbeat that carried metrics),
+``metrics.jsonl`` for the newest attempts of a job that runs (the speed's window: one line per heartbeat that
+carried metrics),
 the step its resume checkpoint was saved at (the manifest's ``save`` lines, by the attempt that saved it) and
 how it ended (the store). The job's ``max_steps`` / ``max_epochs`` / ``max_time`` come from the frozen config.
 Every read is bounded (``safe_read``) and a file that does not answer costs only its part of the answer.
@@ -40,7 +41,8 @@ def progress_view(layout: JobLayout, job: JobRow, attempts: Sequence[AttemptRow]
         recent = len(attempts) - i
         beat = _quiet(lambda row=row: read_heartbeat(layout.attempt(row.n).heartbeat)) \
             if recent <= HEARTBEAT_ATTEMPTS else None
-        tail = _metrics_tail(layout, row.n) if recent <= TAIL_ATTEMPTS else []
+        # the speed's window, for a job that runs: a finished one's speed is each attempt's mean (no tail read)
+        tail = _metrics_tail(layout, row.n) if recent <= TAIL_ATTEMPTS and not job.state.terminal else []
         trace = _trace(row, beat, tail, saves.step_of(row))
         traces.append(trace)
         observations.extend((p.step, p.epoch) for p in trace.points if p.epoch is not None)
