@@ -77,6 +77,8 @@ def main() -> int:
     if args.parallel and results:
         result.wall_s = max(r.wall_s for r in results)  # side by side: the longer one, not the sum
     print(summary(result))
+    for kind, why in result.skipped.items():  # in the table too; said again where a reader of the tail sees it
+        print(f"NOT RUN: {kind}: {why}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(result.__dict__, default=str, indent=1))
     return 1 if result.total_violations() else 0

@@ -21,9 +21,11 @@ def test_every_fault_kind_a_few_times_without_a_violation(tmp_path: Path) -> Non
     assert result.total_violations() == 0, report
     for kind in KINDS:
         if kind in result.skipped:
-            continue  # said in the table, with the reason (disk_full needs mount, i.e. root)
+            continue  # said below (disk_full needs mount, i.e. root)
         assert result.injections.get(kind, 0) >= 1, f"{kind} was never injected\n{report}"
     assert result.samples > 100, "the two-trainers sampler must have been looking all along"
+    if result.skipped:  # every other kind held: say what was left out, as a skip (a failure under CI)
+        pytest.skip("; ".join(f"{kind} not injected: {why}" for kind, why in result.skipped.items()))
 
 
 @pytest.mark.lightning

@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,13 @@ def _nvml_works() -> bool:
     return True
 
 
-needs_no_nvml = pytest.mark.skipif(_nvml_works(), reason="this machine has a working NVML; the GPU check covers it")
+_HAS_NVML = _nvml_works()
+
+
+def needs_no_nvml(test: Callable[..., None]) -> Callable[..., None]:
+    """Only where NVML does not work (CI has no GPU; on a GPU box the GPU check covers it)."""
+    skip = pytest.mark.skipif(_HAS_NVML, reason="this machine has a working NVML; the GPU check covers it")
+    return pytest.mark.ci_may_skip("a GPU box's working NVML")(skip(test))
 
 
 def _backend_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -167,7 +174,7 @@ def test_wait_xid_blocks_for_its_timeout(gpu_file: FakeGpuFile) -> None:
     backend = gpu_file.backend()
     start = time.monotonic()
     assert backend.wait_xid(0.15) is None
-    assert 0.14 <= time.monotonic() - start < 1.0
+    assert time.monotonic() - start >= 0.14  # it waited (how much longer is the box's load, not the backend's)
 
 
 def test_fake_lists_only_live_processes(gpu_file: FakeGpuFile) -> None:
