@@ -46,6 +46,10 @@ def progress_view(layout: JobLayout, job: JobRow, attempts: Sequence[AttemptRow]
         trace = _trace(row, beat, tail, saves.step_of(row))
         traces.append(trace)
         observations.extend((p.step, p.epoch) for p in trace.points if p.epoch is not None)
+    latest = traces[-1] if traces else None
+    if latest is not None and attempts[-1].live and latest.resume_step is not None:
+        # a live attempt stands at least at its resume point (a starting one's setup beat says step 0)
+        step = max(step, latest.resume_step)
     max_steps, max_epochs = rules.step_limits(*_limits(frozen))
     per_epoch = rules.steps_per_epoch(observations)
     started = job.first_started_at
@@ -146,15 +150,20 @@ def _trace(row: AttemptRow, beat: Heartbeat | None, tail: list[rules.Point], res
     points = list(tail)
     first_step_at: float | None = None
     step_time: float | None = None
+    first_point: rules.Point | None = None
     if beat is not None and beat.attempt == row.n and beat.phase != "setup":
         # a setup beat carries no step of this attempt yet (the real trainer's says 0 before the restore)
         points.append(rules.Point(time=beat.time, step=beat.step, epoch=beat.epoch))
         first_step_at = beat.marks.get("first_step")
-        if first_step_at is None and not beat.marks and beat.phase == "train":
+        if first_step_at is not None and resume_step is not None:
+            first_point = rules.Point(time=first_step_at, step=resume_step + 1)  # the mark: its first step ended
+        elif not beat.marks and beat.phase == "train":
             first_step_at = beat.started_at  # a writer without marks (the fake trainer): training from its start
+            if resume_step is not None:
+                first_point = rules.Point(time=first_step_at, step=resume_step)
         step_time = beat.step_time
-    if first_step_at is not None and resume_step is not None:
-        points.append(rules.Point(time=first_step_at, step=resume_step))
+    if first_point is not None:
+        points.append(first_point)
     return rules.AttemptTrace(n=row.n, started_at=row.started_at, ended_at=row.ended_at, cause=row.reason,
                               resume_step=resume_step, first_step_at=first_step_at, points=tuple(points),
                               final_step=row.global_step, step_time=step_time)

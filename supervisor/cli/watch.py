@@ -1,9 +1,10 @@
 """``supervisorctl watch [JOB]``: every job (or one) at a glance, refreshed about once a second.
 
-On a terminal: a full-screen table (rich's ``Live`` on the alternate screen, so Ctrl-C leaves the screen as it
-was): per job a progress bar, step of target, speed, ETA, restarts, time lost to faults, its GPUs as NVML reads
-them (memory, temperature) and its last event. Anywhere else (``watch | cat``, a log file): plain lines, one per
-job when its state, step or restarts changed and one per event, ending once every job watched has ended.
+On a terminal (ssh included; not ``TERM=dumb``): a full-screen table (rich's ``Live`` on the alternate
+screen, so Ctrl-C leaves the screen as it was): per job a progress bar, step of target, speed, ETA, restarts,
+time lost to faults, its GPUs as NVML reads them (memory, temperature) and its last event. Anywhere else
+(``watch | cat``, a log file): plain lines, one per job when its state, step or restarts changed and one per
+event, ending once every job watched has ended.
 
 Each refresh asks the daemon for the jobs' status, the events since the last refresh and the GPUs; nothing is
 computed here that ``status --json`` does not say.
@@ -151,11 +152,12 @@ def watch(client: Client, job: str | None, *, interval: float = REFRESH_S, tty: 
           out: TextIO | None = None, sleep: Callable[[float], None] = time.sleep) -> int:
     """Run the view until Ctrl-C (on a terminal) or until every job watched has ended (plain lines)."""
     stream = out if out is not None else sys.stdout
-    on_tty = stream.isatty() if tty is None else tty
+    console = Console(file=stream, highlight=False)
+    # a terminal that cannot move its cursor (TERM=dumb, an editor's shell) gets the plain lines too
+    on_tty = (stream.isatty() and not console.is_dumb_terminal) if tty is None else tty
     snapshot = refresh(client, job, Snapshot())
     if not on_tty:
         return _plain(client, job, snapshot, interval, stream, sleep)
-    console = Console(file=stream, highlight=False)
     try:
         with Live(screen(snapshot, job), console=console, screen=True, auto_refresh=False,
                   redirect_stdout=False, redirect_stderr=False) as live:

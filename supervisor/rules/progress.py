@@ -8,7 +8,7 @@ attempt ended (``attempts.reason``), the trainer's ``max_steps`` /
 reads those files; nothing here reads a file or the clock.
 
 - **Target**: ``max_steps``, or ``max_epochs`` x steps per epoch once an epoch
-  has ended (Lightning's defaults: neither set means 1000 epochs; ``-1``
+  has ended (see ``steps_per_epoch``) (Lightning's defaults: neither set means 1000 epochs; ``-1``
   unbounded), the smaller of the two when both bound the run. A run bounded by
   neither has the budget as its target: ``percent`` is then the share of the
   budget used.
@@ -216,9 +216,12 @@ def steps_per_epoch(observations: Iterable[tuple[int, int]]) -> int | None:
     """Steps per epoch from ``(global step, epoch)`` pairs, once some pair is past the first epoch.
 
     In epoch ``e`` (0-based) the step ``s`` satisfies ``e * spe <= s <= (e + 1) * spe`` (the upper end at the
-    epoch's last step and its end-of-epoch checkpoint, the lower at the next epoch's start), so every pair
-    bounds ``spe``: ``s / (e + 1) <= spe <= s / e``. The answer is the middle of the tightest bounds; a pair just
-    after an epoch boundary pins the upper one, an end-of-epoch save the lower. None before any epoch ended.
+    epoch's last step, its end-of-epoch checkpoint and the heartbeat written as validation starts, the lower at
+    the next epoch's start), so every pair bounds ``spe``: ``s / (e + 1) <= spe <= s / e``. The answer is the
+    smallest whole number within the bounds: the trainer writes a beat the moment an epoch's validation starts
+    (a phase change is never throttled) and Lightning saves at the epoch's end, so the lower bound is met
+    exactly, while the upper one closes in only as ``1/e`` (the first beat of an epoch comes up to a beat
+    interval after its start). None before any epoch ended.
     """
     low, high = 0.0, math.inf
     for step, epoch in observations:
@@ -229,9 +232,10 @@ def steps_per_epoch(observations: Iterable[tuple[int, int]]) -> int | None:
             high = min(high, step / epoch)
     if math.isinf(high):
         return None
-    if low > high:  # inconsistent pairs (skipped batches, a changed data set): the newest epoch's bound
-        return max(1, math.floor(high))
-    return max(1, round((low + high) / 2))
+    least, most = math.ceil(low - 1e-9), math.floor(high + 1e-9)
+    if least > most:  # inconsistent pairs (skipped batches, a changed data set): the tightest upper bound
+        return max(1, most)
+    return max(1, least)
 
 
 def target(max_steps: int | None, max_epochs: int | None, per_epoch: int | None) -> tuple[int | None, str | None]:

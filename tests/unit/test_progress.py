@@ -195,8 +195,10 @@ def test_steps_per_epoch_from_steps_and_epochs() -> None:
     # 100 steps per epoch, seen every 2 s at 9 steps/s: the bounds close in as epochs pass
     seen = [(s, (s - 1) // 100 if s else 0) for s in range(0, 1000, 18)]
     assert steps_per_epoch(seen) == 100
-    assert steps_per_epoch([(150, 1)]) in range(75, 151)  # within its bounds [75, 150]
-    assert steps_per_epoch([(200, 1), (205, 2)]) == 101  # an end-of-epoch save (200 at epoch 1) and a beat after
+    assert steps_per_epoch([(150, 1)]) == 75  # the least within its bounds [75, 150]
+    assert steps_per_epoch([(200, 1), (205, 2)]) == 100  # an end-of-epoch save (200 at epoch 1) and a beat after
+    # the real trainer: a beat at each validation's start (the epoch's last step), the next one a beat later
+    assert steps_per_epoch([(16, 0), (23, 0), (33, 1), (46, 1), (60, 2)]) == 23
     assert steps_per_epoch([(300, 1), (301, 3)]) == 100  # inconsistent: the tightest upper bound
     assert target(None, 10, 100) == (1000, "max_epochs")
     assert target(700, 10, 100) == (700, "max_steps")
@@ -206,7 +208,7 @@ def test_steps_per_epoch_from_steps_and_epochs() -> None:
 def test_epochs_bound_the_run_once_an_epoch_has_ended() -> None:
     a = run(1, 0, 60, 0, 10)  # 600 steps, 250 per epoch, 2 s between samples (20 steps)
     seen = [(p.step, (p.step - 1) // 250 if p.step else 0) for p in a.points]  # Lightning: 500 is epoch 1's last
-    assert 245 <= steps_per_epoch(seen) <= 255  # bounds [250, 260] after two epochs: within a sample's steps
+    assert steps_per_epoch(seen) == 250  # bounds [250, 260] after two epochs: 500 is epoch 1's last step
     p = progress([a], step=600, now=60, max_epochs=4, per_epoch=250)
     assert p["target_step"] == 1000 and p["target_from"] == "max_epochs" and p["percent"] == 60.0
     assert p["eta_s"] == pytest.approx(40.0)
