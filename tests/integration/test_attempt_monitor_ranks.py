@@ -106,10 +106,11 @@ def test_every_rank_is_a_direct_child_with_its_env_and_a_killed_rank_ends_the_re
     by_rank = {e.rank: e for e in end.ranks}
     assert (end.first_rank, end.signal, end.exit_code) == (1, "SIGKILL", None)
     assert (by_rank[1].signal, by_rank[1].stopped_by) == ("SIGKILL", None)
-    # Rank 0 got the graceful stop, acted on it, and was gone before the grace ran out.
+    # Rank 0 got the graceful stop, acted on it, and was gone before the grace ran out (else the monitor's
+    # last signal to it would be SIGKILL), after rank 1's death.
     assert (by_rank[0].exit_code, by_rank[0].stopped_by) == (143, "SIGTERM")
     assert (tmp_path / "a" / "term.rank0").exists()
-    assert by_rank[0].ended_at - by_rank[1].ended_at < 2.5  # a loaded box adds to the 0.8 s grace
+    assert by_rank[0].ended_at >= by_rank[1].ended_at
     assert end.ended_at == by_rank[0].ended_at
 
 
@@ -122,7 +123,7 @@ def test_a_rank_that_ignores_the_stop_is_killed_after_the_short_grace(
     by_rank = {e.rank: e for e in end.ranks}
     assert end.first_rank == 0
     assert (by_rank[1].signal, by_rank[1].stopped_by) == ("SIGKILL", "SIGKILL")
-    assert 0.7 < by_rank[1].ended_at - by_rank[0].ended_at < 2.5  # the default 0.8 s grace (a loaded box adds)
+    assert by_rank[1].ended_at - by_rank[0].ended_at > 0.7  # killed only once the default 0.8 s grace ran out
 
 
 def test_sigterm_to_the_monitor_reaches_every_rank_and_a_slow_graceful_rank_is_not_cut_short(
@@ -144,13 +145,14 @@ def test_a_rank_that_completes_first_gives_the_others_time_to_finish(
     assert [(e.exit_code, e.signal, e.stopped_by) for e in end.ranks] == [(0, None, None), (0, None, None)]
     # A rank that crashes (exit 1) ends the others at once.
     m2 = start_monitor(monitors, tmp_path / "b", ["--exit-after", "1", "--code", "1", "--only-rank", "2"], nproc=3,
-                       monitor_args=["--rank-exit-grace", "10"])
+                       monitor_args=["--rank-exit-grace", "120"])
     m2.started(ranks=3)
     end2 = m2.ended()
     by_rank = {e.rank: e for e in end2.ranks}
     assert (end2.first_rank, by_rank[2].exit_code, by_rank[2].stopped_by) == (2, 1, None)
     assert [(by_rank[r].exit_code, by_rank[r].stopped_by) for r in (0, 1)] == [(143, "SIGTERM")] * 2
-    assert max(e.ended_at for e in end2.ranks) - by_rank[2].ended_at < 2.5
+    # at once, not after the 120 s a completed rank would give them (a loaded box takes seconds, not minutes)
+    assert max(e.ended_at for e in end2.ranks) - by_rank[2].ended_at < 60
 
 
 def test_a_fixed_master_port_still_in_use_is_waited_for(tmp_path: Path, monitors: list[Monitor]) -> None:

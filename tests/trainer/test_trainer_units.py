@@ -23,6 +23,30 @@ from trainer.wandb_run import has_api_key, resolve_mode, wandb_dir
 # --- heartbeat writer ------------------------------------------------------------------------------
 
 
+class Clock:
+    """The heartbeat writer's ``time`` module with a monotonic clock the test moves (``time.time`` is real):
+    step times are what the test says, not what a loaded box's scheduler makes of a sleep."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return time.time()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr("trainer.progress.time", fake)
+    return fake
+
+
 def make_writer(tmp_path: Path, interval: float) -> HeartbeatWriter:
     return HeartbeatWriter(tmp_path / "heartbeat.json", tmp_path / "metrics.jsonl", attempt=3,
                            started_at=123.0, interval=interval)
@@ -46,37 +70,42 @@ def test_phase_changes_are_written_at_once_and_steps_are_throttled(tmp_path: Pat
     assert beat is not None and (beat.phase, beat.step) == ("validate", 49)
 
 
-def test_steps_write_once_the_interval_has_passed(tmp_path: Path) -> None:
+def test_steps_write_once_the_interval_has_passed(tmp_path: Path, clock: Clock) -> None:
     writer = make_writer(tmp_path, interval=0.05)
     writer.step_done(1, 0)
-    time.sleep(0.06)
+    clock.advance(0.04)
     writer.step_done(2, 0)
+    assert read_heartbeat(tmp_path / "heartbeat.json").step == 1  # type: ignore[union-attr]
+    clock.advance(0.02)
+    writer.step_done(3, 0)
     beat = read_heartbeat(tmp_path / "heartbeat.json")
-    assert beat is not None and beat.step == 2
+    assert beat is not None and beat.step == 3
 
 
-def test_step_time_is_the_mean_and_max_of_recent_intervals(tmp_path: Path) -> None:
+def test_step_time_is_the_mean_and_max_of_recent_intervals(tmp_path: Path, clock: Clock) -> None:
     writer = make_writer(tmp_path, interval=0)
     writer.step_done(1, 0)
     for step, pause in ((2, 0.01), (3, 0.03)):
-        time.sleep(pause)
+        clock.advance(pause)
         writer.step_done(step, 0)
     beat = read_heartbeat(tmp_path / "heartbeat.json")
     assert beat is not None and beat.step_time is not None and beat.max_step_time is not None
-    assert 0.01 <= beat.step_time < beat.max_step_time
-    assert beat.max_step_time >= 0.03
+    assert (beat.step_time, beat.max_step_time) == (pytest.approx(0.02), pytest.approx(0.03))
 
 
-def test_time_outside_training_is_not_step_time(tmp_path: Path) -> None:
+def test_time_outside_training_is_not_step_time(tmp_path: Path, clock: Clock) -> None:
     writer = make_writer(tmp_path, interval=0)
     writer.step_done(1, 0)
-    writer.set_phase("validate")
-    time.sleep(0.1)  # a validation: not part of any step
-    writer.set_phase("train")
+    clock.advance(0.02)
     writer.step_done(2, 0)
+    writer.set_phase("validate")
+    clock.advance(10.0)  # a validation: not part of any step
+    writer.set_phase("train")
+    clock.advance(0.03)
+    writer.step_done(3, 0)
     beat = read_heartbeat(tmp_path / "heartbeat.json")
     assert beat is not None and beat.max_step_time is not None
-    assert beat.max_step_time < 0.05
+    assert beat.max_step_time == pytest.approx(0.03)
 
 
 def test_metrics_lines_are_appended_only_when_something_changed(tmp_path: Path) -> None:
