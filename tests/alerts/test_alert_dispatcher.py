@@ -227,7 +227,7 @@ def test_stop_kills_a_running_worker_and_returns(tmp_path: Path) -> None:
     (pid_file,) = pids.iterdir()
     started = time.monotonic()
     dispatcher.stop(timeout_s=0.2)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # the worker was killed, not waited for (its timeout is 300 s)
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.name), 0)
     assert not dispatcher.healthy()
