@@ -39,6 +39,8 @@ def test_the_page_shows_progress_eta_and_what_a_restart_cost(make_web: Callable[
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto(f"{web.server.url}#token={TOKEN}")
+            # at once, while the launch view still waits for its templates: their late answer must not draw over
+            # the jobs list (it did, before the launch view checked that it was still the view shown)
             page.evaluate("location.hash = '#/jobs'")
 
             # the jobs list: the job's bar, whose value grows

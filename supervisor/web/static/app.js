@@ -220,7 +220,9 @@ function showTokenPrompt(message) {
 
 // -- launch page ------------------------------------------------------------------------------------
 async function launchView(chosen) {
+  const mine = viewId;
   const templates = await api("GET", "/api/templates");
+  if (mine !== viewId) return; // navigated away while the templates loaded (it would draw over the new view)
   const section = h("section", { class: "card" }, h("h1", {}, "Launch a training run"));
   main.replaceChildren(section);
   if (!templates.length) {
