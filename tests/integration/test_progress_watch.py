@@ -4,6 +4,7 @@ it) and in a pipe (plain lines)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -20,7 +21,7 @@ import yaml
 
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.layout import JobLayout
-from tests.support.harness import DaemonProc, wait_for
+from tests.support.harness import DaemonProc, fake_env, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -175,3 +176,30 @@ def _restarts(text: str, job: str) -> str | None:
         return None
     at = header.index("RESTARTS") + len("RESTARTS")
     return line[:at].split()[-1]
+
+
+def test_watch_shows_the_gpu_each_job_holds_as_nvml_reads_it(tmp_path: Path) -> None:
+    nvml = tmp_path / "nvml.json"  # the simulated NVML (supervisor/gpu/simulated.py), read as real NVML is
+    gpus = [{"index": i, "uuid": f"GPU-fake-{i}", "name": "Fake H100", "memory_total_mib": 81559,
+             "memory_used_mib": used, "temperature_c": temp, "ecc_uncorrected": 0, "retired_pages_pending": False,
+             "lost": False, "xid": []} for i, (used, temp) in enumerate([(40213, 71), (1210, 46)])]
+    nvml.write_text(json.dumps({"gpus": gpus}))
+    (tmp_path / "work").mkdir()
+    state = tmp_path / "state"
+    d = DaemonProc(state, tmp_path / "work", fake_env(state, ML_SUPERVISOR_NVML=f"fake:{nvml}"))
+    d.start("gpu.poll_interval=0.2")
+    try:
+        cfg = yaml.safe_load(progress_config(d.workdir, "gpu").read_text())
+        cfg["supervision"]["gpus"] = 1
+        cfg["model"]["init_args"]["steps"] = cfg["trainer"]["max_steps"] = 60
+        (d.workdir / "gpu.yaml").write_text(yaml.safe_dump(cfg))
+        job = d.submit(d.workdir / "gpu.yaml")
+        held = wait_for(lambda: (a := d.status(job)["attempts"]) and a[-1]["gpus"], timeout=60, what="a GPU")
+        out = d.ctl("watch", job, "--interval", "0.3").stdout  # plain lines (a pipe), until the job ends
+    finally:
+        d.kill()
+        d.kill_leftovers()
+    used, temp = {0: (40213, 71), 1: (1210, 46)}[held[0]]
+    reading = f"gpu {held[0]}: {used / 1024:.1f}/80G {temp}C"
+    running = [line for line in out.splitlines() if f"{job} running step" in line]
+    assert running and all(line.endswith(reading) for line in running), out
