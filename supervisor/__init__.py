@@ -6,4 +6,4 @@ CUDA library can never take it down. ``supervisor.config`` and
 ``supervisor.jobfiles`` are the public contracts the trainer package shares.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -59,7 +59,7 @@ class WebConfig:
     # "auto": 8742 when free, else any free port (said in the log; `supervisorctl web-url`
     # prints the real address). A number is that port or an error; 0 is any free port.
     port: Any = "auto"
-    templates_dir: str | None = None  # default: the configs/ folder beside the package
+    templates_dir: str | None = None  # default: the example configs the package ships (supervisor/examples/configs)
 
 
 @dataclass

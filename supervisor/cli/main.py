@@ -6,6 +6,9 @@
     ml-supervisor install-systemd [--user]                   write the systemd unit, print how to start it
     ml-supervisor inspect data|model CONFIG [key=value ...] [options]   look at the data / the model
     ml-supervisor tune lr CONFIG [key=value ...] [options]               Lightning's learning-rate finder
+    ml-supervisor examples                                   the bundled example configs and where they are
+    ml-supervisor init DIR [--force]                         a starter project to edit (runs as is on a CPU)
+    ml-supervisor --version
 
 Exit status of ``run``: 0 completed (finished or budget spent), 1 failed, 2 bad
 config, 130 stopped.
@@ -23,6 +26,7 @@ from typing import Any
 
 from rich.console import Console
 
+from supervisor import __version__
 from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, share_global_flags, state_dir_of, submit_request
 from supervisor.cli.render import STATE_STYLE, event_line, job_detail, make_console
@@ -41,6 +45,7 @@ EXIT_STATUS = {"completed": 0, "failed": 1, "stopped": 130}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Fault-tolerant supervisor for Lightning training.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     add_state_dir(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -75,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=("lr",))
     p.add_argument("config")
     p.add_argument("args", nargs=argparse.REMAINDER, metavar="[key=value | option] ...")
+
+    sub.add_parser("examples", help="list the bundled example configs with their installed paths")
+    p = sub.add_parser("init", help="write a starter project (a commented job config and a model file) into DIR")
+    p.add_argument("directory", metavar="DIR")
+    p.add_argument("--force", action="store_true", help="overwrite the starter's files if DIR has them")
     share_global_flags(parser)
     return parser
 
@@ -97,7 +107,39 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args)
     if args.command in ("inspect", "tune"):
         return _inspect(args)
+    if args.command == "examples":
+        return _examples()
+    if args.command == "init":
+        return _init(args)
     return _run(args)
+
+
+def _examples() -> int:
+    from supervisor.cli.project import list_examples
+
+    examples = list_examples()
+    for example in examples:
+        print(f"{example.kind:5}  {example.name:12}  {example.path}")
+        if example.description:
+            print(f"       {example.description}")
+    if examples:
+        job = next((e for e in examples if e.kind == "job"), examples[0])
+        print(f"\nrun one:   {PROG} run {job.path}")
+        print(f"copy one:  cp {job.path} .")
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from supervisor.cli.project import init_project
+
+    config, model = init_project(args.directory, force=args.force)
+    print(f"wrote {config}")
+    print(f"wrote {model}")
+    print("next:")
+    print(f"  {PROG} validate {config}")
+    print(f"  {PROG} run {config}        (trains on a CPU in about a minute)")
+    print(f"  then edit {model.name} and {config.name} into your own job")
+    return 0
 
 
 def _install_systemd(args: argparse.Namespace) -> int:

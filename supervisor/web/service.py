@@ -15,15 +15,15 @@ from supervisor.api.ops import Operations
 from supervisor.settings import WebConfig
 from supervisor.web.app import GpuSource, create_app
 from supervisor.web.server import WebServer
+from supervisor.web.templates import BUNDLED_TEMPLATES
 from supervisor.web.token import load_or_create_token, remove_endpoint, write_endpoint
 
 log = logging.getLogger("ml_supervisor.web")
-# The bundled example configs (a source checkout or an editable install); set web.templates_dir otherwise.
-BUNDLED_TEMPLATES = Path(__file__).resolve().parents[2] / "configs"
+__all__ = ["BUNDLED_TEMPLATES", "WebService", "templates_dir_of"]
 
 
 def templates_dir_of(config: WebConfig) -> Path:
-    """The folder of launchable templates: ``web.templates_dir``, else the bundled ``configs/``."""
+    """The folder of launchable templates: ``web.templates_dir``, else the example configs the package ships."""
     return Path(config.templates_dir).expanduser().resolve() if config.templates_dir else BUNDLED_TEMPLATES
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from supervisor.bundled import EXAMPLE_CONFIGS
 from supervisor.config import load_job_config
 from supervisor.config.safe_yaml import load_yaml, read_config_text
 from supervisor.errors import ConfigError
@@ -50,6 +51,9 @@ from supervisor.web.knobs import (  # noqa: F401  (re-exported: the app and the 
 )
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
+# The default template folder (``web.templates_dir`` unset): the example configs installed with the package
+# (package data), so a wheel installed anywhere lists them; in a checkout, the same files (``configs/`` links here).
+BUNDLED_TEMPLATES = EXAMPLE_CONFIGS
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
