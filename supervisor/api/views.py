@@ -49,6 +49,9 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         used = max(0.0, (job.ended_at if job.ended_at is not None else now) - started)
     frozen = _frozen_config(layout)
     wandb = _wandb_view(frozen, job)
+    progress = progress_view(layout, job, attempts, frozen, global_step, now)
+    # a resumed attempt's setup beat says step 0: it stands at least at its resume step (progress knows it)
+    global_step = max(global_step, int(progress.get("step") or 0))
     return {
         "id": job.id,
         "name": job.name,
@@ -82,7 +85,7 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         "wandb": wandb,
         "checkpointing": _checkpointing_view(frozen),
         "divergence": divergence_view(layout, attempts, _world_size(frozen)),
-        "progress": progress_view(layout, job, attempts, frozen, global_step, now),
+        "progress": progress,
         "ranks": ranks_view(layout.attempt(latest.n), latest, _world_size(frozen)) if latest else None,
         "standby": _or_none(lambda: standby_view(Path(job.job_dir))),
         "zygote": _or_none(lambda: zygote_view(Path(job.job_dir))),
