@@ -678,6 +678,14 @@ function jobView(jobId) {
       svg.append(s("line", { x1: xr.toFixed(1), x2: xr.toFixed(1), y1: T, y2: H - B + 4, class: "restart-mark", "data-attempt": r.attempt }));
       svg.append(s("text", { x: (xr + 3).toFixed(1), y: T + 10, class: "restart-label" }, `↻ ${r.attempt}`));
     }
+    // each divergence: a mark at the first bad step (the rollback's resume mark above shows where it went back to)
+    for (const step of (status && status.divergence && status.divergence.first_bad_steps) || []) {
+      if (step === null || step === undefined || step < x0 || step > x1) continue;
+      const xb = X(step);
+      svg.append(s("line", { x1: xb.toFixed(1), x2: xb.toFixed(1), y1: T, y2: H - B + 4, class: "diverged-mark",
+        "data-step": step }, s("title", {}, `the loss diverged at step ${step}: rolled back to a checkpoint before it`)));
+      svg.append(s("text", { x: (xb + 3).toFixed(1), y: T + 22, class: "diverged-label" }, `✕ ${step}`));
+    }
     const legend = h("div", { class: "legend" });
     [...series.entries()].forEach(([attempt, list], i) => {
       const colour = SERIES_COLOURS[i % SERIES_COLOURS.length];
