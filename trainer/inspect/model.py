@@ -1,15 +1,19 @@
 """``inspect model``: the module's layers, parameter counts, output shapes, and FLOPs for one real batch.
 
-The layer list and parameter counts are Lightning's ``ModelSummary``; the
-output shapes come from forward hooks during one forward of a real batch from
-the config's DataModule; the FLOPs are counted by PyTorch's own
+The layer list and parameter counts are Lightning's ``ModelSummary`` (no batch
+needed); the output shapes come from forward hooks during one forward of a real
+batch from the config's DataModule; the FLOPs are counted by PyTorch's own
 ``torch.utils.flop_counter.FlopCounterMode`` during that same forward (a matrix
 multiply of (B, n) by (n, m) counts 2·B·n·m), not estimated from the layer types.
+A module without a ``forward`` of its own (Lightning's intro writes ``LitAutoEncoder``
+so: ``training_step`` calls its submodules) is measured on what a fit runs instead:
+its ``training_step`` on one batch, under ``no_grad``; ``ModelReport.measured`` says which.
 """
 
 from __future__ import annotations
 
 import inspect as pyinspect
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +31,8 @@ from trainer.job import LoadedJob, guarded, load_job
 
 NO_INPUT_HINT = ("set `example_input_array` on the module (a tensor, a tuple of positional arguments, "
                  "or a dict of keyword arguments for forward)")
+FORWARD = "forward"
+TRAINING_STEP = "training_step"  # no forward of the module's own: one training_step (no_grad), as a fit runs it
 
 
 @dataclass
@@ -55,6 +61,9 @@ class ModelReport:
     device: str
     input_source: str  # "example_input_array", "batch[0]", "batch keys: ..." or "batch"
     layers: list[LayerRow] = field(default_factory=list)
+    # what ran for the shapes and FLOPs: "forward", or "training_step" for a module without a forward of its own
+    # (output_shape is then training_step's return value: the loss, or its dict of outputs)
+    measured: str = FORWARD
     onnx: str | None = None
     wandb_run: str | None = None  # the W&B run the ONNX file was saved in
 
@@ -67,19 +76,24 @@ def inspect_model(config: str, overrides: Sequence[str] = (), *, cpu: bool = Fal
                   split: str = "train", onnx: str | Path | None = None, log_wandb: bool = True) -> ModelReport:
     """Build the config's module and DataModule, run one real batch through ``forward``, and report.
 
+    A module without a ``forward`` of its own runs its ``training_step`` on the batch instead
+    (``has_own_forward``; the report's ``measured`` says so).
     ``depth``: how deep the layer table goes (``-1``: every module, as ``ModelSummary(max_depth=-1)``).
     ``onnx``: also export the module to this ONNX file with that batch (needs the ``onnx`` package),
     and save it in a W&B run of the job's project when W&B is on and ``log_wandb``.
     """
     loaded = load_job(config, overrides)
     model = loaded.build_model()
-    if getattr(model, "example_input_array", None) is not None:
+    if has_own_forward(model) and getattr(model, "example_input_array", None) is not None:
         batch: Any = None  # the module says what forward takes: no need to touch the data
     else:
         batch = first_batch(loaded, split)
     device = choose_device(loaded.job.trainer_args, cpu)
     report = summarize(model, batch, device=device, depth=depth, source=config)
     if onnx is not None:
+        if report.measured != FORWARD:
+            raise ConfigError(config, "model", f"{type(model).__name__} has no forward: the ONNX export traces "
+                                               "forward (write one that maps the input to the output)")
         path = Path(onnx)
         report.onnx = export_onnx(model, model_input(model, batch, config)[0], path, device, config)
         if log_wandb:
@@ -130,12 +144,36 @@ def call_forward(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+def has_own_forward(model: nn.Module) -> bool:
+    """Whether the module's class (or a base of the user's) defines ``forward``: Lightning's and torch's own
+    only raise ``NotImplementedError`` (``LightningModule.forward`` passes to ``nn.Module``'s)."""
+    for cls in type(model).__mro__:
+        if cls.__module__.split(".")[0] in ("torch", "pytorch_lightning", "lightning"):
+            return False  # reached the libraries' classes: nothing of the user's defines forward
+        if "forward" in vars(cls):
+            return True
+    return False
+
+
 def summarize(model: nn.Module, batch: Any, *, device: torch.device | None = None, depth: int = -1,
               source: str = "<module>") -> ModelReport:
-    """The layer table, totals and FLOPs of ``model`` for one forward of ``batch`` (in eval mode, no grad)."""
+    """The layer table, totals and FLOPs of ``model`` for one forward of ``batch`` (in eval mode, no grad).
+
+    A module without a forward of its own (``has_own_forward``) runs ``training_step(batch, 0)`` instead, as the
+    fit calls it (its ``self.log`` is a no-op outside a Trainer): the shapes and FLOPs are then that step's.
+    """
     from pytorch_lightning.utilities.model_summary import ModelSummary  # Lightning: once the job's env is applied
 
-    inputs, input_source = model_input(model, batch, source)
+    measured = FORWARD if has_own_forward(model) else TRAINING_STEP
+    if measured == TRAINING_STEP:
+        if batch is None:
+            raise ConfigError(source, "model", f"{type(model).__name__} has no forward, and its training_step "
+                                               "needs a batch from the data")
+        inputs, input_source = batch, "batch (training_step)"
+        run = "training_step on one batch"
+    else:
+        inputs, input_source = model_input(model, batch, source)
+        run = "forward on one batch"
     device = device or torch.device("cpu")
     summary = ModelSummary(model, max_depth=depth)  # type: ignore[arg-type]
     modules = dict(model.named_modules())
@@ -148,7 +186,10 @@ def summarize(model: nn.Module, batch: Any, *, device: torch.device | None = Non
     try:
         moved = _to_device(inputs, device)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            output = guarded(source, "model", "forward on one batch", lambda: call_forward(model, moved))
+            if measured == TRAINING_STEP:
+                output = guarded(source, "model", run, lambda: _call_training_step(model, moved))
+            else:
+                output = guarded(source, "model", run, lambda: call_forward(model, moved))
     finally:
         for hook in hooks:
             hook.remove()
@@ -172,7 +213,24 @@ def summarize(model: nn.Module, batch: Any, *, device: torch.device | None = Non
         device=str(device),
         input_source=input_source,
         layers=layers,
+        measured=measured,
     )
+
+
+def _call_training_step(model: nn.Module, batch: Any) -> Any:
+    """``training_step(batch, 0)`` called through the module's ``__call__`` (a forward standing in for it): the FLOP
+    counter names modules by the path from the module that was called, so the root must be called for the
+    layers to be told apart by name (``LitAutoEncoder.encoder.0``, not two ``Sequential``)."""
+    step = getattr(model, "training_step", None)
+    if step is None:
+        raise NotImplementedError(f"{type(model).__name__} has neither forward nor training_step")
+    model.forward = lambda: step(batch, 0)  # this instance, this call only
+    try:
+        with warnings.catch_warnings():  # outside a Trainer, self.log() warns that it logs nothing: it is meant to
+            warnings.simplefilter("ignore")
+            return model()
+    finally:
+        del model.forward
 
 
 def shape_of(value: Any) -> Any:

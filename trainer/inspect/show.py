@@ -30,7 +30,8 @@ def print_model(console: Console, report: Any) -> None:
     console.print(f"{human(report.total_params - report.trainable_params)} non-trainable params")
     console.print(f"{human(report.total_params)} total params ({report.total_params:,})")
     console.print(f"input {report.input_shape} (from {report.input_source}) -> output {report.output_shape}")
-    console.print(f"{human(report.flops)}FLOPs for one forward of a batch of {report.batch_size} "
+    what = "one forward" if report.measured == "forward" else "one training_step (the module has no forward)"
+    console.print(f"{human(report.flops)}FLOPs for {what} of a batch of {report.batch_size} "
                   f"({report.flops:,}; torch.utils.flop_counter, on {report.device})")
     if report.onnx:
         console.print(f"ONNX: {report.onnx}" + (f" (saved in W&B run {report.wandb_run})" if report.wandb_run else ""),
