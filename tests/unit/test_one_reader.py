@@ -51,6 +51,8 @@ KNOWN: dict[tuple[str, str, str], str] = {
     # commands and workers that are not the daemon: the caller's own files
     ("supervisor/cli/common.py", "submit_request", "?.read_text"): "supervisorctl reads the config it submits",
     ("supervisor/cli/sweep.py", "run_sweep_command", "?.read_text"): "supervisorctl reads the sweep file",
+    ("supervisor/cli/project.py", "list_examples", "where.glob"): "ml-supervisor examples: the package's configs",
+    ("supervisor/cli/project.py", "init_project", "?.read_text"): "ml-supervisor init: the package's starter files",
     ("supervisor/alerts/wandb_worker.py", "main", "os.fdopen"): "the W&B worker's stdout",
     ("supervisor/alerts/wandb_worker.py", "main", "?.read_text"): "the W&B worker's input, from the daemon",
     ("supervisor/sweep/files.py", "list_sweeps", "parent.iterdir"): "the state dir's sweeps (the daemon's)",
