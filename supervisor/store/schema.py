@@ -10,9 +10,10 @@ from pathlib import Path
 from supervisor.errors import StoreError
 from supervisor.store.sql import transaction
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """1: the first cut (local attempt monitors in dedicated columns). 2: runner kind + runner-owned JSON state.
-3: jobs have an owner (``owner_uid``: who submitted it; shared-server mode). 4: the alert outbox."""
+3: jobs have an owner (``owner_uid``: who submitted it; shared-server mode). 4: the alert outbox.
+5: scheduled runs (``schedules``: ``supervisorctl submit --at/--cron``; ``store/schedules.py``)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -77,6 +78,30 @@ CREATE TABLE IF NOT EXISTS alert_outbox (
     sent_at REAL
 );
 CREATE INDEX IF NOT EXISTS alert_outbox_pending ON alert_outbox(event_id) WHERE sent_at IS NULL;
+CREATE TABLE IF NOT EXISTS schedules (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    timezone TEXT NOT NULL,
+    misfire TEXT NOT NULL,
+    config_path TEXT NOT NULL,
+    cwd TEXT NOT NULL,
+    config_text TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    owner_uid INTEGER NOT NULL,
+    overrides TEXT NOT NULL DEFAULT '[]',
+    job_name TEXT,
+    state TEXT NOT NULL,
+    next_run_at REAL,
+    firing_at REAL,
+    last_run_at REAL,
+    last_job_id TEXT,
+    runs INTEGER NOT NULL DEFAULT 0,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
 """
 
 
@@ -104,6 +129,9 @@ def ensure_schema(db: sqlite3.Connection, path: Path) -> None:
         if version < 4:
             # The executescript above created the (empty) outbox: nothing owed from before.
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '4')")
+        if version < 5:
+            # The executescript above created the (empty) schedules table: no schedules before.
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '5')")
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
