@@ -113,7 +113,8 @@ class ScheduleTable:
     def select(self, *, states: tuple[ScheduleState, ...] | None = None, owner_uid: int | None = None
              ) -> list[ScheduleRow]:
         """Schedules, oldest first; only those in ``states`` / of ``owner_uid`` when given."""
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if states:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             params += [s.value for s in states]
