@@ -18,6 +18,7 @@ from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
+from supervisor.jobfiles.safe_read import is_regular
 from supervisor.rules import policy as restart_policy
 from supervisor.rules.causes import Cause, EndReason, EventKind
 from supervisor.rules.outcome import is_disk_full
@@ -97,7 +98,7 @@ class Ending:
             gpus=attempt.gpus, logs=str(al.stderr), resumed_from=preview.path if preview else None,
             resumed_step=preview.step if preview else None, resumed_score=preview.score if preview else None,
             last_step=step, diverged_at=outcome.diverged_at)
-        what = (HangAlert(**facts, stacks=str(al.stacks) if al.stacks.exists() else None)
+        what = (HangAlert(**facts, stacks=str(al.stacks) if is_regular(al.stacks) else None)
                 if outcome.cause is Cause.HANG else RestartAlert(**facts))
         # Committed with the restart (the outbox), then sent: a daemon killed in between sends it at its next start.
         job = store.transition(job.id, JobState.BACKOFF, now=now, attempt=attempt.n, kind=EventKind.RESTART,

@@ -17,9 +17,11 @@ from supervisor.core.runner_set import RunnerSet
 from supervisor.core.spec import attempt_spec
 from supervisor.core.standby_keeping import StandbyKeeper
 from supervisor.core.timers import TimerKind
+from supervisor.jobfiles.deadline import guarded
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
 from supervisor.rules.causes import Cause, EventKind
+from supervisor.rules.resume import verify_checkpoint
 from supervisor.rules.rollback import Rollback, next_resume, rollback_after
 from supervisor.rules.states import JobState
 from supervisor.runners.base import LaunchRefused
@@ -65,7 +67,9 @@ class Launching:
         if gpus is None:
             return
         rollback = self._rollback(job, last)
-        choice = next_resume(live_checkpoints(jl.manifest), str(cfg.supervision.resume_from), rollback)
+        # Checkpoints live in the user's directory, maybe on a mount that stops answering: verified under the deadline.
+        choice = next_resume(live_checkpoints(jl.manifest), str(cfg.supervision.resume_from), rollback,
+                             verify=lambda entry: guarded(entry.path, lambda: verify_checkpoint(entry)))
         for path, why in choice.skipped:
             store.add_event(job.id, EventKind.CHECKPOINT_REJECTED, f"not resuming from {path}: {why}", now=now,
                             data={"path": path, "why": why})

@@ -25,11 +25,18 @@ def validation_values(job_dir: str | Path, metric: str) -> list[float]:
         seen: list[tuple[int, float]] = []
         last: float | None = None
         for line in read_json_lines(layout.attempt(n).metrics):
-            value = finite_or_none((line.get("metrics") or {}).get(metric))
+            metrics = line.get("metrics") if isinstance(line, dict) else None
+            if not isinstance(metrics, dict):
+                continue  # valid JSON, but not a line the trainer writes: a trainer's file is untrusted
+            value = finite_or_none(metrics.get(metric))
             if value is None or value == last:
                 continue
             last = value
-            seen.append((int(line.get("step", 0)), value))
+            try:
+                step = int(line.get("step", 0))
+            except (TypeError, ValueError, OverflowError):
+                continue
+            seen.append((step, value))
         if seen:
             first_step = seen[0][0]
             # this attempt's timeline replaces what an earlier attempt logged from its resume point on
