@@ -17,6 +17,7 @@ from typing import Any
 from supervisor import __version__
 from supervisor.access import Caller, daemon_caller
 from supervisor.api.arguments import BadRequest, check_arguments
+from supervisor.api.schedule_ops import ScheduleOperations
 from supervisor.api.views import attempt_view, job_status
 from supervisor.core import Supervisor
 from supervisor.core.submit import SubmitRequest
@@ -32,8 +33,11 @@ from supervisor.sweep.ops import SweepNotFound
 LOG_CHUNK = 256 * 1024
 
 
-class Operations:
-    """Every API operation, by name. ``dispatch(op, args)`` is what transports call."""
+class Operations(ScheduleOperations):
+    """Every API operation, by name. ``dispatch(op, args)`` is what transports call.
+
+    Scheduled runs' operations come from ``ScheduleOperations`` (``api/schedule_ops.py``).
+    """
 
     def __init__(self, supervisor: Supervisor, caller: Caller | None = None) -> None:
         self.sup = supervisor

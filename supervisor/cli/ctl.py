@@ -1,6 +1,8 @@
 """``supervisorctl``: talk to the running daemon.
 
     supervisorctl submit CONFIG [key=value ...] [--name NAME]
+    supervisorctl submit CONFIG --at TIME | --cron LINE [--tz ZONE] [--misfire run_once|skip]   (later, or recurring)
+    supervisorctl schedules [--all] [--json]  supervisorctl unschedule ID
     supervisorctl status [JOB] [--json]      supervisorctl list [--json]
     supervisorctl logs JOB [-f] [--attempt N]
     supervisorctl history JOB [--json]       supervisorctl events [JOB] [-f] [--json]
@@ -9,6 +11,7 @@
     supervisorctl watch [JOB] [--interval S] (a live view; plain lines when not on a terminal)
     supervisorctl web-url
     supervisorctl sweep create|status|list|stop ...   (see supervisor/cli/sweep.py)
+    supervisorctl --version
 """
 
 from __future__ import annotations
@@ -22,9 +25,17 @@ from typing import Any
 
 from rich.console import Console
 
+from supervisor import __version__
 from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, share_global_flags, state_dir_of, submit_request
 from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table, make_console
+from supervisor.cli.schedules import (
+    add_schedule_flags,
+    add_schedule_parsers,
+    is_scheduled_submit,
+    run_schedule_command,
+    submit_schedule,
+)
 from supervisor.cli.sweep import add_sweep_parser, run_sweep_command
 from supervisor.cli.watch import REFRESH_S, watch
 from supervisor.errors import SupervisorError
@@ -37,6 +48,7 @@ FOLLOW_INTERVAL = 0.5
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Control the ml-supervisor daemon.")
+    parser.add_argument("--version", action="version", version=f"{PROG} (ml-supervisor) {__version__}")
     add_state_dir(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -45,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.add_argument("--name", default=None, help="the job's name (default: the config's name)")
     p.add_argument("--json", action="store_true", help="print the new job's status object")
+    add_schedule_flags(p)
 
     p = sub.add_parser("status", help="a table of jobs, or one job in detail")
     p.add_argument("job", nargs="?")
@@ -78,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("web-url", help="the web page's address, with its token")
     add_sweep_parser(sub)
+    add_schedule_parsers(sub)
 
     for name, text in (("stop", "stop a job gracefully (SIGTERM, grace period, SIGKILL)"),
                        ("restart", "relaunch a job from its best checkpoint")):
@@ -97,13 +111,20 @@ def _run(args: argparse.Namespace) -> int:
     console = make_console()
     cmd = args.command
     if cmd == "submit":
+        scheduled = is_scheduled_submit(args)
         req = submit_request(args.config, args.overrides, args.name)
+        if scheduled:
+            return submit_schedule(client, req, args)
         job = client.call("submit", config_path=req.config_path, cwd=req.cwd, config_text=req.config_text,
                           overrides=req.overrides, name=req.name)
         if args.json:
             _print_json(job)
         print(job["id"])
         return 0
+    if cmd in ("schedules", "unschedule"):
+        return run_schedule_command(client, console, args)
+    if cmd == "status" and not args.job and not args.json:
+        _daemon_line(client, console)
     if cmd == "status" and args.job:
         job = client.call("status", job=args.job)
         if args.json:
@@ -147,6 +168,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{job['id']}: {job['state']}")
         return 0
     raise AssertionError(cmd)
+
+
+def _daemon_line(client: Client, console: Console) -> None:
+    """``status``'s first line: the daemon's version (and this command's, when an upgrade left them apart)."""
+    ping = client.call("ping")
+    mine = "" if ping.get("version") == __version__ else f" (this supervisorctl: {__version__})"
+    console.print(f"ml-supervisor {ping.get('version')}{mine} · pid {ping.get('pid')} · {ping.get('state_dir')}",
+                  style="dim", markup=False, highlight=False)
 
 
 def _gpus(client: Client, console: Console, args: argparse.Namespace) -> int:

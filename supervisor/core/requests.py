@@ -41,7 +41,8 @@ class Requests:
         """Insert a checked job and queue it."""
         try:
             self._ctx.store.insert_job(job, message=f"submitted {job.name} from {job.config_source}",
-                                       data={"config_source": job.config_source, "overrides": req.overrides})
+                                       data={"config_source": job.config_source, "overrides": req.overrides,
+                                             **req.origin})
         except BaseException:
             # Not inserted (one transaction): no job, so neither its attempt-1 standby nor its dir may stay.
             self._keeper.drop_first_standby(job.id)

@@ -47,6 +47,7 @@ class SubmitRequest:
     config_text: str | None = None  # None: read config_path
     overrides: list[str] = field(default_factory=list)
     name: str | None = None
+    origin: dict[str, Any] = field(default_factory=dict)  # recorded in the submitted event (a schedule's fire)
 
 
 def load_request_config(req: SubmitRequest) -> DictConfig:

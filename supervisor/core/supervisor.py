@@ -33,6 +33,7 @@ from supervisor.core.rank_watch import RankWatch
 from supervisor.core.reconciling import Reconciling, Verdict
 from supervisor.core.requests import Requests
 from supervisor.core.runner_set import RunnerSet
+from supervisor.core.schedules import Schedules
 from supervisor.core.standby_keeping import StandbyKeeper
 from supervisor.core.stopping import Stopping
 from supervisor.core.submit import SubmitRequest, prepare_job
@@ -49,6 +50,7 @@ from supervisor.runners.base import AttemptRunner, RunnerNotice
 from supervisor.runners.registry import build_runners
 from supervisor.settings import DaemonSettings
 from supervisor.store import JobRow, OutboxAlert, Store
+from supervisor.store.schedules import ScheduleRow
 
 T = TypeVar("T")
 
@@ -75,6 +77,7 @@ class _Parts:
     gpu_actions: GpuActions
     polling: Polling
     requests: Requests
+    schedules: Schedules
 
 
 class Supervisor:
@@ -146,6 +149,7 @@ class Supervisor:
         for job in store.list_jobs():
             if not job.state.terminal:
                 parts.following.schedule_timers(job)
+        parts.schedules.start()  # scheduled runs: timers, and a fire a killed daemon left half done
 
     def close(self) -> None:
         """Stop watching and release the state dir. Running trainers are left running, on purpose."""
@@ -244,6 +248,19 @@ class Supervisor:
                                 while_checking=self._first_standby_while_checking)
         return self.call(requests.register, job, req)
 
+    def schedule(self, req: SubmitRequest, *, at: str | None = None, cron: str | None = None,
+                 timezone: str | None = None, misfire: str = "run_once", owner_uid: int | None = None) -> ScheduleRow:
+        """Keep a scheduled run (``at`` a time) or a recurring one (``cron``) of ``req``, checked as a submit is.
+
+        Thread-safe; the checks run in the caller's thread, the insert on the loop (``core/schedules.py``).
+        """
+        return self.parts.schedules.create(req, at=at, cron=cron, timezone=timezone, misfire=misfire,
+                                           owner_uid=os.getuid() if owner_uid is None else owner_uid)
+
+    def unschedule(self, schedule_id: str, *, owner_uid: int | None = None) -> ScheduleRow:
+        """No more runs of a schedule (``owner_uid``: only that user's schedules exist). Loop thread."""
+        return self.parts.schedules.remove(schedule_id, owner_uid=owner_uid)
+
     def _first_standby_while_checking(self, job: JobRow) -> Callable[[], None] | None:
         requests = self.parts.requests
         if not self.call(requests.start_first_standby_unless_queued, job):
@@ -297,9 +314,10 @@ def _assemble(ctx: CoreContext, runners: RunnerSet, outbox: Outbox) -> _Parts:
     reconciling = Reconciling(ctx, runners, ending, following)
     placement = Placement(ctx, runners)
     launching = Launching(ctx, runners, keeper, placement, reconciling, following)
+    requests = Requests(ctx, keeper, placement, stopping)
     return _Parts(ctx=ctx, runners=runners, outbox=outbox, following=following, keeper=keeper, ending=ending,
                   stopping=stopping, reconciling=reconciling, placement=placement, launching=launching,
                   gpu_actions=GpuActions(ctx, runners, stopping, outbox),
                   polling=Polling(ctx, runners, launching=launching, stopping=stopping, ending=ending, keeper=keeper,
                                   following=following, rank_watch=RankWatch(ctx, stopping, outbox)),
-                  requests=Requests(ctx, keeper, placement, stopping))
+                  requests=requests, schedules=Schedules(ctx, requests))
