@@ -12,8 +12,8 @@ Every command runs from a folder outside the checkout, with no ``PYTHONPATH``.
 Then: ``--version`` (one version, the package's); ``examples`` lists the bundled configs at
 their installed paths; ``install-systemd --user`` writes a unit for the venv's interpreter,
 and the daemon is started with the unit's own ``ExecStart``; the web API lists the bundled
-templates; ``init`` + ``run`` of the starter project through that daemon exits 0 (one
-epoch: the short run); ``status`` shows the version.
+templates; ``init`` + ``run`` of the starter project as written (3 short epochs on a CPU) through
+that daemon exits 0; ``status`` shows the version.
 
 Under ``.ci/run`` the build and the install are ``.ci/release-check``'s: a venv with the wheel
 and its dependencies resolved from the wheel's own metadata (``pip install dist/*.whl``), named by
@@ -152,8 +152,7 @@ def test_init_and_run_the_starter_through_the_daemon_the_unit_starts(installed: 
         config = installed.home / "myproject" / "job.yaml"
         assert (installed.home / "myproject" / "model.py").is_file()
         start = time.monotonic()
-        run = installed.run("ml-supervisor", "--state-dir", str(state), "run", str(config), "trainer.max_epochs=1",
-                            timeout=600)
+        run = installed.run("ml-supervisor", "--state-dir", str(state), "run", str(config), timeout=600)  # as is
         installed.timings["starter run"] = round(time.monotonic() - start, 1)
         assert "submitting to the daemon" in run.stdout and "completed (max_epochs)" in run.stdout
         status = installed.run("supervisorctl", "--state-dir", str(state), "status").stdout
