@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attempt", type=int, default=1, help="attempt number (default 1)")
     parser.add_argument("--restarts", type=int, default=0, help="restarts the job has had (recorded in W&B)")
     parser.add_argument("--deadline", type=float, help="unix time the job's budget ends; the fit stops before it")
+    parser.add_argument("--checkpoint-every", type=int,
+                        help="checkpoint.every_n_train_steps: auto's interval in force, chosen by the daemon")
     parser.add_argument("--skip-batches", type=int, default=0,
                         help="a rollback after a divergence: drop this many training batches first")
     parser.add_argument("--lr-scale", type=float, default=1.0,

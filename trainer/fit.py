@@ -26,6 +26,7 @@ from supervisor.config import parse_duration
 from supervisor.errors import ConfigError
 from supervisor.jobfiles.layout import AttemptLayout, manifest_path
 from supervisor.jobfiles.manifest import abandon_after, abandon_all, record_unusable
+from supervisor.rules.cadence import AUTO_DEFAULT_STEPS
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
 from trainer.callbacks.divergence import LossGuard, RollbackActions
@@ -66,6 +67,7 @@ class FitOptions:
     on_failure: Callable[[BaseException], None] | None = None
     skip_batches: int = 0  # a rollback: drop this many training batches first
     lr_scale: float = 1.0  # a rollback: scale the learning rates once
+    checkpoint_every: int | None = None  # checkpoint.every_n_train_steps: auto's steps, from the daemon
 
 
 @dataclass
@@ -292,7 +294,7 @@ def build_callbacks(
         mode=ccfg.mode,
         save_top_k=int(ccfg.save_top_k),
         save_last=bool(ccfg.save_last),
-        every_n_train_steps=ccfg.every_n_train_steps,
+        every_n_train_steps=auto_steps(ccfg.every_n_train_steps, opts.checkpoint_every),
         train_time_interval=timedelta(seconds=parse_duration(interval)) if interval is not None else None,
         every_n_epochs=ccfg.every_n_epochs,
         filename=ccfg.filename,
@@ -331,6 +333,13 @@ def build_callbacks(
             callbacks.append(LogSamples(logger, count=int(cfg.callbacks.log_samples_count)))
     callbacks.extend(spec.build() for spec in job.callbacks)
     return callbacks
+
+
+def auto_steps(configured: Any, chosen: int | None) -> int | None:
+    """The save interval in steps: the config's number, or for ``auto`` the daemon's choice (a default without)."""
+    if configured != "auto":
+        return configured  # an int, or None: a validated config
+    return chosen if chosen is not None else AUTO_DEFAULT_STEPS
 
 
 def stop_reason(trainer: pl.Trainer, state: RunState) -> str:

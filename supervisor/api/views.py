@@ -20,6 +20,8 @@ from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, live_checkpoints, rank_best
 from supervisor.jobfiles.safe_read import list_dir
+from supervisor.rules.cadence import AUTO_DEFAULT_STEPS
+from supervisor.rules.causes import EventKind
 from supervisor.runners.registry import BACKENDS, job_world_size
 from supervisor.runners.standby_process import standby_view
 from supervisor.runners.zygotes import zygote_view
@@ -83,7 +85,7 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
             "remaining": None if job.budget_s is None else round(max(0.0, job.budget_s - used), 3),
         },
         "wandb": wandb,
-        "checkpointing": _checkpointing_view(frozen),
+        "checkpointing": _checkpointing_view(frozen, store.last_event_data(job.id, EventKind.LAUNCH)),
         "divergence": divergence_view(layout, attempts, _world_size(frozen)),
         "progress": progress,
         "ranks": ranks_view(layout.attempt(latest.n), latest, _world_size(frozen)) if latest else None,
@@ -136,15 +138,24 @@ def _frozen_config(layout: JobLayout) -> Any | None:
         return None
 
 
-def _checkpointing_view(cfg: Any | None) -> dict[str, Any] | None:
-    """What the job's checkpoints are (for labels like ``top-3, last``): monitor, mode, save_top_k, save_last."""
+def _checkpointing_view(cfg: Any | None, launch: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the job's checkpoints are (for labels like ``top-3, last``): monitor, mode, save_top_k, save_last; the
+    step interval in force, and with ``every_n_train_steps: auto`` why (``cadence``: save cost, MTBF, step time)."""
     if cfg is None:
         return None
     try:
         ckpt = cfg.checkpoint
-        return {"monitor": ckpt.monitor, "mode": ckpt.mode, "save_top_k": ckpt.save_top_k, "save_last": ckpt.save_last}
+        view = {"monitor": ckpt.monitor, "mode": ckpt.mode, "save_top_k": ckpt.save_top_k, "save_last": ckpt.save_last,
+                "every_n_train_steps": ckpt.every_n_train_steps}
     except Exception:  # an older job dir: the page falls back to plain "top-k"
         return None
+    if view["every_n_train_steps"] == "auto":
+        cadence = (launch or {}).get("cadence")
+        view["cadence"] = cadence if isinstance(cadence, dict) else None
+        # before the first measurement the trainer's default is in force
+        view["every_n_train_steps"] = (cadence.get("every_n_train_steps") if isinstance(cadence, dict)
+                                       else AUTO_DEFAULT_STEPS)
+    return view
 
 
 def _wandb_view(cfg: Any | None, job: JobRow) -> dict[str, Any]:

@@ -43,7 +43,9 @@ class CheckpointConfig:
     mode: str = "min"
     save_top_k: int = 3
     save_last: bool = True
-    every_n_train_steps: int | None = None
+    # steps between saves; "auto": Young/Daly's optimum from the save's cost and the job's failures (rules/cadence.py)
+    every_n_train_steps: Any = None
+    assumed_mtbf: str = "24h"  # with every_n_train_steps: auto, the mean time between failures before any
     train_time_interval: str | None = None  # a duration
     every_n_epochs: int | None = None
     filename: str = "{epoch}-{step}"

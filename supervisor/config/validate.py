@@ -115,6 +115,7 @@ def check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None:
     duration("supervision.hang_timeout", allow=("auto", "off"))
     duration("supervision.stop_grace")
     duration("checkpoint.train_time_interval", allow_none=True)
+    duration("checkpoint.assumed_mtbf")
     if cfg.supervision.budget is not None and parse_duration(cfg.supervision.budget) <= 0:
         fail("supervision.budget", "must be longer than zero")
 
@@ -145,7 +146,9 @@ def check_values(cfg: DictConfig, source: str, override_keys: set[str]) -> None:
     at_least("supervision.gpus", 0, allow_none=True)
     at_least("supervision.backoff.factor", 1.0)
     at_least("checkpoint.save_top_k", -1)
-    at_least("checkpoint.every_n_train_steps", 1, allow_none=True)
+    every = get("checkpoint.every_n_train_steps")
+    if every is not None and every != "auto" and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        fail("checkpoint.every_n_train_steps", f"must be a whole number of steps (at least 1) or auto; got {every!r}")
     at_least("checkpoint.every_n_epochs", 1, allow_none=True)
     at_least("callbacks.early_stopping.patience", 0)
     at_least("logger.wandb.watch_log_freq", 1)

@@ -7,7 +7,10 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from omegaconf import DictConfig
+
 from supervisor.access import run_as_for
+from supervisor.config import parse_duration
 from supervisor.core.context import CoreContext
 from supervisor.core.following import Following
 from supervisor.core.placement import Placement
@@ -18,9 +21,12 @@ from supervisor.core.spec import attempt_spec
 from supervisor.core.standby_keeping import StandbyKeeper
 from supervisor.core.timers import TimerKind
 from supervisor.jobfiles.deadline import guarded
+from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import live_checkpoints
+from supervisor.rules.cadence import Cadence, choose_cadence
 from supervisor.rules.causes import Cause, EventKind
+from supervisor.rules.policy import FAILURE_CAUSES
 from supervisor.rules.resume import verify_checkpoint
 from supervisor.rules.rollback import Rollback, next_resume, rollback_after
 from supervisor.rules.states import JobState
@@ -67,6 +73,7 @@ class Launching:
         if gpus is None:
             return
         rollback = self._rollback(job, last)
+        cadence = self._cadence(job, cfg, now)
         # Checkpoints live in the user's directory, maybe on a mount that stops answering: verified under the deadline.
         choice = next_resume(live_checkpoints(jl.manifest), str(cfg.supervision.resume_from), rollback,
                              verify=lambda entry: guarded(entry.path, lambda: verify_checkpoint(entry)))
@@ -83,7 +90,7 @@ class Launching:
         spec = attempt_spec(job, cfg, n, choice, backend=self._runners.backend(cfg), gpus=gpus,
                             first_started_at=first_started_at, trainer_module=ctx.settings.trainer_module,
                             boot_id=ctx.boot_id, state_dir=ctx.state_dir, base_env=os.environ, run_as=run_as,
-                            rollback=rollback)
+                            rollback=rollback, checkpoint_every=cadence.every_n_train_steps if cadence else None)
         runner = self._runners.for_job(cfg)
         # Record first: the row exists (runner state empty: "maybe started") before any process does, so a
         # daemon killed at any moment leaves a next daemon that knows this attempt (reconcile kills what may
@@ -115,7 +122,8 @@ class Launching:
         job = store.transition(job.id, JobState.STARTING, now=now, attempt=n, kind=EventKind.LAUNCH,
                                message=f"attempt {n} starting {resumed}",
                                data={"resumed_from": choice.path, "rule": choice.rule, "gpus": gpus,
-                                     "rollback": asdict(rollback) if rollback is not None else None},
+                                     "rollback": asdict(rollback) if rollback is not None else None,
+                                     "cadence": cadence.as_dict() if cadence is not None else None},
                                first_started_at=first_started_at, next_start_at=None, wait_reason=None,
                                stop_intent=None, stop_deadline=None)
         self._following.follow(job, n)
@@ -130,6 +138,26 @@ class Launching:
         cfg = self._ctx.job_config(job)
         layout = JobLayout(Path(job.job_dir)).attempt(last.n)
         return rollback_after(diverged_at(layout, job_world_size(cfg)), cfg.supervision.divergence)
+
+    def _cadence(self, job: JobRow, cfg: DictConfig, now: float) -> Cadence | None:
+        """``checkpoint.every_n_train_steps: auto``: the interval for the next attempt (None: a fixed one).
+
+        From the job's own measurements: what its saves cost (the manifest's ``save_s``), its step time
+        (the last attempt's heartbeat) and its failures so far; before any, the trainer's default.
+        """
+        if cfg.checkpoint.every_n_train_steps != "auto":
+            return None
+        jl = JobLayout(Path(job.job_dir))
+        costs = [e.save_s for e in live_checkpoints(jl.manifest, require_file=False) if e.save_s]
+        attempts = self._ctx.store.attempts(job.id)
+        beat = read_heartbeat(jl.attempt(attempts[-1].n).heartbeat) if attempts else None
+        if not costs or beat is None or not beat.step_time:
+            return None  # nothing measured yet: the trainer's default interval
+        running = sum((a.ended_at or now) - a.started_at for a in attempts)
+        failures = sum(1 for a in attempts if a.cause in FAILURE_CAUSES)
+        return choose_cadence(save_s=sorted(costs[-5:])[len(costs[-5:]) // 2], step_s=beat.step_time,
+                              running_s=running, failures=failures,
+                              assumed_mtbf_s=parse_duration(cfg.checkpoint.assumed_mtbf))
 
     def _launch_failed(self, job: JobRow, n: int, why: str, now: float) -> None:
         store = self._ctx.store

@@ -21,7 +21,7 @@ from supervisor.store import JobRow
 def attempt_spec(job: JobRow, cfg: DictConfig, n: int, resume: ResumeChoice, *, backend: Backend,
                  gpus: Sequence[int], first_started_at: float, trainer_module: str, boot_id: str, state_dir: Path,
                  base_env: Mapping[str, str], run_as: RunAs | None = None,
-                 rollback: Rollback | None = None) -> AttemptSpec:
+                 rollback: Rollback | None = None, checkpoint_every: int | None = None) -> AttemptSpec:
     """What attempt ``n`` of ``job`` runs (pure: everything it depends on is an argument)."""
     jl = JobLayout(Path(job.job_dir))
     command = [str(cfg.python), "-m", trainer_module, "--config", str(jl.config),
@@ -34,6 +34,8 @@ def attempt_spec(job: JobRow, cfg: DictConfig, n: int, resume: ResumeChoice, *, 
         command += ["--deadline", f"{deadline:.3f}"]
     if rollback is not None:  # after a divergence: drop the batches that followed, scale the rates
         command += rollback.trainer_args()
+    if checkpoint_every is not None:  # checkpoint.every_n_train_steps: auto, the interval chosen for this attempt
+        command += ["--checkpoint-every", str(checkpoint_every)]
     # The owner's HOME/USER/LOGNAME first: the config's own `env` may still set them.
     env = trainer_environment(cfg, Path(job.workdir), run_as.environment(base_env) if run_as else dict(base_env))
     env.update({"ML_SUPERVISOR_JOB_ID": job.id, "ML_SUPERVISOR_ATTEMPT": str(n),

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.jobfiles.atomic import append_json_line, read_json_lines
-from supervisor.jobfiles.bounds import bounded_int, clamped_count, unix_time
+from supervisor.jobfiles.bounds import bounded_int, clamped_count, optional_duration, unix_time
 from supervisor.jobfiles.safe_read import stat_following
 
 
@@ -47,6 +47,7 @@ class CheckpointEntry:
     attempt: int
     kind: str = "topk"
     finite: bool = True
+    save_s: float | None = None  # how long the save stalled training (every_n_train_steps: auto reads it)
 
     def to_event(self) -> dict[str, Any]:
         return {"event": "save", **asdict(self)}
@@ -191,4 +192,5 @@ def _entry_from_event(event: dict[str, Any]) -> CheckpointEntry:
         attempt=bounded_int(event.get("attempt", 0)),
         kind=str(event.get("kind", "topk")),
         finite=bool(event.get("finite", True)),
+        save_s=optional_duration(event.get("save_s")),
     )

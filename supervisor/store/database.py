@@ -7,6 +7,7 @@ written in one transaction, so a daemon killed at any instant leaves it consiste
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -227,6 +228,15 @@ class Store:
         row = self._conn().execute("SELECT MAX(time) AS t FROM events WHERE job_id = ? AND kind = ?",
                                    (job_id, kind)).fetchone()
         return None if row["t"] is None else float(row["t"])
+
+    def last_event_data(self, job_id: str, kind: EventKind) -> dict[str, Any] | None:
+        """The data of the job's latest event of ``kind`` (None when it has none)."""
+        row = self._conn().execute("SELECT data FROM events WHERE job_id = ? AND kind = ? ORDER BY id DESC LIMIT 1",
+                                   (job_id, kind)).fetchone()
+        if row is None or not row["data"]:
+            return None
+        data = json.loads(row["data"])
+        return data if isinstance(data, dict) else None
 
     def last_event_id(self) -> int:
         """The id of the latest event (0 when there is none)."""

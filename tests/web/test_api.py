@@ -247,7 +247,8 @@ def test_the_job_view_says_how_to_upload_offline_runs_and_links_online_ones(web:
     wandb = view["wandb"]
     assert wandb["url"] is None and wandb["alerts_url"] is None
     assert wandb["sync_command"] == f"wandb sync {Path(wandb['dir']) / 'wandb'}/offline-run-*"
-    assert view["checkpointing"] == {"monitor": None, "mode": "min", "save_top_k": 3, "save_last": True}
+    assert view["checkpointing"] == {"monitor": None, "mode": "min", "save_top_k": 3, "save_last": True,
+                                     "every_n_train_steps": None}
 
     job = web.client.post("/api/launch", json={"template": "online", "values": {}}).json()
     wandb = web.wait_state(job["id"], "completed")["wandb"]

@@ -100,6 +100,7 @@ class ManifestCheckpoint(ModelCheckpoint):
         self._validated_value: float | None = None
         self._topk_pending = False
         self._multi_process = False
+        self._save_s: float | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -199,6 +200,7 @@ class ManifestCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         kind = self._kind_override or ("last" if filepath == self.last_model_path else "topk")
+        started = time.perf_counter()
         with self._phase("checkpoint"):
             same_step = self._same_step_file(trainer)
             if same_step is not None and kind != "topk":
@@ -207,6 +209,7 @@ class ManifestCheckpoint(ModelCheckpoint):
                     self._link_or_copy(trainer, same_step, filepath)
             else:
                 self._write_atomically(trainer, filepath)
+        self._save_s = time.perf_counter() - started  # the stall: what every_n_train_steps: auto weighs
         self._saved_file, self._saved_step = filepath, trainer.global_step
         # Lightning's bookkeeping, as the parent does it.
         self._last_global_step_saved = trainer.global_step
@@ -284,6 +287,7 @@ class ManifestCheckpoint(ModelCheckpoint):
             attempt=self.attempt,
             kind=kind,
             finite=all(finite_or_none(v) is not None for v in map(_as_float, metrics.values()) if v is not None),
+            save_s=round(self._save_s, 6) if self._save_s is not None else None,
         ))
 
     # --- helpers ----------------------------------------------------------------------------
