@@ -36,11 +36,6 @@ from supervisor.store import AttemptRow, JobRow
 
 log = logging.getLogger("ml_supervisor")
 
-
-def _changes(rollback: Rollback) -> list[str]:
-    changes = [f"skipping {rollback.skip_batches} batches"] if rollback.skip_batches else []
-    return changes + ([f"learning rates x{rollback.lr_scale:g}"] if rollback.lr_scale != 1.0 else [])
-
 # The monitor reports the trainer's pid within milliseconds: look again this soon rather than at the tick.
 STARTED_CHECK_S = 0.2
 LAUNCH_FAILED_RETRY_S = 10.0
@@ -169,3 +164,9 @@ class Launching:
             store.transition(job.id, JobState.BACKOFF, now=now, message=f"launch failed: {why}",
                              next_start_at=retry_at)
         self._ctx.timers.schedule(job.id, TimerKind.BACKOFF, retry_at)
+
+
+def _changes(rollback: Rollback) -> list[str]:
+    """What a rollback attempt changes, for its launch event."""
+    changes = [f"skipping {rollback.skip_batches} batches"] if rollback.skip_batches else []
+    return changes + ([f"learning rates x{rollback.lr_scale:g}"] if rollback.lr_scale != 1.0 else [])
