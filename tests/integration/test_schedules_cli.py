@@ -54,8 +54,9 @@ def test_schedules_from_the_command_line(daemon: DaemonProc, tmp_path: Path) -> 
         (schedule_id, "cron", "0 2 * * *", "active", 3)]
     assert schedule_id in daemon.ctl("schedules").stdout
 
-    # one run a few seconds from now: a normal job once its time comes
-    soon = (datetime.now().astimezone() + timedelta(seconds=3)).isoformat(timespec="seconds")
+    # one run a few seconds from now (enough for supervisorctl to start on a loaded box: a time already past is
+    # refused): a normal job once its time comes, the daemon's loop sleeping until the schedule's timer
+    soon = (datetime.now().astimezone() + timedelta(seconds=15)).isoformat(timespec="seconds")
     once_id = daemon.ctl("submit", str(cfg), "--at", soon, "--name", "once").stdout.split(":")[0]
     job_id = wait_for(lambda: _last_job(daemon, once_id), timeout=60, what="the --at run's job")
     assert daemon.wait_state(job_id, "completed")["name"] == "once"
