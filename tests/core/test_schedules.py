@@ -10,6 +10,7 @@ run nor starts it twice.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -201,3 +202,28 @@ def test_a_config_that_would_not_submit_is_refused_when_scheduled(make_core: Mak
     with pytest.raises(ConfigError, match=r"model\.class_path: cannot import 'nowhere\.Model'"):
         core.sup.schedule(req, cron="0 2 * * *", timezone="UTC")
     assert ScheduleTable(core.store).select() == [] and core.store.list_jobs() == []
+
+
+def test_a_user_sees_and_removes_only_their_own_schedules(make_core: MakeCore) -> None:
+    """Through the API's operations, as ``supervisorctl`` calls them: another user's schedule is "not found"."""
+    from supervisor.access import Caller
+    from supervisor.api.arguments import BadRequest
+    from supervisor.api.ops import Operations
+
+    core = make_core()
+    core.clock.now = at("2026-12-07 12:00:00")
+    req = request(core)
+    ops = Operations(core.sup)  # the daemon's own user: an admin
+    mine = ops.op_schedule(config_path=req.config_path, cwd=req.cwd, config_text=req.config_text,
+                           cron="0 2 * * *", timezone="UTC")
+    assert mine["next_runs"] == ["2026-12-08T02:00:00+00:00", "2026-12-09T02:00:00+00:00",
+                                 "2026-12-10T02:00:00+00:00"]
+    other = ops.for_caller(Caller(os.getuid() + 4242, admin=False))
+    assert other.op_schedules(all=True) == []
+    with pytest.raises(JobNotFound, match="no schedule"):
+        other.op_unschedule(mine["id"])
+    with pytest.raises(BadRequest, match="config_text: required"):  # the daemon reads no file for another user
+        other.op_schedule(config_path=req.config_path, cwd=req.cwd, cron="0 2 * * *")
+    assert [s["id"] for s in ops.op_schedules()] == [mine["id"]]
+    assert ops.op_unschedule(mine["id"])["state"] == "removed"
+    assert ops.op_schedules() == [] and [s["state"] for s in ops.op_schedules(all=True)] == ["removed"]
