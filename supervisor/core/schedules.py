@@ -195,9 +195,17 @@ class Schedules:
             self._ctx.loop.call(fn, *args)
         except SupervisorError as exc:  # the daemon is closing: the next one finishes this fire (start)
             log.warning("schedule: %s", exc.message)
+        except Exception:  # firing_at stays set: the next start finishes this fire
+            log.exception("schedule: %s failed", getattr(fn, "__name__", fn))
 
     def _register(self, schedule_id: str, fire_time: float, job: JobRow, req: SubmitRequest) -> None:
-        registered = self._requests.register(job, req)
+        try:
+            registered = self._requests.register(job, req)  # on failure it removes the job's dir
+        except Exception as exc:
+            log.exception("schedule %s: the run could not be registered", schedule_id)
+            message = exc.message if isinstance(exc, SupervisorError) else f"{type(exc).__name__}: {exc}"
+            self._failed(schedule_id, fire_time, message)
+            return
         self._started(schedule_id, fire_time, registered.id)
 
     def _started(self, schedule_id: str, fire_time: float, job_id: str) -> None:
