@@ -18,7 +18,16 @@ from typing import Any
 
 from supervisor.errors import JobNotFound
 from supervisor.rules.causes import EventKind
-from supervisor.rules.states import JobState, check_transition
+from supervisor.rules.states import TERMINAL_STATES, JobState, check_transition
+from supervisor.store.listing import JobPage, active_jobs, attempts_of, finished_page, state_counts
+from supervisor.store.pruning import (
+    PruneCounts,
+    count_prunable,
+    job_row_counts,
+    prune_alerts,
+    prune_events,
+    prune_job_rows,
+)
 from supervisor.store.rows import (
     ATTEMPT_FIELDS,
     JOB_FIELDS,
@@ -34,8 +43,14 @@ from supervisor.store.rows import (
     job_values_partial,
     outbox_from_row,
 )
-from supervisor.store.schema import ensure_schema
+from supervisor.store.schema import best_facts, ensure_schema
 from supervisor.store.sql import insert_event, insert_outbox, transaction, update
+
+TERMINAL_VALUES = tuple(sorted(s.value for s in TERMINAL_STATES))
+TERMINAL_MARKS = ", ".join("?" * len(TERMINAL_VALUES))
+# Above every character a job id can hold (UTF-8 compares byte-wise): ``[prefix, prefix + PREFIX_END)`` is
+# every id that starts with ``prefix``.
+PREFIX_END = "\U0010ffff"
 
 
 class Store:
@@ -101,9 +116,10 @@ class Store:
         db = self._conn()
         mine, params = ("", []) if owner_uid is None else (" AND owner_uid = ?", [owner_uid])
         row = db.execute("SELECT * FROM jobs WHERE id = ?" + mine, [job_id, *params]).fetchone()
-        if row is None:
-            rows = db.execute("SELECT * FROM jobs WHERE id LIKE ? ESCAPE '\\'" + mine,
-                              [job_id.replace("%", "\\%").replace("_", "\\_") + "%", *params]).fetchall()
+        if row is None and job_id:
+            # a prefix: a range of the primary key (indexed; LIKE would read every row)
+            rows = db.execute("SELECT * FROM jobs WHERE id >= ? AND id < ?" + mine + " ORDER BY id LIMIT 6",
+                              [job_id, job_id + PREFIX_END, *params]).fetchall()
             if len(rows) == 1:
                 row = rows[0]
             elif len(rows) > 1:
@@ -122,6 +138,65 @@ class Store:
         else:
             rows = db.execute("SELECT * FROM jobs ORDER BY created_at").fetchall()
         return [job_from_row(r) for r in rows]
+
+    def active_jobs(self, *, owner_uid: int | None = None, states: Sequence[JobState] | None = None
+                    ) -> list[JobRow]:
+        """Jobs that have not finished, oldest first (indexed by state), optionally one owner's or in ``states``."""
+        return active_jobs(self._conn(), owner_uid=owner_uid, states=states)
+
+    def finished_jobs(self, *, limit: int | None = 50, offset: int = 0, since: float | None = None,
+                      before: float | None = None, states: Sequence[JobState] | None = None,
+                      owner_uid: int | None = None) -> JobPage:
+        """A page of finished jobs (ended in ``[since, before)``), the latest end first (indexed by
+        ``ended_at``), and how many match; ``limit`` None: every one."""
+        return finished_page(self._conn(), limit=limit, offset=offset, since=since, before=before, states=states,
+                             owner_uid=owner_uid)
+
+    def job_counts(self, *, owner_uid: int | None = None) -> dict[str, int]:
+        """How many jobs are in each state (states without jobs left out)."""
+        return state_counts(self._conn(), owner_uid=owner_uid)
+
+    def attempts_of(self, job_ids: Sequence[str]) -> dict[str, list[AttemptRow]]:
+        """The attempts of each of ``job_ids``, first first, in one query per 500 jobs."""
+        return attempts_of(self._conn(), job_ids)
+
+    def prune_job(self, job_id: str, *, ended_at: float | None, now: float, keep_row: bool) -> PruneCounts | None:
+        """Delete a finished job's attempts, events and alerts (and its row unless ``keep_row``: then it is
+        marked pruned), in one transaction; None (nothing done) unless it is still finished and ended at
+        ``ended_at`` (a job restarted since the prune was planned is left alone) and owes no unsent alert."""
+        with self._tx() as db:
+            return prune_job_rows(db, job_id, ended_at=ended_at, now=now, keep_row=keep_row)
+
+    def mark_pruned(self, job_id: str, *, ended_at: float | None, now: float) -> bool:
+        """Mark a finished job pruned (its files are going; a restart is refused from here on); False unless it
+        is still finished and ended at ``ended_at``."""
+        with self._tx() as db:
+            cur = db.execute(f"UPDATE jobs SET pruned_at = COALESCE(pruned_at, ?) WHERE id = ? "
+                             f"AND state IN ({TERMINAL_MARKS}) AND ended_at IS ?",
+                             (now, job_id, *TERMINAL_VALUES, ended_at))
+            return cur.rowcount == 1
+
+    def job_row_counts(self, job_id: str) -> tuple[int, int, int, bool]:
+        """(attempts, events, alerts, an alert still owed) of a job: what ``prune_job`` would delete."""
+        return job_row_counts(self._conn(), job_id)
+
+    def prune_events(self, before: float, *, batch: int) -> tuple[int, int]:
+        """Delete up to ``batch`` events older than ``before`` of finished jobs and of the daemon (never a live
+        job's, never one an unsent alert is owed for), with their delivered alerts; (events, alerts) deleted."""
+        with self._tx() as db:
+            return prune_events(db, before, batch=batch)
+
+    def prune_alerts(self, before: float, *, batch: int) -> int:
+        """Delete up to ``batch`` outbox alerts delivered before ``before``; how many."""
+        with self._tx() as db:
+            return prune_alerts(db, before, batch=batch)
+
+    def count_prunable(self, *, events_before: float | None, alerts_before: float | None,
+                       excluding: Sequence[str] = ()) -> tuple[int, int]:
+        """(events, alerts) that ``prune_events`` and ``prune_alerts`` would delete once the jobs ``excluding``
+        are pruned (a dry run's count)."""
+        return count_prunable(self._conn(), events_before=events_before, alerts_before=alerts_before,
+                              excluding=excluding)
 
     def update_job(self, job_id: str, *, now: float, **changes: Any) -> None:
         """Change fields that are not the state (use ``transition`` for that)."""
@@ -149,6 +224,9 @@ class Store:
             changes.update(state=new, updated_at=now)
             if new.terminal:
                 changes.setdefault("ended_at", now)
+                if alert is not None:  # the ending's alert tells the best checkpoint: kept for the list
+                    for key, value in best_facts(alert.details).items():
+                        changes.setdefault(key, value)
             update(db, "jobs", "id = ?", [job_id], job_values_partial(changes))
             payload = {"from": job.state.value, "to": new.value, **(data or {})}
             event_id = insert_event(db, now, job_id, attempt, kind or EventKind(new.value), message, payload)

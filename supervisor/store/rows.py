@@ -43,6 +43,12 @@ class JobRow:
     detail: str | None = None
     # Who submitted the job (the uid the kernel gave for the socket's peer); its trainers run as this user.
     owner_uid: int = field(default_factory=os.getuid)
+    # The best checkpoint's facts, kept when the job ends (from its ending's alert): the list shows a finished
+    # job from its row alone, without reading its manifest.
+    best_score: float | None = None
+    best_step: int | None = None
+    best_monitor: str | None = None
+    pruned_at: float | None = None  # when `supervisorctl prune` removed the job's files (its best kept)
 
 
 @dataclass

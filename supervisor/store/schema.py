@@ -10,10 +10,12 @@ from pathlib import Path
 from supervisor.errors import StoreError
 from supervisor.store.sql import transaction
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """1: the first cut (local attempt monitors in dedicated columns). 2: runner kind + runner-owned JSON state.
 3: jobs have an owner (``owner_uid``: who submitted it; shared-server mode). 4: the alert outbox.
-5: scheduled runs (``schedules``: ``supervisorctl submit --at/--cron``; ``store/schedules.py``)."""
+5: scheduled runs (``schedules``: ``supervisorctl submit --at/--cron``; ``store/schedules.py``).
+6: a finished job's best checkpoint facts (``best_score``, ``best_step``, ``best_monitor``: the list shows them
+without reading the manifest), ``pruned_at`` (``supervisorctl prune``), and the indexes ``list`` and ``prune`` use."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -38,7 +40,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     stop_deadline REAL,
     best_checkpoint TEXT,
     detail TEXT,
-    owner_uid INTEGER NOT NULL
+    owner_uid INTEGER NOT NULL,
+    best_score REAL,
+    best_step INTEGER,
+    best_monitor TEXT,
+    pruned_at REAL
 );
 CREATE TABLE IF NOT EXISTS attempts (
     job_id TEXT NOT NULL REFERENCES jobs(id),
@@ -104,6 +110,21 @@ CREATE TABLE IF NOT EXISTS schedules (
 );
 """
 
+# Created once every table has its columns (after the migrations): an index on a column an old file lacks
+# would fail in SCHEMA. ``list``: the active jobs by state, the finished ones newest first (per owner for a
+# non-admin); ``prune``: events by time, delivered alerts by when they were sent.
+INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(ended_at);
+CREATE INDEX IF NOT EXISTS jobs_owner_ended ON jobs(owner_uid, ended_at);
+CREATE INDEX IF NOT EXISTS events_time ON events(time);
+CREATE INDEX IF NOT EXISTS alert_outbox_sent ON alert_outbox(sent_at) WHERE sent_at IS NOT NULL;
+"""
+
+# The alerts of a job's ending (the outbox rows of its terminal transition) and the states a job ends in.
+ENDING_ALERTS = ("completed", "budget", "failed", "stopped")
+TERMINAL = ("completed", "failed", "stopped")
+
 
 def ensure_schema(db: sqlite3.Connection, path: Path) -> None:
     """Create the tables that are missing and migrate an older file to ``SCHEMA_VERSION``.
@@ -132,6 +153,9 @@ def ensure_schema(db: sqlite3.Connection, path: Path) -> None:
         if version < 5:
             # The executescript above created the (empty) schedules table: no schedules before.
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '5')")
+        if version < 6:
+            _migrate_5_to_6(db)
+    db.executescript(INDEXES)
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
@@ -162,3 +186,39 @@ def _migrate_2_to_3(db: sqlite3.Connection, daemon_uid: int) -> None:
     if "owner_uid" not in columns:  # a schema-1 file without a jobs table got it, owner_uid included, just now
         db.execute(f"ALTER TABLE jobs ADD COLUMN owner_uid INTEGER NOT NULL DEFAULT {int(daemon_uid)}")
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '3')")
+
+
+def _migrate_5_to_6(db: sqlite3.Connection) -> None:
+    """Finished jobs keep their best checkpoint's facts in their row: taken from the alert of their ending,
+    which carries them (the outbox, from schema 4; a job that ended before schema 4 keeps only its best path)."""
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
+    for name, kind in (("best_score", "REAL"), ("best_step", "INTEGER"), ("best_monitor", "TEXT"),
+                       ("pruned_at", "REAL")):
+        if name not in columns:
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+    marks = ", ".join("?" * len(TERMINAL))
+    rows = db.execute(
+        f"SELECT o.job_id, o.details FROM alert_outbox o JOIN jobs j ON j.id = o.job_id "
+        f"WHERE j.state IN ({marks}) AND o.alert IN ({', '.join('?' * len(ENDING_ALERTS))}) ORDER BY o.event_id",
+        [*TERMINAL, *ENDING_ALERTS]).fetchall()
+    for r in rows:  # oldest first: a job ended, requeued and ended again keeps its last ending's facts
+        facts = best_facts(_json_object(r["details"]))
+        db.execute("UPDATE jobs SET best_score = ?, best_step = ?, best_monitor = ? WHERE id = ?",
+                   (facts["best_score"], facts["best_step"], facts["best_monitor"], r["job_id"]))
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '6')")
+
+
+def best_facts(details: dict[str, object]) -> dict[str, object]:
+    """The best checkpoint's score, step and monitored metric from an ending alert's facts (None: not told)."""
+    score, step, monitor = details.get("best_score"), details.get("best_step"), details.get("monitor")
+    return {"best_score": float(score) if isinstance(score, (int, float)) and not isinstance(score, bool) else None,
+            "best_step": step if isinstance(step, int) and not isinstance(step, bool) else None,
+            "best_monitor": monitor if isinstance(monitor, str) else None}
+
+
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
