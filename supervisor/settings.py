@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from supervisor.access import group_id
+from supervisor.config.durations import parse_duration
 from supervisor.errors import ConfigError
 
 STATE_DIR_ENV = "ML_SUPERVISOR_STATE_DIR"
@@ -71,6 +72,21 @@ class AccessConfig:
 
 
 @dataclass
+class RetentionConfig:
+    """How long a finished job's things are kept (``supervisorctl prune``; docs/retention.md): a duration since
+    the job ended (``90d``, ``12h``), or null for ever (the default: everything is kept, and the daemon says so
+    at start). When any is set the daemon prunes by itself every ``interval``."""
+
+    jobs: Any = None  # the job: its attempts, events, logs, attempt dirs, W&B dir; its best checkpoint stays
+    checkpoints: Any = None  # its checkpoints other than the best (and the abandoned ones)
+    events: Any = None  # events of finished jobs and of the daemon (a live job's history is never pruned)
+    alerts: Any = None  # outbox alerts already delivered
+    keep_best: bool = True  # false: a pruned job's best checkpoint goes too (its row with it)
+    keep_unsynced_wandb: bool = True  # false: W&B offline runs never synced (`wandb sync`) go too
+    interval: Any = "1h"
+
+
+@dataclass
 class DaemonSettings:
     state_dir: str | None = None
     # The module run as `python -m <trainer_module>`; tests point it at a fake trainer.
@@ -87,6 +103,7 @@ class DaemonSettings:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     web: WebConfig = field(default_factory=WebConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 def default_state_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -130,6 +147,7 @@ def load_settings(path: str | None = None, overrides: Sequence[str] = (), *, sta
     check_access(source, settings.access)
     if not settings.file_timeout > 0:
         raise ConfigError(source, "file_timeout", f"expected seconds > 0, got {settings.file_timeout!r}")
+    check_retention(source, settings.retention)
     return settings
 
 
@@ -157,3 +175,22 @@ def _web_port(source: str, value: Any) -> int | str:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535:
         return value
     raise ConfigError(source, "web.port", f"expected auto or a port number 0-65535, got {value!r}")
+
+
+def check_retention(source: str, retention: RetentionConfig) -> None:
+    """``retention.*``: each a duration or null (``interval`` a duration of at least a minute)."""
+    for key in ("jobs", "checkpoints", "events", "alerts", "interval"):
+        value = getattr(retention, key)
+        if value is None and key != "interval":
+            continue
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise ConfigError(source, f"retention.{key}", str(exc)) from None
+        if key == "interval" and seconds < 60:
+            raise ConfigError(source, "retention.interval", f"expected at least 1m, got {value!r}")
+
+
+def retention_seconds(value: Any) -> float | None:
+    """A ``retention`` duration in seconds (None: kept for ever)."""
+    return None if value is None else parse_duration(value)

@@ -32,6 +32,7 @@ from supervisor.core.polling import Polling
 from supervisor.core.rank_watch import RankWatch
 from supervisor.core.reconciling import Reconciling, Verdict
 from supervisor.core.requests import Requests
+from supervisor.core.retention import RetentionKeeper
 from supervisor.core.runner_set import RunnerSet
 from supervisor.core.schedules import Schedules
 from supervisor.core.standby_keeping import StandbyKeeper
@@ -101,6 +102,7 @@ class Supervisor:
         self.loop.handlers.update(checkpoints=self._checkpoints_changed, gpu=self.on_gpu_event)
         self._parts: _Parts | None = None
         self._lock_fd: int | None = None
+        self._retention: RetentionKeeper | None = None
 
     # -- the loop hooks the daemon sets --------------------------------------------------------------
     @property
@@ -146,14 +148,17 @@ class Supervisor:
         self._parts = parts = _assemble(ctx, RunnerSet(runners), Outbox(store, self.clock, self._alert_hook))
         parts.reconciling.reconcile()
         parts.outbox.send_pending()  # what a killed daemon committed and had not sent yet
-        for job in store.list_jobs():
-            if not job.state.terminal:
-                parts.following.schedule_timers(job)
+        for job in store.active_jobs():  # indexed: finished jobs are never read here
+            parts.following.schedule_timers(job)
+        self._retention = RetentionKeeper(self.settings.retention, store, self.call, self.clock)
+        self._retention.start()
         parts.schedules.start()  # scheduled runs: timers, and a fire a killed daemon left half done
 
     def close(self) -> None:
         """Stop watching and release the state dir. Running trainers are left running, on purpose."""
         self.loop.stop()
+        if self._retention is not None:
+            self._retention.stop()
         if self._parts is not None:
             self._parts.runners.close()
             if self._parts.ctx.checkpoints is not None:
@@ -211,7 +216,10 @@ class Supervisor:
         return self._parts.ctx.gpus if self._parts is not None else None
 
     def job_config(self, job: JobRow) -> DictConfig:
-        """The frozen config of a job (cached: it never changes)."""
+        """The frozen config of a job (cached while it runs; a finished job's from a bounded LRU: the alert of
+        its ending reads it after the job was forgotten, and must not keep it for good)."""
+        if job.state.terminal:
+            return self.tracker.finished_config(job.id, job.job_dir)
         return self.tracker.config(job.id, job.job_dir)
 
     def gpu_count(self) -> int | None:
