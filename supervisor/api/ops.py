@@ -18,12 +18,15 @@ from supervisor import __version__
 from supervisor.access import Caller, daemon_caller
 from supervisor.api.arguments import BadRequest, check_arguments
 from supervisor.api.schedule_ops import ScheduleOperations
+from supervisor.api.summary_view import job_summary
 from supervisor.api.views import attempt_view, job_status
 from supervisor.core import Supervisor
+from supervisor.core.retention import apply_prune, plan_prune, rules_from
 from supervisor.core.submit import SubmitRequest
 from supervisor.errors import JobNotFound, SupervisorError
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.safe_read import read_range
+from supervisor.rules.states import JobState
 from supervisor.store import JobRow, Store
 from supervisor.sweep import ops as sweep_ops
 from supervisor.sweep.files import SweepDir
@@ -31,6 +34,7 @@ from supervisor.sweep.manager import SweepManager
 from supervisor.sweep.ops import SweepNotFound
 
 LOG_CHUNK = 256 * 1024
+DEFAULT_FINISHED = 50  # finished jobs `supervisorctl list` shows by default (the latest to end)
 
 
 class Operations(ScheduleOperations):
@@ -87,18 +91,70 @@ class Operations(ScheduleOperations):
     def op_status(self, job: str) -> dict[str, Any]:
         return job_status(self.store, self._job(job), self.sup.clock())
 
-    def op_list(self, all: bool = True) -> list[dict[str, Any]]:
+    def op_list(self, all: bool = True, limit: int | None = None, offset: int = 0, since: int | None = None,
+                states: list[str] | None = None) -> list[dict[str, Any]]:
+        """The active jobs (their full status) then the finished ones, the latest to end first, as summaries
+        from the store (no file of theirs is read; ``summary_view``). ``all`` false: the active ones alone;
+        ``limit``: at most this many finished ones (None: every one), from ``offset``; ``since``: those that
+        ended since this Unix time; ``states``: only jobs in these states."""
+        return self.op_list_page(limit=limit, offset=offset, since=since, states=states, finished=all)["jobs"]
+
+    def op_list_page(self, limit: int | None = DEFAULT_FINISHED, offset: int = 0, since: int | None = None,
+                     states: list[str] | None = None, finished: bool = True) -> dict[str, Any]:
+        """``list`` with its counts: ``{jobs, active, finished: {total, offset, limit, shown}, counts}``;
+        ``total`` counts the finished jobs that match (the page is ``[offset, offset + limit)`` of them), ``counts``
+        every job of this caller by state. A bounded number of indexed queries, whatever the store holds."""
+        wanted = _job_states(states)
+        owner = self._owner_filter
         now = self.sup.clock()
-        return [job_status(self.store, j, now) for j in self.store.list_jobs()
-                if (all or not j.state.terminal) and self.caller.may_see(j.owner_uid)]
+        active = self.store.active_jobs(owner_uid=owner, states=wanted)
+        page = self.store.finished_jobs(limit=limit, offset=offset, since=since, states=wanted, owner_uid=owner,
+                                        ) if finished else None
+        jobs = [job_status(self.store, j, now) for j in active]
+        if page is not None:
+            attempts = self.store.attempts_of([j.id for j in page.jobs])
+            jobs += [job_summary(j, attempts[j.id]) for j in page.jobs]
+        return {"jobs": jobs, "active": len(active),
+                "finished": {"total": page.total if page else 0, "offset": offset, "limit": limit,
+                             "shown": len(page.jobs) if page else 0},
+                "counts": self.store.job_counts(owner_uid=owner)}
 
     def op_stop(self, job: str) -> dict[str, Any]:
         row = self.sup.call(self.sup.stop_job, self._job(job).id)
         return job_status(self.store, row, self.sup.clock())
 
     def op_restart(self, job: str) -> dict[str, Any]:
-        row = self.sup.call(self.sup.restart_job, self._job(job).id)
+        row = self.sup.call(self._restart_unless_pruned, self._job(job).id)
         return job_status(self.store, row, self.sup.clock())
+
+    def _restart_unless_pruned(self, job_id: str) -> JobRow:
+        """(loop thread, where a prune marks the job) A pruned job's files are gone: it is not restarted."""
+        row = self.store.get_job(job_id)
+        if row.pruned_at is not None:
+            kept = f"; its best checkpoint is kept: {row.best_checkpoint}" if row.best_checkpoint else ""
+            raise SupervisorError(f"job {job_id} was pruned (its attempts, logs and checkpoints are gone{kept}); "
+                                  "submit its config again")
+        return self.sup.restart_job(job_id)
+
+    def op_prune(self, older_than: int | None = None, checkpoints_older_than: int | None = None,
+                 events_older_than: int | None = None, alerts_older_than: int | None = None,
+                 include_best: bool = False, include_wandb: bool = False, dry_run: bool = False
+                 ) -> dict[str, Any]:
+        """Remove finished jobs older than ``older_than`` seconds (and the rest, by age in seconds; each unset
+        one from the daemon's ``retention`` settings): see ``core.retention``. ``dry_run``: only say what."""
+        if not self.caller.admin:
+            raise SupervisorError("prune: for admins (root or access.admin_group)")
+        now = self.sup.clock()
+        rules = rules_from(self.sup.settings.retention, now, jobs=older_than, checkpoints=checkpoints_older_than,
+                           events=events_older_than, alerts=alerts_older_than, include_best=include_best,
+                           include_wandb=include_wandb)
+        if not rules.any:
+            raise BadRequest("prune: nothing to prune: give --older-than (or set retention.jobs in the daemon's "
+                             "settings)")
+        plan = plan_prune(self.store, rules, now)
+        if not dry_run:
+            plan = apply_prune(plan, self.store, self.sup.call)
+        return plan.as_dict()
 
     def op_gpus(self) -> list[dict[str, Any]] | None:
         """One entry per GPU (None: no NVML on this node)."""
@@ -215,6 +271,17 @@ class Operations(ScheduleOperations):
             return self.store.get_job(job_id).state.value
         except JobNotFound:
             return None
+
+
+def _job_states(names: list[str] | None) -> list[JobState] | None:
+    """``states`` as ``JobState`` values; ``BadRequest`` naming one that is none."""
+    if names is None:
+        return None
+    known = {s.value: s for s in JobState}
+    for name in names:
+        if name not in known:
+            raise BadRequest(f"list: states: no state {name[:30]!r} (states: {', '.join(known)})")
+    return [known[n] for n in names]
 
 
 def _read_log(path: Path, start: int, owner_uid: int) -> bytes:

@@ -3,7 +3,8 @@
     supervisorctl submit CONFIG [key=value ...] [--name NAME]
     supervisorctl submit CONFIG --at TIME | --cron LINE [--tz ZONE] [--misfire run_once|skip]   (later, or recurring)
     supervisorctl schedules [--all] [--json]  supervisorctl unschedule ID
-    supervisorctl status [JOB] [--json]      supervisorctl list [--json]
+    supervisorctl status [JOB] [--json]      supervisorctl list [--all | --limit N] [--since 7d] [--state S] [--json]
+    supervisorctl prune [--older-than 30d] [--dry-run] [--include-best] [--include-wandb]   (see cli/prune.py)
     supervisorctl logs JOB [-f] [--attempt N]
     supervisorctl history JOB [--json]       supervisorctl events [JOB] [-f] [--json]
     supervisorctl stop JOB                   supervisorctl restart JOB
@@ -28,7 +29,9 @@ from rich.console import Console
 from supervisor import __version__
 from supervisor.api.client import Client
 from supervisor.cli.common import add_state_dir, run_guarded, share_global_flags, state_dir_of, submit_request
-from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, jobs_table, make_console
+from supervisor.cli.listing import add_list_flags, list_command
+from supervisor.cli.prune import add_prune_parser, prune_command
+from supervisor.cli.render import attempts_table, event_line, gpus_table, job_detail, make_console
 from supervisor.cli.schedules import (
     add_schedule_flags,
     add_schedule_parsers,
@@ -63,8 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", nargs="?")
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("list", help="every job")
+    p = sub.add_parser("list", help="the active jobs and the latest finished ones (--all: every one)")
     p.add_argument("--json", action="store_true")
+    add_list_flags(p)
+    add_prune_parser(sub)
 
     p = sub.add_parser("logs", help="an attempt's stdout and stderr")
     p.add_argument("job")
@@ -133,14 +138,9 @@ def _run(args: argparse.Namespace) -> int:
             job_detail(console, job)
         return 0
     if cmd in ("status", "list"):
-        jobs = client.call("list")
-        if args.json:
-            _print_json(jobs)
-        elif jobs:
-            console.print(jobs_table(jobs))
-        else:
-            console.print("no jobs")
-        return 0
+        return list_command(client, console, args)
+    if cmd == "prune":
+        return prune_command(client, console, args)
     if cmd == "history":
         attempts = client.call("history", job=args.job)
         if args.json:

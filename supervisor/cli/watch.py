@@ -24,11 +24,13 @@ from rich.table import Table
 from rich.text import Text
 
 from supervisor.api.client import Client
+from supervisor.cli.listing import fetch_page
 from supervisor.cli.render import STATE_STYLE, lost_text, progress_bar, progress_text, rate_text, when
 from supervisor.config import format_duration
 from supervisor.rules.states import TERMINAL_STATES
 
 REFRESH_S = 1.0
+WATCH_FINISHED = 20  # finished jobs the view shows beside the active ones
 EVENT_PAGE = 1000
 
 
@@ -46,7 +48,8 @@ class Snapshot:
 
 def refresh(client: Client, job: str | None, previous: Snapshot) -> Snapshot:
     """Ask the daemon once more: status, the events since ``previous``, the GPUs."""
-    jobs = [client.call("status", job=job)] if job else client.call("list")
+    # every active job and the latest finished ones (a daemon of months holds thousands of those)
+    jobs = [client.call("status", job=job)] if job else fetch_page(client, {"limit": WATCH_FINISHED})["jobs"]
     events: list[dict[str, Any]] = []
     cursor = previous.event_cursor
     while True:  # the first refresh pages through the history once, to know each job's newest event

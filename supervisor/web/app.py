@@ -14,7 +14,8 @@ no route that accepts a config, a ``class_path`` or an interpreter.
     GET  /api/templates                     the templates and their knobs
     POST /api/launch                        {template, values: {key: value}, name?} -> the new job (201)
     POST /api/inspect                       {template, values, what: data|model|lr} -> samples / model table / lr
-    GET  /api/jobs                          every job's status object
+    GET  /api/jobs?limit=&offset=           every job's status object (finished ones: store summaries)
+    GET  /api/jobs-page?limit=&offset=      the active jobs and a page of the finished ones, with counts
     GET  /api/jobs/{job}                    one job's status object
     GET  /api/jobs/{job}/history            its attempts
     GET  /api/jobs/{job}/events?after=N     its events after id N
@@ -76,6 +77,8 @@ _CLI_HINT = " (set on the command line)"
 _UNAUTHORIZED = "a valid token is required: open the URL that `supervisorctl web-url` prints"
 # Query integers (ids, offsets, attempt numbers) stay where SQLite and seek() take them.
 MAX_QUERY_INT = 2**53
+JOBS_PAGE = 50  # finished jobs per page of the jobs list (the active ones come first, on every page)
+MAX_JOBS_PAGE = 1000
 
 GpuSource = Callable[[], list[dict[str, Any]] | None]
 
@@ -224,8 +227,15 @@ def create_app(ops: Operations, *, token: str, templates_dir: str | Path, gpus: 
         return inspections.inspect(template.path, plan.overrides, body.what, submit_cwd)
 
     @api_get("/jobs")
-    def jobs() -> list[dict[str, Any]]:
-        return ops.op_list(all=True)
+    def jobs(limit: int | None = Query(None, ge=0, le=MAX_QUERY_INT), offset: int = Query(0, ge=0, le=MAX_QUERY_INT)
+             ) -> list[dict[str, Any]]:
+        return ops.op_list(all=True, limit=limit, offset=offset)
+
+    @api_get("/jobs-page")
+    def jobs_page(limit: int = Query(JOBS_PAGE, ge=0, le=MAX_JOBS_PAGE),
+                  offset: int = Query(0, ge=0, le=MAX_QUERY_INT)) -> dict[str, Any]:
+        """The page's jobs list: the active jobs and one page of the finished ones, with the counts."""
+        return ops.op_list_page(limit=limit, offset=offset)
 
     @api_get("/jobs/{job}")
     def job_status(job: str) -> dict[str, Any]:

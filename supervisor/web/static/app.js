@@ -459,18 +459,35 @@ function gpuPanel() {
 }
 
 // -- jobs list -------------------------------------------------------------------------------------
+// The active jobs (their full status: progress bars) on every page, then the finished ones 50 at a time, the
+// latest to end first (store summaries: a finished job shows its end, not a bar). A daemon of months holds
+// thousands of finished jobs: the page asks for one page of them, never all.
+const JOBS_PAGE = 50;
+
+function finishedCell(j) {
+  return h("div", { class: "muted small", "data-testid": "finished" },
+    `${j.end_reason || j.state}${j.pruned_at ? " · pruned" : ""}`, j.ended_at ? ` · ${fmtTime(j.ended_at)}` : "");
+}
+
 function jobsView() {
   const tbody = h("tbody");
+  const pager = h("div", { class: "pager", "data-testid": "pager" });
+  let offset = 0;
   main.replaceChildren(
     h("section", { class: "card" }, h("h1", {}, "Jobs"),
       h("table", { class: "jobs", "data-testid": "jobs" },
         h("thead", {}, h("tr", {}, ["Job", "State", "Progress", "Step", "Restarts", "Budget left", "Best", "Created"].map((t, i) =>
           h("th", { class: i >= 3 && i <= 6 ? "num" : null }, t)))),
-        tbody)),
+        tbody),
+      pager),
     gpuPanel());
-  every(2000, async () => {
-    const jobs = await api("GET", "/api/jobs");
-    jobs.sort((a, b) => b.created_at - a.created_at);
+  const refresh = async () => {
+    const page = await api("GET", `/api/jobs-page?limit=${JOBS_PAGE}&offset=${offset}`);
+    const active = page.jobs.slice(0, page.active).sort((a, b) => b.created_at - a.created_at);
+    const jobs = [...active, ...page.jobs.slice(page.active)];
+    const finished = page.finished;
+    if (!jobs.length && offset > 0 && finished.total > 0) { offset = Math.max(0, finished.total - JOBS_PAGE); return refresh(); }
+    renderPager(finished);
     if (!jobs.length) {
       tbody.replaceChildren(h("tr", {}, h("td", { colspan: 8, class: "muted" }, "no jobs yet: ", h("a", { href: "#/launch" }, "launch one"))));
       return;
@@ -478,14 +495,25 @@ function jobsView() {
     tbody.replaceChildren(...jobs.map((j) => h("tr", {},
       h("td", {}, h("a", { href: `#/jobs/${encodeURIComponent(j.id)}` }, j.id)),
       h("td", {}, badge(j.state), j.wait_reason ? h("div", { class: "muted small" }, j.wait_reason) : null),
-      h("td", { class: "progress-cell" }, progressCell(j.progress)),
+      h("td", { class: "progress-cell" }, j.summary ? finishedCell(j) : progressCell(j.progress)),
       h("td", { class: "num" }, j.global_step ?? "–"),
       h("td", { class: "num" }, j.restarts),
       h("td", { class: "num" }, j.budget.remaining === null ? "no budget" : fmtDuration(j.budget.remaining)),
       h("td", { class: "num" }, j.best_checkpoint && j.best_checkpoint.score !== null && j.best_checkpoint.score !== undefined
         ? `${j.best_checkpoint.monitor || "score"} ${fmtNumber(j.best_checkpoint.score)}` : "–"),
       h("td", {}, fmtTime(j.created_at)))));
-  });
+  };
+  const go = (to) => { offset = Math.max(0, to); refresh().catch(showError); };
+  function renderPager(finished) {
+    if (finished.total <= JOBS_PAGE && offset === 0) { pager.replaceChildren(); return; }
+    const first = finished.shown ? offset + 1 : 0;
+    pager.replaceChildren(
+      h("button", { "data-testid": "newer", disabled: offset === 0, onclick: () => go(offset - JOBS_PAGE) }, "← Newer"),
+      h("span", { class: "muted", "data-testid": "page-range" },
+        ` finished jobs ${first.toLocaleString()}–${(offset + finished.shown).toLocaleString()} of ${finished.total.toLocaleString()} `),
+      h("button", { "data-testid": "older", disabled: offset + finished.shown >= finished.total, onclick: () => go(offset + JOBS_PAGE) }, "Older →"));
+  }
+  every(2000, refresh);
 }
 
 // -- one job ---------------------------------------------------------------------------------------
