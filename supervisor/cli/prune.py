@@ -61,7 +61,7 @@ def prune_command(client: Client, console: Console, args: argparse.Namespace) ->
                "alerts_older_than": _age("--alerts-older-than", args.alerts_older_than),
                "include_best": args.include_best, "include_wandb": args.include_wandb, "dry_run": args.dry_run}
     client.timeout = max(client.timeout, PRUNE_TIMEOUT_S)
-    result = client.call("prune", **{k: v for k, v in request.items() if v not in (None, False)})
+    result = client.call("prune", **{k: v for k, v in request.items() if v is not None and v is not False})
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
