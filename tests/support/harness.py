@@ -124,8 +124,16 @@ class DaemonProc:
                 [self.python, "-m", "supervisor.cli.main", "serve", "tick_interval=0.5", "web.enabled=false",
                  *settings],
                 env=self.env, cwd=self.workdir, stdout=log, stderr=log, start_new_session=True)
-        # in-process (no interpreter start per poll: seconds on a loaded box, and the polls add to the load)
-        wait_for(self.client().available, timeout=30, what="the daemon to answer")
+        # in-process (no interpreter start per poll: seconds on a loaded box, and the polls add to the load);
+        # a generous deadline: a daemon's imports took over 30 s with the suite's workers and a soak on 2 cores
+        proc = self.proc
+
+        def answering() -> bool:
+            if proc.poll() is not None:  # no use waiting for a daemon that is gone
+                raise AssertionError(f"the daemon exited ({proc.returncode}): {self.log.read_text()[-2000:]}")
+            return self.client().available()
+
+        wait_for(answering, timeout=120, what="the daemon to answer")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
