@@ -72,6 +72,7 @@ def test_launch_digits_from_the_page_and_watch_it_complete(served: dict[str, Any
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    sync_api.expect.set_options(timeout=60_000)  # a loaded 2-core box renders slowly; 5 s raced it
     shots = Path(os.environ.get("ML_SUPERVISOR_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     url, ops = served["url"], served["ops"]

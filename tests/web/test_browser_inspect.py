@@ -45,6 +45,7 @@ def test_inspect_before_start_then_the_profiler_report_on_the_job_page(served: d
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    sync_api.expect.set_options(timeout=60_000)  # a loaded 2-core box renders slowly; 5 s raced it
     shots = Path(os.environ.get("ML_SUPERVISOR_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     url, ops = served["url"], served["ops"]

@@ -67,6 +67,7 @@ def test_start_a_sweep_from_the_page_and_read_its_trials(web_daemon: dict[str, A
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    sync_api.expect.set_options(timeout=60_000)  # a loaded 2-core box renders slowly; 5 s raced it
     shots = Path(os.environ.get("ML_SUPERVISOR_SCREENSHOTS") or tmp_path)
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
