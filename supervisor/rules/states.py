@@ -41,8 +41,9 @@ TERMINAL_STATES = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.STOPP
 
 _S = JobState
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    # queued -> completed/failed: the budget ran out, or the job can never be placed
-    _S.QUEUED: frozenset({_S.STARTING, _S.STOPPED, _S.COMPLETED, _S.FAILED}),
+    # queued -> completed/failed: the budget ran out, or the job can never be placed; -> backoff: its launch failed
+    # before anything started (the spawn, or the owner's account gone): it waits and tries again
+    _S.QUEUED: frozenset({_S.STARTING, _S.BACKOFF, _S.STOPPED, _S.COMPLETED, _S.FAILED}),
     # starting -> queued: pre-flight found the GPUs busy; -> backoff: the launch itself failed
     _S.STARTING: frozenset({_S.RUNNING, _S.QUEUED, _S.BACKOFF, _S.STOPPING, _S.COMPLETED, _S.FAILED, _S.STOPPED}),
     _S.RUNNING: frozenset({_S.BACKOFF, _S.STOPPING, _S.COMPLETED, _S.FAILED, _S.STOPPED}),

@@ -287,3 +287,16 @@ def test_a_submit_whose_insert_fails_leaves_no_job_dir(make_core: MakeCore, monk
     monkeypatch.setattr(core.store, "insert_job", insert_job)
     job_id = core.submit()  # the next submit is whole
     assert [j.id for j in core.store.list_jobs()] == [job_id]
+
+
+def test_a_first_launch_that_fails_waits_in_backoff_and_tries_again(make_core: MakeCore) -> None:
+    core = make_core()
+    core.runner.refuse = LaunchRefused("no such executable", retry=False)  # attempt 1 cannot start at all
+    job_id = core.submit()
+    job = core.job(job_id)
+    assert job.state is JobState.BACKOFF and job.next_start_at == core.clock() + 10  # was an InvalidTransition
+    assert "launch_failed" in core.events(job_id)
+    core.runner.refuse = None
+    core.clock.advance(10)
+    core.turn()
+    assert core.state(job_id) is JobState.STARTING and core.runner.ops("launch") == [(job_id, 1)]

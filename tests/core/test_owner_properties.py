@@ -25,8 +25,8 @@ from supervisor.rules.states import JobState
 from tests.core.conftest import Core, MakeCore
 
 # Two users of this machine: a restart launches as the job's owner, who must resolve (the fake runner starts
-# nothing). With a uid that has no passwd entry the launch fails and the core raises InvalidTransition
-# (queued -> backoff) out of its tick: a core bug this property found, reported, not this property's subject.
+# nothing). With a uid that has no passwd entry the launch fails and the job waits in backoff (this property
+# found that a first launch's failure was an invalid queued -> backoff transition: fixed in rules/states.py).
 ALICE, BOB = pwd.getpwnam("daemon").pw_uid, pwd.getpwnam("nobody").pw_uid
 SETTINGS = settings(max_examples=100, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
