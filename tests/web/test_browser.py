@@ -62,6 +62,9 @@ def simulated_gpus(tmp_path: Path) -> Callable[[], list[dict[str, Any]]]:
     readings = [(1210, 46), (40213, 88)]  # (memory used MiB, temperature C)
     gpus = [{"index": i, "uuid": f"GPU-fake-{i}", "name": "Fake H100", "memory_total_mib": 81559,
              "memory_used_mib": used, "temperature_c": temp} for i, (used, temp) in enumerate(readings)]
+    # the hot one also runs slow: half clocks, thermal slowdown, a narrowed PCIe link (a straggler's GPU)
+    gpus[1].update(sm_clock_mhz=990, sm_clock_max_mhz=1980, throttle_reasons=["hw_thermal_slowdown"], pcie_gen=5,
+                   pcie_gen_max=5, pcie_width=8, pcie_width_max=16)
     nvml.write_text(json.dumps({"gpus": gpus}))
     monitor = GpuMonitor(FakeNvmlBackend(nvml), tmp_path / "quarantine.json", GpuThresholds(), lambda event: None)
     monitor.poll()
@@ -146,6 +149,10 @@ def test_launch_digits_from_the_page_and_watch_it_complete(served: dict[str, Any
             served["gpu_source"]["list"] = simulated_gpus(tmp_path)
             sync_api.expect(page.locator('[data-testid="gpus"] .gpu')).to_have_count(2, timeout=20_000)  # polled
             sync_api.expect(page.locator(".gpu.health-degraded")).to_contain_text("temperature")
+            slow = page.locator('.gpu.health-degraded [data-testid="gpu-performance"]')
+            sync_api.expect(slow).to_contain_text("990/1980 MHz")
+            sync_api.expect(slow).to_contain_text("PCIe gen5 x8 (max gen5 x16)")
+            sync_api.expect(slow).to_contain_text("throttled: hw_thermal_slowdown")
             page.screenshot(path=str(shots / "jobs.png"), full_page=True)
 
             # From the same page: a request without the token is refused, and so is one naming a class_path.

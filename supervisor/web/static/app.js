@@ -451,11 +451,26 @@ function gpuPanel() {
           " ", h("span", { class: `badge gpu-${g.health}` }, g.health)),
         h("div", {}, `${g.temperature_c ?? "–"} °C · ${used ?? "–"} / ${total ?? "–"} MiB`),
         pct === null ? null : h("div", { class: "bar" }, h("div", { class: "fill", style: { width: `${pct}%` } })),
+        gpuPerformance(g.performance || {}),
         g.reasons && g.reasons.length ? h("div", { class: "error" }, g.reasons.join("; ")) : null,
         g.jobs && g.jobs.length ? h("div", {}, "jobs: ", g.jobs.map((j) => h("a", { href: `#/jobs/${encodeURIComponent(j)}` }, j, " "))) : null);
     }));
   });
   return panel;
+}
+
+// What explains a slow GPU (a straggler's): clocks against their maximum, power, the PCIe link, throttle reasons.
+function gpuPerformance(perf) {
+  const facts = [
+    perf.sm_clock_mhz != null ? `${perf.sm_clock_mhz}/${perf.sm_clock_max_mhz ?? "–"} MHz` : null,
+    perf.power_w != null ? `${Math.round(perf.power_w)}/${perf.power_limit_w != null ? Math.round(perf.power_limit_w) : "–"} W` : null,
+    perf.pcie_width != null ? `PCIe gen${perf.pcie_gen ?? "?"} x${perf.pcie_width} (max gen${perf.pcie_gen_max ?? "?"} x${perf.pcie_width_max ?? "?"})` : null,
+  ].filter(Boolean);
+  const throttled = (perf.throttle_reasons || []).filter((r) => r !== "gpu_idle");
+  if (!facts.length && !throttled.length) return null;
+  return h("div", { class: "gpu-perf", "data-testid": "gpu-performance" },
+    facts.length ? h("div", { class: "muted" }, facts.join(" · ")) : null,
+    throttled.length ? h("div", { class: "error" }, `throttled: ${throttled.join(", ")}`) : null);
 }
 
 // -- jobs list -------------------------------------------------------------------------------------
