@@ -65,12 +65,12 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("WANDB_MODE", "disabled")
     workdir = tmp_path / "project"
     workdir.mkdir()
-    (workdir / "autoencoder.py").write_text(USER_MODULE)
+    (workdir / "lit_intro.py").write_text(USER_MODULE)
     path = tmp_path / "autoencoder.yaml"
     path.write_text(yaml.safe_dump({
         "name": "autoencoder", "workdir": str(workdir),
-        "model": {"class_path": "autoencoder.LitAutoEncoder"},
-        "data": {"class_path": "autoencoder.RandomImages", "init_args": {"batch_size": 8}},
+        "model": {"class_path": "lit_intro.LitAutoEncoder"},
+        "data": {"class_path": "lit_intro.RandomImages", "init_args": {"batch_size": 8}},
         "trainer": {"accelerator": "cpu", "max_epochs": 1},
         "logger": {"wandb": {"mode": "disabled"}},
     }))

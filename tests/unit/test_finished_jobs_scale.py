@@ -1,7 +1,9 @@
 """A daemon that runs for months (issue 35): finished jobs cost it no memory, and ``list`` costs what it shows.
 
-- RSS stays flat while jobs finish in a loop (the core in-process with the daemon's alert hook: before the
-  fix every finished job's frozen config stayed cached, ~80 KB each).
+- Memory stays flat while jobs finish in a loop (the core in-process with the daemon's alert hook: before the
+  fix every finished job's frozen config stayed cached, ~80 KB each). Counted as the objects the garbage collector
+  tracks (what Python keeps, cheap to count), not RSS: an xdist worker's RSS moves by megabytes with whatever
+  test ran before on it, and ``tracemalloc`` cannot see the bounded LRU evict what it allocated before it started.
 - A store of thousands of finished jobs (copies of jobs the core ran, ``clone_jobs``): ``list`` issues the same
   few indexed queries at 30 and at 3,000 finished jobs (counted with sqlite3's trace callback) and opens no
   file of a finished job (an audit hook sees every ``open`` and listing); ``status`` of one is as cheap at
@@ -17,15 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar
 
-import psutil
 import pytest
 
 from supervisor.api.ops import Operations
+from supervisor.config.loader import load_job_config
 from supervisor.core import Supervisor
 from tests.unit.clone_jobs import clone_jobs, read_seeds
 from tests.unit.inprocess_core import Core, OpenCore, core_factory
-
-MB = 2**20
 
 
 @pytest.fixture
@@ -36,26 +36,30 @@ def open_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenC
         sup.close()
 
 
-def _rss() -> int:
+def _objects() -> int:
     gc.collect()
-    return int(psutil.Process().memory_info().rss)
+    return len(gc.get_objects())
 
 
 def test_memory_stays_flat_while_jobs_finish(open_core: OpenCore) -> None:
     core = open_core()
     for _ in range(20):  # warm up: caches, the allocator's arenas, SQLite's page cache
         core.run_job(checkpoints=2)
-    before = _rss()
+    before = _objects()
     for _ in range(50):
         core.run_job(checkpoints=2)
-    grown = _rss() - before
+    grown = _objects() - before
+    start = _objects()
+    one_config = load_job_config(core.config)  # what one cached config holds, measured on this job's config
+    per_config = _objects() - start
+    del one_config
     # Nothing of a finished job stays in the core: no cached config, tracked attempt, timer or runner handle.
     assert core.sup.tracker.tracked_jobs() == set()
     assert not core.runner.attempts
     assert core.sup.timers.next_due() is None
-    # Before the fix every finished job's frozen config stayed cached: ~80 KB a job, 3.9 MB here (measured);
-    # after it, what is left is the allocator's noise (0.2 MB measured).
-    assert grown < 2 * MB, f"RSS grew {grown / MB:.1f} MB over 50 finished jobs"
+    # Before the fix every finished job's frozen config stayed cached: ~80 KB and ~500 objects a job (measured).
+    assert per_config > 200
+    assert grown < 5 * per_config, f"{grown} more objects after 50 finished jobs"
 
 
 # -- list and status over thousands of finished jobs ------------------------------------------------------------
