@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,12 +10,14 @@ import time
 import zipfile
 from pathlib import Path
 
-from supervisor.jobfiles.manifest import CheckpointEntry, abandon_after, record_save
+from supervisor.jobfiles.manifest import CheckpointEntry, abandon_after, record_save, record_unusable
 from tests.support.chaos_checks import (
     TrainerSampler,
     check_attempt_ended,
     check_final,
+    check_gave_up_diverged,
     check_no_leftovers,
+    check_not_past_bad_step,
     check_resume,
 )
 
@@ -167,3 +170,45 @@ def test_final_checks_count_a_short_step_a_failure_and_an_overrun() -> None:
     assert check_final({**ok, "state": "running"}, 60, None) == ["stuck in running"]
     assert check_final({**ok, "end_reason": "budget"}, 60, 10.0) != []  # 20 s over a 10 s budget
     assert check_final({**ok, "end_reason": "budget"}, 60, 20.0) == []
+
+
+def _diverged(job: Path, attempt: int, bad_step: int) -> None:
+    """Attempt ``attempt`` diverged at ``bad_step``, as the (fake or real) trainer records it."""
+    (job / "attempts" / str(attempt)).mkdir(parents=True, exist_ok=True)
+    (job / "attempts" / str(attempt) / "exit.json").write_text(json.dumps(
+        {"status": "diverged", "time": time.time(), "pid": 1, "global_step": bad_step + 3,
+         "divergence": {"step": bad_step, "check": "loss_spike", "value": "nan", "rank": 0}}))
+
+
+def test_a_resume_at_or_past_a_bad_step_is_a_violation(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    ckpt = job / "checkpoints"
+    ckpt.mkdir(parents=True)
+    five, ten, fifteen = (_save(ckpt, s, 1) for s in (5, 10, 15))
+    # attempt 1's loss went bad at step 13 (a spike seen at 16): step 15 was saved with bad weights
+    record_unusable(ckpt / "manifest.jsonl", 13, 1, "diverged at step 13: loss spike")
+    _diverged(job, 1, 13)
+    assert check_not_past_bad_step(job, 2, ten) == []
+    assert check_not_past_bad_step(job, 2, None) == []
+    found = check_not_past_bad_step(job, 2, fifteen)
+    assert len(found) == 2 and "unusable" in found[0] and "diverged at step 13" in found[1]
+    # the rollback names the newest before the bad step, whatever resume_from says (best: step 5 scores 1/5)
+    assert check_resume(job, 2, ten, "best", {}, time.time()) == []
+    assert check_resume(job, 2, five, "best", {}, time.time()) != []
+    # attempt 2 resumed from 10 and saved step 15 again past the bad step (a healthy timeline): live, usable
+    fifteen = _save(ckpt, 15, 2)
+    assert check_not_past_bad_step(job, 3, fifteen) == []
+    # only the exit record says so (no unusable line): still at the bad step of the attempt before
+    _diverged(job, 2, 15)
+    assert check_not_past_bad_step(job, 3, fifteen) != []
+
+
+def test_a_persistent_divergence_must_give_up_at_max_rollbacks() -> None:
+    attempts = [{"n": n, "reason": "diverged"} for n in (1, 2, 3)]
+    gave_up = {"state": "failed", "end_reason": "diverged", "attempts": attempts}
+    assert check_gave_up_diverged(gave_up, 2) == []
+    assert check_gave_up_diverged({**gave_up, "attempts": [*attempts, {"n": 4, "reason": "diverged"}]}, 2) != []
+    assert check_gave_up_diverged({**gave_up, "state": "completed", "end_reason": "finished"}, 2) != []
+    # a daemon kill between two divergences adds an attempt, not a divergence
+    killed = [*attempts[:2], {"n": 3, "reason": "signal"}, {"n": 4, "reason": "diverged"}]
+    assert check_gave_up_diverged({**gave_up, "attempts": killed}, 2) == []

@@ -11,6 +11,11 @@ of its kind in sequence, the next one armed only once the previous one's restart
 (a new attempt running, the GPU healed), each followed by its checks. Every landed
 injection counts once for its kind; a daemon kill or a reboot counts once, though it hits
 every running job. ``SoakResult.busy`` and ``phases`` say where the soak's time went.
+
+The ``nan`` jobs are transient and persistent in turn (the first persistent); a persistent one must end
+failed/diverged (``checks.check_gave_up_diverged``) instead of completed. While a ``hostile_files``
+injection is in place, every ``status`` the loop asks (of any job) must answer within
+``faults.HOSTILE_ANSWER_S``, and the daemon must still be alive when it is undone.
 """
 
 from __future__ import annotations
@@ -29,11 +34,13 @@ from random import Random
 from typing import Any
 
 from supervisor.alerts.store import read_alerts
+from supervisor.api.client import Client
 from supervisor.core.submit import SubmitRequest, load_request_config
 from supervisor.errors import JobNotFound, SupervisorError
 from supervisor.jobfiles.atomic import read_json
 from tests.support import chaos_checks as checks
 from tests.support import chaos_faults as faults
+from tests.support.chaos_hostile import HostileFiles
 from tests.support.harness import DaemonProc, fake_env, real_env
 
 FAKE_JOB_TIMEOUT_S = 180.0
@@ -67,6 +74,9 @@ class JobRun:
     landed: int = 0
     running_at: float | None = None  # when the soak first saw its first attempt running
     last_restart_at: float | None = None
+    persistent: bool = False  # the nan kind: NaN on every attempt (the job must give up), else the first only
+    hostile: HostileFiles | None = None  # the hostile_files kind: planted now, undone at hostile_until
+    hostile_until: float = 0.0
 
 
 @dataclass
@@ -162,6 +172,7 @@ class Soak:
         self.deadline: float | None = None  # time.monotonic() after which no new job is submitted
         self.daemon_downs: list[tuple[str, float, float]] = []  # (kind, killed, answering again): for histories
         self.abort = threading.Event()  # set from another thread: stop now, clean up, return what was counted
+        self.nan_jobs = 0
 
     # -- driving ------------------------------------------------------------------------------
     def run(self) -> SoakResult:
@@ -187,6 +198,7 @@ class Soak:
                 self.daemon.kill(signal.SIGTERM)
             self.daemon.kill_leftovers()
             for run in self.active:
+                self._undo_hostile(run, check=False)
                 if run.mounted:
                     faults.unmount_checkpoint_dir(self._job_dir(run))
         self.result.wall_s = time.monotonic() - started
@@ -210,7 +222,11 @@ class Soak:
         budget_s = float(self.rng.randint(10, 20)) if self.n % self.budget_every == 0 and not real else None
         make = faults.real_job if real else faults.fake_job
         n_faults = 1 if budget_s else n_faults  # a budget job is due by time: one fault
-        config, target, trigger = make(self.work, name, kind, self.rng, budget_s, n_faults)
+        persistent = False
+        if kind == "nan":  # persistent and transient in turn: a short soak sees both
+            persistent = self.nan_jobs % 2 == 0
+            self.nan_jobs += 1
+        config, target, trigger = make(self.work, name, kind, self.rng, budget_s, n_faults, nan_persistent=persistent)
         cfg_text = config.read_text()
         resume_from = "best"
         for value in ("best", "last", "auto"):
@@ -219,7 +235,8 @@ class Soak:
         # through the API in-process, as supervisorctl does it: no interpreter start per job on a loaded box
         request = SubmitRequest(config_path=str(config), cwd=str(self.work), config_text=cfg_text)
         load_request_config(request)
-        run = JobRun(kind, real, "", config, target, trigger, budget_s, resume_from, time.time(), faults=n_faults)
+        run = JobRun(kind, real, "", config, target, trigger, budget_s, resume_from, time.time(), faults=n_faults,
+                     persistent=persistent)
         self.submitting.append((self.pool.submit(self._call_submit, request), run, request))
 
     def _call_submit(self, request: SubmitRequest) -> str:
@@ -264,9 +281,17 @@ class Soak:
             self._phase("submit call", time.time() - run.submitted)
             self.active.append(run)
 
+    def _client(self, run: JobRun | None = None) -> Client:
+        """The API; while a hostile file is in place (and about its victim, since), calls that give up in time:
+        a daemon stuck on the file must be counted, not hold the soak."""
+        if any(other.hostile is not None for other in self.active) or (
+                run is not None and run.kind == "hostile_files" and run.landed):
+            return Client(self.state, timeout=faults.HOSTILE_CALL_TIMEOUT_S)
+        return self.daemon.client()
+
     def _status(self, run: JobRun) -> dict[str, Any] | None:
         try:
-            return self.daemon.status(run.job_id)
+            return dict(self._client(run).call("status", job=run.job_id))
         except Exception:  # the daemon may be down between a kill and its restart
             return None
 
@@ -274,7 +299,19 @@ class Soak:
         return self.state / "jobs" / run.job_id
 
     def _step(self, run: JobRun) -> None:
+        asked = time.monotonic()
         status = self._status(run)
+        self._check_answer_time(run, time.monotonic() - asked)
+        if run.hostile is not None:
+            if time.time() >= run.hostile_until:
+                self._undo_hostile(run)
+            else:  # its logs too (stdout, stderr: maybe the planted file)
+                asked = time.monotonic()
+                try:
+                    self._client().call("logs", job=run.job_id, offsets={"stdout": 0, "stderr": 0})
+                except Exception:
+                    pass  # what counts is that the answer came in time
+                self._check_answer_time(run, time.monotonic() - asked, "logs")
         if status is None:
             return
         attempts = status["attempts"]
@@ -333,6 +370,8 @@ class Soak:
             return False
         if run.kind in faults.CONFIG_FAULTS:  # the trainer misbehaves by itself; note when it did
             return len(status["attempts"]) > 1 or status["attempts"][0].get("ended_at") is not None
+        if run.kind == "hostile_files":  # the first attempt only: it stops writing its files at its trigger
+            return len(status["attempts"]) == 1 and int(status.get("global_step") or 0) >= run.trigger
         if run.budget_s and time.time() - run.submitted > run.budget_s * 0.6:
             return True
         return int(status.get("global_step") or 0) >= run.trigger
@@ -351,6 +390,8 @@ class Soak:
                 run.restart_s = max(0.0, float(status["attempts"][1]["started_at"]) - run.injected_at)
         elif kind == "trainer_sigkill":
             landed = faults.kill_trainer(pid)
+        elif kind == "hostile_files":
+            landed = self._plant_hostile(run, job_dir, attempt["n"])
         elif kind == "rank_kill":
             rank = faults.kill_rank(job_dir / "attempts" / str(attempt["n"]), self.rng)
             landed = rank is not None
@@ -398,6 +439,43 @@ class Soak:
         if run.real:
             self.result.real_injections[kind] = self.result.real_injections.get(kind, 0) + 1
 
+    def _plant_hostile(self, run: JobRun, job_dir: Path, attempt: int) -> bool:
+        """Once the trainer stopped writing (its heartbeat still for 0.6 s), a hostile file in place of one of its."""
+        beat = job_dir / "attempts" / str(attempt) / "heartbeat.json"
+        waited = time.monotonic()
+        while time.monotonic() - waited < 3.0:
+            try:
+                if time.time() - beat.stat().st_mtime >= 0.6:
+                    break
+            except OSError:
+                break
+            time.sleep(0.1)
+        run.hostile = HostileFiles(job_dir, attempt, self.rng)
+        run.hostile.plant()
+        run.hostile_until = time.time() + faults.HOSTILE_HOLD_S
+        self.log(f"  {run.job_id}: planted {run.hostile.describe()}")
+        return True
+
+    def _undo_hostile(self, run: JobRun, check: bool = True) -> None:
+        """The hostile file goes; the daemon must have lived through it."""
+        if run.hostile is None:
+            return
+        what = run.hostile.describe()
+        run.hostile.undo()
+        run.hostile = None
+        if check and self.daemon.proc is not None and self.daemon.proc.poll() is not None:
+            run.violations.append(f"the daemon exited ({self.daemon.proc.returncode}) while a {what} was in place")
+
+    def _check_answer_time(self, run: JobRun, took: float, op: str = "status") -> None:
+        """While a hostile file is in place, every job's status (the victim's logs) answers within its usual bound."""
+        if took <= faults.HOSTILE_ANSWER_S:
+            return
+        for victim in self.active:
+            if victim.hostile is not None:
+                victim.violations.append(f"{op} of {run.job_id} took {took:.1f} s (> {faults.HOSTILE_ANSWER_S} s) "
+                                         f"while a {victim.hostile.describe()} was in place")
+                self.log(f"  {victim.job_id}: {victim.violations[-1]}")
+
     def _config_fault_time(self, job_dir: Path, attempt: int) -> float:
         """When a config-driven fault fired: the exit record (exception) or the last heartbeat (hang)."""
         attempt_dir = job_dir / "attempts" / str(attempt)
@@ -419,6 +497,7 @@ class Soak:
             run.violations += checks.check_resume(self._job_dir(run), new["n"], new.get("resumed_from"),
                                                   run.resume_from, run.corrupted,
                                                   float(new.get("started_at") or time.time()))
+            run.violations += checks.check_not_past_bad_step(self._job_dir(run), new["n"], new.get("resumed_from"))
             if new["n"] > 1 and new.get("started_at"):
                 run.last_restart_at = float(new["started_at"])
             if run.restart_s is None and run.injected_at is not None and new["n"] > (run.injected_attempt or 0):
@@ -428,6 +507,7 @@ class Soak:
                         self._job_dir(run) / "attempts" / str(run.injected_attempt))
 
     def _finish(self, run: JobRun, status: dict[str, Any]) -> None:
+        self._undo_hostile(run)
         self.active.remove(run)
         if run.gpu is not None:
             self._heal_gpu(run.gpu)
@@ -445,7 +525,10 @@ class Soak:
                     self.replans += missing
                     self.plan.append((run.kind, run.real, missing))
         job_dir = self._job_dir(run)
-        run.violations += checks.check_final(status, run.target, run.budget_s)
+        if run.persistent:  # the NaN on every attempt: the job must give up, failed (diverged)
+            run.violations += checks.check_gave_up_diverged(status, faults.NAN_MAX_ROLLBACKS)
+        else:
+            run.violations += checks.check_final(status, run.target, run.budget_s)
         run.violations += checks.check_alerts(self.state, status)
         run.violations += checks.check_no_leftovers(self.state, job_dir)
         run.violations += self.sampler.violations_for(run.job_id)

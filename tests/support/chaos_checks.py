@@ -9,10 +9,16 @@ attempt dir on their command line and the ``RANK`` in their environment, and cou
 two attempts' trainers alive at once, or two processes of one attempt's rank. A standby
 (``--standby``: attempt n + 1's processes, importing and waiting while attempt n runs) is
 no trainer until its ``handover.json`` exists (written only once the job's lock is free).
+
+After a divergence (the ``nan`` kind) the expected resume is the rollback's (docs/divergence.md: the newest
+checkpoint with finite metrics saved strictly before the bad step, whatever ``resume_from`` says), and
+``check_not_past_bad_step`` holds apart from it: no attempt resumes from a checkpoint saved at or after a
+bad step before that step was known bad (an ``unusable`` line, or the previous attempt's exit record).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -23,7 +29,14 @@ from typing import Any
 import psutil
 
 from supervisor.alerts.store import read_alerts
-from tests.support.resume_oracle import Save, expected_resume, live_saves, manifest_lines, whole_on_disk
+from tests.support.resume_oracle import (
+    Save,
+    expected_resume,
+    live_saves,
+    manifest_lines,
+    newest_first,
+    whole_on_disk,
+)
 
 TERMINAL = ("completed", "failed", "stopped")
 BUDGET_OVERRUN_LIMIT_S = 15.0
@@ -202,7 +215,11 @@ def check_resume(job_dir: Path, attempt: int, resumed_from: str | None, resume_f
             pass
         return whole_on_disk(now)
 
-    expected = expected_resume(saves, resume_from, verify=verify)
+    bad_step = diverged_before(job_dir, attempt)
+    if bad_step is not None:
+        expected = expected_rollback(saves, bad_step, verify)
+    else:
+        expected = expected_resume(saves, resume_from, verify=verify)
     problems = []
     if resumed_from is not None:
         if resumed_from in broken:
@@ -216,8 +233,69 @@ def check_resume(job_dir: Path, attempt: int, resumed_from: str | None, resume_f
                 if why is not None:
                     problems.append(f"attempt {attempt} resumed from {resumed_from}, which does not verify: {why}")
     if (expected or None) != (resumed_from or None):
-        problems.append(f"attempt {attempt} resumed from {resumed_from}; resume_from={resume_from} names "
-                        f"{expected or 'scratch'}")
+        rule = f"the rollback before step {bad_step}" if bad_step is not None else f"resume_from={resume_from}"
+        problems.append(f"attempt {attempt} resumed from {resumed_from}; {rule} names {expected or 'scratch'}")
+    return problems
+
+
+def diverged_before(job_dir: Path, attempt: int) -> int | None:
+    """The first bad step of attempt ``attempt - 1`` when its loss diverged (its exit record, read as JSON)."""
+    if attempt < 2:
+        return None
+    try:
+        record = json.loads((job_dir / "attempts" / str(attempt - 1) / "exit.json").read_text())
+        if record.get("status") == "diverged":
+            return int(record["divergence"]["step"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return None
+
+
+def expected_rollback(saves: Sequence[Save], bad_step: int, verify: Any) -> str | None:
+    """The rollback's checkpoint (rollback_margin_steps 0): the newest finite save before ``bad_step`` that
+    verifies, else scratch."""
+    for save in newest_first(saves):
+        if int(save["step"]) < bad_step and save.get("finite", True) is not False and verify(save) is None:
+            return str(save["path"])
+    return None
+
+
+def check_not_past_bad_step(job_dir: Path, attempt: int, resumed_from: str | None) -> list[str]:
+    """``attempt`` did not resume from weights at or past a bad step: not from a save followed by an
+    ``unusable`` line of an earlier attempt whose step it reached, nor at or past the step at which the
+    previous attempt diverged (its exit record)."""
+    if resumed_from is None:
+        return []
+    lines = [line for line in manifest_lines(job_dir / "checkpoints" / "manifest.jsonl")
+             if int(line.get("attempt") or 0) < attempt]
+    # the save line that made resumed_from live when the attempt was launched: the last one of that path
+    index = next((i for i in range(len(lines) - 1, -1, -1)
+                  if lines[i].get("event") == "save" and lines[i].get("path") == resumed_from), None)
+    if index is None:
+        return []  # not a live checkpoint at all: check_resume says so
+    step = int(lines[index]["step"])
+    marked = next((line for line in lines[index + 1:]
+                   if line.get("event") == "unusable" and step >= int(line.get("from_step", step + 1))), None)
+    problems = [] if marked is None else [
+        f"attempt {attempt} resumed from {resumed_from} (step {step}), saved before the manifest marked every "
+        f"checkpoint from step {marked['from_step']} unusable ({marked.get('why')})"]
+    bad_step = diverged_before(job_dir, attempt)
+    if bad_step is not None and step >= bad_step:
+        problems.append(f"attempt {attempt} resumed from {resumed_from} (step {step}); attempt {attempt - 1} "
+                        f"diverged at step {bad_step}")
+    return problems
+
+
+def check_gave_up_diverged(status: dict[str, Any], max_rollbacks: int) -> list[str]:
+    """A persistent divergence: the job ended failed/diverged at its ``max_rollbacks + 1``-th divergence."""
+    problems = []
+    if (status["state"], status.get("end_reason")) != ("failed", "diverged"):
+        problems.append(f"a persistent divergence ended {status['state']} ({status.get('end_reason')}), "
+                        "not failed (diverged)")
+    diverged = [a["n"] for a in status["attempts"] if a.get("reason") == "diverged"]
+    if len(diverged) != max_rollbacks + 1:
+        problems.append(f"{len(diverged)} attempt(s) ended diverged ({diverged}); max_rollbacks={max_rollbacks} "
+                        f"must give up at divergence {max_rollbacks + 1}")
     return problems
 
 

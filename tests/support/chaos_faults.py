@@ -19,6 +19,15 @@ Fault kinds (``KINDS``):
 - ``rank_kill``: a 2-rank DDP job (``trainer.devices=2``, ``strategy=ddp``, on the CPU: the
   fake trainer plays both ranks, Lightning uses gloo); SIGKILL one rank drawn at random
   (its pid from the attempt monitor's ``monitor.json``). The whole attempt must end.
+- ``nan``: the loss diverges at a step (fake: ``nan_at``, sometimes seen ``nan_patience`` steps later as a
+  spike, with saves in between that the manifest's ``unusable`` line undoes; Lightning: ``nan_at_step``).
+  Transient (the first attempt only: the rollback gets past it) or persistent (``nan_every_attempt``, every
+  attempt: the job must end failed/diverged after ``supervision.divergence.max_rollbacks``); the soak draws
+  them in turn (``nan_persistent``). Never resumed from a checkpoint at or after a bad step.
+- ``hostile_files``: the trainer stops writing (``hang_at``), then a FIFO, a 50 GB sparse file, a directory,
+  a link to ``/dev/zero`` or a mount that never answers (``tests/support/chaos_hostile.py``) takes the place
+  of a file the daemon reads of the job for ``HOSTILE_HOLD_S``, then goes. Meanwhile every job's ``status``
+  answers within ``HOSTILE_ANSWER_S`` and the daemon lives; the job itself restarts after its hang.
 """
 
 from __future__ import annotations
@@ -40,9 +49,9 @@ from supervisor.jobfiles.monitorfiles import read_monitor_start
 from tests.support.resume_oracle import live_saves, manifest_lines, newest_first
 
 KINDS = ("trainer_sigkill", "exception", "daemon_kill", "reboot", "hang", "corrupt_ckpt", "disk_full", "xid",
-         "gpu_lost", "rank_kill")
+         "gpu_lost", "rank_kill", "nan", "hostile_files")
 # Faults that the job's own config carries: the trainer misbehaves by itself at a step.
-CONFIG_FAULTS = ("exception", "hang")
+CONFIG_FAULTS = ("exception", "hang", "nan")
 # Faults a job can take several of in sequence (``Soak(faults_per_job=...)``): injected from outside,
 # each ending in a restart the soak can wait for. Not the config faults (the config carries one) nor
 # disk_full (its tmpfs stays mounted on the checkpoint dir until the job ends).
@@ -52,6 +61,10 @@ STEPS_PER_EXTRA_FAULT = 50  # a loaded box polls slowly: room to see the restart
 REPO = Path(__file__).resolve().parents[2]
 FAKE_GPUS = 4
 RANKS = 2  # the rank_kill kind's DDP world size
+NAN_MAX_ROLLBACKS = 2  # a persistent nan job's supervision.divergence.max_rollbacks: it ends at the 3rd divergence
+HOSTILE_HOLD_S = 3.0  # how long a hostile file stays in place (the daemon polls the job several times)
+HOSTILE_ANSWER_S = 5.0  # any status while one is in place: the daemon's file_timeout (2 s), slack for a loaded box
+HOSTILE_CALL_TIMEOUT_S = 10.0  # an API call then gives up (a violation): a daemon stuck on the file holds no soak
 
 
 def nvml_file(path: Path, gpus: int = FAKE_GPUS) -> Path:
@@ -85,9 +98,17 @@ def _supervision(rng: Random, budget_s: float | None, hang_timeout: str, gpus: i
     return sup
 
 
+def _divergence(persistent: bool) -> dict[str, Any]:
+    # a persistent divergence must end the job soon; a transient one is rolled back once
+    return {"max_rollbacks": NAN_MAX_ROLLBACKS if persistent else 3}
+
+
 def fake_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float | None,
-             n_faults: int = 1) -> tuple[Path, int, int]:
-    """A fake-trainer job for ``kind`` taking ``n_faults`` injections; (config, target steps, first injection step)."""
+             n_faults: int = 1, nan_persistent: bool = False) -> tuple[Path, int, int]:
+    """A fake-trainer job for ``kind`` taking ``n_faults`` injections; (config, target steps, first injection step).
+
+    ``nan_persistent``: the ``nan`` kind's loss turns NaN on every attempt (else on the first only).
+    """
     steps = rng.randint(60, 120)
     trigger = rng.randint(6, steps // 3)  # early: a loaded box polls slowly, and a job must not end first
     steps += STEPS_PER_EXTRA_FAULT * (n_faults - 1)
@@ -97,18 +118,25 @@ def fake_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float
         init["crash_at"] = trigger
     elif kind == "hang":
         init["hang_at"] = trigger
+    elif kind == "hostile_files":  # the trainer stops rewriting its files: what the soak plants stays
+        init["hang_at"] = trigger + 6  # past the beat that shows step `trigger` (one every ~4 steps)
+    elif kind == "nan":
+        # seen at once, or as a spike a few steps later (a save in between half the time, every 5 steps)
+        init.update(nan_at=trigger, nan_patience=rng.choice([0, 0, 3, 6]), nan_every_attempt=nan_persistent)
     cfg = {"name": name, "model": {"class_path": "fake.Model", "init_args": init},
            "data": {"class_path": "fake.Data"}, "logger": {"wandb": {"mode": "disabled"}},
            "supervision": _supervision(rng, budget_s, "3s", gpus=0 if kind == "rank_kill" else 1)}
     if kind == "rank_kill":  # the monitor starts one fake trainer per rank (RANK=0, 1); rank 0 saves
         cfg["trainer"] = _ddp_on_cpu()
+    if kind == "nan":
+        cfg["supervision"]["divergence"] = _divergence(nan_persistent)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path, steps, trigger
 
 
 def real_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float | None,
-             n_faults: int = 1) -> tuple[Path, int, int]:
+             n_faults: int = 1, nan_persistent: bool = False) -> tuple[Path, int, int]:
     """A real Lightning job (the digits example on the CPU) for ``kind``: a fixed ``max_steps`` target."""
     cfg = yaml.safe_load((REPO / "configs" / "digits.yaml").read_text())
     cfg.pop("ui", None)
@@ -120,11 +148,17 @@ def real_job(directory: Path, name: str, kind: str, rng: Random, budget_s: float
         model["init_args"]["crash_at_step"] = trigger
     elif kind == "hang":
         model["init_args"]["hang_at_step"] = trigger
+    elif kind == "hostile_files":
+        model["init_args"]["hang_at_step"] = trigger + 1
+    elif kind == "nan":  # fault_on_attempt None: every attempt
+        model["init_args"].update(nan_at_step=trigger, fault_on_attempt=None if nan_persistent else 1)
     cfg.update(name=name, model=model, logger={"wandb": {"mode": "disabled"}},
                supervision=_supervision(rng, budget_s, "auto", gpus=0 if kind == "rank_kill" else 1))
     cfg["trainer"].update(max_steps=steps, max_epochs=1000)
     if kind == "rank_kill":  # two real Lightning ranks on the CPU, one process group over gloo
         cfg["trainer"].update(_ddp_on_cpu())
+    if kind == "nan":
+        cfg["supervision"]["divergence"] = _divergence(nan_persistent)
     cfg["checkpoint"].update(every_n_train_steps=5, save_top_k=-1)
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -6,9 +6,10 @@ FUSE mount that never answers, ``tests/support/stalling_fs.py``, over its attemp
 undoes it; ``answer_time`` is what the soak's invariant bounds for *other* jobs while it lasts (their
 ``status`` within 2 s; their restart time is the soak's usual figure).
 
-Not wired into ``chaos_faults.KINDS`` yet (tests/support/chaos*.py belong to issue 32's work in progress):
-the kind needs one ``fake_job`` line (``hang_at`` so the victim stops rewriting its files), an injection
-that calls ``HostileFiles.plant`` then ``undo`` after a few ticks, and the invariant on the other jobs.
+The soak's ``hostile_files`` kind (``chaos_faults.KINDS``): the victim's ``fake_job`` has ``hang_at`` (it
+stops rewriting its files), ``Soak`` plants once the heartbeat is still and undoes after
+``chaos_faults.HOSTILE_HOLD_S``; meanwhile every job's ``status`` (and the victim's ``logs``) is bounded by
+``chaos_faults.HOSTILE_ANSWER_S`` and the daemon must live.
 """
 
 from __future__ import annotations

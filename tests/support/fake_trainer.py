@@ -16,6 +16,14 @@ job config's ``model.init_args``:
     crash_at: null       raise at this step (exit record "exception", exit 1)
     die_at: null         SIGKILL itself at this step (no record)
     hang_at: null        stop making progress at this step (sleep forever, no heartbeat)
+    nan_at: null         the loss turns NaN at this step: the attempt diverges as the real trainer's does (exit
+                         record ``diverged`` with the divergence, exit 3, rank 0 appends a manifest ``unusable``
+                         line from that step; nothing is saved at the step it is detected)
+    nan_patience: 0      seen this many steps after ``nan_at``, as a spike (check ``loss_spike``, its patience): the
+                         saves in between happen, and only the ``unusable`` line undoes them
+    nan_every_attempt: false  the NaN comes back each time ``nan_at`` is reached, on every attempt (a persistent
+                         divergence: the job ends failed/diverged after ``supervision.divergence.max_rollbacks``);
+                         false: only on the ``faults_on`` attempts (transient: the rollback gets past it)
     ignore_sigterm: false
     ignore_deadline: false  do not stop by itself at --deadline (the daemon's budget stop must do it)
     spawn_child: false   start a child process in our group (an orphan-to-be, like a DataLoader worker)
@@ -60,8 +68,8 @@ from omegaconf import OmegaConf
 
 from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
 from supervisor.jobfiles.heartbeat import Heartbeat, write_heartbeat
-from supervisor.jobfiles.layout import AttemptLayout, manifest_path
-from supervisor.jobfiles.manifest import CheckpointEntry, abandon_after, record_save
+from supervisor.jobfiles.layout import EXIT_DIVERGED, AttemptLayout, manifest_path
+from supervisor.jobfiles.manifest import CheckpointEntry, abandon_after, record_save, record_unusable
 
 _stop_signal: int | None = None
 _checkpoint_requested = False
@@ -115,6 +123,23 @@ def _save(ckpt_dir: Path, step: int, attempt: int, score: float | None, kind: st
         path=str(path), step=step, epoch=0, monitor="loss", score=score, mode="min",
         size=path.stat().st_size, time=time.time(), attempt=attempt, kind=kind, finite=True))
     return str(path)
+
+
+def _diverge(exit_path: Path, ckpt_dir: Path, bad_step: int, step: int, attempt: int, rank: int,
+             spike: bool) -> int:
+    """End the attempt as the real trainer does when the loss diverged at ``bad_step`` (seen at ``step``)."""
+    check = "loss_spike" if spike else "non_finite_loss"
+    why = f"diverged at step {bad_step}: " + ("loss spike (50 against a median of 0.1)" if spike
+                                               else "non-finite loss (nan)")
+    if rank == 0:  # every checkpoint saved at the bad step or later holds bad weights
+        record_unusable(manifest_path(ckpt_dir), bad_step, attempt, why)
+    write_exit_record(exit_path, ExitRecord(
+        status="diverged", time=time.time(), pid=os.getpid(), global_step=step, message=why,
+        divergence={"step": bad_step, "check": check, "value": 50.0 if spike else "nan",
+                    "baseline": 0.1 if spike else None,
+                    "rank": rank}))
+    print(f"[trainer] {why}; no checkpoint of these weights was saved", file=sys.stderr, flush=True)
+    return EXIT_DIVERGED
 
 
 def _read_step(ckpt: str) -> int:
@@ -174,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                             "die_at": None, "hang_at": None, "ignore_sigterm": False, "ignore_deadline": False,
                             "spawn_child": False, "check_error": None, "heartbeat_every": 0.0,
                             "val_every": 0, "x": 0.0, "y": 0.0, "standby_prepare_s": 0.3, "worse_every": 2,
-                            "save_last": True, "hold_until": None}
+                            "save_last": True, "hold_until": None, "nan_at": None, "nan_patience": 0,
+                            "nan_every_attempt": False}
     opts.update(OmegaConf.to_container(cfg.model.init_args) or {})
     if args.check:
         if opts["check_error"]:
@@ -251,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
                 exception={"type": "RuntimeError", "message": f"boom at step {step}", "traceback": ""}))
             print(f"RuntimeError: boom at step {step}", file=sys.stderr, flush=True)
             return 1
+        if (faulty or opts["nan_every_attempt"]) and opts["nan_at"] is not None \
+                and step == int(opts["nan_at"]) + int(opts["nan_patience"]):
+            return _diverge(exit_path, ckpt_dir, int(opts["nan_at"]), step, args.attempt, rank,
+                            spike=int(opts["nan_patience"]) > 0)
         if _checkpoint_requested:
             _checkpoint_requested = False
             if rank == 0:
