@@ -88,6 +88,10 @@ def _build_job_config(raw: dict[str, Any], *, source: str, overrides: Sequence[s
                 parsed = OmegaConf.from_dotlist([item])
                 if _declared_str(key) and OmegaConf.is_config(OmegaConf.select(parsed, key)):
                     raise ValidationError("a mapping or list for a string field")  # "{step:_}" is YAML too
+                if _takes_text(key) and _yaml11_bool(value, OmegaConf.select(parsed, key)):
+                    # YAML 1.1 reads "no"/"on"/"y" as booleans; a string field means the text typed
+                    parsed = OmegaConf.create()
+                    OmegaConf.update(parsed, key, value, force_add=True)
                 layers.append(parsed)
             except (OmegaConfBaseException, yaml.YAMLError) as exc:  # the value is parsed as YAML
                 if _declared_str(key):
@@ -232,6 +236,16 @@ def _merge(base: DictConfig, other: Any, source: str, override_keys: set[str], f
 def _key_of(exc: OmegaConfBaseException) -> str | None:
     key = getattr(exc, "full_key", None)
     return str(key) if key else None
+
+
+def _takes_text(key: str) -> bool:
+    """Whether ``key`` holds text: a string field of the schema, or an environment variable."""
+    return _declared_str(key) or key.startswith("env.")
+
+
+def _yaml11_bool(typed: str, parsed: object) -> bool:
+    """Whether YAML made a boolean of a word YAML 1.2 leaves as text ("no", "on", "y", ...)."""
+    return isinstance(parsed, bool) and typed.strip().lower() not in ("true", "false")
 
 
 def _declared_str(key: str) -> bool:

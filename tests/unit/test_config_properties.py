@@ -8,7 +8,7 @@ import functools
 import string
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from omegaconf import DictConfig, OmegaConf
 
@@ -145,6 +145,8 @@ def _plain() -> dict[str, object]:
 
 @settings(SETTINGS, max_examples=100)
 @given(NAMED_OVERRIDES)
+@example(("name", "no"))  # YAML 1.1 booleans ("no", "on", "y") typed for a string field stay text
+@example(("env.MY_VAR", "off"))
 def test_an_override_changes_exactly_the_key_it_names(override: tuple[str, object]) -> None:
     key, value = override
     text, plain = OVERRIDDEN, _plain()
