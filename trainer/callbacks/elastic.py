@@ -62,10 +62,13 @@ class SamplesPerStep(Callback):
         new = self._pending not in self._steps
         self._steps[self._pending] += 1
         self._pending = 0
-        if new or sum(self._steps.values()) % 50 == 0:
+        if new or sum(self._steps.values()) % 10 == 0:
             self._write()
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._write()  # a graceful stop (the resize's) ends the fit this way
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._write()
 
     def _write(self) -> None:
