@@ -9,6 +9,7 @@ import json
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -19,8 +20,11 @@ from supervisor.errors import ConfigError
 from supervisor.gpu.types import XidEvent
 from supervisor.jobfiles.layout import JobLayout
 from supervisor.jobfiles.manifest import CheckpointEntry, record_save
+from supervisor.processes.control import ProcessHandle
 from supervisor.rules.causes import Cause, EventKind
 from supervisor.rules.states import JobState
+from supervisor.runners.standby import StandbyLocalRunner
+from supervisor.runners.standby_process import Standby
 from tests.core.conftest import Core, MakeCore
 from tests.support.harness import wait_for
 
@@ -138,3 +142,23 @@ def test_off_by_default(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(cfg))
     check_elastic_job(parse_job_config(path.read_text(), source=str(path)), str(path))  # nothing to refuse
+
+
+def test_a_standby_has_the_size_the_job_runs_at_and_one_of_another_size_is_never_promoted(
+        gpu_core: Core, tmp_path: Path) -> None:
+    core = gpu_core
+    path = core.work / "ddp.yaml"
+    path.write_text(yaml.safe_dump(_config()))
+    job = core.sup.submit(SubmitRequest(config_path=str(path), cwd=str(core.work)))
+    keeper = core.sup.parts.keeper
+    shrunk = keeper._spec(job, 3, 1)  # the standby of a job running at 1 of 2 GPUs
+    assert shrunk.ranks.world_size == 1 and "--devices" in shrunk.command
+    assert keeper._spec(job, 3).ranks.world_size == 2  # not elastic, or at its configured size
+    # one prepared for 2 ranks is refused for an attempt of 1 (promote then drops it and launches cold)
+    runner = StandbyLocalRunner(tmp_path / "state", lambda notice: None, watch_exits=False)
+    me = psutil.Process()
+    standby = Standby(job_id=job.id, attempt=3, attempt_dir=shrunk.attempt_dir, job_dir=Path(job.job_dir),
+                      monitor_pid=me.pid, monitor_started=me.create_time(), config_path=path, config_mtime=0.0,
+                      handle=ProcessHandle(me.pid, me.create_time()), world_size=2)
+    assert runner._unusable(standby, shrunk) == "it has 2 rank(s), the attempt runs 1"
+    standby.handle.close()
