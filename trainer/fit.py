@@ -30,7 +30,7 @@ from supervisor.rules.cadence import AUTO_DEFAULT_STEPS
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
 from trainer.callbacks.divergence import LossGuard, RollbackActions
-from trainer.callbacks.elastic import SamplesPerStep, with_world_size
+from trainer.callbacks.elastic import ElasticResume, SamplesPerStep, with_world_size
 from trainer.callbacks.log_samples import LogSamples, check_log_samples
 from trainer.callbacks.progress import ProgressCallback
 from trainer.callbacks.rank_sync import RankAgreement
@@ -337,7 +337,8 @@ def build_callbacks(
         else:
             callbacks.append(LogSamples(logger, count=int(cfg.callbacks.log_samples_count)))
     if opts.devices is not None:  # elastic DDP: the samples of each optimizer step, for the global batch's proof
-        callbacks.append(SamplesPerStep(opts.attempt_dir, opts.rank.rank, opts.devices, opts.accumulate or 1))
+        callbacks += [SamplesPerStep(opts.attempt_dir, opts.rank.rank, opts.devices, opts.accumulate or 1),
+                      ElasticResume(opts.devices, opts.accumulate or 1)]
     callbacks.extend(spec.build() for spec in job.callbacks)
     return callbacks
 
