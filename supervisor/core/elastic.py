@@ -62,8 +62,8 @@ class Growing:
     def check(self, job: JobRow, attempt: AttemptRow, now: float) -> bool:
         """Poll of a running attempt: ask for the checkpoint, then stop to grow (True: the stop began)."""
         ctx = self._ctx
-        if attempt.world_size is None or ctx.gpus is None:
-            return False
+        if attempt.world_size is None or attempt.accumulate_grad_batches is None or ctx.gpus is None:
+            return False  # not an elastic attempt (only those record an accumulation): no config read per poll
         elastic = elastic_of(ctx.job_config(job))
         if elastic is None or attempt.world_size >= elastic.devices:
             return False
