@@ -34,14 +34,15 @@ GROW_CHECKPOINT_WAIT_S = 120.0
 
 def note_resize(ctx: CoreContext, outbox: Outbox, job: JobRow, last: AttemptRow | None, n: int,
                 plan: ElasticPlan | None, devices: int, now: float) -> None:
-    """At a launch: when the size differs from the previous attempt's, an event and an alert (the outbox)."""
-    if plan is None or last is None:
+    """At a launch: when the size differs from the previous attempt's (or a first attempt's from the configured
+    one), an event and an alert (the outbox)."""
+    if plan is None:
         return
-    was = last.world_size or devices
+    was = (last.world_size if last is not None else None) or devices
     if plan.world_size == was:
         return
-    lost = sorted(set(last.gpus) - set(ctx.gpus.allocatable())) if ctx.gpus is not None else []
-    text = resize_text(plan, devices, was, lost)
+    lost = sorted(set(last.gpus) - set(ctx.gpus.allocatable())) if ctx.gpus is not None and last else []
+    text = resize_text(plan, devices, was, lost, first=last is None)
     what = ResizeAlert(message=text, attempt=n, world_size=plan.world_size, previous_world_size=was,
                        configured_world_size=devices, accumulate_grad_batches=plan.accumulate, lost_gpus=lost or None)
     ctx.store.add_event(job.id, EventKind.RESIZE, text, now=now, attempt=n, data=what.details(),

@@ -65,8 +65,11 @@ def plan_for(cfg: DictConfig, gpus: int) -> ElasticPlan | None:
     return ElasticPlan(world_size=gpus, accumulate=accumulate)
 
 
-def resize_text(plan: ElasticPlan, devices: int, was: int, lost: list[int]) -> str:
+def resize_text(plan: ElasticPlan, devices: int, was: int, lost: list[int], *, first: bool = False) -> str:
     """One line for the event and the alert: what was lost or came back, and the new shape."""
+    if first:
+        return (f"not enough healthy GPUs free: starting on {plan.world_size} of {devices} GPUs, accumulating "
+                f"{plan.accumulate} batch{'es' if plan.accumulate != 1 else ''}")
     if plan.world_size < was:
         why = f"GPU {','.join(map(str, lost))} lost" if lost else "GPUs lost"
         return (f"{why}: continuing on {plan.world_size} of {devices} GPUs, accumulating {plan.accumulate} "

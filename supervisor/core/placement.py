@@ -37,7 +37,8 @@ class Placement:
             gpus = allocate(plan.world_size, gpus_monitor.allocatable(), busy) if plan is not None else None
         if gpus is None:
             free = [g for g in gpus_monitor.allocatable() if g not in busy]
-            self.wait(job, now, f"waiting for {n} free healthy GPU{'s' if n > 1 else ''} "
+            need = f"{n} (elastic: at least {elastic.min_devices})" if elastic is not None else str(n)
+            self.wait(job, now, f"waiting for {need} free healthy GPU{'s' if n > 1 else ''} "
                                 f"({len(free)} of {gpus_monitor.count()} free)")
             return None
         store = self._ctx.store

@@ -111,6 +111,35 @@ def test_lose_a_gpu_shrink_with_the_same_global_batch_then_grow_back(gpu_core: C
     assert messages[-1] == "GPUs returned: back to its configured size, 2 of 2 GPUs, accumulating 1 batch"
     assert [w.details()["world_size"] for _, w in core.alerts if w.event == "resize"] == [1, 2]
 
+    # a second GPU fault is the second failure: max_restarts 1 gives up (the resize between was never counted)
+    core.runner.start(job_id, 3)
+    core.tick()
+    core.sup.gpus.handle_xid(XidEvent(index=0, xid=79))
+    core.turn()
+    core.runner.end(job_id, 3, exit_code=143, ended_at=core.clock())
+    core.turn()
+    assert core.state(job_id) is JobState.FAILED and "2 failures in" in (core.job(job_id).detail or "")
+
+
+def test_below_min_devices_the_job_waits_and_says_how_few_it_would_take(gpu_core: Core) -> None:
+    core = gpu_core
+    assert core.sup.gpus is not None
+    for gpu in (0, 1):
+        core.sup.gpus.handle_xid(XidEvent(index=gpu, xid=79))
+    core.turn()
+    path = core.work / "ddp.yaml"
+    path.write_text(yaml.safe_dump(_config()))
+    job_id = core.sup.submit(SubmitRequest(config_path=str(path), cwd=str(core.work))).id
+    core.turn()
+    job = core.job(job_id)
+    assert job.state is JobState.QUEUED and core.store.attempts(job_id) == []
+    assert job.wait_reason == "waiting for 2 (elastic: at least 1) free healthy GPUs (0 of 2 free)"
+    assert core.sup.clear_gpu(1)
+    core.turn()
+    assert _shape(core, job_id, 1) == ((1,), 1, "2")  # one back: it starts on it, accumulating 2
+    assert [e.message for e in core.store.events(job_id=job_id) if e.kind == EventKind.RESIZE] == [
+        "not enough healthy GPUs free: starting on 1 of 2 GPUs, accumulating 2 batches"]
+
 
 @pytest.mark.parametrize(("trainer", "elastic", "gpus", "expected"), [
     ({"devices": 6}, {"min_devices": 2}, 6, "cannot be kept at sizes 5, 4: 6 is not a multiple of them"),
