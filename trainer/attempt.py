@@ -83,7 +83,8 @@ def run_attempt(args: argparse.Namespace, started_at: float, prepared: PreparedR
         opts = FitOptions(attempt_dir=attempt_dir, checkpoint_dir=checkpoint_dir, ckpt=args.ckpt,
                           attempt=args.attempt, restarts=args.restarts, deadline=args.deadline, rank=rank,
                           skip_batches=args.skip_batches, lr_scale=args.lr_scale,
-                          checkpoint_every=args.checkpoint_every)
+                          checkpoint_every=args.checkpoint_every, devices=args.devices,
+                          accumulate=args.accumulate_grad_batches)
         if rank.multi:
             opts.on_failure = lambda exc: write_early_record(exc, signals, state, layout, rank)
         record.reason = run_fit(cfg, args.config, opts, signals, heartbeat, state, prepared)

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a rollback after a divergence: drop this many training batches first")
     parser.add_argument("--lr-scale", type=float, default=1.0,
                         help="a rollback after a divergence: multiply the learning rates by this, once")
+    parser.add_argument("--devices", type=int,
+                        help="elastic DDP: this attempt's world size, in place of trainer.devices (the daemon's)")
+    parser.add_argument("--accumulate-grad-batches", type=int,
+                        help="elastic DDP: the accumulation that keeps the configured global batch at --devices")
     parser.add_argument("--check", action="store_true", help="validate the config and its classes, do not fit")
     parser.add_argument("--standby", action="store_true",
                         help="prepare (imports, model, data), then wait for the daemon's handover (trainer.standby)")

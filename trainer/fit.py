@@ -11,7 +11,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from supervisor.rules.cadence import AUTO_DEFAULT_STEPS
 from trainer.build import ResolvedJob, resolve_job
 from trainer.callbacks.checkpoint import ManifestCheckpoint
 from trainer.callbacks.divergence import LossGuard, RollbackActions
+from trainer.callbacks.elastic import ElasticResume, SamplesPerStep, with_world_size
 from trainer.callbacks.log_samples import LogSamples, check_log_samples
 from trainer.callbacks.progress import ProgressCallback
 from trainer.callbacks.rank_sync import RankAgreement
@@ -68,6 +69,8 @@ class FitOptions:
     skip_batches: int = 0  # a rollback: drop this many training batches first
     lr_scale: float = 1.0  # a rollback: scale the learning rates once
     checkpoint_every: int | None = None  # checkpoint.every_n_train_steps: auto's steps, from the daemon
+    devices: int | None = None  # elastic DDP: this attempt's world size (trainer.devices otherwise)
+    accumulate: int | None = None  # elastic DDP: accumulate_grad_batches keeping the global batch at ``devices``
 
 
 @dataclass
@@ -141,6 +144,8 @@ def run_fit(
         job, model, datamodule = prepare_run(cfg, source)
     else:
         job, model, datamodule = prepared.job, prepared.model, prepared.datamodule
+    if opts.devices is not None:  # elastic DDP: the attempt's size and accumulation, from the daemon
+        job = replace(job, trainer_args=with_world_size(job.trainer_args, opts.devices, opts.accumulate))
     check_world_size(job.trainer_args, opts.rank, source)
     ckpt_path = prepare_resume_for_rank(opts)
     logger = build_wandb_logger(cfg, opts.attempt_dir)
@@ -331,6 +336,9 @@ def build_callbacks(
             _log("callbacks.log_samples needs W&B and W&B is disabled: not logging samples")
         else:
             callbacks.append(LogSamples(logger, count=int(cfg.callbacks.log_samples_count)))
+    if opts.devices is not None:  # elastic DDP: the samples of each optimizer step, for the global batch's proof
+        callbacks += [SamplesPerStep(opts.attempt_dir, opts.rank.rank, opts.devices, opts.accumulate or 1),
+                      ElasticResume(opts.devices, opts.accumulate or 1)]
     callbacks.extend(spec.build() for spec in job.callbacks)
     return callbacks
 

@@ -128,10 +128,24 @@ class StragglerAlert(AlertEvent):
     gpu_context: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class ResizeAlert(AlertEvent):
+    """Elastic DDP: an attempt runs on fewer GPUs than the one before (GPUs lost) or more (they came back)."""
+
+    event: ClassVar[str] = "resize"
+    message: str  # "GPU 1 lost: continuing on 1 of 2 GPUs, accumulating 2 batches"
+    attempt: int
+    world_size: int
+    previous_world_size: int
+    configured_world_size: int
+    accumulate_grad_batches: int
+    lost_gpus: list[int] | None = None
+
+
 # The events that go through the store's outbox (every restart, every ending, a GPU fault, a reboot), by name.
 OUTBOX_EVENTS: dict[str, type[AlertEvent]] = {
     cls.event: cls for cls in (RestartAlert, HangAlert, CompletedAlert, BudgetAlert, FailedAlert, StoppedAlert,
-                               GpuFaultAlert, RebootAlert, StragglerAlert)
+                               GpuFaultAlert, RebootAlert, StragglerAlert, ResizeAlert)
 }
 
 

@@ -38,6 +38,7 @@ _EVENT_TITLES: dict[str, tuple[str, str]] = {
     "stopped": ("stopped", "INFO"),
     "reboot": ("recovered after a node reboot", "WARN"),
     "straggler": ("straggler", "WARN"),
+    "resize": ("resized (elastic DDP)", "WARN"),
 }
 assert set(_EVENT_TITLES) == set(ALERT_EVENTS), "every configurable alert event needs a title"
 

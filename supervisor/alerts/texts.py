@@ -167,6 +167,10 @@ def _straggler_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     return _finish(lines, job, job_id, f)
 
 
+def _resize_text(job: str, job_id: str, f: dict[str, Any]) -> str:
+    return _finish([str(f.pop("message", "the job changed its world size"))], job, job_id, f)
+
+
 _ENDING_EVENTS = frozenset({"failed", "budget", "completed", "stopped"})
 
 TEXT_BUILDERS = {
@@ -179,6 +183,7 @@ TEXT_BUILDERS = {
     "stopped": _stopped_text,
     "reboot": _reboot_text,
     "straggler": _straggler_text,
+    "resize": _resize_text,
 }
 
 

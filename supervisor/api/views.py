@@ -74,8 +74,9 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         "workdir": job.workdir,
         "job_dir": job.job_dir,
         "gpus_requested": job.gpus_requested,
-        # ranks every attempt runs (DDP: one process per device; per-rank files in the attempt dir)
-        "world_size": _world_size(frozen),
+        # ranks the latest attempt runs (DDP: one process per device; per-rank files in the attempt dir;
+        # elastic DDP: fewer while GPUs are lost)
+        "world_size": latest.world_size if latest is not None and latest.world_size else _world_size(frozen),
         "attempts": [attempt_view(a) for a in attempts],
         "checkpoints": [checkpoint_view(e) for e in ranked],
         "best_checkpoint": checkpoint_view(ranked[0]) if ranked else _stored_best(job),
@@ -88,7 +89,8 @@ def job_status(store: Store, job: JobRow, now: float) -> dict[str, Any]:
         "checkpointing": _checkpointing_view(frozen, store.last_event_data(job.id, EventKind.LAUNCH)),
         "divergence": divergence_view(layout, attempts, _world_size(frozen)),
         "progress": progress,
-        "ranks": ranks_view(layout.attempt(latest.n), latest, _world_size(frozen)) if latest else None,
+        "ranks": ranks_view(layout.attempt(latest.n), latest, latest.world_size or _world_size(frozen))
+        if latest else None,
         "standby": _or_none(lambda: standby_view(Path(job.job_dir))),
         "zygote": _or_none(lambda: zygote_view(Path(job.job_dir))),
     }
@@ -108,6 +110,7 @@ def attempt_view(a: AttemptRow) -> dict[str, Any]:
         "n": a.n, "pid": a.pid, "gpus": a.gpus, "started_at": a.started_at, "ended_at": a.ended_at,
         "exit_code": a.exit_code, "signal": a.signal, "reason": a.reason, "detail": a.detail,
         "resumed_from": a.resumed_from, "new_checkpoints": a.new_checkpoints, "global_step": a.global_step,
+        "world_size": a.world_size, "accumulate_grad_batches": a.accumulate_grad_batches,
     }
     backend = BACKENDS.get(a.runner_kind)
     if backend is not None:  # where the attempt ran, as its backend tells it (e.g. a Slurm job and its nodes)

@@ -22,8 +22,9 @@ MODE_CHOICES = ("min", "max")
 WANDB_MODES = ("online", "offline", "disabled")
 WATCH_CHOICES = ("gradients", "parameters", "all", "none")
 BACKENDS = ("local", "slurm")
-ALERT_EVENTS = ("restart", "hang", "gpu_fault", "failed", "budget", "completed", "stopped", "reboot", "straggler")
-DEFAULT_ALERTS = ["restart", "hang", "gpu_fault", "failed", "budget", "completed", "reboot", "straggler"]
+ALERT_EVENTS = ("restart", "hang", "gpu_fault", "failed", "budget", "completed", "stopped", "reboot", "straggler",
+                "resize")
+DEFAULT_ALERTS = ["restart", "hang", "gpu_fault", "failed", "budget", "completed", "reboot", "straggler", "resize"]
 STRAGGLER_ACTIONS = ("alert", "restart_without")
 
 
@@ -135,6 +136,14 @@ class StragglersConfig:
 
 
 @dataclass
+class ElasticConfig:
+    """Elastic DDP on one node (docs/elastic.md): lose GPUs, go on with fewer at the same global batch."""
+
+    min_devices: int | None = None  # None: off; set: shrink down to this many devices when GPUs are lost
+    sizes: list[int] = field(default_factory=list)  # the allowed world sizes; empty: min_devices..trainer.devices
+
+
+@dataclass
 class SupervisionConfig:
     """The supervision policy, read by the daemon (validated here so errors come early)."""
 
@@ -154,6 +163,7 @@ class SupervisionConfig:
     backend: str = "local"  # local | slurm (the ``slurm:`` section then says how; docs/slurm.md)
     divergence: DivergenceConfig = field(default_factory=DivergenceConfig)
     stragglers: StragglersConfig = field(default_factory=StragglersConfig)
+    elastic: ElasticConfig = field(default_factory=ElasticConfig)
 
 
 @dataclass

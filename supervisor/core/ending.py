@@ -47,7 +47,8 @@ class Ending:
         ctx, store = self._ctx, self._ctx.store
         jl = JobLayout(Path(job.job_dir))
         al = jl.attempt(attempt.n)
-        world_size = process_exit.world_size if process_exit is not None else job_world_size(ctx.job_config(job))
+        world_size = (process_exit.world_size if process_exit is not None
+                      else attempt.world_size or job_world_size(ctx.job_config(job)))
         records = rank_exit_records(al, world_size)
         record = records.get(0)
         if intent is None and job.stop_intent:
@@ -67,7 +68,7 @@ class Ending:
         ctx.timers.cancel(job.id, TimerKind.STARTED)
         history = [restart_policy.PastAttempt(n=a.n, started_at=a.started_at, ended_at=a.ended_at, cause=a.cause,
                                               new_checkpoints=a.new_checkpoints, disk_full=is_disk_full(a.detail),
-                                              diverged_at=diverged_at(jl.attempt(a.n), world_size)
+                                              diverged_at=diverged_at(jl.attempt(a.n), a.world_size or world_size)
                                               if a.cause == Cause.DIVERGED else None)
                    for a in store.attempts(job.id) if a.n != attempt.n]
         supervision = ctx.job_config(job).supervision

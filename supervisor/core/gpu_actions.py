@@ -56,7 +56,12 @@ class GpuActions:
         self._ctx.store.add_event(None, EventKind.GPU, f"gpu {index}: quarantine cleared by the operator",
                                   data={"index": index, "cleared": cleared})
         self._ctx.wake_queued()
+        self._wake_running()  # an elastic job running shrunk grows back onto it (core/elastic.py)
         return cleared
+
+    def _wake_running(self) -> None:
+        for job in self._ctx.store.list_jobs(states=[JobState.RUNNING]):
+            self._ctx.wake_job(job.id)
 
     def on_gpu_event(self, event: GpuEvent) -> None:
         """Act on a GPU event (loop thread): stop the attempts of a failed GPU, checkpoint on a degraded one."""
@@ -73,6 +78,7 @@ class GpuActions:
         store.add_event(job_id, EventKind.GPU, event.reason, now=now, data=data)
         if event.health == "healthy":
             ctx.wake_queued()
+            self._wake_running()
             return
         if job_id is None:
             return

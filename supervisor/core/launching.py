@@ -12,7 +12,10 @@ from omegaconf import DictConfig
 from supervisor.access import run_as_for
 from supervisor.config import parse_duration
 from supervisor.core.context import CoreContext
+from supervisor.core.elastic import note_resize
+from supervisor.core.elastic_shape import elastic_of, plan_for
 from supervisor.core.following import Following
+from supervisor.core.outbox import Outbox
 from supervisor.core.placement import Placement
 from supervisor.core.rank_files import diverged_at
 from supervisor.core.reconciling import Reconciling
@@ -45,8 +48,9 @@ class Launching:
     """Start the next attempt of a queued or backed-off job."""
 
     def __init__(self, ctx: CoreContext, runners: RunnerSet, keeper: StandbyKeeper, placement: Placement,
-                 reconciling: Reconciling, following: Following) -> None:
+                 reconciling: Reconciling, following: Following, outbox: Outbox) -> None:
         self._ctx = ctx
+        self._outbox = outbox
         self._runners = runners
         self._keeper = keeper
         self._placement = placement
@@ -85,13 +89,16 @@ class Launching:
         spec = attempt_spec(job, cfg, n, choice, backend=self._runners.backend(cfg), gpus=gpus,
                             first_started_at=first_started_at, trainer_module=ctx.settings.trainer_module,
                             boot_id=ctx.boot_id, state_dir=ctx.state_dir, base_env=os.environ, run_as=run_as,
-                            rollback=rollback, checkpoint_every=cadence.every_n_train_steps if cadence else None)
+                            rollback=rollback, checkpoint_every=cadence.every_n_train_steps if cadence else None,
+                            elastic=(plan := plan_for(cfg, len(gpus))))
         runner = self._runners.for_job(cfg)
         # Record first: the row exists (runner state empty: "maybe started") before any process does, so a
         # daemon killed at any moment leaves a next daemon that knows this attempt (reconcile kills what may
         # run of it and numbers the next attempt after it) rather than an orphan no row names.
         store.insert_attempt(AttemptRow(job_id=job.id, n=n, started_at=now, runner_kind=runner.kind,
-                                        boot_id=ctx.boot_id, gpus=list(gpus), resumed_from=choice.path))
+                                        boot_id=ctx.boot_id, gpus=list(gpus), resumed_from=choice.path,
+                                        world_size=spec.ranks.world_size,
+                                        accumulate_grad_batches=plan.accumulate if plan is not None else None))
         try:
             # A standby (imports done, model built) takes the attempt when the job has one; else a cold start.
             state = self._keeper.promote(job, spec)
@@ -110,6 +117,8 @@ class Launching:
             self._launch_failed(job, n, str(exc), now)
             return
         store.update_attempt(job.id, n, runner_state=state)
+        elastic = elastic_of(cfg)
+        note_resize(ctx, self._outbox, job, last, n, plan, elastic.devices if elastic else 0, now)
         resumed = f"from {Path(choice.path).name} ({choice.rule})" if choice.path else "from scratch"
         if rollback is not None:
             resumed += f" after the divergence at step {rollback.diverged_at}" + "".join(
@@ -118,7 +127,9 @@ class Launching:
                                message=f"attempt {n} starting {resumed}",
                                data={"resumed_from": choice.path, "rule": choice.rule, "gpus": gpus,
                                      "rollback": asdict(rollback) if rollback is not None else None,
-                                     "cadence": cadence.as_dict() if cadence is not None else None},
+                                     "cadence": cadence.as_dict() if cadence is not None else None,
+                                     "world_size": spec.ranks.world_size,
+                                     "accumulate_grad_batches": plan.accumulate if plan is not None else None},
                                first_started_at=first_started_at, next_start_at=None, wait_reason=None,
                                stop_intent=None, stop_deadline=None)
         self._following.follow(job, n)
@@ -132,7 +143,7 @@ class Launching:
             return None
         cfg = self._ctx.job_config(job)
         layout = JobLayout(Path(job.job_dir)).attempt(last.n)
-        return rollback_after(diverged_at(layout, job_world_size(cfg)), cfg.supervision.divergence)
+        return rollback_after(diverged_at(layout, last.world_size or job_world_size(cfg)), cfg.supervision.divergence)
 
     def _cadence(self, job: JobRow, cfg: DictConfig, now: float) -> Cadence | None:
         """``checkpoint.every_n_train_steps: auto``: the interval for the next attempt (None: a fixed one).

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from supervisor.core.context import CoreContext
+from supervisor.core.elastic_shape import elastic_of
 from supervisor.core.runner_set import RunnerSet
 from supervisor.gpu import allocate
 from supervisor.rules.causes import EventKind
+from supervisor.rules.elastic import choose_plan
 from supervisor.rules.states import JobState
 from supervisor.store import JobRow
 
@@ -28,9 +30,15 @@ class Placement:
             return None
         busy = self._ctx.gpu_jobs()
         gpus = allocate(n, gpus_monitor.allocatable(), busy)
+        elastic = elastic_of(self._ctx.job_config(job)) if gpus is None else None
+        if elastic is not None:
+            # no replacement free: the largest allowed size that fits and keeps the global batch (rules/elastic.py)
+            plan = choose_plan(elastic, sum(1 for g in gpus_monitor.allocatable() if g not in busy))
+            gpus = allocate(plan.world_size, gpus_monitor.allocatable(), busy) if plan is not None else None
         if gpus is None:
             free = [g for g in gpus_monitor.allocatable() if g not in busy]
-            self.wait(job, now, f"waiting for {n} free healthy GPU{'s' if n > 1 else ''} "
+            need = f"{n} (elastic: at least {elastic.min_devices})" if elastic is not None else str(n)
+            self.wait(job, now, f"waiting for {need} free healthy GPU{'s' if n > 1 else ''} "
                                 f"({len(free)} of {gpus_monitor.count()} free)")
             return None
         store = self._ctx.store
@@ -62,4 +70,11 @@ class Placement:
         if not n:
             return True
         monitor = self._ctx.gpus
-        return monitor is not None and allocate(n, monitor.allocatable(), self._ctx.gpu_jobs()) is not None
+        if monitor is None:
+            return False
+        busy = self._ctx.gpu_jobs()
+        if allocate(n, monitor.allocatable(), busy) is not None:
+            return True
+        elastic = elastic_of(self._ctx.job_config(job))
+        free = sum(1 for g in monitor.allocatable() if g not in busy)
+        return elastic is not None and choose_plan(elastic, free) is not None

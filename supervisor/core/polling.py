@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from supervisor.core.context import CoreContext
+from supervisor.core.elastic import Growing
 from supervisor.core.ending import Ending
 from supervisor.core.file_waits import poll_or_wait
 from supervisor.core.following import Following
@@ -32,7 +33,8 @@ class Polling:
     """``tick`` polls every unfinished job; notices and timers poll one (``poll_job``)."""
 
     def __init__(self, ctx: CoreContext, runners: RunnerSet, *, launching: Launching, stopping: Stopping,
-                 ending: Ending, keeper: StandbyKeeper, following: Following, rank_watch: RankWatch) -> None:
+                 ending: Ending, keeper: StandbyKeeper, following: Following, rank_watch: RankWatch,
+                 growing: Growing) -> None:
         self._ctx = ctx
         self._runners = runners
         self._launching = launching
@@ -41,6 +43,7 @@ class Polling:
         self._keeper = keeper
         self._following = following
         self._rank_watch = rank_watch
+        self._growing = growing
 
     def tick(self) -> None:
         """Fire due timers and poll every job that is not finished (the safety net under notices and timers)."""
@@ -106,6 +109,8 @@ class Polling:
         if self._check_health(job, attempt, now):
             return
         self._rank_watch.check(job, attempt, self._ctx.tracker.get_or_track(job.id, attempt.n), now)
+        if job.state is JobState.RUNNING and self._growing.check(job, attempt, now):
+            return  # elastic DDP: GPUs came back, the attempt stops (after a checkpoint) to relaunch larger
         self._keeper.keep_standby(job, attempt)
 
     def _check_health(self, job: JobRow, attempt: AttemptRow, now: float) -> bool:
@@ -114,7 +119,7 @@ class Polling:
         layout = JobLayout(Path(job.job_dir)).attempt(attempt.n)
         tracked = ctx.tracker.get_or_track(job.id, attempt.n)
         if tracked.world_size is None:
-            tracked.world_size = job_world_size(ctx.job_config(job))
+            tracked.world_size = attempt.world_size or job_world_size(ctx.job_config(job))
         beat = attempt_heartbeat(layout, tracked.world_size)  # several ranks: the slowest one's
         tracked.slowest_step = update_slowest_step(tracked.slowest_step, beat)
         if tracked.hang_setting is None:  # OmegaConf access is slow; read the setting once per attempt

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 
 from supervisor.core.context import CoreContext
+from supervisor.core.elastic_shape import plan_for
 from supervisor.core.runner_set import RunnerSet
 from supervisor.core.spec import attempt_spec
 from supervisor.jobfiles.heartbeat import read_heartbeat
@@ -68,7 +69,8 @@ class StandbyKeeper:
         beat = read_heartbeat(JobLayout(Path(job.job_dir)).attempt(attempt.n).heartbeat)
         if beat is None or not beat.step:
             return  # not stepping yet: the standby's imports would slow the attempt's own start
-        self._prepare(runner, job, attempt.n + 1)
+        # elastic DDP: a standby of the size the job runs at now (one of another size is dropped at the promote)
+        self._prepare(runner, job, attempt.n + 1, attempt.world_size)
 
     def start_first_standby(self, job: JobRow) -> bool:
         """While submit's import check runs: start attempt 1 as a standby, if the job gets one (True then).
@@ -106,16 +108,20 @@ class StandbyKeeper:
             return False
         return standby_wanted(setting, psutil.virtual_memory().available, self._ctx.settings.trainer_module)
 
-    def _prepare(self, runner: StandbyRunner, job: JobRow, n: int) -> None:
+    def _prepare(self, runner: StandbyRunner, job: JobRow, n: int, world_size: int | None = None) -> None:
         try:
-            runner.prepare(self._spec(job, n))
+            runner.prepare(self._spec(job, n, world_size))
         except OSError as exc:
             log.warning("job %s: cannot start a standby: %s", job.id, exc)
 
-    def _spec(self, job: JobRow, n: int) -> AttemptSpec:
-        """The spec a standby for attempt ``n`` starts with (from scratch, no GPUs: the handover says the rest)."""
+    def _spec(self, job: JobRow, n: int, world_size: int | None = None) -> AttemptSpec:
+        """The spec a standby for attempt ``n`` starts with (from scratch, no GPUs: the handover says the rest).
+
+        ``world_size``: an elastic job's current size (its ranks); None: the configured size.
+        """
         cfg = self._ctx.job_config(job)
         return attempt_spec(job, cfg, n, ResumeChoice(None, None, "scratch", ()), backend=self._runners.backend(cfg),
                             gpus=[], first_started_at=job.first_started_at or self._ctx.clock(),
                             trainer_module=self._ctx.settings.trainer_module, boot_id=self._ctx.boot_id,
-                            state_dir=self._ctx.state_dir, base_env=os.environ)
+                            state_dir=self._ctx.state_dir, base_env=os.environ,
+                            elastic=plan_for(cfg, world_size) if world_size else None)

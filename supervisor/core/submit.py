@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from supervisor.access import RunAs, run_as_for
 from supervisor.config import name_override, parse_duration, parse_job_config, to_yaml
 from supervisor.config.safe_yaml import read_config_text
+from supervisor.core.elastic_shape import check_elastic_job
 from supervisor.errors import ConfigError, ResourceUnavailable, SupervisorError
 from supervisor.jobfiles.atomic import write_json_atomic
 from supervisor.jobfiles.layout import JobLayout
@@ -106,6 +107,7 @@ def prepare_job(req: SubmitRequest, *, jobs_dir: Path, trainer_module: str, gpu_
         have = "no GPUs (or no NVML)" if not gpu_count else f"{gpu_count} GPU{'s' if gpu_count != 1 else ''}"
         raise ResourceUnavailable(
             f"{source}: supervision.gpus: the job asks for {requested} GPUs; this node has {have}")
+    check_elastic_job(cfg, source)
     if run_as is not None and not backend_of(cfg).supports_run_as:
         # e.g. sbatch from the daemon submits as the daemon (root): another user's code never runs that way
         runs_as = ", ".join(name for name, backend in BACKENDS.items() if backend.supports_run_as)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig
 
 from supervisor.core.context import CoreContext
+from supervisor.core.elastic import Growing
 from supervisor.core.ending import Ending
 from supervisor.core.file_waits import poll_or_wait
 from supervisor.core.following import Following
@@ -321,11 +322,12 @@ def _assemble(ctx: CoreContext, runners: RunnerSet, outbox: Outbox) -> _Parts:
     stopping = Stopping(ctx, runners, ending)
     reconciling = Reconciling(ctx, runners, ending, following)
     placement = Placement(ctx, runners)
-    launching = Launching(ctx, runners, keeper, placement, reconciling, following)
+    launching = Launching(ctx, runners, keeper, placement, reconciling, following, outbox)
     requests = Requests(ctx, keeper, placement, stopping)
     return _Parts(ctx=ctx, runners=runners, outbox=outbox, following=following, keeper=keeper, ending=ending,
                   stopping=stopping, reconciling=reconciling, placement=placement, launching=launching,
                   gpu_actions=GpuActions(ctx, runners, stopping, outbox),
                   polling=Polling(ctx, runners, launching=launching, stopping=stopping, ending=ending, keeper=keeper,
-                                  following=following, rank_watch=RankWatch(ctx, stopping, outbox)),
+                                  following=following, rank_watch=RankWatch(ctx, stopping, outbox),
+                                  growing=Growing(ctx, runners, stopping)),
                   requests=requests, schedules=Schedules(ctx, requests))

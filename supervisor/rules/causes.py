@@ -32,6 +32,7 @@ class Cause(StrEnum):
     CONFIG_ERROR = "config_error"
     DIVERGED = "diverged"  # the loss went non-finite or spiked: roll back to a checkpoint before it
     STRAGGLER = "straggler"  # stopped to move off a straggling GPU (supervision.stragglers.action)
+    RESIZE = "resize"  # elastic DDP: stopped after a checkpoint to grow back onto returned GPUs (planned)
 
 
 class EndReason(StrEnum):
@@ -81,3 +82,4 @@ class EventKind(StrEnum):
     XID = "xid"
     STRAGGLER = "straggler"  # a rank runs well below its peers' pace
     SLOW = "slow"  # a single-process job runs well below its own pace
+    RESIZE = "resize"  # elastic DDP: an attempt runs at another world size than the one before it

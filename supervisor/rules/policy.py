@@ -11,6 +11,8 @@ Causes of an attempt's end (``AttemptEnd.cause``):
     reboot                             the node rebooted under the attempt: restart at once,
                                        not the job's failure
     user_restart                       ``supervisorctl restart``: restart at once, not a failure
+    straggler, resize                  a planned move (off a slow GPU; elastic DDP growing back onto
+                                       returned GPUs): restart at once, not a failure
     completed                          ``exit.json`` says ``fit`` returned normally
     user_stop                          ``supervisorctl stop``
     budget                             the daemon stopped the attempt because the budget was spent
@@ -62,7 +64,7 @@ from supervisor.rules.states import TERMINAL_STATES, JobState
 FAILURE_CAUSES = (Cause.CRASH, Cause.HANG, Cause.GPU_FAULT, Cause.VANISHED)
 """Causes that are the job's failures: they count toward max_restarts, no-progress and the backoff."""
 
-RESTART_NOW_CAUSES = (Cause.REBOOT, Cause.USER_RESTART, Cause.STRAGGLER)
+RESTART_NOW_CAUSES = (Cause.REBOOT, Cause.USER_RESTART, Cause.STRAGGLER, Cause.RESIZE)
 """Causes that restart at once and are not the job's failures."""
 
 TERMINAL_CAUSES = (Cause.COMPLETED, Cause.USER_STOP, Cause.BUDGET, Cause.CONFIG_ERROR)
@@ -366,6 +368,7 @@ _CAUSE_TEXT = {
     Cause.USER_RESTART: "restart requested",
     Cause.DIVERGED: "the loss diverged",
     Cause.STRAGGLER: "moved off a straggling GPU",
+    Cause.RESIZE: "growing back onto returned GPUs",
 }
 
 

@@ -71,6 +71,8 @@ class AttemptRow:
     resumed_from: str | None = None
     new_checkpoints: int = 0
     global_step: int | None = None
+    world_size: int | None = None  # ranks it ran (None: before schema 7)
+    accumulate_grad_batches: int | None = None  # elastic DDP: the accumulation it ran with (None: the config's)
 
     @property
     def live(self) -> bool:

@@ -10,12 +10,13 @@ from pathlib import Path
 from supervisor.errors import StoreError
 from supervisor.store.sql import transaction
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """1: the first cut (local attempt monitors in dedicated columns). 2: runner kind + runner-owned JSON state.
 3: jobs have an owner (``owner_uid``: who submitted it; shared-server mode). 4: the alert outbox.
 5: scheduled runs (``schedules``: ``supervisorctl submit --at/--cron``; ``store/schedules.py``).
 6: a finished job's best checkpoint facts (``best_score``, ``best_step``, ``best_monitor``: the list shows them
-without reading the manifest), ``pruned_at`` (``supervisorctl prune``), and the indexes ``list`` and ``prune`` use."""
+without reading the manifest), ``pruned_at`` (``supervisorctl prune``), and the indexes ``list`` and ``prune`` use.
+7: an attempt's ``world_size`` and ``accumulate_grad_batches`` (elastic DDP: an attempt may run on fewer GPUs)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -63,6 +64,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     resumed_from TEXT,
     new_checkpoints INTEGER NOT NULL DEFAULT 0,
     global_step INTEGER,
+    world_size INTEGER,
+    accumulate_grad_batches INTEGER,
     PRIMARY KEY (job_id, n)
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -155,6 +158,8 @@ def ensure_schema(db: sqlite3.Connection, path: Path) -> None:
             db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '5')")
         if version < 6:
             _migrate_5_to_6(db)
+        if version < 7:
+            _migrate_6_to_7(db)
     db.executescript(INDEXES)
 
 
@@ -206,6 +211,15 @@ def _migrate_5_to_6(db: sqlite3.Connection) -> None:
         db.execute("UPDATE jobs SET best_score = ?, best_step = ?, best_monitor = ? WHERE id = ?",
                    (facts["best_score"], facts["best_step"], facts["best_monitor"], r["job_id"]))
     db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '6')")
+
+
+def _migrate_6_to_7(db: sqlite3.Connection) -> None:
+    """Attempts record their world size and accumulation (NULL for those from before: their config's)."""
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(attempts)").fetchall()}
+    for name in ("world_size", "accumulate_grad_batches"):
+        if name not in columns:
+            db.execute(f"ALTER TABLE attempts ADD COLUMN {name} INTEGER")
+    db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', '7')")
 
 
 def best_facts(details: dict[str, object]) -> dict[str, object]:

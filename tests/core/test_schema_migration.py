@@ -180,7 +180,7 @@ def test_jobs_of_schema_2_belong_to_the_daemons_user(tmp_path: Path) -> None:
         db.execute("INSERT INTO events(time, job_id, kind, message) VALUES (1.0, 'old-a', 'submitted', 'm')")
     db.close()
     store = Store(path)
-    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "6"
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "7"
     assert [(j.id, j.owner_uid) for j in store.list_jobs()] == [("old-a", os.getuid()), ("old-b", os.getuid())]
     assert store.get_job("old-a", owner_uid=os.getuid()).id == "old-a"
     assert [e.job_id for e in store.events(owner_uid=os.getuid())] == ["old-a"]
@@ -190,7 +190,7 @@ def test_jobs_of_schema_2_belong_to_the_daemons_user(tmp_path: Path) -> None:
     with pytest.raises(JobNotFound, match="no job 'old-a'"):
         store.get_job("old-a", owner_uid=os.getuid() + 1)
     Store(path)  # opening it again migrates nothing twice
-    assert Store(path).get_meta("schema_version") == "6"
+    assert Store(path).get_meta("schema_version") == "7"
 
 
 def test_a_schema_3_database_gets_an_empty_alert_outbox(tmp_path: Path) -> None:
@@ -203,7 +203,7 @@ def test_a_schema_3_database_gets_an_empty_alert_outbox(tmp_path: Path) -> None:
     db.close()
 
     store = Store(path)
-    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "6"
+    assert store.get_meta("schema_version") == str(SCHEMA_VERSION) == "7"
     assert store.pending_alerts() == []  # nothing owed from before the outbox
     columns = [r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(alert_outbox)")]
     assert columns == ["event_id", "job_id", "alert", "details", "sent_at"]

@@ -17,7 +17,7 @@ from supervisor.config.schema import DEFAULT_ALERTS
 from supervisor.errors import ConfigError
 
 BASE = "name: digits\nmodel: {class_path: pkg.models.Net}\ndata: {class_path: pkg.data.Digits}\n"
-ALERTS = "restart, hang, gpu_fault, failed, budget, completed, stopped, reboot, straggler"
+ALERTS = "restart, hang, gpu_fault, failed, budget, completed, stopped, reboot, straggler, resize"
 CLI = " (set on the command line)"
 
 # id, YAML text, overrides, expected message after "<file>: "

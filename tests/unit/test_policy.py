@@ -291,7 +291,7 @@ def test_properties_hold_on_random_histories() -> None:
                 assert d.state is None and d.end_reason is None
                 deadline = budget_deadline(T0, pol)
                 assert deadline is None or now + d.delay < deadline, "restarted past the budget"
-                assert cause in FAILURE_CAUSES or cause in ("reboot", "user_restart", "diverged", "straggler")
+                assert cause in FAILURE_CAUSES or cause in ("reboot", "user_restart", "diverged", "straggler", "resize")
                 if cause not in FAILURE_CAUSES:
                     assert d.delay == 0.0
             else:

@@ -643,7 +643,9 @@ function jobView(jobId) {
       h("td", {}, a.reason ? h("span", { class: `cause cause-${a.reason}` }, a.reason) : h("span", { class: "muted" }, "running")),
       h("td", { class: "detail" }, a.detail || "",
         a.slurm_job_id ? h("div", { class: "muted small", "data-testid": "slurm-attempt" },
-          `Slurm job ${a.slurm_job_id} on ${a.nodes || "–"}`) : null),
+          `Slurm job ${a.slurm_job_id} on ${a.nodes || "–"}`) : null,
+        a.accumulate_grad_batches != null ? h("div", { class: "muted small", "data-testid": "attempt-size" },
+          `${a.world_size} rank${a.world_size === 1 ? "" : "s"} × ${a.accumulate_grad_batches} accumulated`) : null),
       h("td", { title: a.resumed_from || "" }, a.resumed_from ? basename(a.resumed_from) : "from scratch"),
       h("td", { class: "num" }, a.global_step ?? "–"),
       h("td", { class: "num" }, a.new_checkpoints ?? "–"))));
