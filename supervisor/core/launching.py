@@ -110,7 +110,12 @@ class Launching:
             self._launch_failed(job, n, str(exc), now)
             return
         store.update_attempt(job.id, n, runner_state=state)
+        news = self._runners.backend(cfg).launch_news(state)
+        for kind, message, data in news.events:  # e.g. a node excluded, a spare used
+            store.add_event(job.id, EventKind(kind), message, now=now, attempt=n, data=data)
         resumed = f"from {Path(choice.path).name} ({choice.rule})" if choice.path else "from scratch"
+        if news.note:
+            resumed += f", {news.note}"
         if rollback is not None:
             resumed += f" after the divergence at step {rollback.diverged_at}" + "".join(
                 f", {what}" for what in _changes(rollback))
