@@ -164,7 +164,8 @@ class SlurmRunner(HeldAllocations):
             # One owner of restarts: never a second allocation beside one Slurm has not finished.
             raise LaunchRefused(f"Slurm job {alive[0].slurm_job_id} of this job is still {alive[0].state}",
                                 retry=True)
-        excluded = previous.excluded if previous is not None else []
+        # Nodes found bad in an earlier allocation and still bad now (one an admin returned comes back).
+        excluded = sorted(self._bad_nodes(",".join(previous.excluded))) if previous and previous.excluded else []
         spec.attempt_dir.mkdir(parents=True, exist_ok=True)
         script = spec.attempt_dir / BATCH_SCRIPT
         script.write_text(render_batch_script(job_id=spec.job_id, attempt_dir=spec.attempt_dir,

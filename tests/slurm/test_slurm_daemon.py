@@ -82,7 +82,8 @@ def test_a_killed_rank_restarts_inside_the_allocation_then_on_the_spare_when_its
     # Two nodes and one spare: the allocation is n[1-3], the steps run on two of them.
     cfg = write_config(slurm_daemon.workdir, "kill", supervision={"backend": "slurm"},
                        steps=60, step_time=0.1, ckpt_every=5)
-    cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n  spare_nodes: 1\n")
+    cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n  spare_nodes: 1\n"
+                   "  in_allocation_restarts: 2\n")
     job = slurm_daemon.submit(cfg)
     _attempt_running(slurm_daemon, job, 1, step=12)
     ranks = wait_for(lambda: (r := _ranks(slurm_daemon, job)) and len(r) == 2 and r, what="both ranks")
@@ -95,17 +96,29 @@ def test_a_killed_rank_restarts_inside_the_allocation_then_on_the_spare_when_its
     assert slurm_cluster.run("scontrol", "update", "nodename=n2", "state=drain", "reason=test").returncode == 0
     ranks = wait_for(lambda: (r := _ranks(slurm_daemon, job)) and len(r) == 2 and r, what="both ranks")
     ranks[1].send_signal(signal.SIGKILL)
+    _attempt_running(slurm_daemon, job, 3, step=1)
+    wait_for(lambda: slurm_daemon.status(job)["global_step"] >= 28, timeout=60, what="attempt 3 at step 28")
+    # a third death: in_allocation_restarts (2) is spent, the allocation is given back for a new one (n2 back)
+    assert slurm_cluster.run("scontrol", "update", "nodename=n2", "state=resume").returncode == 0
+    ranks = wait_for(lambda: (r := _ranks(slurm_daemon, job)) and len(r) == 2 and r, what="both ranks")
+    ranks[1].send_signal(signal.SIGKILL)
     final = slurm_daemon.wait_state(job, "completed", "failed", timeout=150)
     assert final["state"] == "completed" and final["global_step"] == 60
-    first, second, third = final["attempts"]
-    assert first["reason"] == second["reason"] == "crash" and first["slurm_state"] == "FAILED"
-    assert len({a["slurm_job_id"] for a in final["attempts"]}) == 1, final["attempts"]
-    assert [a["slurm_step_id"] for a in final["attempts"]] == ["1", "2", "3"]  # step 0: the probe
-    assert [a["nodes"] for a in final["attempts"]] == ["n[1-2]", "n[1-2]", "n[1,3]"]
+    first, second, third, fourth = final["attempts"]
+    assert first["reason"] == second["reason"] == third["reason"] == "crash" and first["slurm_state"] == "FAILED"
+    assert len({a["slurm_job_id"] for a in (first, second, third)}) == 1, final["attempts"]
+    assert [a["slurm_step_id"] for a in (first, second, third)] == ["1", "2", "3"]  # step 0: the probe
+    assert [a["nodes"] for a in (first, second, third)] == ["n[1-2]", "n[1-2]", "n[1,3]"]
     assert third["resumed_from"] == best_not_newest(final["job_dir"], 3)
     events = _events(slurm_daemon, job)
     launch3 = next(e for e in events if e["kind"] == "launch" and e["attempt"] == 3)
-    assert "inside allocation" in launch3["message"] and "n2" in launch3["message"], launch3
+    # "draining" while the allocation still holds n2, "drained" once it is idle
+    assert f"inside allocation {first['slurm_job_id']} on n1,n3 (n2 drain" in launch3["message"], launch3
+    assert [(e["kind"], e["attempt"]) for e in events if e["kind"] in ("node_excluded", "spare_used")] == [
+        ("node_excluded", 3), ("spare_used", 3)]
+    assert fourth["slurm_job_id"] != first["slurm_job_id"] and fourth["slurm_step_id"] == "1"
+    assert fourth["resumed_from"] == best_not_newest(final["job_dir"], 4)
+    assert fourth["nodes"] == "n[1-2]"  # n2 was resumed: not excluded from the new allocation any more
     wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
 
 

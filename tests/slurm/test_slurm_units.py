@@ -84,6 +84,8 @@ def test_sbatch_options_come_from_the_slurm_section(tmp_path: Path) -> None:
                      "--exclusive", f"--output={tmp_path / 'stdout.log'}", f"--error={tmp_path / 'stderr.log'}"):
         assert expected in opts
     assert not any(o.startswith(("--account", "--qos", "--constraint")) for o in opts)
+    spared = sbatch_options("job-1", tmp_path, dict(SLURM, spare_nodes=1), exclude=["n2", "n5"])
+    assert "--nodes=3" in spared and "--exclude=n2,n5" in spared  # nodes + spares; bad nodes of the last one
 
 
 def test_the_batch_script_probes_the_shared_filesystem_then_sruns_the_ranks(tmp_path: Path) -> None:
