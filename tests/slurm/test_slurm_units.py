@@ -251,3 +251,25 @@ def test_the_batch_script_holds_the_allocation_and_runs_the_daemons_next_steps(t
     srun = (tmp_path / "srun.log").read_text().splitlines()
     assert "--nodelist=n1,n2" in srun[1] and "--nodelist=n1,n3" in srun[2] and "--nodes=2" in srun[2]
     assert (alloc / "gone").exists()
+
+
+def test_a_step_the_script_has_not_taken_yet_is_withdrawn_not_signalled(tmp_path: Path) -> None:
+    # A stop or a kill of an attempt whose next-step file still waits: the file is taken back (the script
+    # never runs it) and the attempt's end record written here, so it ends without a Slurm call.
+    from supervisor.runners.base import AttemptRef
+    from supervisor.runners.slurm import SlurmRunner
+
+    alloc, attempt = tmp_path / "attempts" / "1" / "alloc", tmp_path / "attempts" / "2"
+    alloc.mkdir(parents=True), attempt.mkdir()
+    (alloc / "next.sh").write_text(render_next_step(attempt, [], ("true",), {}))
+    ref = AttemptRef("j", 2, attempt, {"slurm_job_id": "77", "state": "RUNNING", "hold": True,
+                                       "alloc_dir": str(alloc)})
+    runner = SlurmRunner(lambda notice: None)
+    runner.kill(ref)
+    assert not (alloc / "next.sh").exists() and (attempt / "slurm-withdrawn.sh").exists()
+    end = json.loads((attempt / "slurm-end.json").read_text())
+    assert end["step"] == "withdrawn" and end["exit_code"] is None
+    # once the script has started the step (its step record), it is no longer withdrawn but signalled
+    (alloc / "next.sh").write_text("x")
+    (attempt / "slurm-step.json").write_text("{}")
+    assert not runner._withdraw_step(ref) and (alloc / "next.sh").exists()
