@@ -42,12 +42,14 @@ COMMAND_TIMEOUT_S = 30.0
 
 
 def run_command(argv: list[str], env: Mapping[str, str] | None = None,
-         cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+                cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """A Slurm client command (``sbatch``, ``squeue``, ``scancel``...), its output captured, bounded in time."""
     return subprocess.run(argv, env=None if env is None else dict(env), cwd=cwd, capture_output=True, text=True,
                           timeout=COMMAND_TIMEOUT_S, check=False)
 
 
 def first_line(text: str) -> str:
+    """The first non-blank line of a command's output (what a one-line log says of it)."""
     return next((line.strip() for line in text.splitlines() if line.strip()), "")
 
 

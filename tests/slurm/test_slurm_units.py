@@ -118,6 +118,9 @@ def test_a_slurm_section_must_agree_with_the_trainer() -> None:
     ("slurm.signal=USR1 now", "slurm.signal", "--signal format"),
     ("slurm.nodes=0", "slurm.nodes", "at least 1"),
     ("supervision.gpus=1", "supervision.gpus", "slurm.gpus_per_node"),
+    ("slurm.spare_nodes=-1", "slurm.spare_nodes", "at least 0"),
+    ("slurm.in_allocation_restarts=-2", "slurm.in_allocation_restarts", "at least 0"),
+    ("slurm.hold_s=0", "slurm.hold_s", "at least 1"),
 ])
 def test_bad_slurm_settings_are_one_line_errors(override: str, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:
