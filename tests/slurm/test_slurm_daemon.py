@@ -155,6 +155,27 @@ def test_daemon_restart_adopts_the_slurm_job(slurm_daemon: DaemonProc, slurm_clu
     assert "collected" not in [e["kind"] for e in _events(slurm_daemon, job)]
 
 
+def test_daemon_restart_adopts_a_step_running_inside_the_allocation(slurm_daemon: DaemonProc,
+                                                                     slurm_cluster: Cluster) -> None:
+    gate = slurm_daemon.workdir / "step-may-finish"
+    cfg = write_config(slurm_daemon.workdir, "adoptstep", supervision={"backend": "slurm"},
+                       steps=80, step_time=0.05, ckpt_every=10, hold_until=str(gate))
+    job = slurm_daemon.submit(cfg)
+    _attempt_running(slurm_daemon, job, 1, step=12)
+    wait_for(lambda: _ranks(slurm_daemon, job), what="the rank")[0].send_signal(signal.SIGKILL)
+    second = _attempt_running(slurm_daemon, job, 2, step=1)["attempts"][1]
+    slurm_daemon.kill(signal.SIGKILL)
+    slurm_daemon.start()
+    wait_for(lambda: [e for e in _events(slurm_daemon, job) if e["kind"] == "adopted" and e["attempt"] == 2],
+             timeout=90, what="the new daemon to adopt the step")
+    gate.touch()
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=120)
+    assert final["state"] == "completed" and len(final["attempts"]) == 2, final["attempts"]
+    assert final["attempts"][1]["slurm_job_id"] == second["slurm_job_id"] == final["attempts"][0]["slurm_job_id"]
+    assert final["attempts"][1]["slurm_step_id"] == "2" and final["attempts"][1]["slurm_state"] == "COMPLETED"
+    wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
+
+
 def test_node_failure_comes_back_from_best_without_a_duplicate(slurm_daemon: DaemonProc,
                                                                slurm_cluster: Cluster) -> None:
     cfg = write_config(slurm_daemon.workdir, "node", supervision={"backend": "slurm"},
