@@ -187,6 +187,11 @@ class SlurmConfig:
     constraint: str | None = None
     extra_args: list[str] = field(default_factory=list)  # more sbatch options, verbatim
     setup: list[str] = field(default_factory=list)  # shell lines run before srun (module load ..., conda activate ...)
+    # Restarts inside the allocation (docs/slurm.md): the batch script holds it, each restart a new srun step;
+    # past this many (or once the allocation ends) the next attempt is a new allocation. 0: one per attempt.
+    in_allocation_restarts: int = 3
+    spare_nodes: int = 0  # nodes asked for beyond ``nodes``: a step that loses a node takes a spare instead
+    hold_s: int = 600  # how long a held allocation waits for the daemon's next step before it gives itself back
 
 
 @dataclass

@@ -207,8 +207,11 @@ def _check_slurm(cfg: DictConfig, fail: Callable[[str, str], None]) -> None:
     for key in ("nodes", "ntasks_per_node"):
         if slurm[key] < 1:
             fail(f"slurm.{key}", f"must be at least 1; got {slurm[key]}")
-    if slurm.gpus_per_node < 0:
-        fail("slurm.gpus_per_node", f"must be at least 0; got {slurm.gpus_per_node}")
+    for key in ("gpus_per_node", "in_allocation_restarts", "spare_nodes"):
+        if slurm[key] < 0:
+            fail(f"slurm.{key}", f"must be at least 0; got {slurm[key]}")
+    if slurm.hold_s < 1:
+        fail("slurm.hold_s", f"must be at least 1; got {slurm.hold_s}")
     if slurm.time is not None and not _SLURM_TIME.match(str(slurm.time)):
         fail("slurm.time", f"expected Slurm's time format like 24:00:00 or 1-00:00:00, got {slurm.time!r}")
     if slurm.signal is not None and not _SLURM_SIGNAL.match(str(slurm.signal)):

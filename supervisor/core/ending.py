@@ -142,6 +142,7 @@ class Ending:
         if self._ctx.checkpoints is not None:
             self._ctx.checkpoints.unwatch(job_id)
         self._runners.forget(job_id)
+        self._runners.release(job_id)
         self._ctx.tracker.forget(job_id)
         self._keeper.drop_standby(job_id)
 

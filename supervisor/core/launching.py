@@ -119,7 +119,12 @@ class Launching:
         store.update_attempt(job.id, n, runner_state=state)
         elastic = elastic_of(cfg)
         note_resize(ctx, self._outbox, job, last, n, plan, elastic.devices if elastic else 0, now)
+        news = self._runners.backend(cfg).launch_news(state)
+        for kind, message, data in news.events:  # e.g. a node excluded, a spare used
+            store.add_event(job.id, EventKind(kind), message, now=now, attempt=n, data=data)
         resumed = f"from {Path(choice.path).name} ({choice.rule})" if choice.path else "from scratch"
+        if news.note:
+            resumed += f", {news.note}"
         if rollback is not None:
             resumed += f" after the divergence at step {rollback.diverged_at}" + "".join(
                 f", {what}" for what in _changes(rollback))

@@ -63,6 +63,11 @@ class RunnerSet:
         for runner in self._by_backend.values():
             runner.forget(job_id)
 
+    def release(self, job_id: str) -> None:
+        """The job ended for good: every runner gives back what it held for the job's next attempt."""
+        for runner in self._by_backend.values():
+            runner.release(job_id)
+
     def close(self) -> None:
         for runner in self._by_backend.values():
             runner.close()

@@ -83,3 +83,5 @@ class EventKind(StrEnum):
     STRAGGLER = "straggler"  # a rank runs well below its peers' pace
     SLOW = "slow"  # a single-process job runs well below its own pace
     RESIZE = "resize"  # elastic DDP: an attempt runs at another world size than the one before it
+    NODE_EXCLUDED = "node_excluded"  # a node left out of the next attempt (down, drained)
+    SPARE_USED = "spare_used"  # a spare node of the allocation took a left-out node's place

@@ -11,7 +11,7 @@ attempt). Adding a backend is one module with its record plus its line in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,19 @@ class RunnerContext:
 
 
 @dataclass(frozen=True)
+class LaunchNews:
+    """What a launch has to tell beyond the core's own words: a note for its event, and events of its own."""
+
+    note: str | None = None  # appended to the launch event (e.g. "inside allocation 1234 on n1,n3 (n2 drained)")
+    events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)  # (event kind, message, data)
+
+
+def no_news(state: RunnerState) -> LaunchNews:
+    """A backend whose launches say nothing more."""
+    return LaunchNews()
+
+
+@dataclass(frozen=True)
 class Backend:
     """One value of ``supervision.backend``: its runner and its rules."""
 
@@ -45,6 +58,8 @@ class Backend:
     # An attempt's runner state -> what ``status`` shows of it: ``where`` (e.g. "slurm 123") and
     # ``placement`` (e.g. a node list) replace the local pid and GPUs in the table; other keys go to --json.
     describe: Callable[[RunnerState], dict[str, Any]]
+    # A launched attempt's runner state -> what its launch event adds (``LaunchNews``).
+    launch_news: Callable[[RunnerState], LaunchNews] = no_news
 
 
 def no_options(cfg: DictConfig) -> Mapping[str, Any]:

@@ -180,6 +180,10 @@ class AttemptRunner(Protocol):
         """Close every handle the runner holds for the job (its attempt ended, or the job did)."""
         ...
 
+    def release(self, job_id: str) -> None:
+        """The job ended for good: give back what the runner held for its next attempt (a Slurm allocation)."""
+        ...
+
     def tick(self) -> None:
         """Housekeeping at every tick of the loop (local: reap exited monitors; Slurm: poll the queue)."""
         ...

@@ -258,6 +258,9 @@ class LocalRunner:
         if self._exits is not None:
             self._exits.unwatch(job_id)
 
+    def release(self, job_id: str) -> None:
+        pass  # nothing held between attempts (a standby is the keeper's: drop_standby)
+
     def tick(self) -> None:
         reap_monitors()  # a monitor that exited after its job's last look is not left a zombie
 

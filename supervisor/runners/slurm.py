@@ -14,9 +14,18 @@ State comes from ``squeue`` (one call for all our jobs, at most every
 script's end record (``slurm-end.json``) on the shared filesystem, which outlives
 Slurm's memory of finished jobs (``MinJobAge``).
 
+With ``slurm.in_allocation_restarts`` > 0 the allocation outlives its first attempt:
+the batch script holds it, and the next attempt's ``launch`` becomes a new ``srun``
+step in it (``slurm_alloc``: the next-step file, the node choice, spares) while the
+allocation still runs and has restarts left; else a new allocation as before.
+Such an attempt ends with its **step** (its own end record), not with the job.
+
 Runner state (``attempts.runner_state``)::
 
-    {"slurm_job_id": str, "state": str (last Slurm state seen), "nodes": str (Slurm's node list)}
+    {"slurm_job_id": str, "state": str (last Slurm state seen; the step's once it ended),
+     "nodes": str (the step's nodes, else Slurm's node list), "slurm_step_id": str,
+     "hold": bool (the allocation is held for restarts inside it), "in_allocation": int (0: the
+     allocation's first attempt; k: its k-th restart inside it), "excluded": [str], "spares": [str]}
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from typing import Any
 from supervisor.jobfiles.atomic import read_json
 from supervisor.jobfiles.deadline import FileStalled
 from supervisor.jobfiles.exitrecord import ExitRecord, write_exit_record
-from supervisor.jobfiles.safe_read import list_dir, lstat
+from supervisor.jobfiles.safe_read import list_dir
 from supervisor.runners.base import (
     AttemptExit,
     AttemptRef,
@@ -46,7 +55,15 @@ from supervisor.runners.base import (
     RunnerNotice,
     RunnerState,
 )
+from supervisor.runners.slurm_alloc import (
+    Allocation,
+    options_of,
+    read_allocation,
+    write_allocation,
+)
+from supervisor.runners.slurm_held import HeldAllocations, exists, first_line, mtime, run_command
 from supervisor.runners.slurm_script import (
+    ALLOC_DIR,
     END_RECORD,
     JOB_NAME_PREFIX,
     PROBE_DIR,
@@ -58,7 +75,6 @@ from supervisor.runners.slurm_states import SQUEUE_FORMAT, QueueEntry, end_exit,
 log = logging.getLogger("ml_supervisor")
 
 BATCH_SCRIPT = "slurm-batch.sh"
-COMMAND_TIMEOUT_S = 30.0
 # How long a running allocation may take to show the daemon every node's probe file (written by the batch
 # script's first step, seconds after the start; generous for a slow shared filesystem's attribute caching).
 PROBE_WAIT_S = float(os.environ.get("ML_SUPERVISOR_SLURM_PROBE_WAIT", "60"))
@@ -67,17 +83,7 @@ MAX_POLL_BACKOFF_S = 120.0
 _DROPPED_ENV = ("CUDA_VISIBLE_DEVICES",)
 
 
-def _run(argv: list[str], env: Mapping[str, str] | None = None,
-         cwd: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, env=None if env is None else dict(env), cwd=cwd, capture_output=True, text=True,
-                          timeout=COMMAND_TIMEOUT_S, check=False)
-
-
-def _first_line(text: str) -> str:
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
-
-
-class SlurmRunner:
+class SlurmRunner(HeldAllocations):
     """Attempts as Slurm jobs (see the module docstring)."""
 
     kind = "slurm"
@@ -92,7 +98,9 @@ class SlurmRunner:
         self._queue_ok = False  # the last squeue answered
         self._next_poll = 0.0
         self._failures = 0
-        self._followed: dict[str, tuple[str, str | None]] = {}  # job id -> (slurm job id, last state seen)
+        # job id -> (slurm job id, last state seen, the step's end record when the attempt is a held step)
+        self._followed: dict[str, tuple[str, str | None, Path | None]] = {}
+        self._alloc_dirs: dict[str, Path] = {}  # job id -> the control dir of its held allocation
         self._user = pwd.getpwuid(os.geteuid()).pw_name
 
     # -- the queue ---------------------------------------------------------------------------------
@@ -102,7 +110,7 @@ class SlurmRunner:
         if not force and now < self._next_poll:
             return self._queue_ok
         try:
-            done = _run(["squeue", "-h", "--states=all", f"--user={self._user}", "-o", SQUEUE_FORMAT])
+            done = run_command(["squeue", "-h", "--states=all", f"--user={self._user}", "-o", SQUEUE_FORMAT])
         except (OSError, subprocess.SubprocessError) as exc:
             done = subprocess.CompletedProcess([], 1, "", str(exc))
         if done.returncode == 0:
@@ -113,19 +121,19 @@ class SlurmRunner:
             self._failures += 1
             self._queue_ok = False
             self._next_poll = now + min(MAX_POLL_BACKOFF_S, self._poll_s * 2 ** self._failures)
-            log.warning("squeue failed (%s); polling Slurm again in %.0fs", _first_line(done.stderr),
+            log.warning("squeue failed (%s); polling Slurm again in %.0fs", first_line(done.stderr),
                         self._next_poll - now)
         return self._queue_ok
 
     def _forgotten_state(self, slurm_job_id: str) -> str | None:
         """The state of a job squeue no longer lists: ``scontrol show job``, then ``sacct`` (often disabled)."""
         try:
-            shown = _run(["scontrol", "-o", "show", "job", slurm_job_id])
+            shown = run_command(["scontrol", "-o", "show", "job", slurm_job_id])
             if shown.returncode == 0:
                 for field in shown.stdout.split():
                     if field.startswith("JobState="):
                         return field.split("=", 1)[1]
-            acct = _run(["sacct", "-n", "-X", "-P", "-j", slurm_job_id, "-o", "State"])
+            acct = run_command(["sacct", "-n", "-X", "-P", "-j", slurm_job_id, "-o", "State"])
             if acct.returncode == 0 and acct.stdout.strip():
                 return acct.stdout.split()[0]
         except (OSError, subprocess.SubprocessError):
@@ -134,7 +142,10 @@ class SlurmRunner:
 
     # -- launch and adoption ------------------------------------------------------------------------
     def launch(self, spec: AttemptSpec) -> RunnerState:
-        """Write the batch script and ``sbatch`` it, unless an earlier allocation of the job is still alive."""
+        """The next step in the job's held allocation when it may take one; else ``sbatch`` a new allocation.
+
+        A new allocation is never submitted while an earlier one of the job is still alive.
+        """
         slurm: Mapping[str, Any] = spec.options.get("slurm") or {}
         if not slurm:
             raise LaunchRefused("the job has no slurm: section", retry=False)
@@ -142,37 +153,55 @@ class SlurmRunner:
             raise LaunchRefused("the Slurm backend runs jobs as the daemon's user only", retry=False)
         if not self._refresh(force=True):
             raise LaunchRefused("squeue does not answer: not submitting blind (a duplicate could run)", retry=True)
+        previous = read_allocation(spec.attempt_dir)
+        if previous is not None:
+            inside = self._launch_inside(spec, slurm, previous)
+            if inside is not None:
+                return inside
         name = slurm_job_name(spec.job_id)
         alive = [e for e in self._queue.values() if e.name == name and phase_of(e.state) is not Phase.ENDED]
         if alive:
             # One owner of restarts: never a second allocation beside one Slurm has not finished.
             raise LaunchRefused(f"Slurm job {alive[0].slurm_job_id} of this job is still {alive[0].state}",
                                 retry=True)
+        # Nodes found bad in an earlier allocation and still bad now (one an admin returned comes back).
+        excluded = sorted(self._bad_nodes(",".join(previous.excluded))) if previous and previous.excluded else []
         spec.attempt_dir.mkdir(parents=True, exist_ok=True)
         script = spec.attempt_dir / BATCH_SCRIPT
         script.write_text(render_batch_script(job_id=spec.job_id, attempt_dir=spec.attempt_dir,
-                                              workdir=spec.workdir, command=spec.command, slurm=slurm))
+                                              workdir=spec.workdir, command=spec.command, slurm=slurm,
+                                              exclude=excluded))
         env = {k: v for k, v in spec.env.items() if k not in _DROPPED_ENV}
         try:
-            done = _run(["sbatch", "--parsable", str(script)], env=env, cwd=spec.workdir)
+            done = run_command(["sbatch", "--parsable", str(script)], env=env, cwd=spec.workdir)
         except subprocess.SubprocessError as exc:
             raise OSError(f"sbatch: {exc}") from None
         if done.returncode != 0:
-            raise OSError(f"sbatch refused the job: {_first_line(done.stderr) or done.returncode}")
+            raise OSError(f"sbatch refused the job: {first_line(done.stderr) or done.returncode}")
         try:
             slurm_job_id = parse_sbatch(done.stdout)
         except ValueError as exc:
             raise OSError(str(exc)) from None
         log.info("job %s: attempt %d submitted as Slurm job %s", spec.job_id, spec.attempt, slurm_job_id)
-        self._followed[spec.job_id] = (slurm_job_id, "PENDING")
+        hold = options_of(slurm)[2] > 0
+        alloc_dir = spec.attempt_dir / ALLOC_DIR
+        if hold:
+            write_allocation(spec.attempt_dir, Allocation(slurm_job_id, str(alloc_dir), excluded=list(excluded)))
+            self._alloc_dirs[spec.job_id] = alloc_dir
+        self._followed[spec.job_id] = (slurm_job_id, "PENDING", spec.attempt_dir / END_RECORD if hold else None)
         self._next_poll = 0.0  # look at the new job at the next observe
-        return {"slurm_job_id": slurm_job_id, "state": "PENDING", "nodes": "", "nodes_expected": spec.ranks.nodes}
+        return {"slurm_job_id": slurm_job_id, "state": "PENDING", "nodes": "", "nodes_expected": spec.ranks.nodes,
+                "hold": hold, "in_allocation": 0, "excluded": list(excluded)}
 
     def adopt(self, ref: AttemptRef) -> Observation:
         """Follow a Slurm job an earlier daemon submitted (by its id in the runner state)."""
         seen = self.observe(ref)
+        hold = bool(ref.state.get("hold"))
+        if hold:
+            self._alloc_dirs[ref.job_id] = Path(str(ref.state.get("alloc_dir") or ref.attempt_dir / ALLOC_DIR))
         if seen.phase is not Phase.ENDED:
-            self._followed[ref.job_id] = (str(ref.state.get("slurm_job_id")), seen.state.get("state"))
+            self._followed[ref.job_id] = (str(ref.state.get("slurm_job_id")), seen.state.get("state"),
+                                          ref.attempt_dir / END_RECORD if hold else None)
         return seen
 
     # -- observing ---------------------------------------------------------------------------------
@@ -199,6 +228,8 @@ class SlurmRunner:
             unshared = self._check_probes(ref, state)
             if unshared is not None:
                 return Observation(Phase.ENDED, state, unshared)
+        if state.get("hold"):
+            return self._observe_step(ref, state, phase, last_phase)
         if phase is not Phase.ENDED:
             return Observation(phase, state)
         try:
@@ -235,7 +266,8 @@ class SlurmRunner:
                    "cluster's shared filesystem)")
         write_exit_record(ref.attempt_dir / "exit.json", ExitRecord(status="config_error", time=now,
                                                                     pid=os.getpid(), message=message))
-        self.kill(ref)
+        self._scancel(ref, "--signal=KILL", "--full")  # the whole allocation, held or not: it cannot work
+        self._scancel(ref)
         log.error("job %s: %s", ref.job_id, message)
         self._followed.pop(ref.job_id, None)
         return AttemptExit(exit_code=None, signal=None, ended_at=now, error=message)
@@ -246,13 +278,13 @@ class SlurmRunner:
         if not slurm_job_id:
             return False
         try:
-            done = _run(["scancel", *args, slurm_job_id])
+            done = run_command(["scancel", *args, slurm_job_id])
         except (OSError, subprocess.SubprocessError) as exc:
             log.warning("job %s: scancel %s failed: %s", ref.job_id, " ".join(args), exc)
             return False
         if done.returncode != 0:
             log.warning("job %s: scancel %s %s: %s", ref.job_id, " ".join(args), slurm_job_id,
-                        _first_line(done.stderr))
+                        first_line(done.stderr))
         self._next_poll = 0.0
         return done.returncode == 0
 
@@ -260,17 +292,19 @@ class SlurmRunner:
         name = slurm_job_name(ref.job_id)
         for args in (["--signal=KILL", "--full"], []):
             try:
-                done = _run(["scancel", *args, f"--user={self._user}", f"--name={name}"])
+                done = run_command(["scancel", *args, f"--user={self._user}", f"--name={name}"])
             except (OSError, subprocess.SubprocessError) as exc:
                 log.warning("job %s: scancel --name=%s failed: %s", ref.job_id, name, exc)
                 return
             if done.returncode != 0:
-                log.warning("job %s: scancel --name=%s: %s", ref.job_id, name, _first_line(done.stderr))
+                log.warning("job %s: scancel --name=%s: %s", ref.job_id, name, first_line(done.stderr))
         self._next_poll = 0.0
 
     def graceful_stop(self, ref: AttemptRef) -> None:
         # SIGTERM to the ranks (the job steps, not the batch shell, which writes the end record):
         # each saves a checkpoint and exits. A job still in the queue is simply cancelled.
+        if ref.state.get("hold") and self._withdraw_step(ref):
+            return
         if phase_of(ref.state.get("state")) is Phase.PENDING or not self._scancel(ref, "--signal=TERM"):
             self._scancel(ref)
 
@@ -279,18 +313,26 @@ class SlurmRunner:
 
     def dump_stacks(self, ref: AttemptRef, timeout_s: float) -> list[Path]:
         stacks = ref.attempt_dir / "stacks.txt"
-        before = _mtime(stacks)
+        before = mtime(stacks)
         if not self._scancel(ref, "--signal=USR2"):  # faulthandler in every rank
             return []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if _mtime(stacks) not in (None, before):
+            if mtime(stacks) not in (None, before):
                 return [stacks]
             time.sleep(0.2)
         return []
 
     def kill(self, ref: AttemptRef) -> list[int]:
-        """SIGKILL every process of the allocation, then cancel it (no pids: they live on other nodes)."""
+        """SIGKILL every process of the attempt, then cancel its allocation (no pids: they live on other nodes).
+
+        A step of a held allocation: SIGKILL to its steps only; the allocation stays for the next attempt
+        (``release`` gives it back when the job ends).
+        """
+        if ref.state.get("hold") and ref.state.get("slurm_job_id") and phase_of(ref.state.get("state")) \
+                is not Phase.PENDING:
+            self._kill_step(ref)
+            return []
         if not ref.state.get("slurm_job_id"):
             # The launch was interrupted before sbatch's answer was recorded: whatever was submitted is
             # found by the job's name (this supervisor job has no other live allocation: launch refuses one).
@@ -310,22 +352,16 @@ class SlurmRunner:
         """Poll the queue (gently) and wake the loop for every followed job whose Slurm state changed."""
         if not self._followed or not self._refresh():
             return
-        for job_id, (slurm_job_id, last) in list(self._followed.items()):
+        for job_id, (slurm_job_id, last, end_record) in list(self._followed.items()):
             entry = self._queue.get(slurm_job_id)
             now_state = entry.state if entry is not None else None
-            if now_state != last:
-                self._followed[job_id] = (slurm_job_id, now_state)
+            if end_record is not None and exists(end_record):  # a held allocation's step ended
+                self._followed[job_id] = (slurm_job_id, now_state, None)
+                self._notify(RunnerNotice(job_id, "ended"))
+            elif now_state != last:
+                self._followed[job_id] = (slurm_job_id, now_state, end_record)
                 self._notify(RunnerNotice(job_id, "ended" if phase_of(now_state) in (Phase.ENDED, None)
                                           else "progress"))
 
     def close(self) -> None:
         self._followed.clear()
-
-
-def _mtime(path: Path) -> float | None:
-    """``path``'s mtime (not through a link); None when missing or when the filesystem does not answer."""
-    try:
-        info = lstat(path)
-    except OSError:
-        return None
-    return info.st_mtime if info is not None else None

@@ -1,4 +1,4 @@
-"""The ``slurm`` backend: one Slurm allocation per attempt (``slurm.SlurmRunner``; docs/slurm.md)."""
+"""The ``slurm`` backend: attempts as Slurm allocations, or steps of a held one (docs/slurm.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from supervisor.runners.backend import Backend, RunnerContext
+from supervisor.runners.backend import Backend, LaunchNews, RunnerContext
 from supervisor.runners.base import AttemptRunner, RankLayout, RunnerState
 from supervisor.runners.slurm import SlurmRunner
 
@@ -30,11 +30,20 @@ def _options(cfg: DictConfig) -> Mapping[str, Any]:
 
 def _describe(state: RunnerState) -> dict[str, Any]:
     """Where the attempt ran: its Slurm job and node list."""
-    job_id, nodes = state.get("slurm_job_id"), state.get("nodes") or None
-    return {"slurm_job_id": job_id, "slurm_state": state.get("state"), "nodes": nodes,
-            "where": f"slurm {job_id}" if job_id else None, "placement": nodes}
+    job_id, nodes = state.get("slurm_job_id"), state.get("nodes") or state.get("step_nodes") or None
+    step = state.get("slurm_step_id") or None
+    return {"slurm_job_id": job_id, "slurm_step_id": step, "slurm_state": state.get("state"), "nodes": nodes,
+            "in_allocation": state.get("in_allocation"),
+            "where": (f"slurm {job_id}.{step}" if step else f"slurm {job_id}") if job_id else None,
+            "placement": nodes}
+
+
+def _launch_news(state: RunnerState) -> LaunchNews:
+    """A restart inside the allocation: how the launch event tells it, and its node events."""
+    events = [(str(e["kind"]), str(e["message"]), dict(e)) for e in state.get("node_events") or []]
+    return LaunchNews(note=state.get("launch_note"), events=events)
 
 
 # sbatch runs as the daemon's user: another user's code never runs that way (no run_as); allocations start cold.
 SLURM = Backend(name="slurm", make_runner=_runner, rank_layout=_rank_layout, options=_options,
-                supports_standby=False, supports_run_as=False, describe=_describe)
+                supports_standby=False, supports_run_as=False, describe=_describe, launch_news=_launch_news)

@@ -18,17 +18,32 @@ What the script does, and why:
 - The end record (``slurm-end.json``, written atomically) keeps the step's exit
   code: ``squeue``/``scontrol`` forget finished jobs after ``MinJobAge`` and
   ``sacct`` is often disabled.
+- With ``in_allocation_restarts`` > 0 the script **holds the allocation** after a
+  step: it waits (at most ``hold_s``) for the daemon's next-step file
+  (``alloc/next.sh``: the next attempt's dir, nodes and command; the daemon decides,
+  the script only runs it), runs it as a new ``srun`` step in the same job, and
+  again; one step at a time. It leaves on ``alloc/release`` (the job ended), after
+  ``hold_s`` without a word, or at once when the allocation itself is ending
+  (SIGTERM: time limit, ``scancel``), and writes ``alloc/gone`` as it goes.
+  Every step writes ``slurm-step.json`` (its Slurm step id and nodes) as it starts
+  and its own end record in its attempt's dir.
 """
 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 END_RECORD = "slurm-end.json"
+STEP_RECORD = "slurm-step.json"
 PROBE_DIR = "probe"
+ALLOC_DIR = "alloc"  # in the allocation's first attempt dir: the daemon's next-step files and the script's answers
+NEXT_STEP = "next.sh"
+RELEASE = "release"
+GONE = "gone"
+DEFAULT_HOLD_S = 600
 JOB_NAME_PREFIX = "mlsup-"
 
 
@@ -48,12 +63,14 @@ def slurm_job_name(job_id: str) -> str:
     return f"{JOB_NAME_PREFIX}{job_id}"
 
 
-def sbatch_options(job_id: str, attempt_dir: Path, slurm: Mapping[str, Any]) -> list[str]:
-    """The ``#SBATCH`` options, in order (pure)."""
+def sbatch_options(job_id: str, attempt_dir: Path, slurm: Mapping[str, Any],
+                   exclude: Sequence[str] = ()) -> list[str]:
+    """The ``#SBATCH`` options, in order (pure); ``exclude``: nodes found bad in an earlier allocation."""
     # The attempt's usual log files (``supervisorctl logs -f`` follows them), appended to by every rank.
     opts = [f"--job-name={slurm_job_name(job_id)}", f"--output={attempt_dir / 'stdout.log'}",
             f"--error={attempt_dir / 'stderr.log'}", "--open-mode=append",
-            "--no-requeue", f"--nodes={int(slurm['nodes'])}", f"--ntasks-per-node={int(slurm['ntasks_per_node'])}"]
+            "--no-requeue", f"--nodes={int(slurm['nodes']) + int(slurm.get('spare_nodes') or 0)}",
+            f"--ntasks-per-node={int(slurm['ntasks_per_node'])}"]
     if slurm.get("partition"):
         opts.append(f"--partition={slurm['partition']}")
     if int(slurm.get("gpus_per_node") or 0):
@@ -65,33 +82,65 @@ def sbatch_options(job_id: str, attempt_dir: Path, slurm: Mapping[str, Any]) -> 
         value = slurm.get(key)
         if value is not None and str(value) != "":
             opts.append(f"--{flag}={value}")
+    if exclude:
+        opts.append(f"--exclude={','.join(exclude)}")
     opts.extend(str(a) for a in slurm.get("extra_args") or [])
     return opts
 
 
 def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command: tuple[str, ...],
-                        slurm: Mapping[str, Any]) -> str:
+                        slurm: Mapping[str, Any], exclude: Sequence[str] = ()) -> str:
     """The whole batch script (pure). Its environment is sbatch's (the attempt's), exported to every step."""
     q = shlex.quote
+    nodes, per_node = int(slurm["nodes"]), int(slurm["ntasks_per_node"])
+    spares = int(slurm.get("spare_nodes") or 0)
+    restarts = int(slurm.get("in_allocation_restarts") or 0)
+    hold_s = int(slurm.get("hold_s") or DEFAULT_HOLD_S)
+    train = "srun --kill-on-bad-exit=1 \"${STEP_OPTS[@]}\" bash -c " + q(_RANK_EXPORTS) + " rank "
     lines = ["#!/bin/bash"]
-    lines += [f"#SBATCH {opt}" for opt in sbatch_options(job_id, attempt_dir, slurm)]
+    lines += [f"#SBATCH {opt}" for opt in sbatch_options(job_id, attempt_dir, slurm, exclude)]
     lines += [
-        "# Written by ml-supervisor: one attempt of job " + job_id + ". The daemon resubmits; Slurm never requeues.",
+        "# Written by ml-supervisor: job " + job_id + ". The daemon decides every restart; Slurm never requeues.",
         f"cd {q(workdir)} || exit 1",
         f"ATTEMPT_DIR={q(str(attempt_dir))}",
         f"PROBE_DIR=$ATTEMPT_DIR/{PROBE_DIR}",
+        f"ALLOC_DIR=$ATTEMPT_DIR/{ALLOC_DIR}",
         f"END=$ATTEMPT_DIR/{END_RECORD}",
+        f"STEP_NNODES={nodes}",
         "signals=''",
         "trap 'signals=\"$signals TERM\"' TERM",
         "trap 'signals=\"$signals USR1\"' USR1",
         "write_end() {  # exit code of the training step, what the script saw; atomically",
         "    printf '{\"slurm_job_id\": \"%s\", \"exit_code\": %s, \"step\": \"%s\", \"nodes\": \"%s\", "
-        "\"signals\": \"%s\", \"ended_at\": %s}\\n' \"$SLURM_JOB_ID\" \"$1\" \"$2\" \"$SLURM_JOB_NODELIST\" "
-        "\"${signals# }\" \"$(date +%s.%N)\" > \"$END.tmp\" && mv -f \"$END.tmp\" \"$END\"",
+        "\"slurm_step_id\": \"%s\", \"signals\": \"%s\", \"ended_at\": %s}\\n' \"$SLURM_JOB_ID\" \"$1\" "
+        "\"$2\" \"$SLURM_JOB_NODELIST\" \"$STEP_NO\" \"${signals# }\" \"$(date +%s.%N)\" > \"$END.tmp\" "
+        "&& mv -f \"$END.tmp\" \"$END\"",
+        "}",
+        "STEP_NO=0  # Slurm numbers a job's steps from 0: the probe is step 0, training steps follow",
+        "begin_step() {  # STEP_DIR, STEP_NODES (empty: Slurm's choice of STEP_NNODES nodes) -> STEP_OPTS, the record",
+        "    STEP_NO=$((STEP_NO + 1))",
+        "    END=$STEP_DIR/" + END_RECORD,
+        "    if [ -n \"$STEP_NODES\" ]; then",
+        f"        STEP_OPTS=(--nodes=$STEP_NNODES --ntasks=$((STEP_NNODES * {per_node})) "
+        f"--ntasks-per-node={per_node} --nodelist=$STEP_NODES)",
+        "        shown=$(scontrol show hostlist \"$STEP_NODES\" 2>/dev/null || echo \"$STEP_NODES\")",
+        "    else",
+        "        STEP_OPTS=()",
+        "        shown=$SLURM_JOB_NODELIST",
+        "    fi",
+        "    printf '{\"slurm_job_id\": \"%s\", \"slurm_step_id\": \"%s\", \"nodes\": \"%s\", \"started_at\": %s}\\n' "
+        "\"$SLURM_JOB_ID\" \"$STEP_NO\" \"$shown\" \"$(date +%s.%N)\" > \"$STEP_DIR/" + STEP_RECORD + ".tmp\" "
+        "&& mv -f \"$STEP_DIR/" + STEP_RECORD + ".tmp\" \"$STEP_DIR/" + STEP_RECORD + "\"",
+        "}",
+        "end_step() {  # signals interrupt `wait`: wait again until the step has really ended",
+        "    step=$!",
+        "    wait $step; rc=$?",
+        "    while kill -0 $step 2>/dev/null; do wait $step; rc=$?; done",
+        "    write_end $rc train",
         "}",
         *slurm.get("setup", []),
         "# Every node writes a probe the batch node must see: the state dir must be on a shared filesystem.",
-        "mkdir -p \"$PROBE_DIR\"",
+        "mkdir -p \"$PROBE_DIR\" \"$ALLOC_DIR\"",
         "srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c " + q(_PROBE) + " \"$PROBE_DIR\"",
         "seen=$(ls \"$PROBE_DIR\" | wc -l)",
         "if [ \"$seen\" -lt \"$SLURM_NNODES\" ]; then",
@@ -100,15 +149,37 @@ def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command
         "    printf '{\"status\": \"config_error\", \"message\": \"%s\", \"time\": %s}\\n' \"$msg\" "
         "\"$(date +%s.%N)\" > \"$ATTEMPT_DIR/exit.json\"",
         "    write_end 2 probe",
+        "    touch \"$ALLOC_DIR/" + GONE + "\"",
         "    exit 2",
         "fi",
+        "STEP_DIR=$ATTEMPT_DIR",
+        # With spares the first step takes the allocation's first nodes; the rest wait as spares.
+        ("STEP_NODES=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n $STEP_NNODES | paste -sd, -)"
+         if spares else "STEP_NODES=''"),
+        "begin_step",
         # The rank variables the trainer's rank awareness reads (Lightning's SLURM environment reads SLURM_*).
-        "srun --kill-on-bad-exit=1 bash -c " + q(_RANK_EXPORTS) + " rank " + " ".join(q(c) for c in command) + " &",
-        "step=$!",
-        "# Signals interrupt `wait`: wait again until the step has really ended.",
-        "wait $step; rc=$?",
-        "while kill -0 $step 2>/dev/null; do wait $step; rc=$?; done",
-        "write_end $rc train",
-        "exit $rc",
+        train + " ".join(q(c) for c in command) + " &",
+        "end_step",
     ]
+    if restarts > 0:
+        lines += [
+            f"# Hold the allocation: the daemon may start its next attempt here, as a new step (at most {hold_s} s).",
+            "while :; do",
+            "    case \"$signals\" in *TERM*) break;; esac  # the allocation is ending (time limit, scancel)",
+            "    SECONDS=0",
+            f"    while [ ! -e \"$ALLOC_DIR/{NEXT_STEP}\" ] && [ ! -e \"$ALLOC_DIR/{RELEASE}\" ] "
+            f"&& [ $SECONDS -lt {hold_s} ]; do",
+            "        case \"$signals\" in *TERM*) break 2;; esac",
+            "        sleep 0.2",
+            "    done",
+            f"    [ -e \"$ALLOC_DIR/{RELEASE}\" ] && break",
+            f"    mv -f \"$ALLOC_DIR/{NEXT_STEP}\" \"$ALLOC_DIR/step-$STEP_NO.sh\" 2>/dev/null || break",
+            "    STEP_NODES=''",
+            "    . \"$ALLOC_DIR/step-$STEP_NO.sh\"  # STEP_DIR, STEP_NODES, STEP_CMD and the attempt's variables",
+            "    begin_step",
+            "    " + train + "\"${STEP_CMD[@]}\" &",
+            "    end_step",
+            "done",
+        ]
+    lines += [f"touch \"$ALLOC_DIR/{GONE}\"", "exit $rc"]
     return "\n".join(lines) + "\n"

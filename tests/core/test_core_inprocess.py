@@ -53,6 +53,7 @@ def test_a_crash_is_classified_and_relaunched_at_once(make_core: MakeCore) -> No
     assert second.n == 2 and core.state(job_id) is JobState.STARTING
     assert core.job(job_id).restarts == 1
     assert job_id in core.runner.forgotten  # the ended attempt's handles are closed
+    assert core.runner.released == []  # a restart: what the runner holds for the next attempt stays (Slurm)
 
     ((alerted, what),) = core.alerts
     assert alerted == job_id and isinstance(what, RestartAlert)
@@ -87,6 +88,7 @@ def test_stop_escalates_to_a_kill_after_the_grace_period(make_core: MakeCore) ->
     attempt = core.store.last_attempt(job_id)
     assert attempt is not None and attempt.reason == Cause.USER_STOP
     assert core.sup.timers.pending(job_id) == {}  # cancel_all on finish
+    assert core.runner.released == [job_id]  # the job ended: a held Slurm allocation would be given back
     ended = [what for _, what in core.alerts if isinstance(what, StoppedAlert)]
     assert [(a.end_reason, a.attempts) for a in ended] == [("user", 1)]
     assert job_id not in core.sup.tracker.tracked_jobs()

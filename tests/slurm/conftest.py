@@ -1,4 +1,4 @@
-"""The local two-node Slurm cluster (started once per session) and a daemon that submits to it."""
+"""The local three-node Slurm cluster (started once per session) and a daemon that submits to it."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from tests.support.harness import DaemonProc, fake_env
-from tests.support.slurm_cluster import Cluster, missing_requirements, start, stop
+from tests.support.slurm_cluster import NODES, Cluster, missing_requirements, start, stop
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """``munged``, ``slurmctld`` and ``slurmd -N n1`` / ``-N n2`` on this machine, for the whole session."""
+    """``munged``, ``slurmctld`` and ``slurmd -N n1`` .. ``-N n3`` on this machine, for the whole session."""
     reason = missing_requirements()
     if reason:
         pytest.skip(f"no local Slurm cluster: {reason}")
@@ -38,7 +38,7 @@ def slurm_daemon(slurm_cluster: Cluster, tmp_path: Path) -> Iterator[DaemonProc]
     slurm_cluster.run("scancel", "--full", "--signal=KILL", "--name", ",".join(_names(d)))
     slurm_cluster.run("scancel", "--name", ",".join(_names(d)))
     d.kill_leftovers()
-    for node in ("n1", "n2"):  # a test that took a node down leaves it usable for the next
+    for node in NODES:  # a test that took a node down leaves it usable for the next
         slurm_cluster.run("scontrol", "update", f"nodename={node}", "state=resume")
 
 

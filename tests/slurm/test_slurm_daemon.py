@@ -72,25 +72,54 @@ def test_two_node_job_completes_and_status_shows_slurm_job_and_nodes(slurm_daemo
     assert "#SBATCH --no-requeue" in script and "#SBATCH --signal=USR1@120" in script
     assert "srun --kill-on-bad-exit=1" in script
     table = slurm_daemon.ctl("status", job).stdout
-    assert f"slurm {attempt['slurm_job_id']}" in table and "n[1-2]" in table
-    assert _squeue(slurm_cluster, job) == []
+    assert f"slurm {attempt['slurm_job_id']}.1" in table and "n[1-2]" in table  # allocation.step (0: the probe)
+    # the allocation, held for restarts inside it, is given back once the job has ended
+    wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
 
 
-def test_sigkill_of_a_rank_resubmits_from_best(slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
+def test_a_killed_rank_restarts_inside_the_allocation_then_on_the_spare_when_its_node_drains(
+        slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
+    # Two nodes and one spare: the allocation is n[1-3], the steps run on two of them.
     cfg = write_config(slurm_daemon.workdir, "kill", supervision={"backend": "slurm"},
                        steps=60, step_time=0.1, ckpt_every=5)
-    cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n")
+    cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n  spare_nodes: 1\n"
+                   "  in_allocation_restarts: 2\n")
     job = slurm_daemon.submit(cfg)
     _attempt_running(slurm_daemon, job, 1, step=12)
     ranks = wait_for(lambda: (r := _ranks(slurm_daemon, job)) and len(r) == 2 and r, what="both ranks")
-    ranks[1].send_signal(signal.SIGKILL)  # the rank on n2: srun --kill-on-bad-exit takes rank 0 down with it
+    ranks[1].send_signal(signal.SIGKILL)  # the rank on n2: srun --kill-on-bad-exit ends the step, not the job
+    st = _attempt_running(slurm_daemon, job, 2, step=1)
+    assert st["attempts"][1]["slurm_job_id"] == st["attempts"][0]["slurm_job_id"]  # the same allocation, no queue
+    assert st["attempts"][1]["resumed_from"] == best_not_newest(st["job_dir"], 2)
+    wait_for(lambda: slurm_daemon.status(job)["global_step"] >= 20, timeout=60, what="attempt 2 at step 20")
+    # n2 drains (an admin, a health check): the next step leaves it out and takes the spare n3
+    assert slurm_cluster.run("scontrol", "update", "nodename=n2", "state=drain", "reason=test").returncode == 0
+    ranks = wait_for(lambda: (r := _ranks(slurm_daemon, job)) and len(r) == 2 and r, what="both ranks")
+    ranks[1].send_signal(signal.SIGKILL)
+    _attempt_running(slurm_daemon, job, 3, step=1)
+    wait_for(lambda: slurm_daemon.status(job)["global_step"] >= 28, timeout=60, what="attempt 3 at step 28")
+    # a third death: in_allocation_restarts (2) is spent, the allocation is given back for a new one (n2 back)
+    assert slurm_cluster.run("scontrol", "update", "nodename=n2", "state=resume").returncode == 0
+    ranks = wait_for(lambda: (r := _ranks(slurm_daemon, job)) and len(r) == 2 and r, what="both ranks")
+    ranks[1].send_signal(signal.SIGKILL)
     final = slurm_daemon.wait_state(job, "completed", "failed", timeout=150)
-    assert final["state"] == "completed"
-    first, second = final["attempts"]
-    assert first["reason"] == "crash" and first["slurm_state"] == "FAILED"
-    assert second["resumed_from"] == best_not_newest(final["job_dir"], 2)  # the best, not the newest
-    assert second["slurm_job_id"] != first["slurm_job_id"]
-    assert final["global_step"] == 60
+    assert final["state"] == "completed" and final["global_step"] == 60
+    first, second, third, fourth = final["attempts"]
+    assert first["reason"] == second["reason"] == third["reason"] == "crash" and first["slurm_state"] == "FAILED"
+    assert len({a["slurm_job_id"] for a in (first, second, third)}) == 1, final["attempts"]
+    assert [a["slurm_step_id"] for a in (first, second, third)] == ["1", "2", "3"]  # step 0: the probe
+    assert [a["nodes"] for a in (first, second, third)] == ["n[1-2]", "n[1-2]", "n[1,3]"]
+    assert third["resumed_from"] == best_not_newest(final["job_dir"], 3)
+    events = _events(slurm_daemon, job)
+    launch3 = next(e for e in events if e["kind"] == "launch" and e["attempt"] == 3)
+    # "draining" while the allocation still holds n2, "drained" once it is idle
+    assert f"inside allocation {first['slurm_job_id']} on n1,n3 (n2 drain" in launch3["message"], launch3
+    assert [(e["kind"], e["attempt"]) for e in events if e["kind"] in ("node_excluded", "spare_used")] == [
+        ("node_excluded", 3), ("spare_used", 3)]
+    assert fourth["slurm_job_id"] != first["slurm_job_id"] and fourth["slurm_step_id"] == "1"
+    assert fourth["resumed_from"] == best_not_newest(final["job_dir"], 4)
+    assert fourth["nodes"] == "n[1-2]"  # n2 was resumed: not excluded from the new allocation any more
+    wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
 
 
 def test_stop_cancels_the_slurm_job(slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
@@ -126,11 +155,35 @@ def test_daemon_restart_adopts_the_slurm_job(slurm_daemon: DaemonProc, slurm_clu
     assert "collected" not in [e["kind"] for e in _events(slurm_daemon, job)]
 
 
+def test_daemon_restart_adopts_a_step_running_inside_the_allocation(slurm_daemon: DaemonProc,
+                                                                     slurm_cluster: Cluster) -> None:
+    gate = slurm_daemon.workdir / "step-may-finish"
+    cfg = write_config(slurm_daemon.workdir, "adoptstep", supervision={"backend": "slurm"},
+                       steps=80, step_time=0.05, ckpt_every=10, hold_until=str(gate))
+    job = slurm_daemon.submit(cfg)
+    _attempt_running(slurm_daemon, job, 1, step=12)
+    wait_for(lambda: _ranks(slurm_daemon, job), what="the rank")[0].send_signal(signal.SIGKILL)
+    second = _attempt_running(slurm_daemon, job, 2, step=1)["attempts"][1]
+    slurm_daemon.kill(signal.SIGKILL)
+    slurm_daemon.start()
+    wait_for(lambda: [e for e in _events(slurm_daemon, job) if e["kind"] == "adopted" and e["attempt"] == 2],
+             timeout=90, what="the new daemon to adopt the step")
+    gate.touch()
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=120)
+    assert final["state"] == "completed" and len(final["attempts"]) == 2, final["attempts"]
+    assert final["attempts"][1]["slurm_job_id"] == second["slurm_job_id"] == final["attempts"][0]["slurm_job_id"]
+    assert final["attempts"][1]["slurm_step_id"] == "2" and final["attempts"][1]["slurm_state"] == "COMPLETED"
+    wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
+
+
 def test_node_failure_comes_back_from_best_without_a_duplicate(slurm_daemon: DaemonProc,
                                                                slurm_cluster: Cluster) -> None:
     cfg = write_config(slurm_daemon.workdir, "node", supervision={"backend": "slurm"},
                        steps=60, step_time=0.1, ckpt_every=5)
     cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n")
+    # Two usable nodes (n3 drained): the new allocation has to wait for n2. The node failure ends the
+    # allocation, so the job goes on in a new one even though it may restart inside its allocation.
+    assert slurm_cluster.run("scontrol", "update", "nodename=n3", "state=drain", "reason=test").returncode == 0
     job = slurm_daemon.submit(cfg)
     _attempt_running(slurm_daemon, job, 1, step=12)
     down = slurm_cluster.run("scontrol", "update", "nodename=n2", "state=down", "reason=test-node-failure")
@@ -156,6 +209,7 @@ def test_node_failure_comes_back_from_best_without_a_duplicate(slurm_daemon: Dae
     assert final["state"] == "completed" and len(final["attempts"]) == 2
     assert final["attempts"][1]["resumed_from"] == best_not_newest(final["job_dir"], 2)
     assert final["attempts"][1]["nodes"] == "n[1-2]"
+    assert final["attempts"][1]["slurm_job_id"] != final["attempts"][0]["slurm_job_id"]
 
 
 def test_time_limit_checkpoints_first_and_continues_in_a_new_allocation(slurm_daemon: DaemonProc,
@@ -167,12 +221,18 @@ def test_time_limit_checkpoints_first_and_continues_in_a_new_allocation(slurm_da
                        steps=3000, step_time=0.05, ckpt_every=100000)
     cfg.write_text(cfg.read_text() + 'slurm:\n  time: "00:02:00"\n  signal: "USR1@30"\n')
     job = slurm_daemon.submit(cfg)
+    # A rank killed early: attempt 2 runs inside the same allocation, and meets its time limit there.
+    _attempt_running(slurm_daemon, job, 1, step=5)
+    wait_for(lambda: _ranks(slurm_daemon, job), what="the rank")[0].send_signal(signal.SIGKILL)
     final = slurm_daemon.wait_state(job, "completed", "failed", timeout=600)
     assert final["state"] == "completed"
-    *limited, last = final["attempts"]
+    killed, *limited, last = final["attempts"]
     assert limited, last  # (on a loaded box a second allocation may reach its limit too)
     first = limited[0]
+    assert killed["reason"] == "crash" and killed["slurm_state"] == "FAILED", killed
+    assert first["slurm_job_id"] == killed["slurm_job_id"] and first["slurm_step_id"] == "2", first
     assert all(a["slurm_state"] == "TIMEOUT" and "time limit" in a["detail"] for a in limited), limited
+    assert last["slurm_job_id"] != first["slurm_job_id"]  # the limit ended the allocation: a new one
     saves = [e for e in read_json_lines(JobLayout(Path(final["job_dir"])).manifest) if e.get("event") == "save"]
     usr1 = [e for e in saves if e["attempt"] == first["n"] and e["kind"] == "last"]
     assert usr1, saves  # the checkpoint SIGUSR1 asked for, before the limit

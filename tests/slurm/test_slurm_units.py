@@ -3,6 +3,7 @@ the batch script's options, and the ``slurm:`` section's checks at submit (no cl
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from supervisor.errors import ConfigError
 from supervisor.rules.causes import Cause
 from supervisor.rules.outcome import classify_end
 from supervisor.runners.base import Phase
+from supervisor.runners.slurm_alloc import bad_nodes, choose_step_nodes, launch_note, node_events, render_next_step
 from supervisor.runners.slurm_script import render_batch_script, sbatch_options, slurm_job_name
 from supervisor.runners.slurm_states import end_exit, ending_of, parse_sbatch, parse_squeue, phase_of
 
@@ -82,6 +84,8 @@ def test_sbatch_options_come_from_the_slurm_section(tmp_path: Path) -> None:
                      "--exclusive", f"--output={tmp_path / 'stdout.log'}", f"--error={tmp_path / 'stderr.log'}"):
         assert expected in opts
     assert not any(o.startswith(("--account", "--qos", "--constraint")) for o in opts)
+    spared = sbatch_options("job-1", tmp_path, dict(SLURM, spare_nodes=1), exclude=["n2", "n5"])
+    assert "--nodes=3" in spared and "--exclude=n2,n5" in spared  # nodes + spares; bad nodes of the last one
 
 
 def test_the_batch_script_probes_the_shared_filesystem_then_sruns_the_ranks(tmp_path: Path) -> None:
@@ -91,10 +95,10 @@ def test_the_batch_script_probes_the_shared_filesystem_then_sruns_the_ranks(tmp_
     assert lines[0] == "#!/bin/bash" and "#SBATCH --no-requeue" in lines
     assert "cd '/w d' || exit 1" in lines and "module load cuda" in lines
     probe = next(i for i, line in enumerate(lines) if "--ntasks-per-node=1" in line)
-    train = next(i for i, line in enumerate(lines) if line.startswith("srun --kill-on-bad-exit=1 bash -c"))
+    train = next(i for i, line in enumerate(lines) if line.startswith('srun --kill-on-bad-exit=1 "${STEP_OPTS[@]}"'))
     assert lines.index("module load cuda") < probe < train
     assert lines[train].endswith("rank python -m trainer --config c.yaml &")
-    assert "write_end $rc train" in lines
+    assert "    write_end $rc train" in lines
 
 
 def test_a_slurm_section_must_agree_with_the_trainer() -> None:
@@ -114,6 +118,9 @@ def test_a_slurm_section_must_agree_with_the_trainer() -> None:
     ("slurm.signal=USR1 now", "slurm.signal", "--signal format"),
     ("slurm.nodes=0", "slurm.nodes", "at least 1"),
     ("supervision.gpus=1", "supervision.gpus", "slurm.gpus_per_node"),
+    ("slurm.spare_nodes=-1", "slurm.spare_nodes", "at least 0"),
+    ("slurm.in_allocation_restarts=-2", "slurm.in_allocation_restarts", "at least 0"),
+    ("slurm.hold_s=0", "slurm.hold_s", "at least 1"),
 ])
 def test_bad_slurm_settings_are_one_line_errors(override: str, key: str, words: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -178,3 +185,94 @@ def test_an_early_time_limit_signal_kills_neither_a_rank_before_its_handlers_nor
     probe = _step_command(script, "srun --ntasks-per-node=1 --kill-on-bad-exit=1 ")
     assert _signal_early_and_wait(probe, tmp_path / "probing", probe_env) == 0
     assert (probe_dir / "n1").read_text() == "n1\n"
+
+
+# -- restarts inside the allocation (slurm_alloc, and the batch script's hold loop) -----------------------
+
+def test_the_next_step_keeps_good_nodes_and_takes_a_spare_for_a_bad_one() -> None:
+    alloc = ["n1", "n2", "n3"]
+    same = choose_step_nodes(alloc, ["n1", "n2"], set(), 2)
+    assert (same.nodes, same.excluded, same.spares) == (("n1", "n2"), (), ())
+    moved = choose_step_nodes(alloc, ["n1", "n2"], {"n2"}, 2)
+    assert (moved.nodes, moved.excluded, moved.spares) == (("n1", "n3"), ("n2",), ("n3",))
+    assert choose_step_nodes(alloc, [], {"n1"}, 2).nodes == ("n2", "n3")  # no last step: the first good ones
+    short = choose_step_nodes(alloc, ["n1", "n3"], {"n1", "n2"}, 2)
+    assert short.nodes == () and short.excluded == ("n1",)  # too few good nodes: a new allocation
+    bad = {"n2": "drained"}
+    assert launch_note("1234", moved, bad) == "inside allocation 1234 on n1,n3 (n2 drained)"
+    assert [e["kind"] for e in node_events(moved, bad)] == ["node_excluded", "spare_used"]
+
+
+def test_bad_nodes_reads_sinfos_states() -> None:
+    text = "n1 idle\nn2 drain\nn3 down*\nn4 drng\nn5 mix\nn6 alloc\nn7 fail\n"
+    assert bad_nodes(text) == {"n2": "drained", "n3": "down", "n4": "draining", "n7": "failed"}
+
+
+def test_the_batch_script_holds_the_allocation_and_runs_the_daemons_next_steps(tmp_path: Path) -> None:
+    # No Slurm: srun and scontrol are stand-ins that log their options and run the step's command here.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\necho "$*" >> "$SRUN_LOG"\n'
+                                  'while [ "${1#--}" != "$1" ]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text('#!/bin/bash\n[ "$2" = hostnames ] && { echo n1; echo n2; echo n3; exit; }\n'
+                                      'echo "$3"\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    attempts = tmp_path / "attempts"
+    first = attempts / "1"
+    first.mkdir(parents=True)
+    slurm = dict(SLURM, nodes=2, ntasks_per_node=1, spare_nodes=1, in_allocation_restarts=3, hold_s=20, setup=[])
+    command = ("bash", "-c", 'echo "attempt $ML_SUPERVISOR_ATTEMPT rank $RANK" >> "$0"', str(tmp_path / "ran"))
+    (first / "slurm-batch.sh").write_text(render_batch_script(job_id="j", attempt_dir=first, workdir=str(tmp_path),
+                                                              command=command, slurm=slurm))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SRUN_LOG=str(tmp_path / "srun.log"),
+               SLURM_JOB_ID="77", SLURM_JOB_NODELIST="n[1-3]", SLURM_NNODES="1", SLURMD_NODENAME="n1",
+               SLURM_PROCID="0", ML_SUPERVISOR_ATTEMPT="1")
+    proc = subprocess.Popen(["bash", str(first / "slurm-batch.sh")], env=env)
+    try:
+        alloc = first / "alloc"
+        wait = time.monotonic() + 20
+        while not (first / "slurm-end.json").exists() and time.monotonic() < wait:
+            time.sleep(0.05)
+        assert proc.poll() is None  # holding the allocation after its first step
+        second = attempts / "2"
+        second.mkdir()
+        (alloc / "next.sh").write_text(render_next_step(second, ["n1", "n3"], command,
+                                                        {"ML_SUPERVISOR_ATTEMPT": "2", "OTHER": "x"}))
+        while not (second / "slurm-end.json").exists() and time.monotonic() < wait:
+            time.sleep(0.05)
+        (alloc / "release").touch()
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (tmp_path / "ran").read_text() == "attempt 1 rank 0\nattempt 2 rank 0\n"
+    steps = [json.loads((d / "slurm-step.json").read_text()) for d in (first, second)]
+    assert [(s["slurm_step_id"], s["nodes"]) for s in steps] == [("1", "n1,n2"), ("2", "n1,n3")]
+    ends = [json.loads((d / "slurm-end.json").read_text()) for d in (first, second)]
+    assert [(e["exit_code"], e["slurm_step_id"]) for e in ends] == [(0, "1"), (0, "2")]
+    srun = (tmp_path / "srun.log").read_text().splitlines()
+    assert "--nodelist=n1,n2" in srun[1] and "--nodelist=n1,n3" in srun[2] and "--nodes=2" in srun[2]
+    assert (alloc / "gone").exists()
+
+
+def test_a_step_the_script_has_not_taken_yet_is_withdrawn_not_signalled(tmp_path: Path) -> None:
+    # A stop or a kill of an attempt whose next-step file still waits: the file is taken back (the script
+    # never runs it) and the attempt's end record written here, so it ends without a Slurm call.
+    from supervisor.runners.base import AttemptRef
+    from supervisor.runners.slurm import SlurmRunner
+
+    alloc, attempt = tmp_path / "attempts" / "1" / "alloc", tmp_path / "attempts" / "2"
+    alloc.mkdir(parents=True), attempt.mkdir()
+    (alloc / "next.sh").write_text(render_next_step(attempt, [], ("true",), {}))
+    ref = AttemptRef("j", 2, attempt, {"slurm_job_id": "77", "state": "RUNNING", "hold": True,
+                                       "alloc_dir": str(alloc)})
+    runner = SlurmRunner(lambda notice: None)
+    runner.kill(ref)
+    assert not (alloc / "next.sh").exists() and (attempt / "slurm-withdrawn.sh").exists()
+    end = json.loads((attempt / "slurm-end.json").read_text())
+    assert end["step"] == "withdrawn" and end["exit_code"] is None
+    # once the script has started the step (its step record), it is no longer withdrawn but signalled
+    (alloc / "next.sh").write_text("x")
+    (attempt / "slurm-step.json").write_text("{}")
+    assert not runner._withdraw_step(ref) and (alloc / "next.sh").exists()

@@ -57,6 +57,7 @@ class FakeRunner:
     calls: list[tuple[str, str, int]] = field(default_factory=list)  # (operation, job id, attempt)
     refuse: LaunchRefused | None = None
     forgotten: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
     closed: bool = False
     next_pid: int = 4000
 
@@ -128,6 +129,9 @@ class FakeRunner:
 
     def forget(self, job_id: str) -> None:
         self.forgotten.append(job_id)
+
+    def release(self, job_id: str) -> None:
+        self.released.append(job_id)
 
     def tick(self) -> None:
         self.calls.append(("tick", "", 0))

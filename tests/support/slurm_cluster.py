@@ -1,10 +1,10 @@
-"""A local Slurm cluster of two nodes on one machine, for the tests and for trying the Slurm backend.
+"""A local Slurm cluster of three nodes on one machine, for the tests and for trying the Slurm backend.
 
 Debian's ``slurm-wlm`` and ``munge``, no systemd, no accounting database: a
 generated ``slurm.conf`` in a directory of its own (clients find it through
 ``SLURM_CONF``), ``munged`` as the ``munge`` user on a socket in that directory,
-``slurmctld``, and two ``slurmd -N n1`` / ``slurmd -N n2`` on their own ports,
-both at 127.0.0.1 (``SlurmdSpoolDir`` and ``SlurmdPidFile`` carry ``%n``).
+``slurmctld``, and three ``slurmd -N n1`` .. ``slurmd -N n3`` on their own ports,
+all at 127.0.0.1 (``SlurmdSpoolDir`` and ``SlurmdPidFile`` carry ``%n``).
 Runs as root (slurmd starts job steps as the submitting user).
 
     python -m tests.support.slurm_cluster start DIR     # prints: export SLURM_CONF=DIR/slurm.conf
@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-NODES = ("n1", "n2")
+NODES = ("n1", "n2", "n3")  # three: a two-node job with one spare (restarts inside the allocation)
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 MUNGE_KEY = Path("/etc/munge/munge.key")
 
@@ -122,7 +122,7 @@ class Cluster:
 
 
 def start(root: Path, *, timeout_s: float = 60.0) -> Cluster:
-    """Start munged, slurmctld and the two slurmds under ``root``; wait for both nodes to be idle."""
+    """Start munged, slurmctld and the three slurmds under ``root``; wait for every node to be idle."""
     reason = missing_requirements()
     if reason:
         raise RuntimeError(reason)

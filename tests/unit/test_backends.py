@@ -63,6 +63,15 @@ def test_status_shows_a_slurm_attempt_by_its_job_and_nodes_and_a_local_one_by_no
     shown = BACKENDS["slurm"].describe({"slurm_job_id": "42", "state": "RUNNING", "nodes": "n[1-2]"})
     assert shown["where"] == "slurm 42" and shown["placement"] == "n[1-2]" and shown["slurm_state"] == "RUNNING"
     assert BACKENDS["slurm"].describe({})["where"] is None  # not submitted yet: the table falls back to the pid
+    step = BACKENDS["slurm"].describe({"slurm_job_id": "42", "slurm_step_id": "3", "nodes": "n[1,3]",
+                                       "in_allocation": 2})
+    assert step["where"] == "slurm 42.3" and step["slurm_step_id"] == "3" and step["in_allocation"] == 2
+    # what a launch inside the allocation adds to its event, and the events it owes; the local backend: nothing
+    news = BACKENDS["slurm"].launch_news({"launch_note": "inside allocation 42 on n1,n3 (n2 drained)",
+                                          "node_events": [{"kind": "node_excluded", "node": "n2", "message": "m"}]})
+    assert news.note == "inside allocation 42 on n1,n3 (n2 drained)"
+    assert news.events == [("node_excluded", "m", {"kind": "node_excluded", "node": "n2", "message": "m"})]
+    assert BACKENDS["local"].launch_news({"pid": 1}).note is None and BACKENDS["local"].launch_news({}).events == []
     assert BACKENDS["local"].describe({"monitor_pid": 7}) == {}
 
 
