@@ -78,11 +78,24 @@ def _past(d: DaemonProc, job: str, n: int, step: int) -> None:
 EPOCH_ENDS = {2: 15, 1: 30}
 
 
+def _epochs_ended(job_dir: str, n: int) -> int:
+    """Epochs that ended during attempt ``n`` (its last heartbeat's epoch against the previous attempt's)."""
+    jl = JobLayout(Path(job_dir))
+
+    def epoch(k: int) -> int:
+        beat = read_heartbeat(jl.attempt(k).heartbeat) if k >= 1 else None
+        return beat.epoch if beat is not None else 0
+
+    return epoch(n) - epoch(n - 1)
+
+
 def _global_batch(job_dir: str, n: int, world_size: int) -> int:
     """Samples per optimizer step over every rank of attempt ``n`` (each rank's full step, summed).
 
     Every step of every rank is a full one but an epoch's last: also the first after a resume, whose
-    position in the epoch the trainer rescaled to whole steps of the new size (``ElasticResume``).
+    position in the epoch the trainer rescaled to whole steps of the new size (``ElasticResume``). An epoch's
+    last step is one batch at 1 rank (45 batches): the partial one, or a full one when the epoch was resumed
+    mid-way (the loader is not resumable: its data starts over, and the epoch ends by Lightning's count).
     """
     total = 0
     for rank in range(world_size):
@@ -91,7 +104,11 @@ def _global_batch(job_dir: str, n: int, world_size: int) -> int:
         assert (record["world_size"], record["rank"]) == (world_size, rank)
         counts = Counter({int(k): v for k, v in record["samples_per_step"].items()})
         (samples, steps), = counts.most_common(1)
-        assert steps >= 3 and set(counts) <= {samples, EPOCH_ENDS[world_size]}, counts
+        # a full batch alone only as the last step of an epoch this attempt resumed mid-way and ended
+        one_batch = {samples // record["accumulate_grad_batches"]} if _epochs_ended(job_dir, n) else set()
+        short = sum(v for k, v in counts.items() if k != samples)
+        assert steps >= 3 and set(counts) <= {samples, EPOCH_ENDS[world_size]} | one_batch, counts
+        assert short <= 2, f"{short} short steps: only an epoch's last may be short ({counts})"
         total += samples
     return total
 
