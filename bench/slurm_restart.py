@@ -32,31 +32,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from supervisor.jobfiles.atomic import read_json
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
-from tests.support.slurm_cluster import Cluster, missing_requirements, start, stop
+from tests.support.slurm_cluster import Cluster, fake_ranks, missing_requirements, start, stop
 
 MODES = {"inside": 3, "new": 0}
 STEP_TIME = 0.05
 STAGES = ("stop", "decide", "start", "total")
 
 
-def _ranks(job: str) -> dict[int, psutil.Process]:
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            cmd = proc.info["cmdline"] or []
-            if "fake_trainer" in cmd and any(job in part for part in cmd):
-                found[int(proc.environ().get("SLURM_PROCID", "-1"))] = proc
-        except (psutil.Error, ValueError):
-            continue
-    return found
 
 
 def _events(d: DaemonProc, job: str) -> list[dict[str, Any]]:
@@ -71,7 +59,7 @@ def one_restart(d: DaemonProc, cluster: Cluster, mode: str, n: int) -> dict[str,
                    f"  in_allocation_restarts: {MODES[mode]}\n")
     job = d.submit(cfg)
     wait_for(lambda: d.status(job)["global_step"] >= 15, timeout=120, interval=0.2, what="attempt 1 training")
-    ranks = wait_for(lambda: (r := _ranks(job)) and len(r) == 2 and r, timeout=30, what="both ranks")
+    ranks = wait_for(lambda: (r := fake_ranks(job)) and len(r) == 2 and r, timeout=30, what="both ranks")
     layout = JobLayout(Path(d.status(job)["job_dir"]))
     killed_at = time.time()
     ranks[1].send_signal(signal.SIGKILL)

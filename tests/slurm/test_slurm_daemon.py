@@ -16,7 +16,7 @@ from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.layout import JobLayout
 from tests.support.harness import DaemonProc, wait_for, write_config
 from tests.support.resume_oracle import best_not_newest, resume_for
-from tests.support.slurm_cluster import Cluster
+from tests.support.slurm_cluster import Cluster, fake_ranks
 
 pytestmark = [pytest.mark.slurm, pytest.mark.e2e]
 
@@ -28,16 +28,8 @@ def _squeue(cluster: Cluster, job: str) -> list[str]:
 
 
 def _ranks(d: DaemonProc, job: str) -> dict[int, psutil.Process]:
-    """The job's live trainer processes by Slurm rank (srun starts them on this machine)."""
-    found: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            cmd = proc.info["cmdline"] or []
-            if "fake_trainer" in cmd and any(job in part for part in cmd):
-                found[int(proc.environ().get("SLURM_PROCID", "-1"))] = proc
-        except (psutil.Error, ValueError):
-            continue
-    return found
+    """The job's live trainer processes by Slurm rank."""
+    return fake_ranks(job)
 
 
 def _attempt_running(d: DaemonProc, job: str, n: int, step: int = 1) -> dict[str, Any]:

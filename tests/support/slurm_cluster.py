@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 NODES = ("n1", "n2", "n3")  # three: a two-node job with one spare (restarts inside the allocation)
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 MUNGE_KEY = Path("/etc/munge/munge.key")
@@ -221,3 +223,16 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def fake_ranks(job: str) -> dict[int, psutil.Process]:
+    """A job's live fake-trainer processes by Slurm rank (srun starts them on this machine)."""
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if "fake_trainer" in cmd and any(job in part for part in cmd):
+                found[int(proc.environ().get("SLURM_PROCID", "-1"))] = proc
+        except (psutil.Error, ValueError):
+            continue
+    return found
