@@ -101,3 +101,20 @@ def test_the_plugins_checkpoint_io_is_wrapped_once_and_the_users_kept() -> None:
 def test_without_async_there_is_no_writer(tmp_path: Path) -> None:
     assert ManifestCheckpoint(tmp_path, attempt=1)._writer is None
     assert ManifestCheckpoint(tmp_path, attempt=1, async_save=True)._writer is not None
+
+
+def test_every_way_out_waits_for_the_write_in_flight(tmp_path: Path) -> None:
+    """A crash or divergence (on_exception) and a synchronous save (SIGTERM's, the fit end's) drain the writer
+    first: the write in flight is finished, and files keep their order."""
+    for way_out in ("exception", "sync save"):
+        checkpoint = ManifestCheckpoint(tmp_path, attempt=1, async_save=True)
+        writer = checkpoint._writer
+        assert writer is not None
+        done: list[str] = []
+        writer.submit(lambda done=done: (time.sleep(0.3), done.append("write")), holds_snapshot=True)  # type: ignore[misc]
+        if way_out == "exception":
+            checkpoint.on_exception(None, None, RuntimeError("boom"))  # type: ignore[arg-type]
+        else:
+            checkpoint._sync_now = True
+            assert checkpoint._writer_now() is None  # the save itself is synchronous
+        assert done == ["write"], way_out
