@@ -118,3 +118,15 @@ def test_every_way_out_waits_for_the_write_in_flight(tmp_path: Path) -> None:
             checkpoint._sync_now = True
             assert checkpoint._writer_now() is None  # the save itself is synchronous
         assert done == ["write"], way_out
+
+
+def test_the_writer_child_says_why_it_failed_and_its_file_comes_back(tmp_path: Path) -> None:
+    from trainer.callbacks.async_save import write_in_child
+
+    def full() -> None:
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError, match="No space left on device"):
+        write_in_child(full, "x")
+    target = tmp_path / "w.pt"
+    write_in_child(lambda: torch.save({"w": torch.arange(3)}, target), "w.pt")  # written by another process
+    assert torch.load(target)["w"].tolist() == [0, 1, 2]
