@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from lightning_fabric.plugins import CheckpointIO
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning_utilities.core.apply_func import apply_to_collection
 from pytorch_lightning.plugins.io.wrapper import _WrappingCheckpointIO
 
@@ -102,6 +103,12 @@ class SnapshotCheckpointIO(_WrappingCheckpointIO):
     def write(self, snapshot: Snapshot, path: str) -> None:
         """Write ``snapshot`` to ``path`` with the wrapped ``CheckpointIO`` (on the writer's thread)."""
         assert self.checkpoint_io is not None and snapshot.checkpoint is not None
+        if type(self.checkpoint_io).save_checkpoint is TorchCheckpointIO.save_checkpoint \
+                and snapshot.storage_options is None:
+            # Lightning's own save serializes into memory first (one more copy of the checkpoint) for an atomic
+            # write; ours is atomic by the rename after it.
+            torch.save(snapshot.checkpoint, path)
+            return
         self.checkpoint_io.save_checkpoint(snapshot.checkpoint, path, storage_options=snapshot.storage_options)
 
 
