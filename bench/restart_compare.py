@@ -251,9 +251,13 @@ class Supervised(Contender):
         cfg["env"] = {"BENCH_STAMPS": str(self.stamps), "BENCH_CRASH_FLAG": str(self.flag)}
         cfg["supervision"] = {"resume_from": self.resume_from, "standby": self.standby, "max_restarts": 1000,
                               "budget": None, "gpus": 1 if self.args.accelerator == "gpu" else 0}
+        self.configure(cfg)
         config = self.root / "job.yaml"
         config.write_text(yaml.safe_dump(cfg))
         self.job = self.daemon.submit(config)
+
+    def configure(self, cfg: dict[str, Any]) -> None:
+        """A subclass's changes to the job config (bench/goodput_cadence.py: the save interval, async saves)."""
 
     def ready_for_fault(self) -> None:
         super().ready_for_fault()

@@ -28,6 +28,7 @@ from supervisor.jobfiles.layout import AttemptLayout, manifest_path
 from supervisor.jobfiles.manifest import abandon_after, abandon_all, record_unusable
 from supervisor.rules.cadence import AUTO_DEFAULT_STEPS
 from trainer.build import ResolvedJob, resolve_job
+from trainer.callbacks.async_save import with_snapshot_io
 from trainer.callbacks.checkpoint import ManifestCheckpoint
 from trainer.callbacks.divergence import LossGuard, RollbackActions
 from trainer.callbacks.elastic import ElasticResume, SamplesPerStep, with_world_size
@@ -173,6 +174,8 @@ def _fit(cfg: DictConfig, source: str, opts: FitOptions, signals: SignalState, h
     trainer_args = profiler_into_attempt_dir(dict(job.trainer_args), opts.attempt_dir)
     if checkpoint_io is not None:
         trainer_args["plugins"] = with_checkpoint_io(trainer_args.get("plugins"), checkpoint_io)
+    if cfg.checkpoint["async"]:  # saves snapshot through this plugin, written by ManifestCheckpoint's thread
+        trainer_args["plugins"] = with_snapshot_io(trainer_args.get("plugins"))
     trainer_args.setdefault("default_root_dir", str(opts.attempt_dir))
     if str(cfg.supervision.backend) == "slurm":
         trainer_args["plugins"] = slurm_plugins(trainer_args.get("plugins"))
@@ -308,6 +311,7 @@ def build_callbacks(
         save_final=opts.deadline is not None,
         heartbeat=heartbeat,
         signals=signals,
+        async_save=bool(ccfg["async"]),
     )
     state.checkpoint = checkpoint
     state.deadline = Deadline(opts.deadline) if opts.deadline is not None else None

@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from supervisor.config.keyword_fields import keyword_field
+
 # Optional[...] rather than "X | None": OmegaConf reads these annotations at
 # runtime and understands the typing form best.
 
@@ -51,6 +53,11 @@ class CheckpointConfig:
     every_n_epochs: int | None = None
     filename: str = "{epoch}-{step}"
     save_weights_only: bool = False
+    # the YAML key "async" (a Python keyword): saves are written by a thread while training goes on
+    async_save: bool = False
+
+
+keyword_field(CheckpointConfig, "async_save", "async")
 
 
 @dataclass

@@ -93,6 +93,8 @@ class StandbyLocalRunner(LocalRunner):
             shutil.rmtree(spec.attempt_dir, ignore_errors=True)
         if spec.attempt > 1:  # attempt 1's is exec'd: nothing is imported to fork from yet
             zygote = self._zygote_for(spec)
+            if zygote is not None:
+                zygote.resume()  # paused for a cold attempt's imports (promote); that attempt has stepped now
             if zygote is not None and zygote.state == ZygoteState.READY:
                 return self._fork_standby(zygote, spec)
             if zygote is not None:
@@ -183,6 +185,10 @@ class StandbyLocalRunner(LocalRunner):
         """
         self.serve_pending(job_id)
         if job_id in self._pending:  # its zygote still imports: a cold start is sooner
+            zygote = self._zygote_for(self._pending[job_id])
+            if zygote is not None:  # and gets the CPU to itself until it has stepped (the next prepare)
+                zygote.pause()
+                log.info("job %s: its zygote's imports wait for the cold attempt's first step", job_id)
             self.drop_standby(job_id)
             return None
         standby = self._standbys.get(job_id)

@@ -381,3 +381,16 @@ def test_supervision_standby_refuses_other_words(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_job_config(str(path), [])
     assert caught.value.message == f"{path}: supervision.standby: must be one of auto, on, off; got 'sometimes'"
+
+
+def test_checkpoint_async_is_the_users_key_though_python_cannot_name_a_field_async() -> None:
+    cfg = parse_job_config(BASE + "checkpoint: {async: true}\n", source="job.yaml")
+    assert cfg.checkpoint["async"] is True
+    assert "  async: true" in to_yaml(cfg).splitlines()
+    assert parse_job_config(to_yaml(cfg), source="frozen.yaml").checkpoint["async"] is True
+    assert parse_job_config(BASE, source="job.yaml").checkpoint["async"] is False
+    assert parse_job_config(BASE, source="job.yaml", overrides=["checkpoint.async=true"]).checkpoint["async"]
+    with pytest.raises(ConfigError, match=r"^job.yaml: checkpoint.async: Value 'maybe' is not a valid bool"):
+        parse_job_config(BASE + "checkpoint: {async: maybe}\n", source="job.yaml")
+    with pytest.raises(ConfigError, match=r"^job.yaml: checkpoint.async_save: unknown key"):
+        parse_job_config(BASE + "checkpoint: {async_save: true}\n", source="job.yaml")

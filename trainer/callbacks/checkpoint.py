@@ -6,15 +6,16 @@
 - ``last.ckpt`` at a top-k save's step is a hard link to it (a copy where links fail);
 - SIGTERM saves ``last.ckpt`` (kind ``signal``) on the way out; SIGUSR1 saves it
   at the next train batch end and training goes on; the end of a fit saves it too;
-- with no monitor, top-k keeps the newest ``save_top_k`` files (ranked by ``step``).
+- with no monitor, top-k keeps the newest ``save_top_k`` files (ranked by ``step``);
+- ``async_save`` (``checkpoint.async``): a scheduled save snapshots; the file work runs on a writer thread
+  (``async_save.py``); the saves on the way out and SIGUSR1's wait for it and are synchronous.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import dataclasses
 import os
-import shutil
 import signal
 import sys
 import time
@@ -30,13 +31,20 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from supervisor.jobfiles.atomic import finite_or_none
+from supervisor.jobfiles.atomic import append_json_line, finite_or_none
 from supervisor.jobfiles.layout import manifest_path
 from supervisor.jobfiles.manifest import CheckpointEntry, record_remove, record_save
+from trainer.callbacks.async_save import BackgroundWriter, SnapshotCheckpointIO, write_snapshot
+from trainer.callbacks.checkpoint_files import (
+    CheckpointSaveError,
+    copy_durably,
+    fsync_path,
+    remove_stale_temp_files,
+    temp_path_for,
+)
 from trainer.progress import HeartbeatWriter
 from trainer.signals import SignalState
 
-TMP_SUFFIX = ".tmp"
 # Without a user monitor, top-k ranks by this always-present candidate (newest wins).
 STEP_MONITOR = "step"
 
@@ -66,6 +74,7 @@ class ManifestCheckpoint(ModelCheckpoint):
         save_final: bool = True,
         heartbeat: HeartbeatWriter | None = None,
         signals: SignalState | None = None,
+        async_save: bool = False,
     ) -> None:
         super().__init__(
             dirpath=dirpath,
@@ -101,6 +110,9 @@ class ManifestCheckpoint(ModelCheckpoint):
         self._topk_pending = False
         self._multi_process = False
         self._save_s: float | None = None
+        self._writer = BackgroundWriter() if async_save else None
+        self._sync_now = False  # this save is on a way out (or SIGUSR1's): no background write
+        self._pending_path: str | None = None  # the file the newest snapshot goes to
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -160,13 +172,21 @@ class ManifestCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Replaces Lightning's (which saves "last" only if nothing was saved during the fit):
         # a fit stopped by max_steps, a deadline or early stopping keeps its final steps.
+        self._sync_now = True
         if self.save_final and not _fast_dev_run(trainer) and trainer.global_step != self._last_global_step_saved:
             self.save_last_now(trainer, kind="last")
+        if self._writer is not None:
+            self._writer.drain()
+            self._writer.close()
+            if self._multi_process:  # no rank ends its fit before rank 0's last file and line are down
+                trainer.strategy.barrier("manifest_checkpoint_drained")
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         # Only Lightning's own stop, raised at a batch boundary, leaves a consistent state to save.
         # Anything else raised after a SIGTERM (a DataLoader worker that got the signal too
         # kills the fit from a SIGCHLD handler, anywhere in a step) is not saved.
+        self._sync_now = True
+        self._drain_quietly()  # a crash or divergence keeps a save in flight: it is an earlier, whole state
         if not isinstance(exception, SIGTERMException) or trainer.sanity_checking \
                 or trainer.state.fn != TrainerFn.FITTING:
             return
@@ -189,11 +209,12 @@ class ManifestCheckpoint(ModelCheckpoint):
         filepath = self._last_path()
         self.last_model_path = filepath  # part of the saved state, so set before saving
         lightning_marks = (self._last_global_step_saved, self._last_checkpoint_saved)
-        self._kind_override = kind
+        self._kind_override, exiting = kind, self._sync_now
+        self._sync_now = exiting or not scheduled
         try:
             self._save_checkpoint(trainer, filepath)
         finally:
-            self._kind_override = None
+            self._kind_override, self._sync_now = None, exiting
         if not scheduled:
             self._last_global_step_saved, self._last_checkpoint_saved = lightning_marks
         return filepath
@@ -201,21 +222,26 @@ class ManifestCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         kind = self._kind_override or ("last" if filepath == self.last_model_path else "topk")
         started = time.perf_counter()
+        writer, facts = self._writer_now(), dict[str, Any]()
         with self._phase("checkpoint"):
             same_step = self._same_step_file(trainer)
             if same_step is not None and kind != "topk":
                 # A top-k file holds this very step's state: last.ckpt can share its bytes.
                 if same_step != filepath:
-                    self._link_or_copy(trainer, same_step, filepath)
+                    self._files(writer, lambda: self._link_or_copy(trainer, same_step, filepath))
+            elif writer is not None:
+                facts = self._snapshot(trainer, writer, filepath)
             else:
                 self._write_atomically(trainer, filepath)
-        self._save_s = time.perf_counter() - started  # the stall: what every_n_train_steps: auto weighs
+        # The stall (async: the wait for the previous save and the snapshot): what every_n_train_steps: auto weighs
+        self._save_s = time.perf_counter() - started
         self._saved_file, self._saved_step = filepath, trainer.global_step
         # Lightning's bookkeeping, as the parent does it.
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
-            self._record(trainer, filepath, kind)
+            entry = self._entry(trainer, filepath, kind)
+            self._files(writer, lambda: self._record(entry, facts))
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
         # No rank leaves a save before rank 0 has recorded it: a rank that then exits (a stop) makes its
@@ -232,7 +258,7 @@ class ManifestCheckpoint(ModelCheckpoint):
             # Collective in multi-process runs; rank 0 writes the temp file.
             trainer.save_checkpoint(tmp, self.save_weights_only)
             if trainer.is_global_zero:
-                _fsync_path(tmp)
+                fsync_path(tmp)
         except BaseException as exc:
             # Disk full (or any failure) mid-save: drop the partial file, so its space comes back
             # for the exit record, and say plainly why. The manifest never named it.
@@ -244,7 +270,53 @@ class ManifestCheckpoint(ModelCheckpoint):
             raise
         if trainer.is_global_zero:
             os.replace(tmp, filepath)
-            _fsync_path(os.path.dirname(filepath))
+            fsync_path(os.path.dirname(filepath))
+
+    def _writer_now(self) -> BackgroundWriter | None:
+        """This save's writer; None for a synchronous one (then the writer's queue is done first: files in order)."""
+        if self._writer is None:
+            return None
+        if self._sync_now:
+            self._writer.drain()
+            return None
+        return self._writer
+
+    def _files(self, writer: BackgroundWriter | None, task: Any) -> None:
+        """File work of a save: now, or on the writer's thread after the work queued before it."""
+        if writer is None:
+            task()
+        else:
+            writer.submit(task)
+
+    def _snapshot(self, trainer: pl.Trainer, writer: BackgroundWriter, filepath: str) -> dict[str, Any]:
+        """Take the save's snapshot (after the previous one is written) and queue its write; returns the facts
+        the write fills in for the manifest line."""
+        io = trainer.strategy.checkpoint_io
+        if not isinstance(io, SnapshotCheckpointIO):  # the strategy replaced the plugin: save as before
+            self._write_atomically(trainer, filepath)
+            return {}
+        writer.wait_for_slot()
+        tmp, facts = temp_path_for(filepath), dict[str, Any]()
+        with io.capture():  # collective in multi-process runs; only rank 0 is handed the dict
+            trainer.save_checkpoint(tmp, self.save_weights_only)
+        snapshot, self._pending_path = io.captured, filepath
+        if snapshot is not None:
+            def write() -> None:
+                try:
+                    write_snapshot(io, snapshot, tmp, filepath, facts)
+                except Exception as exc:
+                    raise CheckpointSaveError(filepath, exc) from exc
+            writer.submit(write, holds_snapshot=True)
+        return facts
+
+    def _drain_quietly(self) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.drain()
+        except Exception as exc:  # the way out goes on: its exit record must still be written
+            print(f"[trainer] the checkpoint being written in the background failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr, flush=True)
 
     def _link_or_copy(self, trainer: pl.Trainer, source: str, filepath: str) -> None:
         """``filepath`` becomes the same bytes as ``source`` (saved at this very step), atomically."""
@@ -255,40 +327,53 @@ class ManifestCheckpoint(ModelCheckpoint):
             try:
                 os.link(source, tmp)
             except OSError:
-                _copy_durably(source, tmp)
+                copy_durably(source, tmp)
             os.replace(tmp, filepath)
-            _fsync_path(os.path.dirname(filepath))
+            fsync_path(os.path.dirname(filepath))
 
     def _same_step_file(self, trainer: pl.Trainer) -> str | None:
         """A complete file this process saved at the current global step, if any."""
-        if self._saved_file and self._saved_step == trainer.global_step and os.path.isfile(self._saved_file):
-            return self._saved_file
+        if self._saved_file and self._saved_step == trainer.global_step and (
+                self._saved_file == self._pending_path or os.path.isfile(self._saved_file)):
+            return self._saved_file  # (the pending one is written before the link: one writer, in order)
         return None
 
     def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
-        super()._remove_checkpoint(trainer, filepath)
-        if trainer.is_global_zero:
-            record_remove(self.manifest, os.path.abspath(filepath), self.attempt)
+        def remove() -> None:
+            super(ManifestCheckpoint, self)._remove_checkpoint(trainer, filepath)
+            if trainer.is_global_zero:
+                record_remove(self.manifest, os.path.abspath(filepath), self.attempt)
+        # With async, after the file that replaces it is down: top-k never has fewer files than it should.
+        self._files(None if self._writer is None or self._sync_now else self._writer, remove)
 
-    def _record(self, trainer: pl.Trainer, filepath: str, kind: str) -> None:
+    def _entry(self, trainer: pl.Trainer, filepath: str, kind: str) -> CheckpointEntry:
+        """The save's manifest entry as of now (size and time are filled in when it is recorded)."""
         metrics = trainer.callback_metrics
         score = None
         if self.user_monitor is not None:
             score = finite_or_none(_as_float(metrics.get(self.user_monitor)))
-        record_save(self.manifest, CheckpointEntry(
+        return CheckpointEntry(
             path=os.path.abspath(filepath),
             step=trainer.global_step,
             epoch=trainer.current_epoch,
             monitor=self.user_monitor,
             score=score,
             mode=self.user_mode,
-            size=os.path.getsize(filepath),
-            time=time.time(),
+            size=0,
+            time=0.0,
             attempt=self.attempt,
             kind=kind,
             finite=all(finite_or_none(v) is not None for v in map(_as_float, metrics.values()) if v is not None),
             save_s=round(self._save_s, 6) if self._save_s is not None else None,
-        ))
+        )
+
+    def _record(self, entry: CheckpointEntry, facts: dict[str, Any]) -> None:
+        """The manifest line, once the file is complete (``facts``: an async save's snapshot size and write time)."""
+        entry = dataclasses.replace(entry, size=os.path.getsize(entry.path), time=time.time())
+        if facts:
+            append_json_line(self.manifest, {**entry.to_event(), **facts})
+        else:
+            record_save(self.manifest, entry)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -352,61 +437,10 @@ class ManifestCheckpoint(ModelCheckpoint):
             self.heartbeat.set_phase(previous)
 
 
-def temp_path_for(filepath: str) -> str:
-    """The temp name a save of ``filepath`` is written under: hidden, same directory, ``.tmp``."""
-    head, tail = os.path.split(filepath)
-    return os.path.join(head, f".{tail}{TMP_SUFFIX}")
-
-
-def remove_stale_temp_files(dirpath: str | Path) -> list[str]:
-    """Delete ``.*.tmp`` left in ``dirpath`` by a save that was killed (never in the manifest)."""
-    removed = []
-    for path in Path(dirpath).glob(f".*{TMP_SUFFIX}"):
-        if path.is_file():
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                removed.append(str(path))
-    return removed
-
-
 def _as_float(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else None
     return value
-
-
-class CheckpointSaveError(OSError):
-    """A checkpoint could not be written; the message says where, why, and how much space is left."""
-
-    def __init__(self, filepath: str, cause: BaseException) -> None:
-        directory = os.path.dirname(filepath) or "."
-        try:
-            free = f"{shutil.disk_usage(directory).free / 2**20:.0f} MiB free on {directory}"
-        except OSError:
-            free = f"free space on {directory} unknown"
-        text = str(cause)
-        # torch's zip writer reports ENOSPC as a RuntimeError "... file write failed"
-        full = ((isinstance(cause, OSError) and cause.errno == errno.ENOSPC) or "No space left" in text
-                or "file write failed" in text)
-        why = "disk full" if full else f"{type(cause).__name__}: {text}"
-        super().__init__(errno.ENOSPC if full else errno.EIO,
-                         f"cannot save checkpoint {os.path.basename(filepath)}: {why} ({free})")
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _copy_durably(source: str, dest: str) -> None:
-    with open(source, "rb") as src, open(dest, "wb") as dst:
-        while chunk := src.read(16 * 1024 * 1024):
-            dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
 
 
 def _fast_dev_run(trainer: pl.Trainer) -> bool:
