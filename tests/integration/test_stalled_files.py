@@ -80,6 +80,7 @@ def test_a_job_on_a_filesystem_that_does_not_answer_waits_and_no_other_job_does(
             str(layout.checkpoints) in str(waiting["wait_reason"]), waiting["wait_reason"]
         assert waiting["state"] == "running"  # waiting, not ended: nothing was decided on what was not read
         assert attempt_fs.held >= 1  # the daemon did ask the "server", and was not held by it
+        threads_stalled = psutil.Process(d.proc.pid).num_threads()
 
         # the other job's restart is not held up
         other_pid = d.live_pid(other, 1)
@@ -87,8 +88,13 @@ def test_a_job_on_a_filesystem_that_does_not_answer_waits_and_no_other_job_does(
         os.kill(other_pid, signal.SIGKILL)
         d.live_pid(other, 2, timeout=15)
         assert time.monotonic() - killed_at < 10
-        # a stalled directory costs one reader thread, not one per read
-        assert psutil.Process(d.proc.pid).num_threads() <= threads_before + 4
+        # a stalled directory costs one reader thread, not one per read: the reads (and the restart) since the
+        # stall began added none; a daemon thread started lazily (14 or 15 before it, by timing) is the one allowed
+        for _ in range(10):
+            answers_within(client, 2.0, victim)
+        threads_after = psutil.Process(d.proc.pid).num_threads()
+        assert threads_after <= threads_stalled + 1, (threads_before, threads_stalled, threads_after)
+        assert threads_after <= threads_before + 5, (threads_before, threads_stalled, threads_after)
         held = attempt_fs.held + checkpoint_fs.held
 
     # the server answers again: the job's files are read, the reason goes, and the job is supervised as before
