@@ -67,13 +67,12 @@ def plan_for(cfg: DictConfig, gpus: int) -> ElasticPlan | None:
 
 def resize_text(plan: ElasticPlan, devices: int, was: int, lost: list[int], *, first: bool = False) -> str:
     """One line for the event and the alert: what was lost or came back, and the new shape."""
+    shape = (f"{plan.world_size} of {devices} GPUs, accumulating {plan.accumulate} "
+             f"batch{'es' if plan.accumulate != 1 else ''}")
     if first:
-        return (f"not enough healthy GPUs free: starting on {plan.world_size} of {devices} GPUs, accumulating "
-                f"{plan.accumulate} batch{'es' if plan.accumulate != 1 else ''}")
+        return f"not enough healthy GPUs free: starting on {shape}"
     if plan.world_size < was:
         why = f"GPU {','.join(map(str, lost))} lost" if lost else "GPUs lost"
-        return (f"{why}: continuing on {plan.world_size} of {devices} GPUs, accumulating {plan.accumulate} "
-                f"batch{'es' if plan.accumulate != 1 else ''}")
+        return f"{why}: continuing on {shape}"
     back = "back to its configured size" if plan.world_size == devices else "growing"
-    return (f"GPUs returned: {back}, {plan.world_size} of {devices} GPUs, accumulating {plan.accumulate} "
-            f"batch{'es' if plan.accumulate != 1 else ''}")
+    return f"GPUs returned: {back}, {shape}"
