@@ -4,8 +4,8 @@ Too rare, and a failure throws away the work since the last save; too often, and
 saves themselves stall training. Young (1974) puts the optimum interval at
 sqrt(2 x save cost x mean time between failures); Daly (2006) refines it to
 sqrt(2CM) - C for a save cost C that is not small against M. The mean time between
-failures is the job's own once it has failed (running time over failures), else the
-assumed one (``checkpoint.assumed_mtbf``).
+failures blends the assumed one (``checkpoint.assumed_mtbf``) with the job's own until
+it has failed twice, then is the job's own (running time over failures).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+OWN_RATE_AFTER = 2  # failures before the job's own rate replaces the assumed MTBF (one failure is a sample, not a rate)
 AUTO_DEFAULT_STEPS = 100  # the interval before anything is measured (the trainer's, for a first attempt)
 MIN_STEPS = 10  # never checkpoint more often than this, whatever the arithmetic says
 MAX_STEPS = 100_000
@@ -45,8 +46,14 @@ def optimal_interval(save_s: float, mtbf_s: float) -> float:
 
 
 def job_mtbf(running_s: float, failures: int, assumed_s: float) -> float:
-    """The job's mean time between failures: its own running time over its failures, with the assumed MTBF as one
-    more "failure-free" period so the first failure does not make it absurdly short."""
+    """The job's mean time between failures.
+
+    Before its second failure the assumed MTBF counts as one more failure-free period, so one early failure
+    does not make it absurdly short; from then on its own running time over its failures, so a job that
+    fails every minute is not still credited a day-long prior (with 24 h, ten one-minute failures left 2.2 h).
+    """
+    if failures >= OWN_RATE_AFTER:
+        return max(running_s, 1.0) / failures
     return (running_s + assumed_s) / (failures + 1)
 
 
