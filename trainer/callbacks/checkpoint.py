@@ -233,8 +233,9 @@ class ManifestCheckpoint(ModelCheckpoint):
                 facts = self._snapshot(trainer, writer, filepath)
             else:
                 self._write_atomically(trainer, filepath)
-        # The stall (async: the wait for the previous save and the snapshot): what every_n_train_steps: auto weighs
-        self._save_s = time.perf_counter() - started
+        # The stall (async: the wait for the previous save and the snapshot): what every_n_train_steps: auto weighs.
+        # A link to this step's top-k file is no save: its near-zero cost would drag the median down.
+        self._save_s = None if same_step is not None and kind != "topk" else time.perf_counter() - started
         self._saved_file, self._saved_step = filepath, trainer.global_step
         # Lightning's bookkeeping, as the parent does it.
         self._last_global_step_saved = trainer.global_step
