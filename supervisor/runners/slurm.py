@@ -57,6 +57,7 @@ from supervisor.runners.base import (
 )
 from supervisor.runners.slurm_alloc import (
     Allocation,
+    new_allocation_note,
     options_of,
     read_allocation,
     write_allocation,
@@ -191,7 +192,8 @@ class SlurmRunner(HeldAllocations):
         self._followed[spec.job_id] = (slurm_job_id, "PENDING", spec.attempt_dir / END_RECORD if hold else None)
         self._next_poll = 0.0  # look at the new job at the next observe
         return {"slurm_job_id": slurm_job_id, "state": "PENDING", "nodes": "", "nodes_expected": spec.ranks.nodes,
-                "hold": hold, "in_allocation": 0, "excluded": list(excluded)}
+                "hold": hold, "in_allocation": 0, "excluded": list(excluded),
+                "launch_note": new_allocation_note(slurm_job_id, excluded)}
 
     def adopt(self, ref: AttemptRef) -> Observation:
         """Follow a Slurm job an earlier daemon submitted (by its id in the runner state)."""

@@ -132,6 +132,11 @@ def launch_note(slurm_job_id: str, chosen: StepNodes, bad: Mapping[str, str]) ->
     return f"inside allocation {slurm_job_id} on {','.join(chosen.nodes)}" + (f" ({why})" if why else "")
 
 
+def new_allocation_note(slurm_job_id: str, excluded: Sequence[str]) -> str:
+    """How a launch into a new allocation is told (pure): ``in a new allocation 1240 (n2 excluded)``."""
+    return f"in a new allocation {slurm_job_id}" + (f" ({', '.join(excluded)} excluded)" if excluded else "")
+
+
 def node_events(chosen: StepNodes, bad: Mapping[str, str]) -> list[dict[str, str]]:
     """The events a step's node change owes (pure): a node excluded, a spare used."""
     events = [{"kind": "node_excluded", "node": n,

@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
+from supervisor.alerts import read_alerts
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.layout import JobLayout
 from tests.support.harness import DaemonProc, wait_for, write_config
@@ -111,6 +112,12 @@ def test_a_killed_rank_restarts_inside_the_allocation_then_on_the_spare_when_its
     assert fourth["slurm_job_id"] != first["slurm_job_id"] and fourth["slurm_step_id"] == "1"
     assert fourth["resumed_from"] == best_not_newest(final["job_dir"], 4)
     assert fourth["nodes"] == "n[1-2]"  # n2 was resumed: not excluded from the new allocation any more
+    # each restart alert says where its attempt went: held by the restart, sent with its launch
+    texts = [a["text"] for a in read_alerts(slurm_daemon.state_dir, job_id=job) if a["event"] == "restart"]
+    assert len(texts) == 3, texts
+    assert f"Restarted inside allocation {first['slurm_job_id']} on n1,n2." in texts[0], texts[0]
+    assert f"Restarted inside allocation {first['slurm_job_id']} on n1,n3 (n2 drain" in texts[1], texts[1]
+    assert f"Restarted in a new allocation {fourth['slurm_job_id']}." in texts[2], texts[2]
     wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
 
 

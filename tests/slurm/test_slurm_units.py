@@ -18,7 +18,14 @@ from supervisor.errors import ConfigError
 from supervisor.rules.causes import Cause
 from supervisor.rules.outcome import classify_end
 from supervisor.runners.base import Phase
-from supervisor.runners.slurm_alloc import bad_nodes, choose_step_nodes, launch_note, node_events, render_next_step
+from supervisor.runners.slurm_alloc import (
+    bad_nodes,
+    choose_step_nodes,
+    launch_note,
+    new_allocation_note,
+    node_events,
+    render_next_step,
+)
 from supervisor.runners.slurm_script import render_batch_script, sbatch_options, slurm_job_name
 from supervisor.runners.slurm_states import end_exit, ending_of, parse_sbatch, parse_squeue, phase_of
 
@@ -200,6 +207,8 @@ def test_the_next_step_keeps_good_nodes_and_takes_a_spare_for_a_bad_one() -> Non
     assert short.nodes == () and short.excluded == ("n1",)  # too few good nodes: a new allocation
     bad = {"n2": "drained"}
     assert launch_note("1234", moved, bad) == "inside allocation 1234 on n1,n3 (n2 drained)"
+    assert new_allocation_note("1240", ["n2"]) == "in a new allocation 1240 (n2 excluded)"
+    assert new_allocation_note("1240", []) == "in a new allocation 1240"
     assert [e["kind"] for e in node_events(moved, bad)] == ["node_excluded", "spare_used"]
 
 
