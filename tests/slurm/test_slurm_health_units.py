@@ -4,9 +4,14 @@ leave the node out of the next step (a spare takes it), and out of the fallback 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
+
 from supervisor.jobfiles.monitorfiles import MonitorExit
+from supervisor.runners.base import AttemptSpec, RankLayout
+from supervisor.runners.slurm import SlurmRunner
 from supervisor.runners.slurm_alloc import Allocation, choose_step_nodes, read_allocation, write_allocation
 from supervisor.runners.slurm_health import (
     REPORT_CAP,
@@ -68,3 +73,33 @@ def test_the_probe_report_is_read_bounded_and_a_failed_probe_says_so_in_the_atte
     ended = health_exit(tmp_path, ["n1", "n2"], MonitorExit(exit_code=3, signal=None, ended_at=1.0))
     assert ended is not None and ended.error == (
         "the step did not start (n2: health probe failed: no answer within 5 s)")
+
+
+def test_a_fallback_slurm_refuses_for_the_daemons_exclusions_is_submitted_without_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No Slurm: squeue, sinfo and sbatch are stand-ins. sinfo shows n2 idle (the daemon's own finding, not
+    # Slurm's); sbatch refuses a script that excludes n2 (too few nodes left), as a small partition would.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/bash\nexit 0\n")
+    (bin_dir / "sinfo").write_text("#!/bin/bash\necho 'n2 idle'\n")
+    (bin_dir / "sbatch").write_text('#!/bin/bash\necho "$2" >> "$SBATCH_LOG"\ngrep -q -- "--exclude=n2" "$2" && '
+                                    '{ echo "sbatch: error: Requested node configuration is not available" >&2; '
+                                    'exit 1; }\necho 55\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    log = tmp_path / "sbatch.log"
+    attempt = tmp_path / "attempts" / "4"
+    attempt.mkdir(parents=True)
+    write_allocation(attempt, Allocation("41", str(tmp_path / "attempts" / "1" / "alloc"), 3, ["n1", "n2"], ["n2"],
+                                         {"n2": "health probe failed: no answer within 5 s"}))
+    slurm = {"nodes": 2, "ntasks_per_node": 1, "in_allocation_restarts": 3}
+    env = {"SBATCH_LOG": str(log), "PATH": os.environ["PATH"]}
+    spec = AttemptSpec(job_id="j", attempt=4, command=("true",), env=env,
+                       workdir=str(tmp_path), attempt_dir=attempt, lock_path=tmp_path / "lock",
+                       ranks=RankLayout(world_size=2), options={"slurm": slurm})
+    state = SlurmRunner(lambda notice: None).launch(spec)
+    assert state["slurm_job_id"] == "55" and state["excluded"] == []
+    assert len(log.read_text().splitlines()) == 2  # refused with --exclude=n2, then taken without it
+    assert "--exclude" not in (attempt / "slurm-batch.sh").read_text()
