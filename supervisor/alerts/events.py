@@ -46,6 +46,8 @@ class RestartAlert(AlertEvent):
     resumed_score: float | None = None
     last_step: int | None = None
     diverged_at: int | None = None  # cause diverged: the first bad step (the relaunch rolls back before it)
+    where: str | None = None  # where the relaunch went, when its backend says (Slurm: "inside allocation 1234 ...")
+    not_started: str | None = None  # the relaunch failed to start (why); it is retried
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ def _restart_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     who = f"Attempt {previous}" if previous is not None else "The trainer"
     relaunch = f"relaunched as attempt {attempt}." if attempt is not None else "relaunched."
     head = f"{who} ended ({_cause(f)}); {relaunch}"
-    lines = [head]
+    lines = [head, *_where(f)]
     restarts, max_restarts = f.pop("restarts", None), f.pop("max_restarts", None)
     if restarts is not None:
         lines.append(f"Restarts: {restarts}" + (f" of at most {max_restarts}" if max_restarts is not None else ""))
@@ -46,6 +46,13 @@ def _restart_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     return _finish(lines, job, job_id, f)
 
 
+def _where(f: dict[str, Any]) -> list[str]:
+    """Where the relaunch went, when its backend told it (``Restarted inside allocation 1234 on n1,n3.``)."""
+    where, failed = f.pop("where", None), f.pop("not_started", None)
+    lines = [f"Restarted {_short(str(where))}."] if where else []
+    return lines + ([f"Not relaunched yet: {_short(str(failed))}; retrying."] if failed else [])
+
+
 def _hang_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     attempt, previous = _attempts(f)
     silent = f.pop("silent_s", None)
@@ -59,7 +66,7 @@ def _hang_text(job: str, job_id: str, f: dict[str, Any]) -> str:
     action = f.pop("action", None)
     if not action:
         action = f"stopped it and relaunched as attempt {attempt}" if attempt is not None else "stopped it"
-    lines = [f"{head}; {action}."]
+    lines = [f"{head}; {action}.", *_where(f)]
     if str(f.get("cause", "")).lower() in ("hang", "hung"):
         f.pop("cause")
     if f.get("cause") or f.get("detail"):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from supervisor.alerts.events import BudgetAlert, CompletedAlert, FailedAlert, HangAlert, RestartAlert, StoppedAlert
+from supervisor.core import restart_alerts
 from supervisor.core.context import CoreContext
 from supervisor.core.outbox import Outbox
 from supervisor.core.rank_files import diverged_at, rank_exit_records
@@ -102,11 +103,14 @@ class Ending:
         what = (HangAlert(**facts, stacks=str(al.stacks) if is_regular(al.stacks) else None)
                 if outcome.cause is Cause.HANG else RestartAlert(**facts))
         # Committed with the restart (the outbox), then sent: a daemon killed in between sends it at its next start.
+        # A backend whose launch decides where the restart runs: held in the event for the launch to tell it.
+        at_launch = self._runners.backend(ctx.job_config(job)).restart_alert_at_launch
         job = store.transition(job.id, JobState.BACKOFF, now=now, attempt=attempt.n, kind=EventKind.RESTART,
                                message=decision.message, next_start_at=when, restarts=job.restarts + 1,
                                stop_intent=None, stop_deadline=None, detail=outcome.detail,
-                               data={"cause": outcome.cause, "delay": decision.delay},
-                               alert=OutboxAlert(what.event, what.details()))
+                               data={"cause": outcome.cause, "delay": decision.delay,
+                                     **(restart_alerts.held(what) if at_launch else {})},
+                               alert=None if at_launch else OutboxAlert(what.event, what.details()))
         self._outbox.send_pending()
         if decision.delay > 0:
             ctx.timers.schedule(job.id, TimerKind.BACKOFF, when)

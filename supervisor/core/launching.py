@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from supervisor.access import run_as_for
 from supervisor.config import parse_duration
+from supervisor.core import restart_alerts
 from supervisor.core.context import CoreContext
 from supervisor.core.elastic import note_resize
 from supervisor.core.elastic_shape import elastic_of, plan_for
@@ -128,6 +129,8 @@ class Launching:
         if rollback is not None:
             resumed += f" after the divergence at step {rollback.diverged_at}" + "".join(
                 f", {what}" for what in _changes(rollback))
+        # The restart alert a backend held for its launch, told where the attempt went (restart_alerts).
+        alert = restart_alerts.owed(store, job, where=news.note)
         job = store.transition(job.id, JobState.STARTING, now=now, attempt=n, kind=EventKind.LAUNCH,
                                message=f"attempt {n} starting {resumed}",
                                data={"resumed_from": choice.path, "rule": choice.rule, "gpus": gpus,
@@ -136,7 +139,9 @@ class Launching:
                                      "world_size": spec.ranks.world_size,
                                      "accumulate_grad_batches": plan.accumulate if plan is not None else None},
                                first_started_at=first_started_at, next_start_at=None, wait_reason=None,
-                               stop_intent=None, stop_deadline=None)
+                               stop_intent=None, stop_deadline=None, alert=alert)
+        if alert is not None:
+            self._outbox.send_pending()
         self._following.follow(job, n)
         ctx.timers.schedule(job.id, TimerKind.STARTED, now + STARTED_CHECK_S)
         self._following.schedule_timers(job)
@@ -172,7 +177,11 @@ class Launching:
 
     def _launch_failed(self, job: JobRow, n: int, why: str, now: float) -> None:
         store = self._ctx.store
-        store.add_event(job.id, EventKind.LAUNCH_FAILED, f"cannot start attempt {n}: {why}", now=now)
+        # A held restart alert goes now, saying so: a relaunch that keeps failing must not keep it from the user.
+        alert = restart_alerts.owed(store, job, not_started=f"cannot start attempt {n}: {why}")
+        store.add_event(job.id, EventKind.LAUNCH_FAILED, f"cannot start attempt {n}: {why}", now=now, alert=alert)
+        if alert is not None:
+            self._outbox.send_pending()
         retry_at = now + LAUNCH_FAILED_RETRY_S
         if job.state is JobState.BACKOFF:  # a relaunch failed: wait again (backoff -> backoff is no transition)
             store.update_job(job.id, now=now, next_start_at=retry_at, detail=f"launch failed: {why}")

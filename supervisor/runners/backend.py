@@ -60,6 +60,9 @@ class Backend:
     describe: Callable[[RunnerState], dict[str, Any]]
     # A launched attempt's runner state -> what its launch event adds (``LaunchNews``).
     launch_news: Callable[[RunnerState], LaunchNews] = no_news
+    # Its launch decides where a restart runs (e.g. inside the allocation or a new one): the restart alert
+    # waits for the launch and tells it (``core.restart_alerts``); else it goes with the policy's decision.
+    restart_alert_at_launch: bool = False
 
 
 def no_options(cfg: DictConfig) -> Mapping[str, Any]:

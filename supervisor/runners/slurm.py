@@ -57,10 +57,12 @@ from supervisor.runners.base import (
 )
 from supervisor.runners.slurm_alloc import (
     Allocation,
+    new_allocation_note,
     options_of,
     read_allocation,
     write_allocation,
 )
+from supervisor.runners.slurm_health import submit_excludes
 from supervisor.runners.slurm_held import HeldAllocations, exists, first_line, mtime, run_command
 from supervisor.runners.slurm_script import (
     ALLOC_DIR,
@@ -165,17 +167,17 @@ class SlurmRunner(HeldAllocations):
             raise LaunchRefused(f"Slurm job {alive[0].slurm_job_id} of this job is still {alive[0].state}",
                                 retry=True)
         # Nodes found bad in an earlier allocation and still bad now (one an admin returned comes back).
-        excluded = sorted(self._bad_nodes(",".join(previous.excluded))) if previous and previous.excluded else []
-        spec.attempt_dir.mkdir(parents=True, exist_ok=True)
-        script = spec.attempt_dir / BATCH_SCRIPT
-        script.write_text(render_batch_script(job_id=spec.job_id, attempt_dir=spec.attempt_dir,
-                                              workdir=spec.workdir, command=spec.command, slurm=slurm,
-                                              exclude=excluded))
-        env = {k: v for k, v in spec.env.items() if k not in _DROPPED_ENV}
-        try:
-            done = run_command(["sbatch", "--parsable", str(script)], env=env, cwd=spec.workdir)
-        except subprocess.SubprocessError as exc:
-            raise OSError(f"sbatch: {exc}") from None
+        still_bad = self._bad_nodes(",".join(previous.excluded)) if previous and previous.excluded else {}
+        # ... and those the daemon found bad in the last allocation (a node-level rank death, a failed probe),
+        # unless Slurm refuses the job for it (too few nodes left): its own findings never make it unschedulable.
+        faulty = previous.faulty if previous else {}
+        excluded = submit_excludes(still_bad, faulty)
+        done = self._sbatch(spec, slurm, excluded)
+        if done.returncode != 0 and set(excluded) - set(still_bad):
+            log.warning("job %s: sbatch refused the job with --exclude=%s (%s); submitting without the nodes "
+                        "found bad by the daemon", spec.job_id, ",".join(excluded), first_line(done.stderr))
+            excluded = sorted(still_bad)
+            done = self._sbatch(spec, slurm, excluded)
         if done.returncode != 0:
             raise OSError(f"sbatch refused the job: {first_line(done.stderr) or done.returncode}")
         try:
@@ -191,7 +193,22 @@ class SlurmRunner(HeldAllocations):
         self._followed[spec.job_id] = (slurm_job_id, "PENDING", spec.attempt_dir / END_RECORD if hold else None)
         self._next_poll = 0.0  # look at the new job at the next observe
         return {"slurm_job_id": slurm_job_id, "state": "PENDING", "nodes": "", "nodes_expected": spec.ranks.nodes,
-                "hold": hold, "in_allocation": 0, "excluded": list(excluded)}
+                "hold": hold, "in_allocation": 0, "excluded": list(excluded),
+                "launch_note": new_allocation_note(slurm_job_id, excluded)}
+
+    def _sbatch(self, spec: AttemptSpec, slurm: Mapping[str, Any],
+                excluded: Sequence[str]) -> subprocess.CompletedProcess[str]:
+        """Write the attempt's batch script (with ``--exclude`` of ``excluded``) and submit it."""
+        spec.attempt_dir.mkdir(parents=True, exist_ok=True)
+        script = spec.attempt_dir / BATCH_SCRIPT
+        script.write_text(render_batch_script(job_id=spec.job_id, attempt_dir=spec.attempt_dir,
+                                              workdir=spec.workdir, command=spec.command, slurm=slurm,
+                                              exclude=excluded))
+        env = {k: v for k, v in spec.env.items() if k not in _DROPPED_ENV}
+        try:
+            return run_command(["sbatch", "--parsable", str(script)], env=env, cwd=spec.workdir)
+        except subprocess.SubprocessError as exc:
+            raise OSError(f"sbatch: {exc}") from None
 
     def adopt(self, ref: AttemptRef) -> Observation:
         """Follow a Slurm job an earlier daemon submitted (by its id in the runner state)."""

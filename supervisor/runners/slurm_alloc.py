@@ -40,6 +40,8 @@ class Allocation:
     restarts: int = 0  # steps started inside it after its first (what counts against in_allocation_restarts)
     nodes: list[str] = field(default_factory=list)  # the nodes the last step ran on (empty: all of them)
     excluded: list[str] = field(default_factory=list)  # nodes found bad, in this allocation or an earlier one
+    # nodes the daemon found bad in this allocation (a node-level rank death, a failed health probe), with why
+    faulty: dict[str, str] = field(default_factory=dict)
 
 
 def allocation_path(attempt_dir: Path) -> Path:
@@ -55,7 +57,8 @@ def read_allocation(attempt_dir: Path) -> Allocation | None:
     try:
         return Allocation(slurm_job_id=str(data["slurm_job_id"]), alloc_dir=str(data["alloc_dir"]),
                           restarts=int(data.get("restarts") or 0), nodes=[str(n) for n in data.get("nodes") or []],
-                          excluded=[str(n) for n in data.get("excluded") or []])
+                          excluded=[str(n) for n in data.get("excluded") or []],
+                          faulty={str(k): str(v) for k, v in dict(data.get("faulty") or {}).items()})
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -132,9 +135,14 @@ def launch_note(slurm_job_id: str, chosen: StepNodes, bad: Mapping[str, str]) ->
     return f"inside allocation {slurm_job_id} on {','.join(chosen.nodes)}" + (f" ({why})" if why else "")
 
 
+def new_allocation_note(slurm_job_id: str, excluded: Sequence[str]) -> str:
+    """How a launch into a new allocation is told (pure): ``in a new allocation 1240 (n2 excluded)``."""
+    return f"in a new allocation {slurm_job_id}" + (f" ({', '.join(excluded)} excluded)" if excluded else "")
+
+
 def node_events(chosen: StepNodes, bad: Mapping[str, str]) -> list[dict[str, str]]:
     """The events a step's node change owes (pure): a node excluded, a spare used."""
-    events = [{"kind": "node_excluded", "node": n,
+    events = [{"kind": "node_excluded", "node": n, "reason": bad.get(n, "bad"),
                "message": f"node {n} excluded from the next step ({bad.get(n, 'bad')})"} for n in chosen.excluded]
     events += [{"kind": "spare_used", "node": n, "message": f"spare node {n} used in place of "
                 f"{', '.join(chosen.excluded) or 'a node'}"} for n in chosen.spares]

@@ -46,4 +46,5 @@ def _launch_news(state: RunnerState) -> LaunchNews:
 
 # sbatch runs as the daemon's user: another user's code never runs that way (no run_as); allocations start cold.
 SLURM = Backend(name="slurm", make_runner=_runner, rank_layout=_rank_layout, options=_options,
-                supports_standby=False, supports_run_as=False, describe=_describe, launch_news=_launch_news)
+                supports_standby=False, supports_run_as=False, describe=_describe, launch_news=_launch_news,
+                restart_alert_at_launch=True)

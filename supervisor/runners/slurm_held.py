@@ -15,6 +15,7 @@ import os
 import subprocess
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from supervisor.runners.slurm_alloc import (
     write_allocation,
     write_atomically,
 )
+from supervisor.runners.slurm_health import HEALTH_STEP, health_exit, leave_out, step_faults
 from supervisor.runners.slurm_script import END_RECORD, GONE, NEXT_STEP, RELEASE, STEP_RECORD
 from supervisor.runners.slurm_states import QueueEntry, end_exit, phase_of
 
@@ -67,22 +69,30 @@ class HeldAllocations:
         Releases the allocation (the script exits) when it has no restart left or too few good nodes.
         """
         nodes, _, limit = options_of(slurm)
+        per_node = int(slurm.get("ntasks_per_node") or 1)
         entry = self._queue.get(previous.slurm_job_id)
         alloc_dir = Path(previous.alloc_dir)
         if (limit <= 0 or entry is None or phase_of(entry.state) is not Phase.RUNNING
                 or entry.state.upper().startswith("COMPLETING") or exists(alloc_dir / GONE)):
             return None  # the allocation ended (time limit, cancel, node failure) or is not held
-        if previous.restarts >= limit:
+        allocation = self._hostnames(entry.nodes)
+        # Slurm's word (DOWN, DRAIN), then the daemon's own findings on the last step (slurm_health).
+        last_step = [n for n in allocation if n in (previous.nodes or allocation[:nodes])]
+        found = step_faults(spec.attempt_dir.parent / str(spec.attempt - 1), last_step, per_node,
+                            spec.ranks.world_size)
+        faulty = {**previous.faulty, **found}
+        if previous.restarts >= limit:  # the next allocation leaves out what this one found bad
+            write_allocation(spec.attempt_dir, replace(previous, faulty=faulty))
             self._release(spec.job_id, alloc_dir, f"{previous.restarts} restarts inside it, the most "
                           "slurm.in_allocation_restarts allows")
             return None
-        allocation = self._hostnames(entry.nodes)
-        bad = {n: why for n, why in self._bad_nodes(entry.nodes).items() if n in allocation}
+        bad = leave_out({n: why for n, why in self._bad_nodes(entry.nodes).items() if n in allocation}, found,
+                        previous.faulty)
         chosen = choose_step_nodes(allocation, previous.nodes, bad, nodes)
         excluded = sorted(set(previous.excluded) | set(bad))
         if not chosen.nodes:
             write_allocation(spec.attempt_dir, Allocation(previous.slurm_job_id, previous.alloc_dir,
-                                                          previous.restarts, previous.nodes, excluded))
+                                                          previous.restarts, previous.nodes, excluded, faulty))
             self._release(spec.job_id, alloc_dir, f"too few good nodes left ({', '.join(sorted(bad))} bad)")
             return None
         spec.attempt_dir.mkdir(parents=True, exist_ok=True)
@@ -90,7 +100,7 @@ class HeldAllocations:
         step_nodes = list(chosen.nodes) if len(allocation) > nodes else []
         write_atomically(alloc_dir / NEXT_STEP, render_next_step(spec.attempt_dir, step_nodes, spec.command, spec.env))
         write_allocation(spec.attempt_dir, Allocation(previous.slurm_job_id, previous.alloc_dir, previous.restarts + 1,
-                                                      list(chosen.nodes), excluded))
+                                                      list(chosen.nodes), excluded, faulty))
         self._alloc_dirs[spec.job_id] = alloc_dir
         self._followed[spec.job_id] = (previous.slurm_job_id, entry.state, spec.attempt_dir / END_RECORD)
         note = launch_note(previous.slurm_job_id, chosen, bad)
@@ -157,6 +167,8 @@ class HeldAllocations:
             state["allocation_state"] = allocation_state
             state["state"] = allocation_state if ending else ("COMPLETED" if code == 0 else "FAILED")
             ended = end_exit(record, str(state["state"]), now=time.time())
+            if record.get("step") == HEALTH_STEP:  # the health probe ended it before its ranks started
+                ended = health_exit(ref.attempt_dir, str(state.get("step_nodes") or "").split(","), ended)
             self._followed.pop(ref.job_id, None)
             return Observation(Phase.ENDED, state, ended)
         if phase is Phase.ENDED:  # the allocation ended before this step wrote its end record (or started)

@@ -36,6 +36,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from supervisor.runners.slurm_health import HEALTH_STEP, health_lines
+
 END_RECORD = "slurm-end.json"
 STEP_RECORD = "slurm-step.json"
 PROBE_DIR = "probe"
@@ -138,6 +140,7 @@ def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command
         "    while kill -0 $step 2>/dev/null; do wait $step; rc=$?; done",
         "    write_end $rc train",
         "}",
+        *health_lines(),
         *slurm.get("setup", []),
         "# Every node writes a probe the batch node must see: the state dir must be on a shared filesystem.",
         "mkdir -p \"$PROBE_DIR\" \"$ALLOC_DIR\"",
@@ -176,6 +179,7 @@ def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command
             f"    mv -f \"$ALLOC_DIR/{NEXT_STEP}\" \"$ALLOC_DIR/step-$STEP_NO.sh\" 2>/dev/null || break",
             "    STEP_NODES=''",
             "    . \"$ALLOC_DIR/step-$STEP_NO.sh\"  # STEP_DIR, STEP_NODES, STEP_CMD and the attempt's variables",
+            "    if ! health_ok; then write_end 3 " + HEALTH_STEP + "; continue; fi  # the daemon picks other nodes",
             "    begin_step",
             "    " + train + "\"${STEP_CMD[@]}\" &",
             "    end_step",

@@ -316,6 +316,13 @@ class Store:
         data = json.loads(row["data"])
         return data if isinstance(data, dict) else None
 
+    def last_event(self, job_id: str, kinds: Sequence[EventKind]) -> EventRow | None:
+        """The job's latest event of any of ``kinds`` (None when it has none)."""
+        marks = ", ".join("?" * len(kinds))
+        row = self._conn().execute(f"SELECT * FROM events WHERE job_id = ? AND kind IN ({marks}) ORDER BY id DESC "
+                                   "LIMIT 1", (job_id, *kinds)).fetchone()
+        return None if row is None else event_from_row(row)
+
     def last_event_id(self) -> int:
         """The id of the latest event (0 when there is none)."""
         row = self._conn().execute("SELECT MAX(id) AS m FROM events").fetchone()

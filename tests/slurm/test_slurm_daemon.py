@@ -12,6 +12,7 @@ from typing import Any
 import psutil
 import pytest
 
+from supervisor.alerts import read_alerts
 from supervisor.jobfiles.atomic import read_json_lines
 from supervisor.jobfiles.layout import JobLayout
 from tests.support.harness import DaemonProc, wait_for, write_config
@@ -99,7 +100,8 @@ def test_a_killed_rank_restarts_inside_the_allocation_then_on_the_spare_when_its
     first, second, third, fourth = final["attempts"]
     assert first["reason"] == second["reason"] == third["reason"] == "crash" and first["slurm_state"] == "FAILED"
     assert len({a["slurm_job_id"] for a in (first, second, third)}) == 1, final["attempts"]
-    assert [a["slurm_step_id"] for a in (first, second, third)] == ["1", "2", "3"]  # step 0: the probe
+    # step 0: the probe; a restart's health probe (2, 4) runs before its ranks' step
+    assert [a["slurm_step_id"] for a in (first, second, third)] == ["1", "3", "5"]
     assert [a["nodes"] for a in (first, second, third)] == ["n[1-2]", "n[1-2]", "n[1,3]"]
     assert third["resumed_from"] == best_not_newest(final["job_dir"], 3)
     events = _events(slurm_daemon, job)
@@ -111,6 +113,40 @@ def test_a_killed_rank_restarts_inside_the_allocation_then_on_the_spare_when_its
     assert fourth["slurm_job_id"] != first["slurm_job_id"] and fourth["slurm_step_id"] == "1"
     assert fourth["resumed_from"] == best_not_newest(final["job_dir"], 4)
     assert fourth["nodes"] == "n[1-2]"  # n2 was resumed: not excluded from the new allocation any more
+    # each restart alert says where its attempt went: held by the restart, sent with its launch
+    texts = [a["text"] for a in read_alerts(slurm_daemon.state_dir, job_id=job) if a["event"] == "restart"]
+    assert len(texts) == 3, texts
+    assert f"Restarted inside allocation {first['slurm_job_id']} on n1,n2." in texts[0], texts[0]
+    assert f"Restarted inside allocation {first['slurm_job_id']} on n1,n3 (n2 drain" in texts[1], texts[1]
+    assert f"Restarted in a new allocation {fourth['slurm_job_id']}." in texts[2], texts[2]
+    wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
+
+
+def test_a_node_that_fails_the_health_probe_is_left_out_and_a_spare_takes_its_place(
+        slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
+    cfg = write_config(slurm_daemon.workdir, "probe", supervision={"backend": "slurm"},
+                       steps=40, step_time=0.05, ckpt_every=5)
+    cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n  spare_nodes: 1\n"
+                   "  in_allocation_restarts: 2\n")
+    job = slurm_daemon.submit(cfg)
+    st = _attempt_running(slurm_daemon, job, 1, step=8)
+    # n2 cannot write in the next attempt's dir: a directory stands where its probe file goes (a real error)
+    (JobLayout(Path(st["job_dir"])).attempt(2).dir / "health" / "n2").mkdir(parents=True)
+    ranks = wait_for(lambda: (r := _ranks(slurm_daemon, job)) and len(r) == 2 and r, what="both ranks")
+    ranks[1].send_signal(signal.SIGKILL)
+    final = slurm_daemon.wait_state(job, "completed", "failed", timeout=120)
+    assert final["state"] == "completed" and final["global_step"] == 40, final["attempts"]
+    first, second, third = final["attempts"]
+    assert first["nodes"] == "n[1-2]" and first["reason"] == "crash"
+    # attempt 2's ranks never started: the probe ended its step, and said which node failed and why
+    assert second["reason"] == "crash" and "n2: health probe failed: cannot write and read back" in \
+        second["detail"], second
+    assert len({a["slurm_job_id"] for a in final["attempts"]}) == 1  # all inside the one allocation
+    assert third["nodes"] == "n[1,3]" and third["resumed_from"] == best_not_newest(final["job_dir"], 3)
+    excluded = [e for e in _events(slurm_daemon, job) if e["kind"] in ("node_excluded", "spare_used")]
+    assert [(e["kind"], e["attempt"], e["data"]["node"]) for e in excluded] == [
+        ("node_excluded", 3, "n2"), ("spare_used", 3, "n3")], excluded
+    assert excluded[0]["data"]["reason"].startswith("health probe failed: cannot write"), excluded[0]
     wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
 
 
@@ -164,7 +200,7 @@ def test_daemon_restart_adopts_a_step_running_inside_the_allocation(slurm_daemon
     final = slurm_daemon.wait_state(job, "completed", "failed", timeout=120)
     assert final["state"] == "completed" and len(final["attempts"]) == 2, final["attempts"]
     assert final["attempts"][1]["slurm_job_id"] == second["slurm_job_id"] == final["attempts"][0]["slurm_job_id"]
-    assert final["attempts"][1]["slurm_step_id"] == "2" and final["attempts"][1]["slurm_state"] == "COMPLETED"
+    assert final["attempts"][1]["slurm_step_id"] == "3" and final["attempts"][1]["slurm_state"] == "COMPLETED"
     wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
 
 
@@ -222,7 +258,7 @@ def test_time_limit_checkpoints_first_and_continues_in_a_new_allocation(slurm_da
     assert limited, last  # (on a loaded box a second allocation may reach its limit too)
     first = limited[0]
     assert killed["reason"] == "crash" and killed["slurm_state"] == "FAILED", killed
-    assert first["slurm_job_id"] == killed["slurm_job_id"] and first["slurm_step_id"] == "2", first
+    assert first["slurm_job_id"] == killed["slurm_job_id"] and first["slurm_step_id"] == "3", first
     assert all(a["slurm_state"] == "TIMEOUT" and "time limit" in a["detail"] for a in limited), limited
     assert last["slurm_job_id"] != first["slurm_job_id"]  # the limit ended the allocation: a new one
     saves = [e for e in read_json_lines(JobLayout(Path(final["job_dir"])).manifest) if e.get("event") == "save"]

@@ -70,8 +70,8 @@ def test_ddp_over_two_nodes_survives_a_killed_rank_inside_its_allocation(lightni
     first, second = final["attempts"]
     assert first["reason"] == "crash" and first["nodes"] == "n[1-2]"
     assert second["resumed_from"] is not None and second["nodes"] == "n[1-2]"
-    # restarted inside the same allocation as its next srun step (DDP re-forms on the same nodes)
-    assert second["slurm_job_id"] == first["slurm_job_id"] and second["slurm_step_id"] == "2"
+    # restarted inside the same allocation as its next srun step, after its health probe (step 2)
+    assert second["slurm_job_id"] == first["slurm_job_id"] and second["slurm_step_id"] == "3"
     attempt2 = JobLayout(Path(final["job_dir"])).attempt(2)
     # both ranks of the new allocation ran to the end: rank 1 wrote its own exit record
     records = [read_exit_record(attempt2.exit_record), read_exit_record(attempt2.exit_record_of(1))]

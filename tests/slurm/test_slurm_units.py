@@ -18,7 +18,14 @@ from supervisor.errors import ConfigError
 from supervisor.rules.causes import Cause
 from supervisor.rules.outcome import classify_end
 from supervisor.runners.base import Phase
-from supervisor.runners.slurm_alloc import bad_nodes, choose_step_nodes, launch_note, node_events, render_next_step
+from supervisor.runners.slurm_alloc import (
+    bad_nodes,
+    choose_step_nodes,
+    launch_note,
+    new_allocation_note,
+    node_events,
+    render_next_step,
+)
 from supervisor.runners.slurm_script import render_batch_script, sbatch_options, slurm_job_name
 from supervisor.runners.slurm_states import end_exit, ending_of, parse_sbatch, parse_squeue, phase_of
 
@@ -94,7 +101,7 @@ def test_the_batch_script_probes_the_shared_filesystem_then_sruns_the_ranks(tmp_
     lines = script.splitlines()
     assert lines[0] == "#!/bin/bash" and "#SBATCH --no-requeue" in lines
     assert "cd '/w d' || exit 1" in lines and "module load cuda" in lines
-    probe = next(i for i, line in enumerate(lines) if "--ntasks-per-node=1" in line)
+    probe = next(i for i, line in enumerate(lines) if line.startswith("srun --ntasks-per-node=1"))
     train = next(i for i, line in enumerate(lines) if line.startswith('srun --kill-on-bad-exit=1 "${STEP_OPTS[@]}"'))
     assert lines.index("module load cuda") < probe < train
     assert lines[train].endswith("rank python -m trainer --config c.yaml &")
@@ -200,6 +207,8 @@ def test_the_next_step_keeps_good_nodes_and_takes_a_spare_for_a_bad_one() -> Non
     assert short.nodes == () and short.excluded == ("n1",)  # too few good nodes: a new allocation
     bad = {"n2": "drained"}
     assert launch_note("1234", moved, bad) == "inside allocation 1234 on n1,n3 (n2 drained)"
+    assert new_allocation_note("1240", ["n2"]) == "in a new allocation 1240 (n2 excluded)"
+    assert new_allocation_note("1240", []) == "in a new allocation 1240"
     assert [e["kind"] for e in node_events(moved, bad)] == ["node_excluded", "spare_used"]
 
 
@@ -212,8 +221,12 @@ def test_the_batch_script_holds_the_allocation_and_runs_the_daemons_next_steps(t
     # No Slurm: srun and scontrol are stand-ins that log their options and run the step's command here.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text('#!/bin/bash\necho "$*" >> "$SRUN_LOG"\n'
-                                  'while [ "${1#--}" != "$1" ]; do shift; done\nexec "$@"\n')
+    # The health probe runs once per node of --nodelist (as that node), every other step once.
+    (bin_dir / "srun").write_text('#!/bin/bash\necho "$*" >> "$SRUN_LOG"\nnodes=\n'
+                                  'for a in "$@"; do case "$a" in --nodelist=*) nodes=${a#--nodelist=};; esac; done\n'
+                                  'while [ "${1#--}" != "$1" ]; do shift; done\n'
+                                  'case "$*" in *" health timeout "*) ;; *) exec "$@";; esac\n'
+                                  'for n in ${nodes//,/ }; do SLURMD_NODENAME=$n "$@"; done\n')
     (bin_dir / "scontrol").write_text('#!/bin/bash\n[ "$2" = hostnames ] && { echo n1; echo n2; echo n3; exit; }\n'
                                       'echo "$3"\n')
     for tool in bin_dir.iterdir():
@@ -241,18 +254,33 @@ def test_the_batch_script_holds_the_allocation_and_runs_the_daemons_next_steps(t
                                                         {"ML_SUPERVISOR_ATTEMPT": "2", "OTHER": "x"}))
         while not (second / "slurm-end.json").exists() and time.monotonic() < wait:
             time.sleep(0.05)
+        # n3 cannot write its health probe file (a directory stands in its place: a real write error)
+        third = attempts / "3"
+        (third / "health" / "n3").mkdir(parents=True)
+        (alloc / "next.sh").write_text(render_next_step(third, ["n1", "n3"], command, {"ML_SUPERVISOR_ATTEMPT": "3"}))
+        while not (third / "slurm-end.json").exists() and time.monotonic() < wait:
+            time.sleep(0.05)
         (alloc / "release").touch()
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert (tmp_path / "ran").read_text() == "attempt 1 rank 0\nattempt 2 rank 0\n"
+    assert (tmp_path / "ran").read_text() == "attempt 1 rank 0\nattempt 2 rank 0\n"  # attempt 3 never ran
     steps = [json.loads((d / "slurm-step.json").read_text()) for d in (first, second)]
-    assert [(s["slurm_step_id"], s["nodes"]) for s in steps] == [("1", "n1,n2"), ("2", "n1,n3")]
-    ends = [json.loads((d / "slurm-end.json").read_text()) for d in (first, second)]
-    assert [(e["exit_code"], e["slurm_step_id"]) for e in ends] == [(0, "1"), (0, "2")]
+    # step 0: the allocation's probe; a restart's health probe is a step of its own before its ranks' step
+    assert [(s["slurm_step_id"], s["nodes"]) for s in steps] == [("1", "n1,n2"), ("3", "n1,n3")]
+    assert [(second / "health" / n).read_text() for n in ("n1", "n3")] == ["n1\n", "n3\n"]
+    ends = [json.loads((d / "slurm-end.json").read_text()) for d in (first, second, third)]
+    assert [(e["exit_code"], e["slurm_step_id"], e["step"]) for e in ends] == [
+        (0, "1", "train"), (0, "3", "train"), (3, "4", "health")]
+    assert not (third / "slurm-step.json").exists()  # its ranks' step never started
+    report = (third / "slurm-health.txt").read_text()
+    assert report.startswith(f"n3 cannot write and read back {third / 'health' / 'n3'}: ") and "Is a directory" in \
+        report and "n1" not in report, report
     srun = (tmp_path / "srun.log").read_text().splitlines()
-    assert "--nodelist=n1,n2" in srun[1] and "--nodelist=n1,n3" in srun[2] and "--nodes=2" in srun[2]
+    assert "--nodelist=n1,n2" in srun[1] and " health timeout " in srun[2] and "--nodelist=n1,n3" in srun[2]
+    assert "--nodelist=n1,n3" in srun[3] and "--nodes=2" in srun[3] and "--kill-on-bad-exit=1" in srun[3]
+    assert len(srun) == 5 and " health timeout " in srun[4]  # attempt 3: the probe, and no step after it
     assert (alloc / "gone").exists()
 
 

@@ -73,6 +73,8 @@ def test_status_shows_a_slurm_attempt_by_its_job_and_nodes_and_a_local_one_by_no
     assert news.events == [("node_excluded", "m", {"kind": "node_excluded", "node": "n2", "message": "m"})]
     assert BACKENDS["local"].launch_news({"pid": 1}).note is None and BACKENDS["local"].launch_news({}).events == []
     assert BACKENDS["local"].describe({"monitor_pid": 7}) == {}
+    # a Slurm restart's alert waits for its launch (which says where it went); a local one goes with the decision
+    assert BACKENDS["slurm"].restart_alert_at_launch and not BACKENDS["local"].restart_alert_at_launch
 
 
 def test_the_runner_set_finds_runners_by_backend_and_by_the_kind_an_attempt_recorded(tmp_path: Path) -> None:
