@@ -6,12 +6,11 @@ once; every later standby of the job is forked from it, so the attempt a
 standby backs up no longer shares the CPU with a new standby's imports after
 each takeover. The zygote is a child of the daemon: its stdin is our request
 pipe (it exits when the daemon does) and ``--reply-fd`` its answers. The kernel
-kills it with the daemon too (``PR_SET_PDEATHSIG``): one paused reads no pipe.
+kills it with the daemon too (``PR_SET_PDEATHSIG``): one stuck in an import reads no pipe.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import os
@@ -59,7 +58,6 @@ class Zygote:
     failure: str | None = None
     said_why: bool = False  # it reported its failure (and would again); else it died without a word: killed
     modules: dict[str, float] = field(default_factory=dict)
-    paused: bool = False  # SIGSTOPped while a cold attempt of its job imports (``pause``)
     _buffer: bytes = b""
 
     def alive(self) -> bool:
@@ -97,20 +95,13 @@ class Zygote:
                 break
         raise OSError(f"no answer from the zygote (pid {self.proc.pid}) within {FORK_REPLY_WAIT_S:.0f}s")
 
-    def pause(self) -> None:
-        """Stop its imports (SIGSTOP) while a cold attempt of its job imports the same: beside it they cost the
-        attempt's imports 1.6 s of 5.7 on 2 cores (bench/cold_restart.py). ``resume`` lets it go on."""
-        if self.state == ZygoteState.IMPORTING and not self.paused:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGSTOP)
-            self.paused = True
-
-    def resume(self) -> None:
-        """Let a paused zygote go on importing (SIGCONT)."""
-        if self.paused:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGCONT)
-            self.paused = False
+    def hurry(self) -> None:
+        """Give it the daemon's priority back (it imports at the standby's niceness): an attempt waits for it."""
+        try:
+            if os.getpriority(os.PRIO_PROCESS, self.proc.pid) != os.getpriority(os.PRIO_PROCESS, 0):
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
+        except OSError:  # gone; or no right to (not root: then it was never niced)
+            pass
 
     def stop(self) -> None:
         """Kill it and reap it (the standbys it forked are separate sessions: they stay, or go, on their own)."""
@@ -187,9 +178,9 @@ def start_zygote(job_id: str, trainer_command: list[str], *, cwd: str, env: dict
 def die_with(daemon_pid: int) -> Callable[[], None]:
     """A ``preexec_fn`` that has the kernel SIGKILL the child when the daemon dies (``PR_SET_PDEATHSIG``).
 
-    The closed request pipe ends a zygote that reads it, not one paused (SIGSTOP) for a cold
-    attempt's imports: it would stay behind, stopped, for ever; SIGKILL reaches a stopped
-    process. Set between fork and exec, so no pause comes before it. The signal comes when the
+    The closed request pipe ends a zygote that reads it, not one stuck in an import (a
+    filesystem that does not answer) or stopped (SIGSTOP): it would stay behind for ever;
+    SIGKILL reaches both. Set between fork and exec: no window before it. The signal comes when the
     daemon thread that started the zygote ends: the loop's, which lives as long as the daemon.
     The child runs only this: ``prctl`` is looked up here, in the daemon (nothing to import there).
     """
