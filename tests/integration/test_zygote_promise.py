@@ -1,6 +1,7 @@
 """A restart that comes while the job's zygote still imports waits for it (its imports have a head start on a
-cold start's), then runs in the standby it forks, handed over at once; and a zygote stuck in its imports does
-not outlive a SIGKILLed daemon (``PR_SET_PDEATHSIG``: it never reads its request pipe).
+cold start's), then runs in the standby it forks, handed over at once; a stop calls the wait off; and a zygote
+stuck in its imports does not outlive a SIGKILLed daemon (``PR_SET_PDEATHSIG``: it never reads its request
+pipe), whose successor ends the attempt that waited for it and starts the next.
 
 Real daemon, processes and signals, the fake trainer. The zygote's imports are held by a ``sitecustomize`` that
 makes its last check before ``ready`` (``threadpool_info``) wait until the test creates a gate file.
@@ -118,12 +119,19 @@ def test_a_stop_while_the_restart_waits_for_the_zygote_starts_nothing(gated_daem
         d.kill_leftovers()
 
 
-def test_a_zygote_stuck_in_its_imports_does_not_outlive_a_killed_daemon(gated_daemon: DaemonProc) -> None:
+def test_a_daemon_killed_while_a_restart_waits_for_its_stuck_zygote(gated_daemon: DaemonProc) -> None:
     d = gated_daemon
     try:
-        _start(d, "stuck")
-        d.kill(signal.SIGKILL)  # its imports never end: it never reads its request pipe again
+        job, pid1, _ = _start(d, "stuck")
+        os.kill(pid1, signal.SIGKILL)
+        wait_for(lambda: "waits for its zygote's imports" in d.log.read_text(), timeout=30, what="the promise")
+        d.kill(signal.SIGKILL)  # the zygote's imports never end: it never reads its request pipe again
         wait_for(lambda: not _zygotes(d.state_dir), timeout=10, what="the zygote gone with its daemon")
+        d.start()  # finds attempt 2 promised, with no monitor: nothing of it runs; attempt 3 starts (cold)
+        d.live_pid(job, 3)
+        attempts = d.status(job)["attempts"]
+        assert attempts[1]["ended_at"] is not None and attempts[1]["pid"] is None
+        assert not _trainers_of(Path(d.status(job)["job_dir"]) / "attempts" / "2")
     finally:
         if d.proc is not None:
             d.kill(signal.SIGTERM)
