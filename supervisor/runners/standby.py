@@ -245,14 +245,16 @@ class StandbyLocalRunner(LocalRunner):
         standby is not this attempt's; ``LaunchRefused`` while a trainer of the job holds its lock.
         """
         zygote = self._zygote_for(standby)
+        usable = zygote is not None and zygote.state == ZygoteState.IMPORTING \
+            and standby.attempt_dir == spec.attempt_dir and standby.ranks.world_size == spec.ranks.world_size
+        if usable:
+            lock_fd = try_lock(spec.lock_path)
+            if lock_fd is None:  # the pending standby stays, for the launch's next try
+                raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
+            os.close(lock_fd)
         self.drop_standby(job_id)
-        if zygote is None or zygote.state != ZygoteState.IMPORTING or standby.attempt_dir != spec.attempt_dir \
-                or standby.ranks.world_size != spec.ranks.world_size:
+        if not usable or zygote is None:
             return None
-        lock_fd = try_lock(spec.lock_path)
-        if lock_fd is None:
-            raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
-        os.close(lock_fd)
         zygote.hurry()
         self._promoting[job_id] = Promotion(spec, standby, zygote, time.monotonic())
         if self._exits is not None:  # its "ready" wakes the loop, which serves the attempt (observe)
