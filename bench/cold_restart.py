@@ -10,8 +10,10 @@ beside it, so ml-supervisor restarts cold:
     sup cold      ml-supervisor, ``standby: off`` (no zygote importing beside the restart)
 
 For ml-supervisor the restart is split as ``bench/restart_timeline.py`` splits it: detection
-(the kill to the daemon's restart decision), launch (to the new trainer's start), imports,
-setup + load, first step. Rounds alternate the contenders (the order rotated each round).
+(the kill to the daemon's restart decision), zygote (a restart that waits for the job's
+importing zygote: to its forked standby's ready file), launch (to the new trainer's start, or
+the handover), imports, setup + load, first step. Rounds alternate the contenders (the order
+rotated each round).
 
     .venv/bin/python bench/cold_restart.py [--rounds 3] [--after-checkpoint 2]
 """
@@ -31,11 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from restart_compare import WAIT_S, PlainLoop, SupervisedStandby, step_stamps
 
+from supervisor.jobfiles.atomic import read_json
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
+from supervisor.jobfiles.standbyfiles import ready_file_name
 from tests.support.harness import wait_for
 
-STAGES = ("detection", "launch", "imports", "setup+load", "first step")
+STAGES = ("detection", "zygote", "launch", "imports", "setup+load", "first step")
 
 
 def early_ready(contender: Any) -> None:
@@ -68,7 +72,12 @@ class SupEarly(SupervisedStandby):
         decision = next(e for e in self.daemon.client().call("events", job=self.job, after=self.after)
                         if e["kind"] == "restart")
         m = beat.marks
-        return {"detection": decision["time"] - killed_at, "launch": beat.started_at - decision["time"],
+        # A restart that waited for the job's zygote: its remaining imports and the forked standby's build, to
+        # the standby's ready file; the handover follows at once (so ``imports`` is nothing).
+        ready = read_json(JobLayout(self.daemon.state_dir / "jobs" / self.job).attempt(2).dir / ready_file_name(0, 1))
+        ready_at = float(ready["ready_at"]) if isinstance(ready, dict) and "ready_at" in ready else decision["time"]
+        return {"detection": decision["time"] - killed_at, "zygote": ready_at - decision["time"],
+                "launch": beat.started_at - ready_at,
                 "imports": m["imports_done"] - beat.started_at,
                 "setup+load": m["checkpoint_loaded"] - m["imports_done"],
                 "first step": m["first_step"] - m["checkpoint_loaded"]}

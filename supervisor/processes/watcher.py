@@ -62,6 +62,14 @@ class ExitWatcher:
             self._epoll.register(fd, select.EPOLLIN)
         return True
 
+    def watch_readable(self, key: str, fd: int) -> None:
+        """Call ``on_exit(key)`` once, when ``fd`` has something to read (a copy is watched: ``fd`` stays the
+        caller's, to read). A zygote's reply pipe: its ``ready`` serves the attempt that waits on it."""
+        copy = os.dup(fd)
+        with self._lock:
+            self._keys[copy] = key
+            self._epoll.register(copy, select.EPOLLIN)
+
     def unwatch(self, key: str) -> None:
         """Stop watching every process watched under ``key`` and close their pidfds."""
         with self._lock:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from supervisor.processes.ports import (
     choose_master_port,
     port_is_free,
 )
-from supervisor.runners.base import AttemptSpec, LaunchRefused, RunnerState
+from supervisor.runners.base import AttemptRef, AttemptSpec, LaunchRefused, Observation, Phase, RunnerState
 from supervisor.runners.local import LocalRunner
 from supervisor.runners.standby_process import (
     STANDBY_ENV,
@@ -62,6 +63,20 @@ log = logging.getLogger("ml_supervisor")
 # training it backs up (on a small node it did: the running attempt slowed while its next standby imported).
 # It runs at this niceness until promoted, when the runner gives every thread of it the monitor's back.
 STANDBY_NICE = 10
+# An attempt that waits for its zygote's imports (``promote``) starts cold after this long instead: a zygote stuck in
+# an import (a filesystem that does not answer) must not hold a restart for ever.
+ZYGOTE_WAIT_S = 120.0
+MONITOR_START_WAIT_S = 1.0  # a forked monitor writes monitor.json within milliseconds: then the attempt runs
+
+
+@dataclass
+class Promotion:
+    """An attempt promised to the standby its job's zygote will fork once its imports are done (``promote``)."""
+
+    spec: AttemptSpec  # the attempt's
+    standby: AttemptSpec  # the standby's, as ``prepare`` asked for it
+    zygote: Zygote
+    since: float  # monotonic
 
 
 class StandbyLocalRunner(LocalRunner):
@@ -71,6 +86,7 @@ class StandbyLocalRunner(LocalRunner):
         super().__init__(*args, **kwargs)
         self._standbys: dict[str, Standby] = {}
         self._pending: dict[str, AttemptSpec] = {}  # job -> the standby its importing zygote will fork
+        self._promoting: dict[str, Promotion] = {}  # job -> the attempt that waits for that standby
         self._zygotes = JobZygotes()
         self._failed_prepares: dict[tuple[str, int], int] = {}  # (job, attempt) -> standbys that died unready
         self._port_busy_since: dict[str, float] = {}  # job -> when a promotion first found its fixed port held
@@ -93,8 +109,6 @@ class StandbyLocalRunner(LocalRunner):
             shutil.rmtree(spec.attempt_dir, ignore_errors=True)
         if spec.attempt > 1:  # attempt 1's is exec'd: nothing is imported to fork from yet
             zygote = self._zygote_for(spec)
-            if zygote is not None:
-                zygote.resume()  # paused for a cold attempt's imports (promote); that attempt has stepped now
             if zygote is not None and zygote.state == ZygoteState.READY:
                 return self._fork_standby(zygote, spec)
             if zygote is not None:
@@ -118,13 +132,13 @@ class StandbyLocalRunner(LocalRunner):
         else:
             self._exec_standby(spec)
 
-    def _exec_standby(self, spec: AttemptSpec) -> RunnerState:
+    def _exec_standby(self, spec: AttemptSpec, nice: bool = True) -> RunnerState:
         config = config_of(spec.command)
         world_size = spec.ranks.world_size
         # The job's lock, opened and NOT locked: the monitor and every rank inherit this one open file, and
         # the ranks lock it at the handover (module docstring). The running attempt holds the lock meanwhile.
         lock_fd = os.open(spec.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        env = self._standby_env(spec)
+        env = self._standby_env(spec, nice)
         env[LOCK_FD_ENV] = str(lock_fd)
         try:
             pid, started = spawn_attempt_monitor(AttemptLayout(spec.attempt_dir), [*spec.command, "--standby"],
@@ -134,18 +148,18 @@ class StandbyLocalRunner(LocalRunner):
             os.close(lock_fd)
         return self._register(spec, config, pid, started, "started")
 
-    def _fork_standby(self, zygote: Zygote, spec: AttemptSpec) -> RunnerState:
+    def _fork_standby(self, zygote: Zygote, spec: AttemptSpec, nice: bool = True) -> RunnerState:
         """Ask the job's zygote for the standby; exec it instead (and from now on) if the zygote fails."""
         spec.attempt_dir.mkdir(parents=True, exist_ok=True)
         try:
             pid = zygote.fork({
-                "attempt_dir": str(spec.attempt_dir), "cwd": spec.workdir, "env": self._standby_env(spec),
+                "attempt_dir": str(spec.attempt_dir), "cwd": spec.workdir, "env": self._standby_env(spec, nice),
                 "lock_path": str(spec.lock_path), "monitor_args": monitor_args(spec.ranks.world_size),
                 "command": [*spec.command, "--standby"],
             })
         except OSError as exc:
             self._zygotes.failed(spec.job_id, str(exc))
-            return self._exec_standby(spec)  # wanted now: a replaced zygote serves the next one
+            return self._exec_standby(spec, nice)  # wanted now: a replaced zygote serves the next one
         return self._register(spec, config_of(spec.command), pid, start_time(pid) or 0.0, "forked")
 
     def _register(self, spec: AttemptSpec, config: Path, pid: int, started: float, how: str) -> RunnerState:
@@ -160,14 +174,14 @@ class StandbyLocalRunner(LocalRunner):
         return {"monitor_pid": pid, "monitor_started": started, "standby": True, "world_size": world_size}
 
     @staticmethod
-    def _standby_env(spec: AttemptSpec) -> dict[str, str]:
+    def _standby_env(spec: AttemptSpec, nice: bool = True) -> dict[str, str]:
         env = dict(spec.env)
         env[STANDBY_ENV] = spec.job_id
         # The standby's CUDA_VISIBLE_DEVICES is empty (its GPUs come with the handover), and CUDA reads it once,
         # when first asked: with this, torch.cuda.is_available() (called by many libraries as they import)
         # asks NVML instead of initialising CUDA (trainer/standby.py checks that nothing did, before it is ready).
         env["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-        if os.geteuid() == 0:  # only where we can undo it at the promotion: lowering a niceness needs root
+        if nice and os.geteuid() == 0:  # only where we can undo it at the promotion: lowering a niceness needs root
             env[NICE_ENV] = str(STANDBY_NICE)
         return env
 
@@ -184,13 +198,8 @@ class StandbyLocalRunner(LocalRunner):
         Raises ``LaunchRefused(retry=True)`` while a trainer of the job still holds its lock.
         """
         self.serve_pending(job_id)
-        if job_id in self._pending:  # its zygote still imports: a cold start is sooner
-            zygote = self._zygote_for(self._pending[job_id])
-            if zygote is not None:  # and gets the CPU to itself until it has stepped (the next prepare)
-                zygote.pause()
-                log.info("job %s: its zygote's imports wait for the cold attempt's first step", job_id)
-            self.drop_standby(job_id)
-            return None
+        if job_id in self._pending:  # its zygote still imports, with a head start on a cold start's imports
+            return self._promise(job_id, self._pending[job_id], spec)
         standby = self._standbys.get(job_id)
         if standby is None:
             return None
@@ -199,6 +208,11 @@ class StandbyLocalRunner(LocalRunner):
             log.info("job %s: not promoting the standby: %s", job_id, why)
             self.drop_standby(job_id)
             return None
+        return self._hand_over(standby, spec)
+
+    def _hand_over(self, standby: Standby, spec: AttemptSpec) -> RunnerState:
+        """Write the standby's ``handover.json`` for ``spec``: from now on it is that attempt; its state."""
+        job_id = standby.job_id
         master_port = self._master_port(spec) if standby.world_size > 1 else None
         lock_fd = try_lock(spec.lock_path)
         if lock_fd is None:
@@ -221,6 +235,88 @@ class StandbyLocalRunner(LocalRunner):
         return {"monitor_pid": standby.monitor_pid, "monitor_started": standby.monitor_started,
                 "trainer_pid": None, "pgid": None, "standby": True, "world_size": standby.world_size,
                 "uid": os.getuid()}
+
+    # -- an attempt that waits for its zygote -------------------------------------------------------
+    def _promise(self, job_id: str, standby: AttemptSpec, spec: AttemptSpec) -> RunnerState | None:
+        """Promise attempt ``spec`` the standby the job's importing zygote will fork; its state (no monitor yet).
+
+        The zygote has imported since the last attempt's first step: what is left of its imports is
+        shorter than a cold start's whole (bench/cold_restart.py). None (a cold start) when the pending
+        standby is not this attempt's; ``LaunchRefused`` while a trainer of the job holds its lock.
+        """
+        zygote = self._zygote_for(standby)
+        usable = zygote is not None and zygote.state == ZygoteState.IMPORTING \
+            and standby.attempt_dir == spec.attempt_dir and standby.ranks.world_size == spec.ranks.world_size
+        if usable:
+            lock_fd = try_lock(spec.lock_path)
+            if lock_fd is None:  # the pending standby stays, for the launch's next try
+                raise LaunchRefused("another trainer of this job still holds its lock", retry=True)
+            os.close(lock_fd)
+        self.drop_standby(job_id)
+        if not usable or zygote is None:
+            return None
+        zygote.hurry()
+        self._promoting[job_id] = Promotion(spec, standby, zygote, time.monotonic())
+        if self._exits is not None:  # its "ready" wakes the loop, which serves the attempt (observe)
+            self._exits.watch_readable(job_id, zygote.reply_fd)
+        log.info("job %s: attempt %d waits for its zygote's imports (pid %d)", job_id, spec.attempt, zygote.proc.pid)
+        return {"monitor_pid": None, "monitor_started": None, "trainer_pid": None, "pgid": None, "standby": True,
+                "from_zygote": True, "world_size": spec.ranks.world_size, "uid": os.getuid()}
+
+    def observe(self, ref: AttemptRef) -> Observation:
+        """As ``LocalRunner.observe``; an attempt promised to a zygote's standby is pending until it is forked."""
+        if not ref.state.get("from_zygote") or ref.state.get("monitor_pid"):
+            return super().observe(ref)
+        state = self._serve_promise(ref)
+        if state is None:  # called off (a stop), or promised by an earlier daemon: nothing of it was started
+            return Observation(Phase.ENDED, dict(ref.state), None, None, None)
+        if not state.get("monitor_pid"):
+            return Observation(Phase.PENDING, state, None, None, None)
+        return super().observe(replace(ref, state=state))
+
+    def _serve_promise(self, ref: AttemptRef) -> RunnerState | None:
+        """Fork and hand over the promised standby once the zygote is ready (a cold start if it failed)."""
+        promise = self._promoting.get(ref.job_id)
+        if promise is None or promise.spec.attempt != ref.attempt:
+            return None
+        self._zygotes.tick()
+        zygote = promise.zygote
+        if zygote.state == ZygoteState.IMPORTING and time.monotonic() - promise.since < ZYGOTE_WAIT_S:
+            return dict(ref.state)
+        del self._promoting[ref.job_id]
+        if zygote.state != ZygoteState.READY:
+            self._zygotes.failed(ref.job_id, zygote.failure or f"not ready after {ZYGOTE_WAIT_S:.0f}s")
+            log.warning("job %s: its zygote did not become ready; attempt %d starts cold", ref.job_id, ref.attempt)
+            try:
+                return self.launch(promise.spec)
+            except (LaunchRefused, OSError) as exc:
+                log.warning("job %s: cannot start attempt %d: %s", ref.job_id, ref.attempt, exc)
+                return None
+        # Not niced: it is the attempt, not a background standby (its priority is not restored at the handover).
+        self._fork_standby(zygote, promise.standby, nice=False)
+        try:
+            state = self._hand_over(self._standbys[ref.job_id], promise.spec)
+        except LaunchRefused as exc:
+            log.warning("job %s: cannot hand attempt %d its standby: %s", ref.job_id, ref.attempt, exc)
+            self.drop_standby(ref.job_id)
+            return None
+        monitor_json = AttemptLayout(promise.spec.attempt_dir).monitor_start
+        deadline = time.monotonic() + MONITOR_START_WAIT_S  # so this very look finds the trainer running
+        while not monitor_json.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return state
+
+    def _called_off(self, ref: AttemptRef) -> bool:
+        """Whether ``ref`` was still waiting for its zygote (now it is not: nothing of it will start)."""
+        return not ref.state.get("monitor_pid") and self._promoting.pop(ref.job_id, None) is not None
+
+    def graceful_stop(self, ref: AttemptRef) -> None:
+        if not self._called_off(ref):
+            super().graceful_stop(ref)
+
+    def kill(self, ref: AttemptRef) -> list[int]:
+        self._called_off(ref)
+        return super().kill(ref)
 
     def _master_port(self, spec: AttemptSpec) -> int:
         """The promoted attempt's ``MASTER_PORT``, as its monitor would choose it on a cold start: the job's
@@ -320,6 +416,7 @@ class StandbyLocalRunner(LocalRunner):
     def forget_job(self, job_id: str) -> None:
         """The job ended for good: no standby for it, nor a zygote."""
         self.drop_standby(job_id)
+        self._promoting.pop(job_id, None)
         self._zygotes.forget(job_id)
         self._port_busy_since.pop(job_id, None)
         for key in [k for k in self._failed_prepares if k[0] == job_id]:
@@ -328,6 +425,7 @@ class StandbyLocalRunner(LocalRunner):
     def close(self) -> None:
         for job_id in [*self._standbys, *self._pending]:
             self.drop_standby(job_id)
+        self._promoting.clear()
         self._zygotes.close()
         super().close()
 

@@ -5,12 +5,13 @@ One zygote per job, started for the job's second standby (the first, attempt
 once; every later standby of the job is forked from it, so the attempt a
 standby backs up no longer shares the CPU with a new standby's imports after
 each takeover. The zygote is a child of the daemon: its stdin is our request
-pipe (it exits when the daemon does) and ``--reply-fd`` its answers.
+pipe (it exits when the daemon does) and ``--reply-fd`` its answers. The kernel
+kills it with the daemon too (``PR_SET_PDEATHSIG``): one stuck in an import reads no pipe.
 """
 
 from __future__ import annotations
 
-import contextlib
+import ctypes
 import json
 import os
 import select
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from supervisor.jobfiles.standbyfiles import ROOM_ARG, ROOM_ENV
 ZYGOTE_MODULE = "trainer.zygote"
 FORK_REPLY_WAIT_S = 5.0  # a fork of the imported interpreter takes tens of ms; this bounds a stuck zygote
 LOG_FILE = "zygote.log"  # in the job dir
+PR_SET_PDEATHSIG = 1  # prctl(2)
 # The options of `python -m trainer` that belong to one attempt (trainer/cli.py), each with a value.
 ATTEMPT_OPTIONS = ("--attempt-dir", "--checkpoint-dir", "--ckpt", "--attempt", "--restarts", "--deadline")
 
@@ -55,7 +58,6 @@ class Zygote:
     failure: str | None = None
     said_why: bool = False  # it reported its failure (and would again); else it died without a word: killed
     modules: dict[str, float] = field(default_factory=dict)
-    paused: bool = False  # SIGSTOPped while a cold attempt of its job imports (``pause``)
     _buffer: bytes = b""
 
     def alive(self) -> bool:
@@ -93,20 +95,13 @@ class Zygote:
                 break
         raise OSError(f"no answer from the zygote (pid {self.proc.pid}) within {FORK_REPLY_WAIT_S:.0f}s")
 
-    def pause(self) -> None:
-        """Stop its imports (SIGSTOP) while a cold attempt of its job imports the same: beside it they cost the
-        attempt's imports 1.6 s of 5.7 on 2 cores (bench/cold_restart.py). ``resume`` lets it go on."""
-        if self.state == ZygoteState.IMPORTING and not self.paused:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGSTOP)
-            self.paused = True
-
-    def resume(self) -> None:
-        """Let a paused zygote go on importing (SIGCONT)."""
-        if self.paused:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGCONT)
-            self.paused = False
+    def hurry(self) -> None:
+        """Give it the daemon's priority back (it imports at the standby's niceness): an attempt waits for it."""
+        try:
+            if os.getpriority(os.PRIO_PROCESS, self.proc.pid) != os.getpriority(os.PRIO_PROCESS, 0):
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
+        except OSError:  # gone; or no right to (not root: then it was never niced)
+            pass
 
     def stop(self) -> None:
         """Kill it and reap it (the standbys it forked are separate sessions: they stay, or go, on their own)."""
@@ -167,7 +162,7 @@ def start_zygote(job_id: str, trainer_command: list[str], *, cwd: str, env: dict
                 [sys.executable, "-m", ZYGOTE_MODULE, "--reply-fd", str(reply_w), "--module", trainer_command[2],
                  *job_arguments(trainer_command[3:]), ROOM_ARG],
                 cwd=cwd, env={**env, ROOM_ENV[0]: ROOM_ENV[1]}, stdin=subprocess.PIPE, stdout=log, stderr=log,
-                start_new_session=True, pass_fds=(reply_w,), close_fds=True)
+                start_new_session=True, pass_fds=(reply_w,), close_fds=True, preexec_fn=die_with(os.getpid()))
         finally:
             os.close(log)
     except BaseException:
@@ -178,6 +173,25 @@ def start_zygote(job_id: str, trainer_command: list[str], *, cwd: str, env: dict
     config = Path(trainer_command[trainer_command.index("--config") + 1])
     return Zygote(job_id=job_id, proc=proc, reply_fd=reply_r, job_dir=job_dir, config_path=config,
                   config_mtime=_mtime(config))
+
+
+def die_with(daemon_pid: int) -> Callable[[], None]:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when the daemon dies (``PR_SET_PDEATHSIG``).
+
+    The closed request pipe ends a zygote that reads it, not one stuck in an import (a
+    filesystem that does not answer) or stopped (SIGSTOP): it would stay behind for ever;
+    SIGKILL reaches both. Set between fork and exec: no window before it. The signal comes when the
+    daemon thread that started the zygote ends: the loop's, which lives as long as the daemon.
+    The child runs only this: ``prctl`` is looked up here, in the daemon (nothing to import there).
+    """
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != daemon_pid:  # it died before the line above
+            os._exit(1)
+
+    return arm
 
 
 def job_arguments(trainer_args: list[str]) -> list[str]:
