@@ -19,6 +19,7 @@ stdin closes. See docs/architecture.md, "The zygote".
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -45,6 +46,8 @@ from trainer.proctitle import set_command_line, set_environment_block
 from trainer.ranks import rank_from_env
 from trainer.standby import INHERITED_MODULE_MTIMES, cuda_touched, user_module_mtimes
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
 
 @dataclass
 class ForkedRank:
@@ -59,7 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     own = argparse.ArgumentParser(prog="python -m trainer.zygote", allow_abbrev=False)
     own.add_argument("--reply-fd", type=int, required=True)
     own.add_argument("--module", default="trainer", help="the trainer module its standbys run (python -m MODULE)")
+    own.add_argument("--die-with", type=int, help="the daemon's pid: the kernel kills this zygote when it dies")
     args, trainer_argv = own.parse_known_args([a for a in (sys.argv[1:] if argv is None else argv) if a != ROOM_ARG])
+    if args.die_with is not None:
+        die_with(args.die_with)
     reply = os.fdopen(args.reply_fd, "w", buffering=1)
     base_nice = os.getpriority(os.PRIO_PROCESS, 0)
     nice = os.environ.get(NICE_ENV)
@@ -116,6 +122,21 @@ def import_job(trainer_argv: Sequence[str]) -> dict[str, float]:
     if touched:
         raise RuntimeError(f"CUDA was initialised by the imports ({touched}): a fork could not get its own GPUs")
     return user_module_mtimes(Path(cfg.workdir or os.getcwd()))
+
+
+def die_with(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent, the daemon, dies (``PR_SET_PDEATHSIG``).
+
+    The closed request pipe ends a zygote that reads it, not one stuck in an import (a filesystem
+    that does not answer): that one would stay behind for ever. Set here, before the job's imports,
+    not in a ``preexec_fn``: that runs Python between fork and exec in the daemon's threaded process,
+    where the docs warn it can deadlock (and the daemon's Popen would wait on it). Forked monitors
+    clear it (``fork`` does), so a standby still outlives the zygote.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the daemon died before the line above
+        os._exit(1)
 
 
 def fork_unsafe(task_dir: str = "/proc/self/task") -> str | None:

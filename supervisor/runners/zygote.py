@@ -11,7 +11,6 @@ kills it with the daemon too (``PR_SET_PDEATHSIG``): one stuck in an import read
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import select
@@ -19,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,6 @@ from supervisor.jobfiles.standbyfiles import ROOM_ARG, ROOM_ENV
 ZYGOTE_MODULE = "trainer.zygote"
 FORK_REPLY_WAIT_S = 5.0  # a fork of the imported interpreter takes tens of ms; this bounds a stuck zygote
 LOG_FILE = "zygote.log"  # in the job dir
-PR_SET_PDEATHSIG = 1  # prctl(2)
 # The options of `python -m trainer` that belong to one attempt (trainer/cli.py), each with a value.
 ATTEMPT_OPTIONS = ("--attempt-dir", "--checkpoint-dir", "--ckpt", "--attempt", "--restarts", "--deadline")
 
@@ -160,9 +157,9 @@ def start_zygote(job_id: str, trainer_command: list[str], *, cwd: str, env: dict
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", ZYGOTE_MODULE, "--reply-fd", str(reply_w), "--module", trainer_command[2],
-                 *job_arguments(trainer_command[3:]), ROOM_ARG],
+                 "--die-with", str(os.getpid()), *job_arguments(trainer_command[3:]), ROOM_ARG],
                 cwd=cwd, env={**env, ROOM_ENV[0]: ROOM_ENV[1]}, stdin=subprocess.PIPE, stdout=log, stderr=log,
-                start_new_session=True, pass_fds=(reply_w,), close_fds=True, preexec_fn=die_with(os.getpid()))
+                start_new_session=True, pass_fds=(reply_w,), close_fds=True)
         finally:
             os.close(log)
     except BaseException:
@@ -173,25 +170,6 @@ def start_zygote(job_id: str, trainer_command: list[str], *, cwd: str, env: dict
     config = Path(trainer_command[trainer_command.index("--config") + 1])
     return Zygote(job_id=job_id, proc=proc, reply_fd=reply_r, job_dir=job_dir, config_path=config,
                   config_mtime=_mtime(config))
-
-
-def die_with(daemon_pid: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that has the kernel SIGKILL the child when the daemon dies (``PR_SET_PDEATHSIG``).
-
-    The closed request pipe ends a zygote that reads it, not one stuck in an import (a
-    filesystem that does not answer) or stopped (SIGSTOP): it would stay behind for ever;
-    SIGKILL reaches both. Set between fork and exec: no window before it. The signal comes when the
-    daemon thread that started the zygote ends: the loop's, which lives as long as the daemon.
-    The child runs only this: ``prctl`` is looked up here, in the daemon (nothing to import there).
-    """
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-
-    def arm() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != daemon_pid:  # it died before the line above
-            os._exit(1)
-
-    return arm
 
 
 def job_arguments(trainer_args: list[str]) -> list[str]:
