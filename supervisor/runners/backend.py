@@ -60,6 +60,9 @@ class Backend:
     describe: Callable[[RunnerState], dict[str, Any]]
     # A launched attempt's runner state -> what its launch event adds (``LaunchNews``).
     launch_news: Callable[[RunnerState], LaunchNews] = no_news
+    # ``supervision.standby: auto`` may turn a standby on (False: only ``on`` does; the standby's resources are
+    # not the daemon's to measure)
+    standby_auto: bool = True
 
 
 def no_options(cfg: DictConfig) -> Mapping[str, Any]:

@@ -1,0 +1,91 @@
+"""The batch script's side of a standby per node, with stand-ins for srun and scancel (no Slurm, about a second).
+
+The daemon asks for a standby step (``alloc/standby.sh``); the script starts it beside the
+running step; the next step named in ``next.sh`` with ``STEP_STANDBY`` is that step (no new
+srun, the handover renamed into place), and a cold next step ends an untaken standby first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from supervisor.runners.slurm_alloc import render_next_step
+from supervisor.runners.slurm_script import render_batch_script
+from supervisor.runners.slurm_standby import render_standby_request, standby_problem
+
+SLURM = {"nodes": 2, "ntasks_per_node": 1, "in_allocation_restarts": 3, "hold_s": 20, "setup": []}
+# A standby: says ready, waits for the handover in its dir, then "trains" (records who it is).
+STANDBY = ('d="$0"; echo "{}" > "$d/standby-ready.json"; while [ ! -e "$d/handover.json" ]; do sleep 0.02; done; '
+           'echo "standby of $(basename "$d") took attempt $ML_SUPERVISOR_ATTEMPT ($ML_SUPERVISOR_STANDBY)" >> "$1"')
+
+
+def _wait(what: Callable[[], bool], limit: float = 15.0) -> None:
+    deadline = time.monotonic() + limit
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_the_script_runs_the_standby_step_and_hands_it_the_next_step(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/bash\necho "$*" >> "$SRUN_LOG"\n'
+                                  'while [ "${1#--}" != "$1" ]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scancel").write_text('#!/bin/bash\necho "$*" >> "$SCANCEL_LOG"\nexit 1\n')  # the script kills then
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    attempts, ran = tmp_path / "attempts", tmp_path / "ran"
+    first, second, third = (attempts / str(n) for n in (1, 2, 3))
+    for d in (first, second, third):
+        d.mkdir(parents=True)
+    go = tmp_path / "go"
+    crash = ("bash", "-c", 'while [ ! -e "$0" ]; do sleep 0.02; done; exit 3', str(go))  # step 1: dies when told
+    (first / "slurm-batch.sh").write_text(render_batch_script(job_id="j", attempt_dir=first, workdir=str(tmp_path),
+                                                              command=crash, slurm=SLURM))
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", SRUN_LOG=str(tmp_path / "srun.log"),
+               SCANCEL_LOG=str(tmp_path / "scancel.log"), SLURM_JOB_ID="77", SLURM_JOB_NODELIST="n[1-2]",
+               SLURM_NNODES="1", SLURMD_NODENAME="n1", SLURM_PROCID="0")
+    proc = subprocess.Popen(["bash", str(first / "slurm-batch.sh")], env=env)
+    alloc = first / "alloc"
+    standby = ("bash", "-c", STANDBY, str(second), str(ran))
+    try:
+        _wait(lambda: (first / "slurm-step.json").exists())
+        # while step 1 runs, the daemon asks for attempt 2's standby: a step of its own, beside step 1
+        (alloc / "standby.sh").write_text(render_standby_request(second, [], standby,
+                                                                 {"ML_SUPERVISOR_ATTEMPT": "2"}, "j"))
+        _wait(lambda: standby_problem(second, 1) is None)
+        step_id = json.loads((second / "slurm-standby.json").read_text())["slurm_step_id"]
+        go.touch()  # a rank dies: step 1 ends; the allocation is held
+        _wait(lambda: (first / "slurm-end.json").exists())
+        (second / "handover.pending.json").write_text('{"argv": []}')
+        (alloc / "next.sh").write_text(render_next_step(second, [], ("false",), {"ML_SUPERVISOR_ATTEMPT": "2"},
+                                                        standby_step=step_id))
+        _wait(lambda: (second / "slurm-end.json").exists())
+        # attempt 3's standby, then a cold next step (say, on other nodes): the standby is ended first
+        third_standby = ("bash", "-c", STANDBY, str(third), str(ran))
+        (alloc / "standby.sh").write_text(render_standby_request(third, [], third_standby, {}, "j"))
+        _wait(lambda: standby_problem(third, 1) is None)
+        cold = ("bash", "-c", 'echo "cold attempt $ML_SUPERVISOR_ATTEMPT" >> "$0"', str(ran))
+        (alloc / "next.sh").write_text(render_next_step(third, [], cold, {"ML_SUPERVISOR_ATTEMPT": "3"}))
+        _wait(lambda: (third / "slurm-end.json").exists())
+        (alloc / "release").touch()
+        assert proc.wait(timeout=10) == 0  # the last step's exit code
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert ran.read_text() == "standby of 2 took attempt 2 (j)\ncold attempt 3\n"
+    step2 = json.loads((second / "slurm-step.json").read_text())
+    assert step2["standby"] is True and step2["slurm_step_id"] == step_id == "2"
+    ends = [json.loads((d / "slurm-end.json").read_text()) for d in (first, second, third)]
+    assert [(e["exit_code"], e["slurm_step_id"]) for e in ends] == [(3, "1"), (0, "2"), (0, "4")]
+    srun = (tmp_path / "srun.log").read_text().splitlines()  # probe, step 1, standby 2, standby 3, cold step 4
+    assert len(srun) == 5 and "--overlap" in srun[2] and "--overlap" in srun[3] and "--overlap" not in srun[4]
+    assert "ML_SUPERVISOR_STANDBY=j" in srun[2] and srun[2].endswith("--standby")
+    assert (tmp_path / "scancel.log").read_text() == "--signal=KILL 77.3\n"
+    assert json.loads((third / "slurm-standby-end.json").read_text())["exit_code"] == 137  # killed, untaken
+    assert not (third / "handover.json").exists() and (alloc / "gone").exists()
