@@ -114,6 +114,7 @@ def _standby_functions(per_node: int) -> list[str]:
         "    stop_standby",
         "    SB_NODES=''; SB_ENV=(); SB_CMD=()",
         "    . \"$ALLOC_DIR/standby-taken.sh\"  # SB_DIR, SB_NODES, SB_ENV, SB_CMD",
+        f"    rm -f \"{ended}\"  # an earlier standby's, in the same dir (a daemon restarted meanwhile)",
         "    SB_OPTS=()",
         "    [ -n \"$SB_NODES\" ] && SB_OPTS=(--nodes=$STEP_NNODES "
         f"--ntasks=$((STEP_NNODES * {per_node})) --ntasks-per-node={per_node} --nodelist=$SB_NODES)",

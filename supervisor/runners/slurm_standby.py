@@ -105,10 +105,9 @@ def handover_json(spec: AttemptSpec) -> str:
 def standby_problem(attempt_dir: Path, world_size: int) -> str | None:
     """Why the standby step in ``attempt_dir`` cannot take the attempt now, or None (every rank ready)."""
     try:
-        if read_json(attempt_dir / STANDBY_END) is not None:
+        if standby_end(attempt_dir) is not None:
             return "its step ended"
-        started = read_json(attempt_dir / STANDBY_RECORD)
-        if not isinstance(started, dict) or not started.get("slurm_step_id"):
+        if standby_step_id(attempt_dir) is None:
             return "the batch script has not started it yet"
         for rank in range(world_size):
             ready = read_json(attempt_dir / ready_file_name(rank, world_size))
@@ -128,6 +127,13 @@ def standby_step_id(attempt_dir: Path) -> str | None:
     except FileStalled:
         return None
     return str(started.get("slurm_step_id") or "") or None if isinstance(started, dict) else None
+
+
+def standby_end(attempt_dir: Path) -> dict[str, Any] | None:
+    """The end record of the standby step now recorded in ``attempt_dir`` (an earlier step's does not count)."""
+    ended = read_json(attempt_dir / STANDBY_END)
+    step = standby_step_id(attempt_dir)
+    return ended if isinstance(ended, dict) and step is not None and str(ended.get("slurm_step_id")) == step else None
 
 
 class SlurmStandbys:
@@ -236,7 +242,7 @@ class SlurmStandbys:
         """Forget standby steps that ended untaken (replaced at the next poll); count those never ready."""
         for job_id, standby in list(self._standbys.items()):
             try:
-                ended = read_json(standby.attempt_dir / STANDBY_END)
+                ended = standby_end(standby.attempt_dir)
             except FileStalled:
                 continue
             if ended is None:

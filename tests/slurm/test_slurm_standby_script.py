@@ -89,3 +89,22 @@ def test_the_script_runs_the_standby_step_and_hands_it_the_next_step(tmp_path: P
     assert (tmp_path / "scancel.log").read_text() == "--signal=KILL 77.3\n"
     assert json.loads((third / "slurm-standby-end.json").read_text())["exit_code"] == 137  # killed, untaken
     assert not (third / "handover.json").exists() and (alloc / "gone").exists()
+
+
+def test_a_standby_step_is_usable_only_with_every_rank_ready_and_its_own_step_running(tmp_path: Path) -> None:
+    def write(name: str, data: dict[str, object]) -> None:
+        (tmp_path / name).write_text(json.dumps(data))
+
+    assert standby_problem(tmp_path, 2) == "the batch script has not started it yet"
+    write("slurm-standby.json", {"slurm_step_id": "5"})
+    write("standby-ready.rank0.json", {"pid": 1})
+    assert standby_problem(tmp_path, 2) == "rank 1 is still preparing"
+    write("standby-ready.rank1.json", {"pid": 2, "failed": "ImportError: no module named model"})
+    assert standby_problem(tmp_path, 2) == "rank 1 could not prepare: ImportError: no module named model"
+    write("standby-ready.rank1.json", {"pid": 2})
+    assert standby_problem(tmp_path, 2) is None
+    # the end of an earlier standby step in the same dir (a restarted daemon asked again) is not this one's
+    write("slurm-standby-end.json", {"slurm_step_id": "4", "exit_code": 137})
+    assert standby_problem(tmp_path, 2) is None
+    write("slurm-standby-end.json", {"slurm_step_id": "5", "exit_code": 1})
+    assert standby_problem(tmp_path, 2) == "its step ended"
