@@ -108,3 +108,63 @@ def test_a_standby_step_is_usable_only_with_every_rank_ready_and_its_own_step_ru
     assert standby_problem(tmp_path, 2) is None
     write("slurm-standby-end.json", {"slurm_step_id": "5", "exit_code": 1})
     assert standby_problem(tmp_path, 2) == "its step ended"
+
+
+def test_the_daemon_asks_for_a_standby_step_and_promotes_it_only_on_the_nodes_it_runs_on(tmp_path: Path) -> None:
+    # The runner's side without Slurm: squeue's view, scontrol's node names and sinfo's bad nodes are set here.
+    from supervisor.runners.base import AttemptSpec, RankLayout
+    from supervisor.runners.slurm import SlurmRunner
+    from supervisor.runners.slurm_alloc import Allocation, write_allocation
+    from supervisor.runners.slurm_states import QueueEntry
+
+    attempts = tmp_path / "jobs" / "j" / "attempts"
+    alloc = attempts / "1" / "alloc"
+    alloc.mkdir(parents=True)
+    slurm = dict(SLURM, spare_nodes=1)
+
+    def spec(n: int, ckpt: str | None = None) -> AttemptSpec:
+        return AttemptSpec(job_id="j", attempt=n, workdir=str(tmp_path), attempt_dir=attempts / str(n),
+                           command=("python", "-m", "trainer", "--attempt-dir", str(attempts / str(n)),
+                                    *(("--ckpt", ckpt) if ckpt else ())),
+                           env={"ML_SUPERVISOR_ATTEMPT": str(n), "HOME": "/x"}, lock_path=tmp_path / "lock",
+                           ranks=RankLayout(world_size=2, local_ranks=(0,)), options={"slurm": slurm})
+
+    runner = SlurmRunner(lambda notice: None)
+    runner._queue = {"77": QueueEntry("77", "RUNNING", "n[1-3]", "mlsup-j")}
+    runner._refresh = lambda force=False: True  # type: ignore[method-assign,misc]
+    runner._hostnames = lambda nodelist: ["n1", "n2", "n3"]  # type: ignore[method-assign]
+    bad: dict[str, str] = {}
+    runner._bad_nodes = lambda nodelist: bad  # type: ignore[method-assign]
+    write_allocation(attempts / "1", Allocation("77", str(alloc), restarts=0, nodes=["n1", "n2"]))
+
+    def ready(n: int, step: str) -> None:  # what the script (it takes the request) and the standby's ranks write
+        (alloc / "standby.sh").rename(alloc / "standby-taken.sh")
+        (attempts / str(n) / "slurm-standby.json").write_text(json.dumps({"slurm_step_id": step}))
+        for rank in (0, 1):
+            (attempts / str(n) / f"standby-ready.rank{rank}.json").write_text('{"pid": 1}')
+
+    assert runner.prepare(spec(2)) == {"standby": True, "slurm_job_id": "77"}
+    request = (alloc / "standby.sh").read_text()
+    assert "SB_NODES=n1,n2" in request and "--standby" in request and "HOME" not in request
+    ready(2, "2")
+    state = runner.promote("j", spec(2, "/ck/step=10.ckpt"))
+    assert state is not None and state["standby"] is True and not runner.has_standby("j")
+    assert "STEP_STANDBY=2" in (alloc / "next.sh").read_text()
+    handover = json.loads((attempts / "2" / "handover.pending.json").read_text())
+    assert handover["argv"][-2:] == ["--ckpt", "/ck/step=10.ckpt"] and handover["lock_path"] == ""
+    assert handover["env"] == {"ML_SUPERVISOR_ATTEMPT": "2"}
+    (alloc / "next.sh").unlink()
+
+    # Attempt 3's standby runs on n1,n2; n2 drains: the next step takes the spare n3 and starts cold.
+    assert runner.prepare(spec(3))["standby"] is True
+    ready(3, "4")
+    bad["n2"] = "drained"
+    state = runner.promote("j", spec(3))
+    assert state is not None and state["standby"] is False and state["step_nodes"] == "n1,n3"
+    assert "STEP_STANDBY" not in (alloc / "next.sh").read_text()
+    assert not (attempts / "3" / "handover.pending.json").exists()
+    (alloc / "next.sh").unlink()
+
+    # No restart left inside the allocation: no standby is asked for (the next attempt goes to a new one).
+    write_allocation(attempts / "1", Allocation("77", str(alloc), restarts=3, nodes=["n1", "n3"]))
+    assert runner.prepare(spec(4)) == {} and not (alloc / "standby.sh").exists()
