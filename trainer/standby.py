@@ -106,13 +106,14 @@ def become(handover: Handover, parser: argparse.ArgumentParser, attempt_dir: Pat
     None (and a line on stderr) when it must not fit: the handover is for another
     attempt dir, or the lock stayed held (a trainer of the previous attempt lives).
     """
-    lock_fd = inherited_lock_fd(handover.lock_path)  # read before the attempt's environment is applied
+    lock_fd = inherited_lock_fd(handover.lock_path) if handover.lock_path else None  # before the environment
     apply_handover_environment(handover)
     fit_args = parser.parse_intermixed_args(handover.argv)
     if Path(fit_args.attempt_dir).absolute() != attempt_dir:
         print(f"[trainer] handover for {fit_args.attempt_dir}, standby of {attempt_dir}: refusing", file=sys.stderr)
         return None
-    if not take_lock(handover.lock_path, fd=lock_fd):
+    # No lock named (Slurm: no monitor holds one; its batch script runs one step at a time): none to take.
+    if handover.lock_path and not take_lock(handover.lock_path, fd=lock_fd):
         print(f"[trainer] the job's lock {handover.lock_path} stayed held: another trainer of this job lives",
               file=sys.stderr, flush=True)
         return None

@@ -106,6 +106,8 @@ class StandbyKeeper:
             # Another user's job (shared-server mode): a standby is started as the daemon's user (prepare has
             # no run_as yet; docs/shared-server.md). Cold starts only.
             return False
+        if setting == "auto" and not self._runners.backend(self._ctx.job_config(job)).standby_auto:
+            return False  # e.g. Slurm: its standbys use the compute nodes' memory, which is not measured here
         return standby_wanted(setting, psutil.virtual_memory().available, self._ctx.settings.trainer_module)
 
     def _prepare(self, runner: StandbyRunner, job: JobRow, n: int, world_size: int | None = None) -> None:

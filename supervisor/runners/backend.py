@@ -63,6 +63,9 @@ class Backend:
     # Its launch decides where a restart runs (e.g. inside the allocation or a new one): the restart alert
     # waits for the launch and tells it (``core.restart_alerts``); else it goes with the policy's decision.
     restart_alert_at_launch: bool = False
+    # ``supervision.standby: auto`` may turn a standby on (False: only ``on`` does; the standby's resources are
+    # not the daemon's to measure)
+    standby_auto: bool = True
 
 
 def no_options(cfg: DictConfig) -> Mapping[str, Any]:

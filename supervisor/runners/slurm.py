@@ -25,7 +25,8 @@ Runner state (``attempts.runner_state``)::
     {"slurm_job_id": str, "state": str (last Slurm state seen; the step's once it ended),
      "nodes": str (the step's nodes, else Slurm's node list), "slurm_step_id": str,
      "hold": bool (the allocation is held for restarts inside it), "in_allocation": int (0: the
-     allocation's first attempt; k: its k-th restart inside it), "excluded": [str], "spares": [str]}
+     allocation's first attempt; k: its k-th restart inside it), "excluded": [str], "spares": [str],
+     "standby": bool (the step was the attempt's standby step, promoted: slurm_standby)}
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from supervisor.runners.slurm_script import (
     render_batch_script,
     slurm_job_name,
 )
+from supervisor.runners.slurm_standby import SlurmStandby, SlurmStandbys
 from supervisor.runners.slurm_states import SQUEUE_FORMAT, QueueEntry, end_exit, parse_sbatch, parse_squeue, phase_of
 
 log = logging.getLogger("ml_supervisor")
@@ -85,7 +87,7 @@ MAX_POLL_BACKOFF_S = 120.0
 _DROPPED_ENV = ("CUDA_VISIBLE_DEVICES",)
 
 
-class SlurmRunner(HeldAllocations):
+class SlurmRunner(HeldAllocations, SlurmStandbys):
     """Attempts as Slurm jobs (see the module docstring)."""
 
     kind = "slurm"
@@ -103,6 +105,8 @@ class SlurmRunner(HeldAllocations):
         # job id -> (slurm job id, last state seen, the step's end record when the attempt is a held step)
         self._followed: dict[str, tuple[str, str | None, Path | None]] = {}
         self._alloc_dirs: dict[str, Path] = {}  # job id -> the control dir of its held allocation
+        self._standbys: dict[str, SlurmStandby] = {}  # job id -> its standby step (slurm_standby)
+        self._failed_standbys: dict[tuple[str, int], int] = {}  # (job id, attempt) -> standby steps never ready
         self._user = pwd.getpwuid(os.geteuid()).pw_name
 
     # -- the queue ---------------------------------------------------------------------------------
@@ -305,6 +309,16 @@ class SlurmRunner(HeldAllocations):
         self._next_poll = 0.0
         return done.returncode == 0
 
+    def _scancel_target(self, ref: AttemptRef, target: str, *args: str) -> bool:
+        """``scancel ARGS TARGET`` (a job or one step, ``<job>.<step>``); whether it was accepted."""
+        try:
+            done = run_command(["scancel", *args, target])
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("job %s: scancel %s %s failed: %s", ref.job_id, " ".join(args), target, exc)
+            return False
+        self._next_poll = 0.0
+        return done.returncode == 0
+
     def _scancel_by_name(self, ref: AttemptRef) -> None:
         name = slurm_job_name(ref.job_id)
         for args in (["--signal=KILL", "--full"], []):
@@ -322,6 +336,9 @@ class SlurmRunner(HeldAllocations):
         # each saves a checkpoint and exits. A job still in the queue is simply cancelled.
         if ref.state.get("hold") and self._withdraw_step(ref):
             return
+        step = ref.state.get("slurm_step_id") if ref.state.get("hold") else None
+        if step and self._scancel_target(ref, f"{ref.state.get('slurm_job_id')}.{step}", "--signal=TERM"):
+            return  # the step alone: a standby step beside it waits on for the restart
         if phase_of(ref.state.get("state")) is Phase.PENDING or not self._scancel(ref, "--signal=TERM"):
             self._scancel(ref)
 
@@ -367,6 +384,7 @@ class SlurmRunner(HeldAllocations):
 
     def tick(self) -> None:
         """Poll the queue (gently) and wake the loop for every followed job whose Slurm state changed."""
+        self._tick_standbys()
         if not self._followed or not self._refresh():
             return
         for job_id, (slurm_job_id, last, end_record) in list(self._followed.items()):

@@ -79,11 +79,12 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def render_next_step(attempt_dir: Path, nodes: Sequence[str], command: Sequence[str],
-                     env: Mapping[str, str]) -> str:
+                     env: Mapping[str, str], standby_step: str | None = None) -> str:
     """The next-step file the batch script sources (pure): where the step runs, what, with which variables.
 
     Only the per-attempt variables (``ML_SUPERVISOR_*``) are exported: the rest of the environment is the
-    allocation's, which the daemon built the same way for its first attempt.
+    allocation's, which the daemon built the same way for its first attempt. ``standby_step``: the
+    step of the attempt's standby (``slurm_standby``) that takes it over, if it still runs.
     """
     q = shlex.quote
     lines = [f"STEP_DIR={q(str(attempt_dir))}", f"STEP_NODES={q(','.join(nodes))}"]
@@ -91,6 +92,8 @@ def render_next_step(attempt_dir: Path, nodes: Sequence[str], command: Sequence[
     if exports:
         lines.append("export " + " ".join(f"{k}={q(v)}" for k, v in exports))
     lines.append("STEP_CMD=(" + " ".join(q(c) for c in command) + ")")
+    if standby_step:
+        lines.append(f"STEP_STANDBY={q(standby_step)}")
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,7 @@ def _describe(state: RunnerState) -> dict[str, Any]:
     job_id, nodes = state.get("slurm_job_id"), state.get("nodes") or state.get("step_nodes") or None
     step = state.get("slurm_step_id") or None
     return {"slurm_job_id": job_id, "slurm_step_id": step, "slurm_state": state.get("state"), "nodes": nodes,
-            "in_allocation": state.get("in_allocation"),
+            "in_allocation": state.get("in_allocation"), "standby": state.get("standby"),
             "where": (f"slurm {job_id}.{step}" if step else f"slurm {job_id}") if job_id else None,
             "placement": nodes}
 
@@ -44,7 +44,9 @@ def _launch_news(state: RunnerState) -> LaunchNews:
     return LaunchNews(note=state.get("launch_note"), events=events)
 
 
-# sbatch runs as the daemon's user: another user's code never runs that way (no run_as); allocations start cold.
+# sbatch runs as the daemon's user: another user's code never runs that way (no run_as). Standbys are steps of a
+# held allocation (slurm_standby), on its compute nodes: only with ``supervision.standby: on``, never ``auto``
+# (the daemon cannot see those nodes' memory).
 SLURM = Backend(name="slurm", make_runner=_runner, rank_layout=_rank_layout, options=_options,
-                supports_standby=False, supports_run_as=False, describe=_describe, launch_news=_launch_news,
-                restart_alert_at_launch=True)
+                supports_standby=True, supports_run_as=False, describe=_describe, launch_news=_launch_news,
+                restart_alert_at_launch=True, standby_auto=False)

@@ -94,7 +94,8 @@ def health_exit(attempt_dir: Path, nodes: Sequence[str], ended: MonitorExit | No
 def health_lines(per_node_timeout_s: int = HEALTH_S) -> list[str]:
     """The batch script's ``health_ok`` function (``slurm_script``): every node of the step writes and reads
     back a file in the step's dir; a node that fails, or does not answer in time, is reported and the step
-    is not started. Uses ``STEP_DIR``, ``STEP_NODES``, ``STEP_NNODES``; counts its srun in ``STEP_NO``."""
+    is not started. Uses ``STEP_DIR``, ``STEP_NODES``, ``STEP_NNODES``; counts its srun in ``STEP_NO``
+    (and ``STEP_ID``: a failed probe's end record names its step)."""
     probe = ('trap "" USR1 USR2; n=$SLURMD_NODENAME; f=$0/$n; '
              'if err=$( { printf "%s\\n" "$n" > "$f" && [ "$(cat "$f")" = "$n" ]; } 2>&1 ); then echo "ok $n"; '
              'else echo "fail $n cannot write and read back $f: '
@@ -102,7 +103,7 @@ def health_lines(per_node_timeout_s: int = HEALTH_S) -> list[str]:
     t = per_node_timeout_s
     return [
         "health_ok() {  # before a restart's ranks start: each node of the step writes and reads back a file",
-        "    STEP_NO=$((STEP_NO + 1)); END=$STEP_DIR/slurm-end.json; hdir=$STEP_DIR/" + HEALTH_DIR,
+        "    STEP_NO=$((STEP_NO + 1)); STEP_ID=$STEP_NO; END=$STEP_DIR/slurm-end.json; hdir=$STEP_DIR/" + HEALTH_DIR,
         "    mkdir -p \"$hdir\"",
         "    if [ -n \"$STEP_NODES\" ]; then hopts=(--nodes=$STEP_NNODES --ntasks=$STEP_NNODES "
         "--nodelist=$STEP_NODES); want=${STEP_NODES//,/ }",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from supervisor.jobfiles.atomic import read_json
 from supervisor.jobfiles.deadline import FileStalled
@@ -35,8 +35,11 @@ from supervisor.runners.slurm_alloc import (
     write_atomically,
 )
 from supervisor.runners.slurm_health import HEALTH_STEP, health_exit, leave_out, step_faults
-from supervisor.runners.slurm_script import END_RECORD, GONE, NEXT_STEP, RELEASE, STEP_RECORD
+from supervisor.runners.slurm_script import END_RECORD, GONE, HANDOVER_PENDING, NEXT_STEP, RELEASE, STEP_RECORD
 from supervisor.runners.slurm_states import QueueEntry, end_exit, phase_of
+
+if TYPE_CHECKING:
+    from supervisor.runners.slurm_standby import StandbyHandover
 
 log = logging.getLogger("ml_supervisor")
 
@@ -63,10 +66,12 @@ class HeldAllocations:
     _alloc_dirs: dict[str, Path]
     _next_poll: float
 
-    def _launch_inside(self, spec: AttemptSpec, slurm: Mapping[str, Any], previous: Allocation) -> RunnerState | None:
+    def _launch_inside(self, spec: AttemptSpec, slurm: Mapping[str, Any], previous: Allocation,
+                       standby: StandbyHandover | None = None) -> RunnerState | None:
         """Start the attempt as the next step of the held allocation; None when it must go to a new one.
 
         Releases the allocation (the script exits) when it has no restart left or too few good nodes.
+        ``standby``: the attempt's standby step, which takes the step over when it runs on the chosen nodes.
         """
         nodes, _, limit = options_of(slurm)
         per_node = int(slurm.get("ntasks_per_node") or 1)
@@ -98,18 +103,24 @@ class HeldAllocations:
         spec.attempt_dir.mkdir(parents=True, exist_ok=True)
         # No spares: every node of the allocation, as its first step (Slurm's choice); else the chosen ones.
         step_nodes = list(chosen.nodes) if len(allocation) > nodes else []
-        write_atomically(alloc_dir / NEXT_STEP, render_next_step(spec.attempt_dir, step_nodes, spec.command, spec.env))
+        promoted = standby is not None and tuple(chosen.nodes) == standby.nodes
+        if standby is not None and promoted:  # renamed into place by the script as the step starts
+            write_atomically(spec.attempt_dir / HANDOVER_PENDING, standby.handover)
+        write_atomically(alloc_dir / NEXT_STEP, render_next_step(spec.attempt_dir, step_nodes, spec.command, spec.env,
+                                                                 standby.step_id if standby and promoted else None))
         write_allocation(spec.attempt_dir, Allocation(previous.slurm_job_id, previous.alloc_dir, previous.restarts + 1,
                                                       list(chosen.nodes), excluded, faulty))
         self._alloc_dirs[spec.job_id] = alloc_dir
         self._followed[spec.job_id] = (previous.slurm_job_id, entry.state, spec.attempt_dir / END_RECORD)
         note = launch_note(previous.slurm_job_id, chosen, bad)
-        log.info("job %s: attempt %d restarted %s", spec.job_id, spec.attempt, note)
+        log.info("job %s: attempt %d restarted %s%s", spec.job_id, spec.attempt, note,
+                 ", on its standby step" if promoted else "")
         return {"slurm_job_id": previous.slurm_job_id, "state": entry.state, "nodes": "",
                 "nodes_expected": spec.ranks.nodes, "hold": True, "probed": True,
                 "in_allocation": previous.restarts + 1, "alloc_dir": str(alloc_dir),
                 "step_nodes": ",".join(chosen.nodes), "excluded": list(chosen.excluded),
-                "spares": list(chosen.spares), "launch_note": note, "node_events": node_events(chosen, bad)}
+                "spares": list(chosen.spares), "launch_note": note, "node_events": node_events(chosen, bad),
+                "standby": promoted}
 
     def _hostnames(self, nodelist: str) -> list[str]:
         """Slurm's node list (``n[1-3]``) as names, in order; [] when scontrol cannot say."""
@@ -158,6 +169,7 @@ class HeldAllocations:
         if isinstance(started, dict):
             state["slurm_step_id"] = str(started.get("slurm_step_id") or "")
             state["nodes"] = str(started.get("nodes") or state.get("nodes") or "")
+            state["standby"] = started.get("standby") is True  # the script ran it on the standby's step
         allocation_state = state.get("state")
         if isinstance(record, dict):
             ending = "TERM" in str(record.get("signals") or "")

@@ -27,6 +27,10 @@ What the script does, and why:
   (SIGTERM: time limit, ``scancel``), and writes ``alloc/gone`` as it goes.
   Every step writes ``slurm-step.json`` (its Slurm step id and nodes) as it starts
   and its own end record in its attempt's dir.
+- A standby per node (``slurm_standby``): while a step runs the script polls for the
+  daemon's ``alloc/standby.sh`` and runs it as a step of its own (``srun --overlap``);
+  a next step that names it (``STEP_STANDBY``) is that step, its handover renamed into
+  place; a cold next step, and the script's exit, end an untaken one first.
 """
 
 from __future__ import annotations
@@ -45,6 +49,10 @@ ALLOC_DIR = "alloc"  # in the allocation's first attempt dir: the daemon's next-
 NEXT_STEP = "next.sh"
 RELEASE = "release"
 GONE = "gone"
+STANDBY_REQUEST = "standby.sh"  # the daemon's: start the next attempt's standby step (slurm_standby)
+STANDBY_RECORD = "slurm-standby.json"  # in the standby's attempt dir: its step id, as it starts
+STANDBY_END = "slurm-standby-end.json"  # ...and its exit code, once its step ended untaken
+HANDOVER_PENDING = "handover.pending.json"  # the daemon's handover, renamed into place as the step starts
 DEFAULT_HOLD_S = 600
 JOB_NAME_PREFIX = "mlsup-"
 
@@ -90,6 +98,54 @@ def sbatch_options(job_id: str, attempt_dir: Path, slurm: Mapping[str, Any],
     return opts
 
 
+def _standby_functions(per_node: int) -> list[str]:
+    """The script's side of a standby per node (docs/slurm.md): the daemon asks, the script starts and stops.
+
+    ``alloc/standby.sh`` (``slurm_standby.render_standby_request``) names the next attempt's dir, nodes,
+    command (``--standby``) and variables; the script runs it as a step of its own beside the training step
+    (``srun --overlap``: its imports share the nodes' CPUs, it never waits for them), records the step's
+    id in the standby's dir, and its end (exit code) should it die untaken.
+    """
+    q = shlex.quote
+    record = f"$SB_DIR/{STANDBY_RECORD}"
+    ended = f"$SB_DIR/{STANDBY_END}"
+    return [
+        "SB_PID=''; SB_STEP=''; SB_DIR=''",
+        "start_standby() {  # the daemon's request: the next attempt's ranks, prepared, in a step of their own",
+        f"    mv -f \"$ALLOC_DIR/{STANDBY_REQUEST}\" \"$ALLOC_DIR/standby-taken.sh\" 2>/dev/null || return 0",
+        "    stop_standby",
+        "    SB_NODES=''; SB_ENV=(); SB_CMD=()",
+        "    . \"$ALLOC_DIR/standby-taken.sh\"  # SB_DIR, SB_NODES, SB_ENV, SB_CMD",
+        f"    rm -f \"{ended}\"  # an earlier standby's, in the same dir (a daemon restarted meanwhile)",
+        "    SB_OPTS=()",
+        "    [ -n \"$SB_NODES\" ] && SB_OPTS=(--nodes=$STEP_NNODES "
+        f"--ntasks=$((STEP_NNODES * {per_node})) --ntasks-per-node={per_node} --nodelist=$SB_NODES)",
+        "    STEP_NO=$((STEP_NO + 1)); SB_STEP=$STEP_NO",
+        "    srun --overlap --kill-on-bad-exit=1 \"${SB_OPTS[@]}\" env \"${SB_ENV[@]}\" bash -c "
+        + q(_RANK_EXPORTS) + " rank \"${SB_CMD[@]}\" &",
+        "    SB_PID=$!",
+        "    printf '{\"slurm_step_id\": \"%s\", \"nodes\": \"%s\", \"started_at\": %s}\\n' \"$SB_STEP\" "
+        f"\"$SB_NODES\" \"$(date +%s.%N)\" > \"{record}.tmp\" && mv -f \"{record}.tmp\" \"{record}\"",
+        "}",
+        "standby_ended() {  # $1: the exit code of a standby step that no attempt took",
+        "    printf '{\"slurm_step_id\": \"%s\", \"exit_code\": %s, \"ended_at\": %s}\\n' \"$SB_STEP\" \"$1\" "
+        f"\"$(date +%s.%N)\" > \"{ended}.tmp\" && mv -f \"{ended}.tmp\" \"{ended}\"",
+        "    SB_PID=''",
+        "}",
+        "stop_standby() {  # end the standby step (its ranks never trained)",
+        "    [ -n \"$SB_PID\" ] || return 0",
+        "    scancel --signal=KILL \"$SLURM_JOB_ID.$SB_STEP\" 2>/dev/null || kill -KILL \"$SB_PID\" 2>/dev/null",
+        "    wait \"$SB_PID\"; sb_rc=$?",
+        "    while kill -0 \"$SB_PID\" 2>/dev/null; do wait \"$SB_PID\"; sb_rc=$?; done",
+        "    standby_ended $sb_rc",
+        "}",
+        "watch_standby() {  # between polls: a standby asked for, a standby step that died",
+        f"    [ -e \"$ALLOC_DIR/{STANDBY_REQUEST}\" ] && start_standby",
+        "    if [ -n \"$SB_PID\" ] && ! kill -0 \"$SB_PID\" 2>/dev/null; then wait \"$SB_PID\"; standby_ended $?; fi",
+        "}",
+    ]
+
+
 def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command: tuple[str, ...],
                         slurm: Mapping[str, Any], exclude: Sequence[str] = ()) -> str:
     """The whole batch script (pure). Its environment is sbatch's (the attempt's), exported to every step."""
@@ -115,12 +171,15 @@ def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command
         "write_end() {  # exit code of the training step, what the script saw; atomically",
         "    printf '{\"slurm_job_id\": \"%s\", \"exit_code\": %s, \"step\": \"%s\", \"nodes\": \"%s\", "
         "\"slurm_step_id\": \"%s\", \"signals\": \"%s\", \"ended_at\": %s}\\n' \"$SLURM_JOB_ID\" \"$1\" "
-        "\"$2\" \"$SLURM_JOB_NODELIST\" \"$STEP_NO\" \"${signals# }\" \"$(date +%s.%N)\" > \"$END.tmp\" "
+        "\"$2\" \"$SLURM_JOB_NODELIST\" \"$STEP_ID\" \"${signals# }\" \"$(date +%s.%N)\" > \"$END.tmp\" "
         "&& mv -f \"$END.tmp\" \"$END\"",
         "}",
-        "STEP_NO=0  # Slurm numbers a job's steps from 0: the probe is step 0, training steps follow",
+        "STEP_NO=0  # Slurm numbers a job's steps from 0: the probe is step 0, training and standby steps follow",
+        "STEP_ID=0  # the current training step's",
         "begin_step() {  # STEP_DIR, STEP_NODES (empty: Slurm's choice of STEP_NNODES nodes) -> STEP_OPTS, the record",
-        "    STEP_NO=$((STEP_NO + 1))",
+        "    # $1: the id of a step that runs already (a promoted standby's); else the next srun's",
+        "    promoted=false",
+        "    if [ -n \"$1\" ]; then STEP_ID=$1; promoted=true; else STEP_NO=$((STEP_NO + 1)); STEP_ID=$STEP_NO; fi",
         "    END=$STEP_DIR/" + END_RECORD,
         "    if [ -n \"$STEP_NODES\" ]; then",
         f"        STEP_OPTS=(--nodes=$STEP_NNODES --ntasks=$((STEP_NNODES * {per_node})) "
@@ -130,17 +189,21 @@ def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command
         "        STEP_OPTS=()",
         "        shown=$SLURM_JOB_NODELIST",
         "    fi",
-        "    printf '{\"slurm_job_id\": \"%s\", \"slurm_step_id\": \"%s\", \"nodes\": \"%s\", \"started_at\": %s}\\n' "
-        "\"$SLURM_JOB_ID\" \"$STEP_NO\" \"$shown\" \"$(date +%s.%N)\" > \"$STEP_DIR/" + STEP_RECORD + ".tmp\" "
+        "    printf '{\"slurm_job_id\": \"%s\", \"slurm_step_id\": \"%s\", \"nodes\": \"%s\", \"standby\": %s, "
+        "\"started_at\": %s}\\n' \"$SLURM_JOB_ID\" \"$STEP_ID\" \"$shown\" \"$promoted\" \"$(date +%s.%N)\" "
+        "> \"$STEP_DIR/" + STEP_RECORD + ".tmp\" "
         "&& mv -f \"$STEP_DIR/" + STEP_RECORD + ".tmp\" \"$STEP_DIR/" + STEP_RECORD + "\"",
         "}",
-        "end_step() {  # signals interrupt `wait`: wait again until the step has really ended",
-        "    step=$!",
+        "end_step() {  # $1: the step's srun. Signals interrupt `wait`: wait again until the step has really ended",
+        "    step=$1",
+        *(["    while kill -0 $step 2>/dev/null; do watch_standby; sleep 0.2; done  # the daemon's standby request"]
+          if restarts > 0 else []),
         "    wait $step; rc=$?",
         "    while kill -0 $step 2>/dev/null; do wait $step; rc=$?; done",
         "    write_end $rc train",
         "}",
         *health_lines(),
+        *(_standby_functions(per_node) if restarts > 0 else []),
         *slurm.get("setup", []),
         "# Every node writes a probe the batch node must see: the state dir must be on a shared filesystem.",
         "mkdir -p \"$PROBE_DIR\" \"$ALLOC_DIR\"",
@@ -162,7 +225,7 @@ def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command
         "begin_step",
         # The rank variables the trainer's rank awareness reads (Lightning's SLURM environment reads SLURM_*).
         train + " ".join(q(c) for c in command) + " &",
-        "end_step",
+        "end_step $!",
     ]
     if restarts > 0:
         lines += [
@@ -173,17 +236,30 @@ def render_batch_script(*, job_id: str, attempt_dir: Path, workdir: str, command
             f"    while [ ! -e \"$ALLOC_DIR/{NEXT_STEP}\" ] && [ ! -e \"$ALLOC_DIR/{RELEASE}\" ] "
             f"&& [ $SECONDS -lt {hold_s} ]; do",
             "        case \"$signals\" in *TERM*) break 2;; esac",
+            "        watch_standby",
             "        sleep 0.2",
             "    done",
             f"    [ -e \"$ALLOC_DIR/{RELEASE}\" ] && break",
             f"    mv -f \"$ALLOC_DIR/{NEXT_STEP}\" \"$ALLOC_DIR/step-$STEP_NO.sh\" 2>/dev/null || break",
-            "    STEP_NODES=''",
-            "    . \"$ALLOC_DIR/step-$STEP_NO.sh\"  # STEP_DIR, STEP_NODES, STEP_CMD and the attempt's variables",
+            "    STEP_NODES=''; STEP_STANDBY=''",
+            "    . \"$ALLOC_DIR/step-$STEP_NO.sh\"  # STEP_DIR, STEP_NODES, STEP_CMD, STEP_STANDBY, the variables",
             "    if ! health_ok; then write_end 3 " + HEALTH_STEP + "; continue; fi  # the daemon picks other nodes",
-            "    begin_step",
-            "    " + train + "\"${STEP_CMD[@]}\" &",
-            "    end_step",
+            "    # The daemon named this attempt's standby step: its ranks, waiting for the handover, become the step.",
+            "    if [ -n \"$STEP_STANDBY\" ] && [ \"$STEP_STANDBY\" = \"$SB_STEP\" ] "
+            "&& [ \"$STEP_DIR\" = \"$SB_DIR\" ] && [ -n \"$SB_PID\" ] && kill -0 \"$SB_PID\" 2>/dev/null "
+            f"&& mv -f \"$STEP_DIR/{HANDOVER_PENDING}\" \"$STEP_DIR/handover.json\"; then",
+            "        begin_step \"$SB_STEP\"",
+            "        step=$SB_PID; SB_PID=''",
+            "    else  # a cold step; a standby no attempt takes goes first (never two steps that may train)",
+            "        stop_standby",
+            f"        rm -f \"$STEP_DIR/{HANDOVER_PENDING}\"",
+            "        begin_step",
+            "        " + train + "\"${STEP_CMD[@]}\" &",
+            "        step=$!",
+            "    fi",
+            "    end_step $step",
             "done",
+            "stop_standby",
         ]
     lines += [f"touch \"$ALLOC_DIR/{GONE}\"", "exit $rc"]
     return "\n".join(lines) + "\n"

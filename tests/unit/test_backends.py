@@ -56,7 +56,8 @@ def test_the_slurm_backend_spreads_its_ranks_over_nodes_and_passes_its_section()
     assert backend.rank_layout(cfg) == RankLayout(world_size=6, local_ranks=(0, 1, 2))
     assert backend.rank_layout(cfg).nodes == 2
     assert backend.options(cfg)["slurm"]["ntasks_per_node"] == 3
-    assert not backend.supports_standby and not backend.supports_run_as
+    # standbys are steps of a held allocation, only with `supervision.standby: on` (never auto)
+    assert backend.supports_standby and not backend.standby_auto and not backend.supports_run_as
 
 
 def test_status_shows_a_slurm_attempt_by_its_job_and_nodes_and_a_local_one_by_nothing_extra() -> None:
