@@ -66,14 +66,21 @@ def one_restart(d: DaemonProc, cluster: Cluster, mode: str, n: int) -> dict[str,
     beat = wait_for(lambda: read_heartbeat(layout.attempt(2).heartbeat), timeout=120, interval=0.02,
                     what="attempt 2's first heartbeat")
     first_step = beat.started_at + STEP_TIME  # the fake's first step: one step_time after its loop starts
+    st = d.status(job)
+    same = st["attempts"][1]["slurm_job_id"] == st["attempts"][0]["slurm_job_id"]
+    assert same == (mode == "inside"), st["attempts"]
+    return restart_stages(d, cluster, job, layout, killed_at, first_step)
+
+
+def restart_stages(d: DaemonProc, cluster: Cluster, job: str, layout: JobLayout, killed_at: float,
+                   first_step: float) -> dict[str, float]:
+    """Stop ``job`` once attempt 2 stepped; the stages from the kill to that step (seconds): the rank's step
+    ending, the daemon's decision and launch, the start to the first step, in all."""
     events = _events(d, job)
     ended = next(e for e in events if e["kind"] == "attempt_ended" and e["attempt"] == 1)
     launch = next(e for e in events if e["kind"] == "launch" and e["attempt"] == 2)
     end_record = read_json(layout.attempt(1).dir / "slurm-end.json") or {}
     ended_at = float(end_record.get("ended_at") or ended["time"])
-    st = d.status(job)
-    same = st["attempts"][1]["slurm_job_id"] == st["attempts"][0]["slurm_job_id"]
-    assert same == (mode == "inside"), st["attempts"]
     d.ctl("stop", job)
     d.wait_state(job, "stopped", "failed", "completed", timeout=120)
     wait_for(lambda: not cluster.run("squeue", "-h", f"--name=mlsup-{job}").stdout.strip(), timeout=60,

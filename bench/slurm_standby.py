@@ -35,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from supervisor.jobfiles.atomic import read_json
+from bench.slurm_restart import restart_stages
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from tests.support.harness import REPO, DaemonProc, real_env, wait_for
@@ -98,21 +98,10 @@ def one_restart(d: DaemonProc, cluster: Cluster, mode: str) -> dict[str, float]:
     ranks[1].send_signal(signal.SIGKILL)
     first_step = wait_for(lambda: _first_step(layout, 2), timeout=300, interval=0.05,
                           what="attempt 2's first step on both ranks")
-    events = d.client().call("events", job=job)
-    ended = next(e for e in events if e["kind"] == "attempt_ended" and e["attempt"] == 1)
-    launch = next(e for e in events if e["kind"] == "launch" and e["attempt"] == 2)
-    end_record = read_json(layout.attempt(1).dir / "slurm-end.json") or {}
-    ended_at = float(end_record.get("ended_at") or ended["time"])
-    st = d.status(job)
-    second = st["attempts"][1]
-    assert (second["slurm_job_id"] == st["attempts"][0]["slurm_job_id"]) == (mode != "new"), st["attempts"]
+    second = d.status(job)["attempts"][1]
+    assert (second["slurm_job_id"] == d.status(job)["attempts"][0]["slurm_job_id"]) == (mode != "new"), second
     assert bool(second.get("standby")) == (mode == "standby"), second
-    d.ctl("stop", job)
-    d.wait_state(job, "stopped", "failed", "completed", timeout=120)
-    wait_for(lambda: not cluster.run("squeue", "-h", f"--name=mlsup-{job}").stdout.strip(), timeout=60,
-             what="the job's allocation gone")
-    return {"stop": ended_at - killed_at, "decide": launch["time"] - ended_at, "start": first_step - launch["time"],
-            "total": first_step - killed_at}
+    return restart_stages(d, cluster, job, layout, killed_at, first_step)
 
 
 def main() -> int:
