@@ -96,10 +96,11 @@ def health_lines(per_node_timeout_s: int = HEALTH_S) -> list[str]:
     back a file in the step's dir; a node that fails, or does not answer in time, is reported and the step
     is not started. Uses ``STEP_DIR``, ``STEP_NODES``, ``STEP_NNODES``; counts its srun in ``STEP_NO``
     (and ``STEP_ID``: a failed probe's end record names its step)."""
+    # The reason alone ("Is a directory"): the shell's "bash: line 1: PATH: " prefix repeats a long path.
     probe = ('trap "" USR1 USR2; n=$SLURMD_NODENAME; f=$0/$n; '
              'if err=$( { printf "%s\\n" "$n" > "$f" && [ "$(cat "$f")" = "$n" ]; } 2>&1 ); then echo "ok $n"; '
              'else echo "fail $n cannot write and read back $f: '
-             '$(printf "%s" "$err" | tr "\\n" " " | head -c 200)"; fi')
+             '$(printf "%s" "${err##*: }" | tr "\\n" " " | head -c 200)"; fi')
     t = per_node_timeout_s
     return [
         "health_ok() {  # before a restart's ranks start: each node of the step writes and reads back a file",
