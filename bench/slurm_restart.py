@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,23 +106,36 @@ def main() -> int:
         work.mkdir()
         d = DaemonProc(state, work, fake_env(state, **cluster.env))
         d.start()
-        results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
         try:
-            for n in range(args.rounds):
-                for mode in MODES:
-                    got = one_restart(d, cluster, mode, n)
-                    results[mode].append(got)
-                    print(f"round {n + 1} {mode:6s} " + "  ".join(f"{k} {v:6.2f}s" for k, v in got.items()),
-                          flush=True)
+            results = alternate(args.rounds, list(MODES), lambda mode, n: one_restart(d, cluster, mode, n))
         finally:
             d.kill(signal.SIGTERM)
             d.kill_leftovers()
             stop(root / "slurm")
-    print(f"\nmedians over {args.rounds} rounds (seconds; SIGKILL of rank 1 -> first step of attempt 2):")
-    print(f"{'mode':8s}" + "".join(f"{s:>9s}" for s in STAGES))
-    for mode, rows in results.items():
-        print(f"{mode:8s}" + "".join(f"{statistics.median(r[s] for r in rows):9.2f}" for s in STAGES))
+    print_medians(results, args.rounds, "SIGKILL of rank 1 -> first step of attempt 2")
     return 0
+
+
+def alternate(rounds: int, modes: Sequence[str],
+              restart: Callable[[str, int], dict[str, float]]) -> dict[str, list[dict[str, float]]]:
+    """``restart(mode, round)`` for each mode in turn, ``rounds`` times; each mode's stages, printed as they come."""
+    results: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+    for n in range(rounds):
+        for mode in modes:
+            got = restart(mode, n)
+            results[mode].append(got)
+            print(f"round {n + 1} {mode:8s} " + "  ".join(f"{k} {v:6.2f}s" for k, v in got.items()), flush=True)
+    return results
+
+
+def print_medians(results: Mapping[str, list[dict[str, float]]], rounds: int, what: str) -> None:
+    """Each mode's median stages and the range of its totals."""
+    print(f"\nmedians over {rounds} rounds (seconds; {what}):")
+    print(f"{'mode':9s}" + "".join(f"{s:>9s}" for s in STAGES) + "   total range")
+    for mode, rows in results.items():
+        totals = [r["total"] for r in rows]
+        print(f"{mode:9s}" + "".join(f"{statistics.median(r[s] for r in rows):9.2f}" for s in STAGES)
+              + f"   {min(totals):.2f}-{max(totals):.2f}")
 
 
 if __name__ == "__main__":

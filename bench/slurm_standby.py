@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.slurm_restart import restart_stages
+from bench.slurm_restart import alternate, print_medians, restart_stages
 from supervisor.jobfiles.heartbeat import read_heartbeat
 from supervisor.jobfiles.layout import JobLayout
 from tests.support.harness import REPO, DaemonProc, real_env, wait_for
@@ -47,7 +46,6 @@ JOB = ["supervision.backend=slurm", "slurm.nodes=2", "slurm.ntasks_per_node=1", 
        "model.class_path=trainer.examples.faulty.FaultyDigitsClassifier", "model.init_args.step_delay=0.1",
        "+env.MASTER_ADDR=127.0.0.1"]  # the local cluster's node names are not host names
 MODES = {"cold": ("3", "off"), "standby": ("3", "on"), "new": ("0", "off")}
-STAGES = ("stop", "decide", "start", "total")
 
 
 def _trainers(job: str, standby: bool) -> dict[int, Any]:
@@ -118,24 +116,13 @@ def main() -> int:
         cluster = start(root / "slurm")
         d = DaemonProc(root / "state", REPO, real_env(root / "state", **cluster.env))
         d.start("hang.startup_allowance=300")
-        results: dict[str, list[dict[str, float]]] = {m: [] for m in MODES}
         try:
-            for n in range(args.rounds):
-                for mode in MODES:
-                    got = one_restart(d, cluster, mode)
-                    results[mode].append(got)
-                    print(f"round {n + 1} {mode:8s} " + "  ".join(f"{k} {v:6.2f}s" for k, v in got.items()),
-                          flush=True)
+            results = alternate(args.rounds, list(MODES), lambda mode, _: one_restart(d, cluster, mode))
         finally:
             d.kill(signal.SIGTERM)
             d.kill_leftovers()
             stop(root / "slurm")
-    print(f"\nmedians over {args.rounds} rounds (seconds; SIGKILL of rank 1 -> first step of attempt 2 on both ranks):")
-    print(f"{'mode':9s}" + "".join(f"{s:>9s}" for s in STAGES) + "   total range")
-    for mode, rows in results.items():
-        totals = [r["total"] for r in rows]
-        print(f"{mode:9s}" + "".join(f"{statistics.median(r[s] for r in rows):9.2f}" for s in STAGES)
-              + f"   {min(totals):.2f}-{max(totals):.2f}")
+    print_medians(results, args.rounds, "SIGKILL of rank 1 -> first step of attempt 2 on both ranks")
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -17,7 +18,7 @@ import pytest
 
 from supervisor.runners.base import OWN_ENV_KEY
 from supervisor.runners.standby_process import STANDBY_ENV
-from tests.support.harness import DaemonProc, fake_env, wait_for, write_config
+from tests.support.harness import DaemonProc, daemon_with_site, wait_for, write_config, zygote_processes
 
 pytestmark = pytest.mark.e2e
 
@@ -37,15 +38,6 @@ def _ready_standby(d: DaemonProc, job: str, not_pid: int | None = None) -> int:
         return int(standby["pid"]) if ok else None
 
     return wait_for(ready, timeout=60, interval=0.05, what="a ready standby")
-
-
-def _zygotes(state_dir: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info.get("cmdline") or []
-        if cmdline[1:3] == ZYGOTE and any(str(state_dir) in arg for arg in cmdline):
-            found.append(proc)
-    return found
 
 
 def test_later_standbys_are_forked_from_the_jobs_zygote_and_look_exec_d(daemon: DaemonProc) -> None:
@@ -112,47 +104,39 @@ def test_the_zygote_ends_with_its_daemon(daemon: DaemonProc) -> None:
     job = _job(d, "daemon-dies")
     d.live_pid(job, 1)
     _ready_standby(d, job)
-    [zygote] = _zygotes(d.state_dir)
+    [zygote] = zygote_processes(d.state_dir)
     d.kill(signal.SIGKILL)  # no goodbye: the zygote sees its request pipe closed
     wait_for(lambda: not zygote.is_running() or zygote.status() == psutil.STATUS_ZOMBIE, timeout=30,
              what="the zygote gone with the daemon")
 
 
 @pytest.fixture
-def threaded_zygote_daemon(tmp_path: Path) -> DaemonProc:
+def threaded_zygote_daemon(tmp_path: Path) -> Iterator[DaemonProc]:
     """A daemon whose processes import a ``sitecustomize`` that starts a thread in a zygote only."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(
-        "import os, threading, time\n"
-        "if 'ML_SUPERVISOR_ENVIRONMENT_ROOM' in os.environ:  # set for the zygote alone\n"
-        "    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n")
-    state, work = tmp_path / "state", tmp_path / "work"
-    work.mkdir()
-    env = fake_env(state)
-    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
-    d = DaemonProc(state, work, env)
+    d = daemon_with_site(tmp_path, "import os, threading, time\n"
+                         "if 'ML_SUPERVISOR_ENVIRONMENT_ROOM' in os.environ:  # set for the zygote alone\n"
+                         "    threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n")
     d.start()
-    return d
+    try:
+        yield d
+    finally:
+        if d.proc is not None:
+            d.kill(signal.SIGTERM)
+        d.kill_leftovers()
 
 
 def test_a_zygote_with_a_thread_it_cannot_account_for_leaves_the_job_exec_d_standbys(
         threaded_zygote_daemon: DaemonProc) -> None:
     d = threaded_zygote_daemon
-    try:
-        job = _job(d, "threaded")
-        pid1 = d.live_pid(job, 1)
-        wait_for(lambda: "its zygote failed" in d.log.read_text(), timeout=60, what="the zygote's refusal")
-        assert "a fork would copy only the calling thread" in d.log.read_text()
-        standby = _ready_standby(d, job)
-        assert psutil.Process(standby).parent().parent().pid == d.proc.pid  # type: ignore[union-attr]
-        assert _zygotes(d.state_dir) == []
-        os.kill(pid1, signal.SIGKILL)
-        assert d.live_pid(job, 2) == standby
-        d.ctl("stop", job)
-        d.wait_state(job, "stopped", timeout=60)
-    finally:
-        if d.proc is not None:
-            d.kill(signal.SIGTERM)
-        d.kill_leftovers()
+    job = _job(d, "threaded")
+    pid1 = d.live_pid(job, 1)
+    wait_for(lambda: "its zygote failed" in d.log.read_text(), timeout=60, what="the zygote's refusal")
+    assert "a fork would copy only the calling thread" in d.log.read_text()
+    standby = _ready_standby(d, job)
+    assert psutil.Process(standby).parent().parent().pid == d.proc.pid  # type: ignore[union-attr]
+    assert zygote_processes(d.state_dir) == []
+    os.kill(pid1, signal.SIGKILL)
+    assert d.live_pid(job, 2) == standby
+    d.ctl("stop", job)
+    d.wait_state(job, "stopped", timeout=60)
 

@@ -93,6 +93,34 @@ def standby_processes(state_dir: Path) -> list[int]:
     return found
 
 
+def zygote_processes(state_dir: Path) -> list[psutil.Process]:
+    """The live zygotes (``python -m trainer.zygote``) of jobs of ``state_dir``: a path of it in their command
+    line. A zombie is gone (only its exit status is left)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        try:
+            if cmdline[1:3] == ["-m", "trainer.zygote"] and any(str(state_dir) in arg for arg in cmdline) \
+                    and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def daemon_with_site(tmp_path: Path, sitecustomize: str) -> DaemonProc:
+    """A daemon (not started) on ``tmp_path/state`` running the fake trainer, whose Python processes import
+    ``sitecustomize`` (its source) first: how a test plants a thread, or a wait, in a zygote."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(sitecustomize)
+    state, work = tmp_path / "state", tmp_path / "work"
+    work.mkdir()
+    env = fake_env(state)
+    env["PYTHONPATH"] = os.pathsep.join([str(site), env["PYTHONPATH"]])
+    return DaemonProc(state, work, env)
+
+
 def process_gone(pid: int, timeout_s: float = 5.0) -> bool:
     """Whether ``pid`` exits (or is a zombie) within ``timeout_s``; False if it is still running then."""
     deadline = time.monotonic() + timeout_s
