@@ -294,28 +294,20 @@ class SlurmRunner(HeldAllocations, SlurmStandbys):
         return AttemptExit(exit_code=None, signal=None, ended_at=now, error=message)
 
     # -- operations --------------------------------------------------------------------------------
-    def _scancel(self, ref: AttemptRef, *args: str) -> bool:
+    def _scancel(self, ref: AttemptRef, *args: str, step: str | None = None) -> bool:
+        """``scancel ARGS`` of the attempt's Slurm job, or of one of its steps (``<job>.<step>``); whether it was
+        accepted."""
         slurm_job_id = str(ref.state.get("slurm_job_id") or "")
         if not slurm_job_id:
             return False
-        try:
-            done = run_command(["scancel", *args, slurm_job_id])
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.warning("job %s: scancel %s failed: %s", ref.job_id, " ".join(args), exc)
-            return False
-        if done.returncode != 0:
-            log.warning("job %s: scancel %s %s: %s", ref.job_id, " ".join(args), slurm_job_id,
-                        first_line(done.stderr))
-        self._next_poll = 0.0
-        return done.returncode == 0
-
-    def _scancel_target(self, ref: AttemptRef, target: str, *args: str) -> bool:
-        """``scancel ARGS TARGET`` (a job or one step, ``<job>.<step>``); whether it was accepted."""
+        target = f"{slurm_job_id}.{step}" if step else slurm_job_id
         try:
             done = run_command(["scancel", *args, target])
         except (OSError, subprocess.SubprocessError) as exc:
             log.warning("job %s: scancel %s %s failed: %s", ref.job_id, " ".join(args), target, exc)
             return False
+        if done.returncode != 0:
+            log.warning("job %s: scancel %s %s: %s", ref.job_id, " ".join(args), target, first_line(done.stderr))
         self._next_poll = 0.0
         return done.returncode == 0
 
@@ -337,7 +329,7 @@ class SlurmRunner(HeldAllocations, SlurmStandbys):
         if ref.state.get("hold") and self._withdraw_step(ref):
             return
         step = ref.state.get("slurm_step_id") if ref.state.get("hold") else None
-        if step and self._scancel_target(ref, f"{ref.state.get('slurm_job_id')}.{step}", "--signal=TERM"):
+        if step and self._scancel(ref, "--signal=TERM", step=str(step)):
             return  # the step alone: a standby step beside it waits on for the restart
         if phase_of(ref.state.get("state")) is Phase.PENDING or not self._scancel(ref, "--signal=TERM"):
             self._scancel(ref)

@@ -96,31 +96,31 @@ class HeldAllocations:
         chosen = choose_step_nodes(allocation, previous.nodes, bad, nodes)
         excluded = sorted(set(previous.excluded) | set(bad))
         if not chosen.nodes:
-            write_allocation(spec.attempt_dir, Allocation(previous.slurm_job_id, previous.alloc_dir,
-                                                          previous.restarts, previous.nodes, excluded, faulty))
+            write_allocation(spec.attempt_dir, replace(previous, excluded=excluded, faulty=faulty))
             self._release(spec.job_id, alloc_dir, f"too few good nodes left ({', '.join(sorted(bad))} bad)")
             return None
         spec.attempt_dir.mkdir(parents=True, exist_ok=True)
         # No spares: every node of the allocation, as its first step (Slurm's choice); else the chosen ones.
         step_nodes = list(chosen.nodes) if len(allocation) > nodes else []
-        promoted = standby is not None and tuple(chosen.nodes) == standby.nodes
-        if standby is not None and promoted:  # renamed into place by the script as the step starts
-            write_atomically(spec.attempt_dir / HANDOVER_PENDING, standby.handover)
+        # The standby step takes the attempt over only on the nodes it waits on.
+        taking = standby if standby is not None and tuple(chosen.nodes) == standby.nodes else None
+        if taking is not None:  # renamed into place by the script as the step starts
+            write_atomically(spec.attempt_dir / HANDOVER_PENDING, taking.handover)
         write_atomically(alloc_dir / NEXT_STEP, render_next_step(spec.attempt_dir, step_nodes, spec.command, spec.env,
-                                                                 standby.step_id if standby and promoted else None))
-        write_allocation(spec.attempt_dir, Allocation(previous.slurm_job_id, previous.alloc_dir, previous.restarts + 1,
-                                                      list(chosen.nodes), excluded, faulty))
+                                                                 taking.step_id if taking is not None else None))
+        write_allocation(spec.attempt_dir, replace(previous, restarts=previous.restarts + 1, nodes=list(chosen.nodes),
+                                                   excluded=excluded, faulty=faulty))
         self._alloc_dirs[spec.job_id] = alloc_dir
         self._followed[spec.job_id] = (previous.slurm_job_id, entry.state, spec.attempt_dir / END_RECORD)
         note = launch_note(previous.slurm_job_id, chosen, bad)
         log.info("job %s: attempt %d restarted %s%s", spec.job_id, spec.attempt, note,
-                 ", on its standby step" if promoted else "")
+                 ", on its standby step" if taking is not None else "")
         return {"slurm_job_id": previous.slurm_job_id, "state": entry.state, "nodes": "",
                 "nodes_expected": spec.ranks.nodes, "hold": True, "probed": True,
                 "in_allocation": previous.restarts + 1, "alloc_dir": str(alloc_dir),
                 "step_nodes": ",".join(chosen.nodes), "excluded": list(chosen.excluded),
                 "spares": list(chosen.spares), "launch_note": note, "node_events": node_events(chosen, bad),
-                "standby": promoted}
+                "standby": taking is not None}
 
     def _hostnames(self, nodelist: str) -> list[str]:
         """Slurm's node list (``n[1-3]``) as names, in order; [] when scontrol cannot say."""

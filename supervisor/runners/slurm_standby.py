@@ -43,6 +43,7 @@ from supervisor.jobfiles.deadline import FileStalled
 from supervisor.jobfiles.standbyfiles import ready_file_name
 from supervisor.runners.base import AttemptSpec, Phase, RunnerState
 from supervisor.runners.slurm_alloc import Allocation, options_of, read_allocation, write_atomically
+from supervisor.runners.slurm_held import run_command
 from supervisor.runners.slurm_script import GONE, STANDBY_END, STANDBY_RECORD, STANDBY_REQUEST
 from supervisor.runners.slurm_states import QueueEntry, phase_of
 from supervisor.runners.standby_process import STANDBY_ENV
@@ -227,8 +228,7 @@ class SlurmStandbys:
         if step is None:
             return  # being started this very moment: the script ends it before any cold step, and as it leaves
         try:
-            subprocess.run(["scancel", "--signal=KILL", f"{standby.slurm_job_id}.{step}"], capture_output=True,
-                           timeout=30, check=False)
+            run_command(["scancel", "--signal=KILL", f"{standby.slurm_job_id}.{step}"])
         except (OSError, subprocess.SubprocessError) as exc:
             log.warning("job %s: cannot end the standby step %s.%s: %s", job_id, standby.slurm_job_id, step, exc)
 
