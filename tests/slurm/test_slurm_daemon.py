@@ -70,14 +70,19 @@ def test_two_node_job_completes_and_status_shows_slurm_job_and_nodes(slurm_daemo
     wait_for(lambda: _squeue(slurm_cluster, job) == [], timeout=30, what="the allocation given back")
 
 
-def test_a_killed_rank_restarts_inside_the_allocation_then_on_the_spare_when_its_node_drains(
-        slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
-    # Two nodes and one spare: the allocation is n[1-3], the steps run on two of them.
-    cfg = write_config(slurm_daemon.workdir, "kill", supervision={"backend": "slurm"},
-                       steps=60, step_time=0.1, ckpt_every=5)
+def _submit_with_a_spare(d: DaemonProc, name: str, *, steps: int, step_time: float) -> str:
+    """A fake job of two nodes and one spare (the allocation is n[1-3], the steps run on two of them), two
+    restarts inside it; its id."""
+    cfg = write_config(d.workdir, name, supervision={"backend": "slurm"}, steps=steps, step_time=step_time,
+                       ckpt_every=5)
     cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n  spare_nodes: 1\n"
                    "  in_allocation_restarts: 2\n")
-    job = slurm_daemon.submit(cfg)
+    return d.submit(cfg)
+
+
+def test_a_killed_rank_restarts_inside_the_allocation_then_on_the_spare_when_its_node_drains(
+        slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
+    job = _submit_with_a_spare(slurm_daemon, "kill", steps=60, step_time=0.1)
     _attempt_running(slurm_daemon, job, 1, step=12)
     ranks = wait_for(lambda: (r := _ranks(slurm_daemon, job)) and len(r) == 2 and r, what="both ranks")
     ranks[1].send_signal(signal.SIGKILL)  # the rank on n2: srun --kill-on-bad-exit ends the step, not the job
@@ -124,11 +129,7 @@ def test_a_killed_rank_restarts_inside_the_allocation_then_on_the_spare_when_its
 
 def test_a_node_that_fails_the_health_probe_is_left_out_and_a_spare_takes_its_place(
         slurm_daemon: DaemonProc, slurm_cluster: Cluster) -> None:
-    cfg = write_config(slurm_daemon.workdir, "probe", supervision={"backend": "slurm"},
-                       steps=40, step_time=0.05, ckpt_every=5)
-    cfg.write_text(cfg.read_text() + "slurm:\n  nodes: 2\n  ntasks_per_node: 1\n  spare_nodes: 1\n"
-                   "  in_allocation_restarts: 2\n")
-    job = slurm_daemon.submit(cfg)
+    job = _submit_with_a_spare(slurm_daemon, "probe", steps=40, step_time=0.05)
     st = _attempt_running(slurm_daemon, job, 1, step=8)
     # n2 cannot write in the next attempt's dir: a directory stands where its probe file goes (a real error)
     (JobLayout(Path(st["job_dir"])).attempt(2).dir / "health" / "n2").mkdir(parents=True)
